@@ -1,0 +1,3 @@
+from nami.cli import main
+
+raise SystemExit(main())

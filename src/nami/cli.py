@@ -1,0 +1,243 @@
+"""``nami`` command line: a thin layer over the library (argument parsing and error reporting).
+
+Every user error (bad data, bad option, missing file, mismatched checkpoint) ends in one
+``nami: error: ...`` line and exit status 2 — never a Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from nami.training.config import TrainConfig
+
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """An error caused by the user's input; printed without a traceback."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from nami.data.squad import DataValidationError
+    from nami.paths import DataNotFoundError
+    from nami.text import TokenizerError
+    from nami.training.checkpoint import CheckpointError
+
+    return (UserError, DataValidationError, DataNotFoundError, TokenizerError, CheckpointError, FileNotFoundError,
+            FileExistsError, ValueError)
+
+
+# --- train options generated from TrainConfig -------------------------------------------------
+
+_HIDDEN_TRAIN_FIELDS = {"notes"}
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per :class:`TrainConfig` field (the dataclass is the single source of truth)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _HIDDEN_TRAIN_FIELDS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        default = f.default
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        if typing.get_origin(base) is list or typing.get_origin(hint) is list:
+            parser.add_argument(flag, nargs="+", default=None, metavar="PATH", help=f"(default: {default})")
+        else:
+            parser.add_argument(flag, type=base, default=None, metavar=f.name.upper(), help=f"(default: {default})")
+
+
+def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
+    values = dict(base or {})
+    if getattr(args, "config", None):
+        values.update(_read_json(args.config, "--config"))
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    return TrainConfig.from_dict(values)
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(f"{what} {path}: file not found") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{what} {path}: not valid JSON ({err})") from err
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from nami.data.corpus import read_corpus
+    from nami.text import train_tokenizer
+
+    texts = read_corpus(args.corpus)
+    tokenizer = train_tokenizer(texts, args.out, vocab_size=args.vocab_size, model_type=args.model_type,
+                                show_progress=not args.quiet)
+    print(f"tokenizer with {tokenizer.vocab_size:,} pieces saved to {args.out}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from nami.data.squad import check_squad, format_report
+
+    _, report = check_squad(args.paths, require_answers=not args.allow_unanswered)
+    for bad in report.bad:
+        print(f"{bad.file}: {bad.id}: {bad.reason}")
+    print(format_report(report), file=sys.stderr if report.bad else sys.stdout)
+    return 1 if report.bad else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nami.data.squad import load_squad
+    from nami.evaluation.metric import evaluate_predictions, load_predictions
+
+    examples = load_squad(args.data, on_bad_record=args.on_bad_record)
+    scores = evaluate_predictions(examples, load_predictions(args.predictions))
+    if scores["missing"]:
+        print(f"nami: warning: {len(scores['missing'])} question(s) have no prediction and count as wrong "
+              f"(first: {', '.join(scores['missing'][:5])})", file=sys.stderr)
+    print(json.dumps({k: scores[k] for k in ("exact_match", "f1", "count")}))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nami.training.loop import train
+
+    config = train_config_from_args(args)
+    train(config, quiet=args.quiet)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from nami.evaluation.runner import predict_file
+
+    result = predict_file(args.checkpoint, args.data, args.output, batch_size=args.batch_size,
+                          threads=args.threads, quiet=args.quiet)
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from nami.evaluation.runner import ask
+
+    answer = ask(args.checkpoint, context=args.context, question=args.question, n_best=args.n_best)
+    if args.json:
+        print(json.dumps(answer, ensure_ascii=False))
+    else:
+        for rank, cand in enumerate(answer["candidates"], 1):
+            print(f"{rank}. {cand['text']}\t(score {cand['score']:.2f}, chars {cand['start']}-{cand['end']})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from nami.reports.compare import run_compare
+
+    run_compare(
+        preset=args.preset,
+        minutes=args.minutes,
+        parallel=args.parallel,
+        results_path=args.results,
+        runs_dir=args.runs_dir,
+        train_data=args.train_data,
+        eval_data=args.eval_data,
+        tokenizer=args.tokenizer,
+        quiet=args.quiet,
+        command=" ".join(["nami", *sys.argv[1:]]),
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nami", description="nami (波): Japanese Wave Network toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
+    p = tok.add_parser("train", help="train a MeCab + SentencePiece tokenizer")
+    p.add_argument("--corpus", nargs="+", required=True,
+                   help="text files (one document per line), SQuAD JSON files or directories of shards")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_tokenizer_train)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("check", help="validate SQuAD-format files")
+    p.add_argument("paths", nargs="+", help="files or directories of *.json shards")
+    p.add_argument("--allow-unanswered", action="store_true", help="questions without answers are fine")
+    p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("evaluate", help="JSQuAD EM / F1 of a predictions file")
+    p.add_argument("--data", required=True, nargs="+")
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train an extractive QA model")
+    p.add_argument("--config", help="JSON file of training options (command-line options override it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="answer every question of a SQuAD file with a trained run")
+    p.add_argument("--checkpoint", required=True, help="run directory")
+    p.add_argument("--data", required=True, nargs="+")
+    p.add_argument("--output", required=True, help="PRED.json to write ({question_id: answer})")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's eval_batch_size")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("ask", help="answer one question about one context")
+    p.add_argument("--checkpoint", required=True, help="run directory")
+    p.add_argument("--context", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--n-best", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("compare", help="train Wave and Transformer under one budget and compare them")
+    p.add_argument("--preset", default="standard", help="compare preset (see nami.reports.compare.COMPARE_PRESETS)")
+    p.add_argument("--minutes", type=float, default=None, help="training minutes per model (overrides the preset)")
+    p.add_argument("--parallel", action="store_true",
+                   help="train both models at once, one thread each (same conditions for both)")
+    p.add_argument("--results", default=None, help="also write the comparison JSON here")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--train-data", nargs="+", default=None)
+    p.add_argument("--eval-data", default=None)
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the cached default tokenizer)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_error_types() as err:
+        if os.environ.get("NAMI_DEBUG"):
+            raise
+        print(f"nami: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("nami: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

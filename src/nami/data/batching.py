@@ -1,0 +1,111 @@
+"""Batches of QA windows: length-bucketed sampling and padding to a multiple of 16.
+
+Padding every batch to a multiple of 16 keeps the set of tensor shapes small: bf16 oneDNN
+kernels on CPU are rebuilt for every new shape (calibration.md measured ~6x from this and
+dropout-off together). Bucketing similar lengths into a batch wastes fewer padding tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from nami.data.features import QAFeatures
+
+PAD_MULTIPLE = 16
+
+
+class WindowDataset(Dataset):
+    """Indexable view of :class:`QAFeatures`; item = window index (collation does the work)."""
+
+    def __init__(self, features: QAFeatures) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class QACollator:
+    """Window indices -> padded tensors ``input_ids / attention_mask (B, S)``, labels ``(B,)``."""
+
+    def __init__(self, features: QAFeatures, pad_id: int, pad_multiple: int = PAD_MULTIPLE) -> None:
+        self.features = features
+        self.pad_id = pad_id
+        self.pad_multiple = pad_multiple
+
+    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        rows = [self.features.input_ids[i] for i in indices]
+        longest = max(len(r) for r in rows)
+        width = -(-longest // self.pad_multiple) * self.pad_multiple
+        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        for b, row in enumerate(rows):
+            input_ids[b, : len(row)] = row
+        lengths = torch.tensor([len(r) for r in rows])
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.arange(width)[None, :] < lengths[:, None],
+            "start_positions": torch.tensor([self.features.start_positions[i] for i in indices]),
+            "end_positions": torch.tensor([self.features.end_positions[i] for i in indices]),
+            "window_index": torch.tensor(list(indices)),
+        }
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar-length windows; deterministic for a given (seed, epoch).
+
+    Each epoch: shuffle all indices, cut them into pools of ``pool_batches`` batches, sort each
+    pool by length, cut the pool into batches, then shuffle the batch order.
+    """
+
+    def __init__(
+        self, lengths: np.ndarray, batch_size: int, *, seed: int, pool_batches: int = 50, drop_last: bool = False
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: expected >= 1")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.pool = pool_batches * batch_size
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        batches: list[list[int]] = []
+        for p in range(0, len(order), self.pool):
+            pool = order[p : p + self.pool]
+            pool = pool[np.argsort(self.lengths[pool], kind="stable")]
+            for b in range(0, len(pool), self.batch_size):
+                batch = pool[b : b + self.batch_size].tolist()
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches(self.epoch))
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        if self.drop_last:
+            # Pools are cut separately, so count per pool.
+            full, rest = divmod(n, self.pool)
+            return full * (self.pool // self.batch_size) + rest // self.batch_size
+        full, rest = divmod(n, self.pool)
+        return full * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Deterministic inference batches: windows sorted by length, then cut."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]

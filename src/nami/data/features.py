@@ -1,0 +1,145 @@
+"""QA windows: ``[CLS] question [SEP] context-window [SEP]`` with start/end token labels.
+
+Long contexts are cut into overlapping windows. ``doc_stride`` follows the original BERT
+``run_squad.py`` meaning: the distance in tokens between the starts of consecutive windows.
+A window that does not contain the whole (first) gold answer is labelled ``start = end = 0``
+(the ``[CLS]`` position). Every window keeps the character span of each context token, so a
+predicted token span maps back to the exact substring of the original context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nami.data.squad import QAExample
+
+
+class Tokenizer(Protocol):
+    cls_id: int
+    sep_id: int
+    pad_id: int
+
+    def encode(self, text: str): ...  # -> nami.text.Encoding (ids, offsets)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How examples become fixed-size windows.
+
+    Questions are cut to ``min(max_question_tokens, max_length // 2)`` tokens so that at least
+    half of every window is context.
+    """
+
+    max_length: int = 384
+    doc_stride: int = 128
+    max_question_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_question_tokens < 1:
+            raise ValueError(f"max_question_tokens={self.max_question_tokens}: expected >= 1")
+        if self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length}: expected >= 8")
+        if self.doc_stride < 1:
+            raise ValueError(f"doc_stride={self.doc_stride}: expected >= 1")
+
+
+@dataclass
+class QAFeatures:
+    """Columnar windows (one entry per window).
+
+    ``context_offsets[i]`` is an ``(L_i, 2)`` int array: the character span in the example's
+    context of each input token, ``(-1, -1)`` for question/special tokens (not selectable).
+    """
+
+    input_ids: list[np.ndarray] = field(default_factory=list)
+    context_offsets: list[np.ndarray] = field(default_factory=list)
+    start_positions: list[int] = field(default_factory=list)
+    end_positions: list[int] = field(default_factory=list)
+    example_index: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))
+
+    @property
+    def has_answer(self) -> np.ndarray:
+        return np.asarray(self.start_positions) > 0
+
+    def subset(self, indices: Sequence[int]) -> "QAFeatures":
+        out = QAFeatures()
+        for i in indices:
+            out.input_ids.append(self.input_ids[i])
+            out.context_offsets.append(self.context_offsets[i])
+            out.start_positions.append(self.start_positions[i])
+            out.end_positions.append(self.end_positions[i])
+            out.example_index.append(self.example_index[i])
+        return out
+
+
+def answer_token_span(offsets: np.ndarray, char_start: int, char_end: int) -> tuple[int, int] | None:
+    """Indices (first, last) of the context tokens covering ``[char_start, char_end)``."""
+    if len(offsets) == 0:
+        return None
+    first = int(np.searchsorted(offsets[:, 1], char_start, side="right"))  # first token ending after start
+    last = int(np.searchsorted(offsets[:, 0], char_end, side="left")) - 1  # last token starting before end
+    if first >= len(offsets) or last < first:
+        return None
+    return first, last
+
+
+def build_features(
+    examples: Sequence[QAExample],
+    tokenizer: Tokenizer,
+    config: FeatureConfig = FeatureConfig(),
+    *,
+    show_progress: bool = True,
+    desc: str = "windows",
+) -> QAFeatures:
+    """Tokenize examples (each distinct context once) and cut them into labelled windows."""
+    features = QAFeatures()
+    context_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for ex_index, example in enumerate(tqdm(examples, desc=desc, disable=not show_progress, unit="q")):
+        question = tokenizer.encode(example.question).ids[: min(config.max_question_tokens, config.max_length // 2)]
+        if example.context not in context_cache:
+            enc = tokenizer.encode(example.context)
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            # A literal "[SEP]" in the context (JSQuAD's "title [SEP] paragraph") is a separator,
+            # never part of an answer: make it unselectable.
+            selectable_offsets = offsets.copy()
+            selectable_offsets[ids == tokenizer.sep_id] = -1
+            context_cache[example.context] = (ids, offsets, selectable_offsets)
+        ctx_ids, ctx_offsets, ctx_selectable = context_cache[example.context]
+        answer = None
+        if example.answers:
+            gold = example.answers[0]
+            answer = answer_token_span(ctx_offsets, gold.start, gold.start + len(gold.text))
+        prefix = np.asarray([tokenizer.cls_id, *question, tokenizer.sep_id], dtype=np.int64)
+        room = config.max_length - len(prefix) - 1
+        step = min(config.doc_stride, room)
+        window_start = 0
+        while True:
+            window_end = min(window_start + room, len(ctx_ids))
+            ids = np.concatenate([prefix, ctx_ids[window_start:window_end], [tokenizer.sep_id]])
+            offsets = np.full((len(ids), 2), -1, dtype=np.int64)
+            offsets[len(prefix) : len(prefix) + window_end - window_start] = ctx_selectable[window_start:window_end]
+            start = end = 0
+            if answer is not None and window_start <= answer[0] and answer[1] < window_end:
+                start = answer[0] - window_start + len(prefix)
+                end = answer[1] - window_start + len(prefix)
+            features.input_ids.append(ids)
+            features.context_offsets.append(offsets)
+            features.start_positions.append(start)
+            features.end_positions.append(end)
+            features.example_index.append(ex_index)
+            if window_end >= len(ctx_ids):
+                break
+            window_start += step
+    return features

@@ -1,0 +1,96 @@
+"""Run a QA model over examples and return answer strings.
+
+Inference is deterministic for a given model, data and thread count: windows are batched in a
+fixed length-sorted order and every batch is padded to a multiple of 16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from nami.data.batching import QACollator, sorted_batches
+from nami.data.features import QAFeatures
+from nami.data.squad import QAExample
+from nami.evaluation.decoding import Span, best_token_spans, decode_example_spans
+
+
+@dataclass
+class PredictionOutput:
+    answers: dict[str, str]  # question id -> answer text ("" when no span was found)
+    nbest: dict[str, list[Span]]
+    seconds: float  # model + decoding time (not tokenisation)
+
+    @property
+    def questions_per_second(self) -> float:
+        return len(self.answers) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def autocast_context(device: torch.device, precision: str):
+    """``torch.autocast`` for bf16, a no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_answers(
+    model: torch.nn.Module,
+    examples: list[QAExample],
+    features: QAFeatures,
+    *,
+    pad_id: int,
+    batch_size: int = 64,
+    max_answer_tokens: int = 30,
+    n_best: int = 1,
+    precision: str = "bf16",
+    device: torch.device | str = "cpu",
+    show_progress: bool = True,
+) -> PredictionOutput:
+    """Best answer substring per example (``features`` built from ``examples``)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    collate = QACollator(features, pad_id)
+    per_example: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
+    started = time.perf_counter()
+    batches = sorted_batches(features.lengths, batch_size)
+    for batch_indices in tqdm(batches, desc="predict", disable=not show_progress, unit="batch"):
+        batch = collate(batch_indices)
+        input_ids = batch["input_ids"].to(device)
+        mask = batch["attention_mask"].to(device)
+        with autocast_context(device, precision):
+            logits = model(input_ids, mask)
+        selectable = torch.zeros_like(mask)
+        for row, w in enumerate(batch_indices):
+            offsets = features.context_offsets[w]
+            selectable[row, : len(offsets)] = torch.from_numpy(offsets[:, 0] >= 0)
+        scores, starts, ends = best_token_spans(
+            logits.start, logits.end, selectable, max_answer_tokens=max_answer_tokens, n_best=n_best
+        )
+        scores, starts, ends = scores.cpu().numpy(), starts.cpu().numpy(), ends.cpu().numpy()
+        for row, w in enumerate(batch_indices):
+            per_example[features.example_index[w]].append((w, scores[row], starts[row], ends[row]))
+    answers: dict[str, str] = {}
+    nbest: dict[str, list[Span]] = {}
+    for ex_index, example in enumerate(examples):
+        windows = sorted(per_example.get(ex_index, []), key=lambda item: item[0])
+        spans = decode_example_spans(
+            [w for w, *_ in windows],
+            [s for _, s, _, _ in windows],
+            [s for _, _, s, _ in windows],
+            [e for *_, e in windows],
+            features.context_offsets,
+            n_best=n_best,
+        )
+        nbest[example.id] = spans
+        answers[example.id] = example.context[spans[0].char_start : spans[0].char_end] if spans else ""
+    seconds = time.perf_counter() - started
+    model.train(was_training)
+    return PredictionOutput(answers=answers, nbest=nbest, seconds=seconds)

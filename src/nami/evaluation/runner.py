@@ -1,0 +1,85 @@
+"""Prediction with a trained run: whole SQuAD files (``nami predict``) or one question (``nami ask``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from nami.data.features import build_features
+from nami.data.squad import Answer, QAExample, load_squad
+from nami.evaluation.metric import evaluate_predictions
+from nami.evaluation.predict import predict_answers
+from nami.training import checkpoint as ckpt
+from nami.training.loop import feature_config
+
+
+def predict_file(
+    run_dir: str | Path,
+    data: str | Sequence[str],
+    output: str | Path,
+    *,
+    batch_size: int | None = None,
+    threads: int | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Write ``{question_id: answer}`` for every question in ``data``; score it when answers exist.
+
+    Returns a summary with EM / F1 (when the data has answers), questions/s, and whether the F1
+    equals the one recorded in the run's ``final_eval.json`` for the same data file.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    model, tokenizer, config = ckpt.load_run(run_dir)
+    examples = load_squad(data, require_answers=False, on_bad_record=config.on_bad_record)
+    features = build_features(examples, tokenizer, feature_config(config), show_progress=not quiet)
+    output_data = predict_answers(
+        model,
+        examples,
+        features,
+        pad_id=tokenizer.pad_id,
+        batch_size=batch_size or config.eval_batch_size,
+        max_answer_tokens=config.max_answer_tokens,
+        precision=config.precision,
+        show_progress=not quiet,
+    )
+    ckpt.write_json(Path(output), output_data.answers)
+    summary: dict[str, Any] = {
+        "output": str(output),
+        "count": len(examples),
+        "questions_per_s": round(output_data.questions_per_second, 2),
+    }
+    if all(ex.answers for ex in examples):
+        scores = evaluate_predictions(examples, output_data.answers)
+        summary.update(exact_match=scores["exact_match"], f1=scores["f1"])
+        recorded = Path(run_dir) / ckpt.FINAL_EVAL_FILE
+        data_paths = [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data)]
+        if recorded.is_file():
+            final = ckpt.read_json(recorded)
+            if [str(Path(final["data"]).resolve())] == data_paths:
+                summary["recorded_f1"] = final["f1"]
+                summary["matches_recorded"] = final["f1"] == scores["f1"] and final["exact_match"] == scores["exact_match"]
+    return summary
+
+
+def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) -> dict[str, Any]:
+    """The ``n_best`` answer spans of ``context`` for ``question``, with scores and char offsets."""
+    if not context.strip():
+        raise ValueError("--context is empty")
+    if not question.strip():
+        raise ValueError("--question is empty")
+    if n_best < 1:
+        raise ValueError(f"--n-best={n_best}: expected >= 1")
+    model, tokenizer, config = ckpt.load_run(run_dir)
+    example = QAExample(id="ask", question=question, context=context, answers=(), title="", source="<ask>")
+    features = build_features([example], tokenizer, feature_config(config), show_progress=False)
+    output = predict_answers(
+        model, [example], features, pad_id=tokenizer.pad_id, max_answer_tokens=config.max_answer_tokens,
+        n_best=n_best, precision=config.precision, show_progress=False,
+    )
+    candidates = [
+        {"text": context[s.char_start : s.char_end], "score": s.score, "start": s.char_start, "end": s.char_end}
+        for s in output.nbest["ask"]
+    ]
+    return {"answer": candidates[0]["text"] if candidates else "", "candidates": candidates, "windows": len(features)}

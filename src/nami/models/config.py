@@ -1,0 +1,100 @@
+"""Typed model configuration shared by every encoder.
+
+One dataclass describes both architectures so that a Wave model and a Transformer built from the
+same preset have the same width, depth and feed-forward size (and, by construction, parameter
+counts within a few percent: a Wave layer has 4·D² projection weights, attention has 4·D²).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Architecture = Literal["wave", "transformer"]
+WaveMode = Literal["interference", "modulation"]
+ARCHITECTURES: tuple[str, ...] = ("wave", "transformer")
+WAVE_MODES: tuple[str, ...] = ("interference", "modulation")
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of an encoder + task head.
+
+    Attributes:
+        arch: ``"wave"`` or ``"transformer"``.
+        vocab_size: number of token ids (specials included).
+        max_len: longest sequence the learned position table covers.
+        d_model: hidden width D.
+        n_layers: number of blocks.
+        d_ff: feed-forward inner width.
+        n_heads: attention heads (Transformer only).
+        wave_mode: how the two complex waves combine (Wave only): ``interference`` adds them,
+            ``modulation`` multiplies them.
+        dropout: dropout probability. Defaults to 0: on CPU the random-number generation costs
+            about a third of a training step (see ../shared/notes/calibration.md).
+        norm_eps: LayerNorm epsilon.
+        wave_eps: added under the square roots of the Wave layer so gradients stay finite.
+        pad_id: id of the padding token (its embedding is kept at zero).
+    """
+
+    arch: Architecture = "wave"
+    vocab_size: int = 32000
+    max_len: int = 512
+    d_model: int = 256
+    n_layers: int = 4
+    d_ff: int = 1024
+    n_heads: int = 4
+    wave_mode: WaveMode = "modulation"
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    wave_eps: float = 1e-6
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"model option arch={self.arch!r}: expected one of {ARCHITECTURES}")
+        if self.wave_mode not in WAVE_MODES:
+            raise ValueError(f"model option wave_mode={self.wave_mode!r}: expected one of {WAVE_MODES}")
+        for name in ("vocab_size", "max_len", "d_model", "n_layers", "d_ff", "n_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model option {name}={value!r}: expected a positive integer")
+        if self.arch == "transformer" and self.d_model % self.n_heads:
+            raise ValueError(f"model option d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model option dropout={self.dropout!r}: expected 0 <= dropout < 1")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"model option pad_id={self.pad_id} outside the vocabulary (size {self.vocab_size})")
+        if self.norm_eps <= 0 or self.wave_eps <= 0:
+            raise ValueError("model options norm_eps and wave_eps must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+# Size presets: (d_model, n_layers, d_ff, n_heads). Both architectures take the same preset.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=64, n_layers=2, d_ff=128, n_heads=2),
+    "small": dict(d_model=256, n_layers=4, d_ff=1024, n_heads=4),
+    "base": dict(d_model=512, n_layers=8, d_ff=2048, n_heads=8),
+}
+
+
+def preset_config(name: str, arch: str, **overrides: Any) -> ModelConfig:
+    """The :class:`ModelConfig` of a size preset for ``arch``, with field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}: expected one of {sorted(PRESETS)}")
+    return ModelConfig(arch=arch, **{**PRESETS[name], **overrides})

@@ -1,0 +1,124 @@
+"""Typed configuration of a QA training run (saved as ``config.json`` in every run directory)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from nami.models.config import ARCHITECTURES, PRESETS, WAVE_MODES
+
+PRECISIONS = ("bf16", "fp32")
+SCHEDULES = ("cosine", "linear")
+BAD_RECORD_POLICIES = ("error", "skip")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Paths are strings so the config is plain JSON.
+
+    ``train_data`` / ``eval_data``: ``None`` means the defaults (JaQuAD train / JSQuAD dev under
+    the data root, see :mod:`nami.paths`). The run stops at whichever comes first of ``epochs``,
+    ``max_steps`` and ``max_minutes`` (training time, evaluation excluded); the learning-rate
+    schedule follows the same progress, so a time-budgeted run still decays to zero. Only a run
+    without ``max_minutes`` is bitwise reproducible.
+    """
+
+    arch: str = "wave"
+    preset: str = "small"
+    wave_mode: str = "modulation"
+    dropout: float = 0.0
+    train_data: list[str] | None = None
+    eval_data: str | None = None
+    tokenizer: str | None = None  # a saved tokenizer directory; None = the cached default
+    vocab_size: int = 32000  # of the default tokenizer
+    max_length: int = 384
+    doc_stride: int = 128
+    max_question_tokens: int = 64
+    negative_fraction: float = 1.0  # share of answerless windows kept for training
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of training progress
+    schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    eval_every_minutes: float | None = 10.0
+    eval_subset: int = 500  # questions used by periodic evaluation (final evaluation uses all)
+    eval_batch_size: int = 64
+    max_answer_tokens: int = 30
+    precision: str = "bf16"
+    seed: int = 0
+    threads: int | None = None
+    log_every: int = 20
+    on_bad_record: str = "error"
+    runs_dir: str = "runs"
+    run_name: str | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad option."""
+
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+
+        def positive(name: str, *, allow_none: bool = False, integer: bool = True) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            kind = int if integer else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+                raise ValueError(f"option {name}={value!r}: expected a positive {'integer' if integer else 'number'}")
+
+        choice("arch", ARCHITECTURES)
+        choice("preset", tuple(PRESETS))
+        choice("wave_mode", WAVE_MODES)
+        choice("precision", PRECISIONS)
+        choice("schedule", SCHEDULES)
+        choice("on_bad_record", BAD_RECORD_POLICIES)
+        for name in ("vocab_size", "max_length", "doc_stride", "max_question_tokens", "batch_size", "grad_accum",
+                     "eval_subset", "eval_batch_size", "max_answer_tokens", "log_every"):
+            positive(name)
+        positive("max_steps", allow_none=True)
+        positive("threads", allow_none=True)
+        for name in ("lr", "epochs"):
+            positive(name, integer=False)
+        positive("max_minutes", allow_none=True, integer=False)
+        positive("eval_every_minutes", allow_none=True, integer=False)
+        if not 0.0 <= self.negative_fraction <= 1.0:
+            raise ValueError(f"option negative_fraction={self.negative_fraction}: expected 0 <= value <= 1")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"option warmup={self.warmup}: expected a fraction 0 <= warmup < 1")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise ValueError("options weight_decay must be >= 0 and max_grad_norm > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"option dropout={self.dropout}: expected 0 <= dropout < 1")
+        if self.max_length > 4096:
+            raise ValueError(f"option max_length={self.max_length}: at most 4096 for QA windows")
+        if self.train_data is not None and (not isinstance(self.train_data, list) or not self.train_data):
+            raise ValueError("option train_data: expected a non-empty list of paths")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def short_hash(self) -> str:
+        """8 hex digits identifying the settings (output location excluded)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in ("runs_dir", "run_name", "threads")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]

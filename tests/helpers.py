@@ -1,0 +1,35 @@
+"""Small test doubles shared by the test modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CharEncoding:
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class CharTokenizer:
+    """One token per non-space character (ids 5..104); ``[SEP]`` literal -> id 3."""
+
+    pad_id, unk_id, cls_id, sep_id, mask_id = 0, 1, 2, 3, 4
+    vocab_size = 105
+
+    def encode(self, text: str) -> CharEncoding:
+        ids, offsets, i = [], [], 0
+        while i < len(text):
+            if text.startswith("[SEP]", i):
+                ids.append(self.sep_id)
+                offsets.append((i, i + 5))
+                i += 5
+                continue
+            if not text[i].isspace():
+                ids.append(5 + ord(text[i]) % 100)
+                offsets.append((i, i + 1))
+            i += 1
+        return CharEncoding(ids, offsets)

@@ -1,0 +1,98 @@
+"""The command line: exit codes and messages for data checks and bad input (no tracebacks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nami.cli import main
+
+
+def write(path, obj) -> str:
+    path.write_text(json.dumps(obj, ensure_ascii=False), "utf-8")
+    return str(path)
+
+
+GOOD = {"data": [{"title": "t", "paragraphs": [{"context": "東京は日本の首都。", "qas": [
+    {"id": "q1", "question": "日本の首都は?", "answers": [{"text": "東京", "answer_start": 0}]}]}]}]}
+
+
+def test_data_check_clean_file_exits_0_with_summary(tmp_path, capsys):
+    assert main(["data", "check", write(tmp_path / "good.json", GOOD)]) == 0
+    out = capsys.readouterr().out
+    assert "1" in out and "question" in out
+
+
+def test_data_check_bad_records_exit_1_one_line_each(tmp_path, capsys):
+    bad = json.loads(json.dumps(GOOD))
+    qas = bad["data"][0]["paragraphs"][0]["qas"]
+    qas.append({"id": "q2", "question": "?", "answers": [{"text": "大阪", "answer_start": 0}]})
+    qas.append({"id": "q3", "question": "", "answers": [{"text": "東京", "answer_start": 0}]})
+    path = write(tmp_path / "bad.json", bad)
+    assert main(["data", "check", path]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{path}: q2: ") and "answer_start" in lines[0]
+    assert lines[1].startswith(f"{path}: q3: ")
+
+
+def test_data_check_truncated_json_is_reported_not_raised(tmp_path, capsys):
+    path = tmp_path / "trunc.json"
+    path.write_text(json.dumps(GOOD, ensure_ascii=False)[:-7], "utf-8")
+    assert main(["data", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert str(path) in out and "JSON" in out
+
+
+def test_train_on_bad_data_is_one_clear_error(tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_bytes(b"\xff\xfe not utf-8")
+    assert main(["train", "--train-data", str(path), "--eval-data", str(path), "--quiet",
+                 "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nami: error:") and str(path) in err and "UTF-8" in err and "Traceback" not in err
+
+
+def test_evaluate_reports_missing_predictions(tmp_path, capsys):
+    data = write(tmp_path / "good.json", GOOD)
+    preds = write(tmp_path / "pred.json", {})
+    assert main(["evaluate", "--data", data, "--predictions", preds]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"exact_match": 0.0, "f1": 0.0, "count": 1}
+    assert "q1" in captured.err
+
+
+def test_evaluate_malformed_predictions_names_the_file(tmp_path, capsys):
+    data = write(tmp_path / "good.json", GOOD)
+    preds = tmp_path / "pred.json"
+    preds.write_text("{oops", "utf-8")
+    assert main(["evaluate", "--data", data, "--predictions", str(preds)]) == 2
+    assert str(preds) in capsys.readouterr().err
+
+
+def test_predict_on_a_missing_run_is_a_clear_error(tmp_path, capsys):
+    data = write(tmp_path / "good.json", GOOD)
+    assert main(["predict", "--checkpoint", str(tmp_path / "nope"), "--data", data, "--output",
+                 str(tmp_path / "o.json")]) == 2
+    assert "not a nami run directory" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_tokenizer_train_cli_writes_a_loadable_tokenizer(tiny_squad, tmp_path, capsys):
+    from nami.text import JapaneseTokenizer
+
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--corpus", str(tiny_squad), "--out", str(out), "--vocab-size", "800",
+                 "--quiet"]) == 0
+    tok = JapaneseTokenizer.load(out)
+    enc = tok.encode("東京は日本の首都です。")
+    assert len(enc.ids) > 0 and tok.vocab_size <= 800
+
+
+def test_module_entry_point_runs_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nami", "compare", "--preset", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown compare preset" in proc.stderr and "Traceback" not in proc.stderr

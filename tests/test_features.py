@@ -1,0 +1,126 @@
+"""QA windows and span decoding, with a character-level tokenizer double."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nami.data.batching import BucketBatchSampler, QACollator
+from nami.data.features import FeatureConfig, answer_token_span, build_features
+from nami.data.squad import Answer, QAExample
+from nami.evaluation.decoding import best_token_spans
+
+from helpers import CharTokenizer
+
+
+def example(context: str, answer: str, question: str = "なに?", qid: str = "q1") -> QAExample:
+    start = context.index(answer)
+    return QAExample(id=qid, question=question, context=context, answers=(Answer(answer, start),), title="", source="t")
+
+
+def test_window_layout_and_labels_point_at_the_answer():
+    ex = example("東京は日本の首都です。", "日本")
+    feats = build_features([ex], CharTokenizer(), FeatureConfig(max_length=32, doc_stride=8), show_progress=False)
+    assert len(feats) == 1
+    ids = feats.input_ids[0]
+    assert ids[0] == CharTokenizer.cls_id and ids[-1] == CharTokenizer.sep_id
+    assert ids[1 + 3] == CharTokenizer.sep_id  # [CLS] な に ? [SEP]
+    s, e = feats.start_positions[0], feats.end_positions[0]
+    offsets = feats.context_offsets[0]
+    assert ex.context[offsets[s, 0] : offsets[e, 1]] == "日本"
+    assert (offsets[:5] == -1).all() and (offsets[-1] == -1).all()
+
+
+def test_long_context_windows_overlap_and_answerless_windows_point_to_cls():
+    context = "あ" * 40 + "答え" + "い" * 40
+    ex = example(context, "答え")
+    config = FeatureConfig(max_length=24, doc_stride=10, max_question_tokens=4)
+    feats = build_features([ex], CharTokenizer(), config, show_progress=False)
+    assert len(feats) > 3
+    covered = set()
+    for i in range(len(feats)):
+        assert len(feats.input_ids[i]) <= 24
+        offs = feats.context_offsets[i]
+        covered |= {int(o) for o in offs[offs[:, 0] >= 0, 0]}
+        s, e = feats.start_positions[i], feats.end_positions[i]
+        if s == 0:
+            assert e == 0
+        else:
+            assert context[offs[s, 0] : offs[e, 1]] == "答え"
+    assert covered == set(range(len(context)))  # every context char is in some window
+    assert sum(feats.has_answer) >= 1
+
+
+def test_answer_cut_by_a_window_edge_is_not_labelled_in_that_window():
+    context = "x" * 10 + "ABCDEF" + "y" * 10
+    ex = example(context, "ABCDEF")
+    config = FeatureConfig(max_length=16, doc_stride=4, max_question_tokens=2)
+    feats = build_features([ex], CharTokenizer(), config, show_progress=False)
+    for i in range(len(feats)):
+        offs = feats.context_offsets[i]
+        window_chars = set(offs[offs[:, 0] >= 0, 0].tolist())
+        whole = set(range(10, 16)) <= window_chars
+        assert (feats.start_positions[i] > 0) == whole
+
+
+def test_literal_sep_in_context_is_not_selectable():
+    ex = example("梅雨 [SEP] 梅雨は雨季である。", "雨季")
+    feats = build_features([ex], CharTokenizer(), FeatureConfig(max_length=64), show_progress=False)
+    ids, offs = feats.input_ids[0], feats.context_offsets[0]
+    sep_positions = np.flatnonzero(ids == CharTokenizer.sep_id)
+    assert len(sep_positions) == 3  # after the question, the literal, the end
+    assert (offs[sep_positions] == -1).all()
+
+
+def test_answer_token_span_handles_answer_starting_inside_a_token():
+    offsets = np.array([[0, 2], [2, 5], [6, 8]])
+    assert answer_token_span(offsets, 3, 7) == (1, 2)
+    assert answer_token_span(offsets, 0, 2) == (0, 0)
+    assert answer_token_span(offsets, 8, 9) is None
+
+
+def test_feature_config_rejects_impossible_sizes():
+    with pytest.raises(ValueError, match="max_length"):
+        FeatureConfig(max_length=7)
+    with pytest.raises(ValueError, match="doc_stride"):
+        FeatureConfig(doc_stride=0)
+
+
+def test_best_token_spans_is_exact_and_respects_constraints():
+    start = torch.tensor([[0.0, 5.0, 1.0, 0.0, 9.5]])
+    end = torch.tensor([[0.0, 0.0, 4.0, 8.0, 0.0]])
+    selectable = torch.tensor([[False, True, True, True, True]])
+    scores, starts, ends = best_token_spans(start, end, selectable, max_answer_tokens=3, n_best=3)
+    # best: start 1 (5) + end 3 (8) = 13; start 4 (9.5) cannot pair with an earlier end
+    assert (starts[0, 0].item(), ends[0, 0].item()) == (1, 3)
+    assert scores[0, 0].item() == 13.0
+    assert all(s <= e < s + 3 for s, e in zip(starts[0].tolist(), ends[0].tolist()))
+    _, s2, e2 = best_token_spans(start, end, selectable, max_answer_tokens=2, n_best=1)
+    assert (s2.item(), e2.item()) == (4, 4)  # with at most 2 tokens: 9.5 + 0 beats 5 + 4 and 1 + 8
+    brute = max(
+        (start[0, i] + end[0, j]).item() for i in range(1, 5) for j in range(i, min(5, i + 2))
+    )
+    assert best_token_spans(start, end, selectable, max_answer_tokens=2)[0].item() == brute
+
+
+def test_collator_pads_to_multiple_of_16_and_masks_padding():
+    ex = example("東京は日本の首都です。", "日本")
+    feats = build_features([ex, example("大阪は都市。", "大阪", qid="q2")], CharTokenizer(), show_progress=False)
+    batch = QACollator(feats, pad_id=0)([0, 1])
+    assert batch["input_ids"].shape[1] % 16 == 0
+    assert batch["attention_mask"].sum().item() == sum(len(x) for x in feats.input_ids)
+    assert (batch["input_ids"][~batch["attention_mask"]] == 0).all()
+
+
+def test_bucket_sampler_is_deterministic_and_covers_every_window_once():
+    lengths = np.random.default_rng(0).integers(10, 300, size=1000)
+    sampler = BucketBatchSampler(lengths, 32, seed=7, pool_batches=5)
+    first = sampler.batches(0)
+    assert first == sampler.batches(0)
+    assert first != sampler.batches(1)
+    flat = sorted(i for batch in first for i in batch)
+    assert flat == list(range(1000))
+    assert len(first) == len(sampler)
+    spread = np.mean([np.ptp(lengths[b]) for b in first])
+    assert spread < np.ptp(lengths) / 3  # bucketing groups similar lengths

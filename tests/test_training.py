@@ -1,0 +1,133 @@
+"""End-to-end training behaviour on a tiny real-text QA set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nami.cli import main
+from nami.evaluation.runner import predict_file
+from nami.training import checkpoint as ckpt
+from nami.training.config import TrainConfig
+from nami.training.loop import lr_factor, train
+
+
+def tiny_train_config(tiny_squad, tokenizer_dir, tmp_path, arch: str, **overrides) -> TrainConfig:
+    values = dict(
+        arch=arch, preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad), tokenizer=str(tokenizer_dir),
+        max_length=96, batch_size=16, lr=3e-3, warmup=0.1, max_steps=150, eval_every_minutes=None, eval_subset=16,
+        runs_dir=str(tmp_path / "runs"), log_every=10, precision="fp32",
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def overfit_runs(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("overfit")
+    return {
+        arch: train(tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp, arch, run_name=f"overfit-{arch}"), quiet=True)
+        for arch in ("wave", "transformer")
+    }
+
+
+@pytest.mark.parametrize("arch", ["wave", "transformer"])
+def test_tiny_model_overfits_16_examples(overfit_runs, arch):
+    result = overfit_runs[arch]
+    assert result.final_eval["count"] == 16
+    assert result.final_eval["exact_match"] >= 90.0, result.final_eval
+
+
+@pytest.mark.parametrize("arch", ["wave", "transformer"])
+def test_run_directory_holds_config_weights_state_and_metrics(overfit_runs, arch):
+    run_dir = overfit_runs[arch].run_dir
+    for name in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.STATE_FILE, ckpt.METRICS_FILE, ckpt.FINAL_EVAL_FILE,
+                 ckpt.PREDICTIONS_FILE, "tokenizer"):
+        assert (run_dir / name).exists(), name
+    records = [json.loads(line) for line in (run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
+    assert records[0]["type"] == "start" and records[-1]["type"] == "final_eval"
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert losses[-1] < losses[0] / 3
+    state = ckpt.load_training_state(run_dir)
+    assert state["step"] == 150 and "optimizer" in state
+
+
+@pytest.mark.parametrize("arch", ["wave", "transformer"])
+def test_checkpoint_reload_gives_identical_predictions_and_f1(overfit_runs, tiny_squad, tmp_path, arch):
+    run_dir = overfit_runs[arch].run_dir
+    summary = predict_file(run_dir, str(tiny_squad), tmp_path / "pred.json", quiet=True)
+    saved = json.loads((run_dir / ckpt.PREDICTIONS_FILE).read_text())
+    assert json.loads((tmp_path / "pred.json").read_text()) == saved
+    assert summary["matches_recorded"] is True
+    assert summary["f1"] == overfit_runs[arch].final_eval["f1"]
+
+
+def test_cli_predict_and_evaluate_agree_with_the_run(overfit_runs, tiny_squad, tmp_path, capsys):
+    run_dir = overfit_runs["transformer"].run_dir
+    pred = tmp_path / "p.json"
+    assert main(["predict", "--checkpoint", str(run_dir), "--data", str(tiny_squad), "--output", str(pred),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--data", str(tiny_squad), "--predictions", str(pred)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["count"] == 16
+    assert scores["f1"] == overfit_runs["transformer"].final_eval["f1"]
+
+
+def test_cli_ask_returns_a_substring_of_the_context(overfit_runs, tiny_squad, capsys):
+    data = json.loads(tiny_squad.read_text())
+    para = data["data"][0]["paragraphs"][0]
+    run_dir = overfit_runs["transformer"].run_dir
+    assert main(["ask", "--checkpoint", str(run_dir), "--context", para["context"],
+                 "--question", para["qas"][0]["question"], "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["answer"] == para["qas"][0]["answers"][0]["text"]
+    for cand in answer["candidates"]:
+        assert para["context"][cand["start"] : cand["end"]] == cand["text"]
+
+
+def test_seeded_runs_are_bitwise_reproducible(tiny_squad, tiny_tokenizer_dir, tmp_path):
+    runs = [
+        train(tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp_path, "wave", max_steps=12, run_name=f"r{i}"),
+              quiet=True)
+        for i in range(2)
+    ]
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(r.run_dir / ckpt.WEIGHTS_FILE)) for r in runs)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_name_is_refused(overfit_runs, tiny_squad, tiny_tokenizer_dir):
+    run_dir = overfit_runs["wave"].run_dir
+    config = tiny_train_config(tiny_squad, tiny_tokenizer_dir, run_dir.parent.parent, "wave",
+                               runs_dir=str(run_dir.parent), run_name=run_dir.name)
+    with pytest.raises(FileExistsError):
+        train(config, quiet=True)
+
+
+def test_lr_schedule_warms_up_and_decays_to_zero():
+    assert lr_factor(0.0, 0.1, "cosine") == 0.0
+    assert lr_factor(0.05, 0.1, "cosine") == pytest.approx(0.5)
+    assert lr_factor(0.1, 0.1, "cosine") == pytest.approx(1.0)
+    assert lr_factor(0.55, 0.1, "linear") == pytest.approx(0.5)
+    assert lr_factor(1.0, 0.1, "cosine") == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [("arch", "lstm"), ("precision", "fp8"), ("batch_size", 0), ("lr", -1.0), ("negative_fraction", 2.0),
+     ("max_minutes", 0.0), ("schedule", "step"), ("on_bad_record", "ignore")],
+)
+def test_bad_train_options_name_the_option(option, value):
+    with pytest.raises(ValueError, match=option):
+        TrainConfig(**{option: value})
+
+
+def test_cli_reports_bad_options_without_traceback(capsys):
+    assert main(["train", "--batch-size", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size" in err and "Traceback" not in err
