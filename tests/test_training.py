@@ -43,15 +43,15 @@ def test_tiny_model_overfits_16_examples(overfit_runs, arch):
 @pytest.mark.parametrize("arch", ["wave", "transformer"])
 def test_run_directory_holds_config_weights_state_and_metrics(overfit_runs, arch):
     run_dir = overfit_runs[arch].run_dir
-    for name in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.STATE_FILE, ckpt.METRICS_FILE, ckpt.FINAL_EVAL_FILE,
-                 ckpt.PREDICTIONS_FILE, "tokenizer"):
+    for name in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.MANIFEST_FILE, ckpt.METRICS_FILE, ckpt.FINAL_EVAL_FILE,
+                 ckpt.PREDICTIONS_FILE, "tokenizer", "checkpoints/step-00000150"):
         assert (run_dir / name).exists(), name
     records = [json.loads(line) for line in (run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
     assert records[0]["type"] == "start" and records[-1]["type"] == "final_eval"
     losses = [r["loss"] for r in records if r["type"] == "train"]
     assert losses[-1] < losses[0] / 3
-    state = ckpt.load_training_state(run_dir)
-    assert state["step"] == 150 and "optimizer" in state
+    _, optimizer_state, _, state = ckpt.load_checkpoint(run_dir / "checkpoints" / "step-00000150")
+    assert state["progress"]["step"] == 150 and optimizer_state["state"]
 
 
 @pytest.mark.parametrize("arch", ["wave", "transformer"])

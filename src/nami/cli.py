@@ -114,10 +114,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nami.training.loop import train
+    from nami.training.loop import NonFiniteError, TrainingInterrupted, resume, train
 
-    config = train_config_from_args(args)
-    train(config, quiet=args.quiet)
+    try:
+        if args.resume:
+            given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
+                     if f.name != "threads" and getattr(args, f.name, None) is not None]
+            if given or args.config:
+                raise UserError(f"--resume continues the run with its saved config; drop {', '.join(given) or '--config'}")
+            resume(args.resume, quiet=args.quiet, threads=args.threads)
+        else:
+            if args.tokenizer and args.vocab_size is not None:
+                raise UserError("--vocab-size sizes the default tokenizer; with --tokenizer DIR the vocabulary is "
+                                "that tokenizer's (drop one of them)")
+            train(train_config_from_args(args), quiet=args.quiet)
+    except TrainingInterrupted as stopped:
+        print(f"nami: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    except NonFiniteError as err:
+        print(f"nami: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -188,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an extractive QA model")
     p.add_argument("--config", help="JSON file of training options (command-line options override it)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_train_options(p)
     p.set_defaults(func=cmd_train)

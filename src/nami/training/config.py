@@ -56,6 +56,10 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     log_every: int = 20
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = 10.0
+    keep_checkpoints: int = 2  # resumable checkpoints kept under checkpoints/ (oldest deleted first)
+    nonfinite_skips: int = 0  # batches with a NaN/Inf loss or gradient skipped before aborting
     on_bad_record: str = "error"
     runs_dir: str = "runs"
     run_name: str | None = None
@@ -89,6 +93,11 @@ class TrainConfig:
                      "eval_subset", "eval_batch_size", "max_answer_tokens", "log_every"):
             positive(name)
         positive("max_steps", allow_none=True)
+        positive("checkpoint_every_steps", allow_none=True)
+        positive("keep_checkpoints")
+        positive("checkpoint_every_minutes", allow_none=True, integer=False)
+        if isinstance(self.nonfinite_skips, bool) or not isinstance(self.nonfinite_skips, int) or self.nonfinite_skips < 0:
+            raise ValueError(f"option nonfinite_skips={self.nonfinite_skips!r}: expected an integer >= 0")
         positive("threads", allow_none=True)
         for name in ("lr", "epochs"):
             positive(name, integer=False)
@@ -120,5 +129,7 @@ class TrainConfig:
 
     def short_hash(self) -> str:
         """8 hex digits identifying the settings (output location excluded)."""
-        data = {k: v for k, v in self.to_dict().items() if k not in ("runs_dir", "run_name", "threads")}
+        ignored = ("runs_dir", "run_name", "threads", "checkpoint_every_steps", "checkpoint_every_minutes",
+                   "keep_checkpoints")
+        data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]

@@ -1,8 +1,22 @@
-"""QA training on top of ``accelerate.Accelerator``.
+"""QA training on top of ``accelerate.Accelerator``, resumable bit for bit.
 
 Accelerate owns device placement, mixed precision (bf16 autocast on CPU and CUDA) and gradient
 accumulation, so multi-process and DeepSpeed training can be switched on later through its
 launcher without touching this loop.
+
+Reliability:
+
+* **Exact resume.** A checkpoint holds the weights, optimizer state, every RNG (Python, NumPy,
+  torch), the epoch and how many batches of it were consumed, and the logging window. The batch
+  order is a pure function of (seed, epoch), so ``nami train --resume RUN`` continues with the
+  very next batch: a run killed at any step and resumed ends with the same weights and metrics
+  as an uninterrupted one (for step/epoch-limited runs; a ``max_minutes`` budget depends on the
+  clock by definition).
+* **Signals.** SIGINT / SIGTERM finish the current step, save a checkpoint and stop with
+  :class:`TrainingInterrupted`; SIGKILL loses at most the work since the last checkpoint.
+* **Non-finite guard.** A NaN/Inf loss or gradient stops training with :class:`NonFiniteError`
+  naming the step and the first non-finite tensor; ``nonfinite_skips=N`` skips up to N such
+  batches first (each is logged). Nothing is patched silently.
 """
 
 from __future__ import annotations
@@ -10,8 +24,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +51,21 @@ from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 
 
+class NonFiniteError(RuntimeError):
+    """A NaN/Inf loss or gradient (the message names the step and the tensor)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM stopped training after saving a checkpoint."""
+
+    def __init__(self, run_dir: Path, step: int, signum: int) -> None:
+        self.run_dir, self.step, self.signum = run_dir, step, signum
+        super().__init__(
+            f"{signal.Signals(signum).name} at step {step}: checkpoint saved; continue with "
+            f"`nami train --resume {run_dir}`"
+        )
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -44,10 +75,39 @@ class TrainResult:
     steps: int
 
 
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint's ``state.json``."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of ``epoch`` consumed (all of them, skipped ones included)
+    train_seconds: float = 0.0  # evaluation and checkpointing excluded
+    tokens_seen: int = 0
+    skipped_batches: int = 0
+    next_eval_seconds: float = math.inf
+    window: dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "tokens": 0, "seconds": 0.0, "batches": 0})
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python and NumPy global RNG states as JSON (torch's goes into the checkpoint's tensors)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": json.loads(json.dumps(random.getstate())),
+            "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+
+
+def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch_state)
 
 
 def lr_factor(progress: float, warmup: float, schedule: str) -> float:
@@ -66,7 +126,7 @@ def resolve_eval_data(config: TrainConfig) -> str:
     return config.eval_data or str(paths.default_data(paths.JSQUAD_DEV))
 
 
-def load_tokenizer(config: TrainConfig, quiet: bool = False) -> JapaneseTokenizer:
+def load_tokenizer(config: TrainConfig) -> JapaneseTokenizer:
     if config.tokenizer:
         return JapaneseTokenizer.load(config.tokenizer)
     return default_tokenizer(config.vocab_size)
@@ -80,7 +140,7 @@ def new_run_dir(config: TrainConfig) -> Path:
     name = config.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{config.arch}-{config.preset}-{config.short_hash()}"
     run_dir = Path(config.runs_dir) / name
     if (run_dir / ckpt.CONFIG_FILE).exists():
-        raise FileExistsError(f"run directory {run_dir} already holds a run; choose another --run-name")
+        raise FileExistsError(f"run directory {run_dir} already holds a run; choose another --run-name or --resume it")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -104,6 +164,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def first_nonfinite_gradient(model: torch.nn.Module) -> str:
+    for name, param in model.named_parameters():
+        if param.grad is not None and not torch.isfinite(param.grad).all():
+            return name
+    return "<none found>"
+
+
 class MetricsLog:
     """Append-only JSONL log, flushed per line so a crash keeps everything logged so far."""
 
@@ -118,6 +185,38 @@ class MetricsLog:
         self.file.close()
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop what a killed run logged after the checkpoint it is resumed from."""
+    if not path.is_file():
+        return
+    kept = [
+        line for line in path.read_text("utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step and json.loads(line)["type"] != "final_eval"
+    ]
+    ckpt.atomic_write(path, lambda tmp: tmp.write_text("".join(k + "\n" for k in kept), "utf-8"))
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def evaluate(
     model: torch.nn.Module,
     examples: list[QAExample],
@@ -129,14 +228,8 @@ def evaluate(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """EM / F1 (JSQuAD metric) and the predicted answers."""
     output = predict_answers(
-        model,
-        examples,
-        features,
-        pad_id=tokenizer.pad_id,
-        batch_size=config.eval_batch_size,
-        max_answer_tokens=config.max_answer_tokens,
-        precision=config.precision,
-        device=device,
+        model, examples, features, pad_id=tokenizer.pad_id, batch_size=config.eval_batch_size,
+        max_answer_tokens=config.max_answer_tokens, precision=config.precision, device=device,
         show_progress=show_progress,
     )
     scores = evaluate_predictions(examples, output.answers)
@@ -145,7 +238,22 @@ def evaluate(
 
 
 def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
-    """Train a QA model as ``config`` says; returns where the run was written and its final scores."""
+    """Train a QA model as ``config`` says in a new run directory."""
+    return _fit(config, run_dir=None, quiet=quiet)
+
+
+def resume(run_dir: str | Path, *, quiet: bool = False, threads: int | None = None) -> TrainResult:
+    """Continue the run in ``run_dir`` from its newest checkpoint."""
+    run_dir = Path(run_dir)
+    config, _, _ = ckpt.read_run_config(run_dir)
+    if threads:
+        config.threads = threads
+    if not ckpt.checkpoint_dirs(run_dir):
+        raise ckpt.CheckpointError(f"{run_dir}: no checkpoint to resume from (under {ckpt.CHECKPOINTS_DIR}/)")
+    return _fit(config, run_dir=run_dir, quiet=quiet)
+
+
+def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -164,7 +272,11 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
     train_paths, eval_path = resolve_train_data(config), resolve_eval_data(config)
     train_examples = load_squad(train_paths, on_bad_record=config.on_bad_record)
     eval_examples = load_squad(eval_path, on_bad_record=config.on_bad_record)
-    tokenizer = load_tokenizer(config)
+    if run_dir is None:
+        tokenizer = load_tokenizer(config)
+    else:
+        _, saved_model_config, fingerprint = ckpt.read_run_config(run_dir)
+        tokenizer = ckpt.load_tokenizer_checked(run_dir, saved_model_config, fingerprint)
     fconfig = feature_config(config)
     train_features = select_windows(
         build_features(train_examples, tokenizer, fconfig, show_progress=show, desc="train windows"),
@@ -178,165 +290,175 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
     subset_features = build_features(subset_examples, tokenizer, fconfig, show_progress=False)
 
     model_config = preset_config(
-        config.preset,
-        config.arch,
-        vocab_size=tokenizer.vocab_size,
-        max_len=config.max_length,
-        wave_mode=config.wave_mode,
-        dropout=config.dropout,
-        pad_id=tokenizer.pad_id,
+        config.preset, config.arch, vocab_size=tokenizer.vocab_size, max_len=config.max_length,
+        wave_mode=config.wave_mode, dropout=config.dropout, pad_id=tokenizer.pad_id,
     )
     model = QAModel(model_config)
     params = count_parameters(model)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-
     sampler = BucketBatchSampler(train_features.lengths, config.batch_size, seed=config.seed)
     loader = DataLoader(
         WindowDataset(train_features), batch_sampler=sampler, collate_fn=QACollator(train_features, tokenizer.pad_id)
     )
+
+    progress = Progress(next_eval_seconds=config.eval_every_minutes * 60 if config.eval_every_minutes else math.inf)
+    resumed = run_dir is not None
+    if resumed:
+        latest = ckpt.checkpoint_dirs(run_dir)[-1]
+        weights, optimizer_state, torch_rng, state = ckpt.load_checkpoint(latest)
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(optimizer_state)
+        progress = Progress(**state["progress"])
+        truncate_metrics(run_dir / ckpt.METRICS_FILE, progress.step)
+    else:
+        run_dir = new_run_dir(config)
+        ckpt.save_run_config(run_dir, config, model_config, tokenizer)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    run_dir = new_run_dir(config)
-    ckpt.save_run_config(run_dir, config, model_config, tokenizer)
     log = MetricsLog(run_dir / ckpt.METRICS_FILE)
-    optimizer_steps_per_epoch = max(1, len(sampler) // config.grad_accum)
-    total_steps = config.max_steps or max(1, int(config.epochs * optimizer_steps_per_epoch))
+    steps_per_epoch = max(1, len(sampler) // config.grad_accum)
+    total_steps = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
     budget_s = config.max_minutes * 60 if config.max_minutes else None
-    log.write(
-        {
-            "type": "start",
-            "run_dir": str(run_dir),
-            "params": params,
-            "train_examples": len(train_examples),
-            "train_windows": len(train_features),
-            "eval_examples": len(eval_examples),
-            "total_steps": total_steps,
-            "budget_minutes": config.max_minutes,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-        }
-    )
-    if show:
-        print(
-            f"[nami] {config.arch} ({params['total']:,} params) on {len(train_features):,} windows from "
-            f"{len(train_examples):,} questions -> {run_dir}",
-            flush=True,
-        )
+    if resumed:
+        set_rng_state(state["rng"], torch_rng)  # last: nothing above may consume randomness after it
+        log.write({"type": "resume", "step": progress.step, "from": latest.name})
+        if show:
+            print(f"[nami] resuming {run_dir} at step {progress.step} (epoch {progress.epoch})", flush=True)
+    else:
+        log.write({
+            "type": "start", "run_dir": str(run_dir), "params": params, "train_examples": len(train_examples),
+            "train_windows": len(train_features), "eval_examples": len(eval_examples), "total_steps": total_steps,
+            "budget_minutes": config.max_minutes, "device": str(device), "threads": torch.get_num_threads(),
+        })
+        if show:
+            print(f"[nami] {config.arch} ({params['total']:,} params) on {len(train_features):,} windows from "
+                  f"{len(train_examples):,} questions -> {run_dir}", flush=True)
 
-    step, epoch, train_seconds, tokens_seen = 0, 0, 0.0, 0
-    window_loss, window_tokens, window_seconds, window_batches = 0.0, 0, 0.0, 0
-    next_eval = config.eval_every_minutes * 60 if config.eval_every_minutes else math.inf
-    started_wall = time.perf_counter()
+    def fraction_done() -> float:
+        p = progress.step / total_steps
+        return max(p, progress.train_seconds / budget_s) if budget_s else p
 
-    def progress() -> float:
-        p = step / total_steps
-        return max(p, train_seconds / budget_s) if budget_s else p
+    def save_checkpoint() -> None:
+        state = {"progress": asdict(progress), "rng": rng_state()}
+        ckpt.save_checkpoint(run_dir, progress.step, accelerator.unwrap_model(model), optimizer, state,
+                             config.keep_checkpoints)
 
-    bar = tqdm(total=total_steps if not budget_s else None, disable=not show, desc=f"train {config.arch}", unit="step")
-    finished = False
+    last_checkpoint_seconds = progress.train_seconds
+    bar = tqdm(total=None if budget_s else total_steps, initial=0 if budget_s else progress.step,
+               disable=not show, desc=f"train {config.arch}", unit="step")
     model.train()
-    while not finished:
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            tick = time.perf_counter()
-            with accelerator.accumulate(model):
-                logits = model(batch["input_ids"], batch["attention_mask"])
-                loss = QAModel.loss(logits, batch["start_positions"], batch["end_positions"])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss {loss.item()} at step {step}")
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    factor = lr_factor(progress(), config.warmup, config.schedule)
-                    for group in optimizer.param_groups:
-                        group["lr"] = config.lr * factor
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            elapsed = time.perf_counter() - tick
-            train_seconds += elapsed
-            n_tokens = int(batch["attention_mask"].sum())
-            tokens_seen += n_tokens
-            window_loss += loss.item()
-            window_tokens += n_tokens
-            window_seconds += elapsed
-            window_batches += 1
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0:
-                record = {
-                    "type": "train",
-                    "step": step,
-                    "epoch": epoch,
-                    "train_seconds": round(train_seconds, 3),
-                    "wall_seconds": round(time.perf_counter() - started_wall, 3),
-                    "loss": window_loss / window_batches,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "tokens_per_s": window_tokens / window_seconds,
-                }
-                log.write(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window_loss, window_tokens, window_seconds, window_batches = 0.0, 0, 0.0, 0
-            if progress() >= 1.0:
-                finished = True
-                break
-            if train_seconds >= next_eval:
-                next_eval += config.eval_every_minutes * 60
-                scores, _ = evaluate(model, subset_examples, subset_features, tokenizer, config, device, False)
-                log.write(
-                    {
-                        "type": "eval",
-                        "step": step,
-                        "train_seconds": round(train_seconds, 3),
-                        "wall_seconds": round(time.perf_counter() - started_wall, 3),
-                        "subset": len(subset_examples),
-                        "exact_match": scores["exact_match"],
-                        "f1": scores["f1"],
+    finished = fraction_done() >= 1.0
+    with StopSignals() as stop:
+        while not finished:
+            batches = loader
+            if progress.batch_in_epoch:
+                batches = accelerator.skip_first_batches(loader, progress.batch_in_epoch)
+            # Accelerate's loaders pass their own epoch counter to the sampler when iterated, so
+            # both must be told the epoch (a resumed run starts that counter anew).
+            sampler.set_epoch(progress.epoch)
+            batches.set_epoch(progress.epoch)
+            for batch in batches:
+                tick = time.perf_counter()
+                progress.batch_in_epoch += 1
+                with accelerator.accumulate(model):
+                    logits = model(batch["input_ids"], batch["attention_mask"])
+                    loss = QAModel.loss(logits, batch["start_positions"], batch["end_positions"])
+                    problem = None if torch.isfinite(loss) else f"non-finite loss ({loss.item()})"
+                    if problem is None:
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            # Checked before clipping: a NaN norm would spread NaN into every gradient.
+                            grads = [p.grad for p in model.parameters() if p.grad is not None]
+                            if not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+                                problem = f"non-finite gradient in {first_nonfinite_gradient(model)}"
+                            else:
+                                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    if problem is not None:
+                        where = f"at step {progress.step + 1} (epoch {progress.epoch}, batch {progress.batch_in_epoch})"
+                        if progress.skipped_batches >= config.nonfinite_skips:
+                            raise NonFiniteError(
+                                f"{problem} {where}; stopping (nonfinite_skips={config.nonfinite_skips}). "
+                                "Lower --lr, use --precision fp32, or check the data."
+                            )
+                        progress.skipped_batches += 1
+                        log.write({"type": "skipped_batch", "step": progress.step, "reason": f"{problem} {where}"})
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
+                    if accelerator.sync_gradients:
+                        factor = lr_factor(fraction_done(), config.warmup, config.schedule)
+                        for group in optimizer.param_groups:
+                            group["lr"] = config.lr * factor
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                elapsed = time.perf_counter() - tick
+                n_tokens = int(batch["attention_mask"].sum())
+                progress.train_seconds += elapsed
+                progress.tokens_seen += n_tokens
+                window = progress.window
+                window["loss"] += loss.item()
+                window["tokens"] += n_tokens
+                window["seconds"] += elapsed
+                window["batches"] += 1
+                if not accelerator.sync_gradients:
+                    continue
+                progress.step += 1
+                bar.update(1)
+                if progress.step % config.log_every == 0:
+                    record = {
+                        "type": "train", "step": progress.step, "epoch": progress.epoch,
+                        "train_seconds": round(progress.train_seconds, 3),
+                        "loss": window["loss"] / window["batches"], "lr": optimizer.param_groups[0]["lr"],
+                        "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
                     }
-                )
-                if show:
-                    tqdm.write(f"[nami] step {step}: subset EM {scores['exact_match']:.2f} F1 {scores['f1']:.2f}")
-                ckpt.save_weights(run_dir, accelerator.unwrap_model(model))
-        else:
-            epoch += 1
+                    log.write(record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    progress.window = {"loss": 0.0, "tokens": 0, "seconds": 0.0, "batches": 0}
+                if fraction_done() >= 1.0:
+                    finished = True
+                    break
+                if progress.train_seconds >= progress.next_eval_seconds:
+                    progress.next_eval_seconds += config.eval_every_minutes * 60
+                    scores, _ = evaluate(model, subset_examples, subset_features, tokenizer, config, device, False)
+                    log.write({
+                        "type": "eval", "step": progress.step, "train_seconds": round(progress.train_seconds, 3),
+                        "subset": len(subset_examples), "exact_match": scores["exact_match"], "f1": scores["f1"],
+                    })
+                    if show:
+                        tqdm.write(f"[nami] step {progress.step}: subset EM {scores['exact_match']:.2f} "
+                                   f"F1 {scores['f1']:.2f}")
+                    ckpt.save_weights(run_dir, accelerator.unwrap_model(model))
+                due_by_steps = config.checkpoint_every_steps and progress.step % config.checkpoint_every_steps == 0
+                due_by_time = (config.checkpoint_every_minutes
+                               and progress.train_seconds - last_checkpoint_seconds >= config.checkpoint_every_minutes * 60)
+                if due_by_steps or due_by_time or stop.received:
+                    save_checkpoint()
+                    last_checkpoint_seconds = progress.train_seconds
+                if stop.received:
+                    log.write({"type": "interrupted", "step": progress.step, "signal": stop.received})
+                    log.close()
+                    bar.close()
+                    raise TrainingInterrupted(run_dir, progress.step, stop.received)
+            else:
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
     bar.close()
 
     unwrapped = accelerator.unwrap_model(model)
+    save_checkpoint()
     ckpt.save_weights(run_dir, unwrapped)
-    ckpt.save_training_state(
-        run_dir,
-        {
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "epoch": epoch,
-            "train_seconds": train_seconds,
-            "torch_rng": torch.get_rng_state(),
-        },
-    )
-    train_tokens_per_s = tokens_seen / train_seconds if train_seconds else float("nan")
+    train_tokens_per_s = progress.tokens_seen / progress.train_seconds if progress.train_seconds else float("nan")
     scores, answers = evaluate(unwrapped, eval_examples, eval_features, tokenizer, config, device, show)
     final = {
-        "data": eval_path,
-        "exact_match": scores["exact_match"],
-        "f1": scores["f1"],
-        "count": scores["count"],
-        "missing": len(scores["missing"]),
-        "questions_per_s": scores["questions_per_s"],
-        "threads": torch.get_num_threads(),
-        "step": step,
-        "train_seconds": train_seconds,
-        "train_tokens_per_s": train_tokens_per_s,
-        "params": params,
+        "data": eval_path, "exact_match": scores["exact_match"], "f1": scores["f1"], "count": scores["count"],
+        "missing": len(scores["missing"]), "questions_per_s": scores["questions_per_s"],
+        "threads": torch.get_num_threads(), "step": progress.step, "train_seconds": progress.train_seconds,
+        "train_tokens_per_s": train_tokens_per_s, "skipped_batches": progress.skipped_batches, "params": params,
     }
     ckpt.write_json(run_dir / ckpt.PREDICTIONS_FILE, answers)
     ckpt.write_json(run_dir / ckpt.FINAL_EVAL_FILE, final)
-    log.write({"type": "final_eval", "wall_seconds": round(time.perf_counter() - started_wall, 3), **final})
+    log.write({"type": "final_eval", **final})
     log.close()
     if show:
-        print(
-            f"[nami] {config.arch}: EM {final['exact_match']:.2f} F1 {final['f1']:.2f} on {final['count']} questions "
-            f"({train_tokens_per_s:,.0f} train tok/s) -> {run_dir}",
-            flush=True,
-        )
-    return TrainResult(run_dir, final, params, train_tokens_per_s, step)
+        print(f"[nami] {config.arch}: EM {final['exact_match']:.2f} F1 {final['f1']:.2f} on {final['count']} "
+              f"questions ({train_tokens_per_s:,.0f} train tok/s) -> {run_dir}", flush=True)
+    return TrainResult(run_dir, final, params, train_tokens_per_s, progress.step)
