@@ -33,7 +33,7 @@ from nami.text.normalize import normalize
 from nami.text.tokenizer import split_literals
 
 # Make sure the width/case variants under test are in the small vocabulary.
-EXTRA_LINES = ["東京(とうきょう)は日本の首都。ABC abc 123 [X] Tokyo タワー", "大阪と京都。"]
+EXTRA_LINES = ["東京(とうきょう)は日本の首都。ABC abc 123 [X] Tokyo タワー", "大阪と京都。", "株式会社"]
 
 
 def _jaquad_shards() -> list[Path]:
@@ -77,12 +77,6 @@ def _is_separator(char: str) -> bool:
     return normalize(char).text in ("", " ")
 
 
-def _is_one_cluster(text: str) -> bool:
-    """Whether all of ``text`` normalises as one unit (a character plus combining marks)."""
-    norm = normalize(text)
-    return bool(norm.text) and set(norm.starts) == {0} and set(norm.ends) == {len(text)}
-
-
 def _expected_spelling(text: str) -> str:
     """What the pieces must spell: normalised text without separators, specials kept literally."""
     return "".join(
@@ -111,25 +105,38 @@ def _assert_spells(tokenizer: JapaneseTokenizer, text: str, encoding: Encoding) 
 
 
 def assert_offsets_exact(tokenizer: JapaneseTokenizer, text: str) -> None:
-    """Spans are ordered, in bounds, cover every visible character, and spell the pieces."""
+    """Spans are ordered, in bounds, never overlap, cover every visible character and spell the pieces.
+
+    (tests/test_fuzz.py checks the exact span of every token against the rules of ``Encoding``.)
+    """
     encoding = tokenizer.encode(text)
     ids, spans = encoding.ids, encoding.offsets
     assert len(ids) == len(spans) == len(encoding)
-    assert all(0 <= start < end <= len(text) for start, end in spans), (text, spans)
-    assert [s for s, _ in spans] == sorted(s for s, _ in spans)
-    assert [e for _, e in spans] == sorted(e for _, e in spans)
-    # Neighbours overlap only on one source cluster split between them (㍿ -> 株式|会社).
-    for (_, end), (start, _) in pairwise(spans):
-        assert start >= end or _is_one_cluster(text[start:end]), (text, spans)
-    _assert_spells(tokenizer, text, encoding)
-    # Tokens that share no character with a neighbour span exactly their own piece.
+    assert all(0 <= start <= end <= len(text) for start, end in spans), (text, spans)
+    assert all(end <= start for (_, end), (start, _) in pairwise(spans)), (text, spans)
+    # An empty span is a continuation: a later token of the expanded character just before it.
     for i, (token_id, (start, end)) in enumerate(zip(ids, spans, strict=True)):
-        alone = (i == 0 or spans[i - 1][1] <= start) and (i + 1 == len(spans) or end <= spans[i + 1][0])
-        if alone and token_id >= len(SPECIAL_TOKENS):
-            assert normalize(text[start:end]).text.replace(" ", "") == tokenizer.id_to_piece(token_id)
-    covered = {i for start, end in spans for i in range(start, end)}
+        if start == end:
+            assert i > 0 and spans[i - 1][1] == start and token_id not in (SEP_ID, MASK_ID), (text, spans)
+            owner = next(span for span in reversed(spans[:i]) if span[0] < span[1])
+            assert _ends_in_expansion(text, owner), (text, spans)
+    _assert_spells(tokenizer, text, encoding)
+    # A token that does not continue an expanded character spells the start of its span's text.
+    for i, (token_id, (start, end)) in enumerate(zip(ids, spans, strict=True)):
+        owner = next((span for span in reversed(spans[:i]) if span[0] < span[1]), None)
+        continued = owner is not None and _ends_in_expansion(text, owner)
+        if start < end and token_id >= len(SPECIAL_TOKENS) and not continued:
+            assert normalize(text[start:end]).text.replace(" ", "").startswith(tokenizer.id_to_piece(token_id))
+    covered = [i for start, end in spans for i in range(start, end)]
+    assert len(covered) == len(set(covered))
     visible = {i for i, char in enumerate(text) if not _is_separator(char)}
-    assert covered >= visible, [text[i] for i in sorted(visible - covered)]
+    assert set(covered) >= visible, [text[i] for i in sorted(visible - set(covered))]
+
+
+def _ends_in_expansion(text: str, span: tuple[int, int]) -> bool:
+    """Whether the last source character of ``span`` normalises to several characters."""
+    start, end = span
+    return normalize(text[start:end]).ends.count(end - start) >= 2
 
 
 # ------------------------------------------------------------------------------ normalisation
@@ -222,6 +229,18 @@ def test_unknown_characters_are_one_unk_each(tokenizer: JapaneseTokenizer) -> No
     encoding = tokenizer.encode("東京☃☃都")
     assert encoding.ids[1:3] == [UNK_ID, UNK_ID]
     assert encoding.offsets[1:3] == [(2, 3), (3, 4)]
+
+
+def test_expanded_character_gives_empty_continuation_spans(tokenizer: JapaneseTokenizer) -> None:
+    # ㍿ -> 株式会社 is several tokens: the first spans ㍿, the others are empty at its end.
+    encoding = tokenizer.encode("東京㍿。")
+    assert tokenizer.decode(encoding.ids) == "東京株式会社。"
+    expanded = [span for span in encoding.offsets if span[0] >= 2 and span[1] <= 3]
+    assert len(expanded) >= 2
+    assert expanded == [(2, 3)] + [(3, 3)] * (len(expanded) - 1)
+    assert encoding.offsets[-1] == (3, 4)  # 。 keeps its own span
+    # ½ -> 1⁄2: digits are split, so three tokens share one character.
+    assert tokenizer.encode("½").offsets == [(0, 1), (1, 1), (1, 1)]
 
 
 def test_decode_and_id_to_piece(tokenizer: JapaneseTokenizer) -> None:

@@ -39,11 +39,11 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 _HIDDEN_TRAIN_FIELDS = {"notes"}
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
+def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = frozenset()) -> None:
     """One ``--option`` per :class:`TrainConfig` field (the dataclass is the single source of truth)."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.name in _HIDDEN_TRAIN_FIELDS:
+        if f.name in _HIDDEN_TRAIN_FIELDS or f.name in exclude:
             continue
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
@@ -52,6 +52,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         base = next((a for a in args if a is not type(None)), hint) if args else hint
         if typing.get_origin(base) is list or typing.get_origin(hint) is list:
             parser.add_argument(flag, nargs="+", default=None, metavar="PATH", help=f"(default: {default})")
+        elif base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default: {default})")
         else:
             parser.add_argument(flag, type=base, default=None, metavar=f.name.upper(), help=f"(default: {default})")
 
@@ -113,13 +116,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """``nami pretrain`` = ``nami train --task mlm`` with pretraining defaults."""
+    args.task = "mlm"
+    return cmd_train(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from nami.training.loop import NonFiniteError, TrainingInterrupted, resume, train
 
     try:
         if args.resume:
             given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
-                     if f.name != "threads" and getattr(args, f.name, None) is not None]
+                     if f.name not in ("threads", "task") and getattr(args, f.name, None) is not None]
             if given or args.config:
                 raise UserError(f"--resume continues the run with its saved config; drop {', '.join(given) or '--config'}")
             resume(args.resume, quiet=args.quiet, threads=args.threads)
@@ -208,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="masked-LM pretraining (default corpus: JaQuAD train contexts)")
+    p.add_argument("--config", help="JSON file of training options (command-line options override it)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_train_options(p, exclude={"task"})
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("predict", help="answer every question of a SQuAD file with a trained run")
     p.add_argument("--checkpoint", required=True, help="run directory")

@@ -19,9 +19,9 @@ PAD_MULTIPLE = 16
 
 
 class WindowDataset(Dataset):
-    """Indexable view of :class:`QAFeatures`; item = window index (collation does the work)."""
+    """Item ``i`` is just ``i``: the task's collator turns a batch of indices into tensors."""
 
-    def __init__(self, features: QAFeatures) -> None:
+    def __init__(self, features: QAFeatures | Sequence) -> None:
         self.features = features
 
     def __len__(self) -> int:

@@ -5,6 +5,13 @@ Long contexts are cut into overlapping windows. ``doc_stride`` follows the origi
 A window that does not contain the whole (first) gold answer is labelled ``start = end = 0``
 (the ``[CLS]`` position). Every window keeps the character span of each context token, so a
 predicted token span maps back to the exact substring of the original context.
+
+Two kinds of context token can never start or end an answer (their window offsets are
+``(-1, -1)``, like the question's): a literal ``[SEP]``, and a *continuation* token — the empty
+span ``(e, e)`` of the second and later tokens of one expanded source character (``㍿`` →
+``株式|会社``, see :class:`nami.text.Encoding`). An answer that ends with such a character is
+labelled up to the character's first token, whose span already covers the whole character, so
+the decoded substring is the same and an empty answer can never be predicted.
 """
 
 from __future__ import annotations
@@ -84,11 +91,19 @@ class QAFeatures:
 
 
 def answer_token_span(offsets: np.ndarray, char_start: int, char_end: int) -> tuple[int, int] | None:
-    """Indices (first, last) of the context tokens covering ``[char_start, char_end)``."""
+    """Indices (first, last) of the context tokens covering ``[char_start, char_end)``.
+
+    ``offsets`` are ordered, non-overlapping spans (:class:`nami.text.Encoding`). Neither index is
+    ever an empty-span continuation token: the first token ending after ``char_start`` is never
+    one (the token before a continuation ends at the same place), and trailing continuations are
+    dropped from the end. ``None`` when no non-empty token lies in the range.
+    """
     if len(offsets) == 0:
         return None
     first = int(np.searchsorted(offsets[:, 1], char_start, side="right"))  # first token ending after start
     last = int(np.searchsorted(offsets[:, 0], char_end, side="left")) - 1  # last token starting before end
+    while last >= first and offsets[last, 0] == offsets[last, 1]:
+        last -= 1
     if first >= len(offsets) or last < first:
         return None
     return first, last
@@ -112,9 +127,10 @@ def build_features(
             ids = np.asarray(enc.ids, dtype=np.int64)
             offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
             # A literal "[SEP]" in the context (JSQuAD's "title [SEP] paragraph") is a separator,
-            # never part of an answer: make it unselectable.
+            # never part of an answer, and an empty-span continuation token would make an empty
+            # answer: make both unselectable.
             selectable_offsets = offsets.copy()
-            selectable_offsets[ids == tokenizer.sep_id] = -1
+            selectable_offsets[(ids == tokenizer.sep_id) | (offsets[:, 0] == offsets[:, 1])] = -1
             context_cache[example.context] = (ids, offsets, selectable_offsets)
         ctx_ids, ctx_offsets, ctx_selectable = context_cache[example.context]
         answer = None

@@ -15,11 +15,15 @@ file, the question id (or a JSON location such as ``data[3].paragraphs[0]`` when
 usable id, or ``<file>`` for a problem with the whole file) and a reason:
 
 * file level: missing path, directory without ``*.json`` files, bytes that are not UTF-8 (a
-  UTF-8 byte-order mark is accepted), malformed or truncated JSON (with line and column), a
-  top level that is not an object with a ``"data"`` list;
+  UTF-8 byte-order mark is accepted), malformed or truncated JSON (with line and column), JSON
+  Python cannot hold (nested too deeply, an integer of more than 4,300 digits), a top level that
+  is not an object with a ``"data"`` list;
 * article level: not an object, ``"paragraphs"`` missing or not a list;
 * paragraph level: not an object, ``"context"`` / ``"qas"`` missing or of the wrong type, a
   context that is empty or only whitespace;
+* every text field (context, id, question, answer text): a lone surrogate such as the JSON escape
+  ``"\\ud800"`` — not Unicode text, it could be neither tokenized nor written back as UTF-8;
+  a title with one is treated as absent;
 * question level: not an object; ``"id"`` missing, not a string (integer ids are rejected) or
   empty; ``"question"`` missing, not a string or blank; ``"answers"`` missing, not a list or
   empty (missing/empty is allowed with ``require_answers=False``); an id already used earlier
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -65,6 +70,7 @@ FILE_LEVEL_ID = "<file>"
 _MAX_LISTED = 20  # bad records listed in an error message / report before "... and N more"
 _MAX_WARNED = 3  # bad records quoted in the one-line skip warning
 _SNIPPET = 30  # characters of context / answer text quoted in a reason
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate: valid in a Python str, not in Unicode text
 
 
 @dataclass(frozen=True)
@@ -252,6 +258,10 @@ def _read_json(path: Path) -> Any:
         raise _Invalid(
             f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise _Invalid("unreadable JSON: arrays/objects nested too deeply") from None
+    except ValueError as exc:  # an integer literal longer than Python's 4,300-digit limit
+        raise _Invalid(f"unreadable JSON: {str(exc).split(';')[0]}") from None
 
 
 def _require(obj: dict[str, Any], key: str, kind: type, owner: str) -> Any:
@@ -275,6 +285,12 @@ def _require_text(obj: dict[str, Any], key: str, owner: str) -> str:
     value: str = _require(obj, key, str, owner)
     if not value.strip():
         raise _Invalid(f"{key!r} is empty" if not value else f"{key!r} is only whitespace")
+    surrogate = _SURROGATE.search(value)
+    if surrogate:
+        raise _Invalid(
+            f"{key!r} is not valid Unicode text: lone surrogate U+{ord(surrogate.group()):04X} "
+            f"at character {surrogate.start()}"
+        )
     return value
 
 
@@ -350,7 +366,7 @@ class _Checker:
             return
         self.report.articles += 1
         title = article.get("title")
-        title = title if isinstance(title, str) else ""
+        title = title if isinstance(title, str) and not _SURROGATE.search(title) else ""
         for p_index, paragraph in enumerate(paragraphs):
             self.check_paragraph(file, f"{where}.paragraphs[{p_index}]", paragraph, title)
 

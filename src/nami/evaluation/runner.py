@@ -64,11 +64,40 @@ def predict_file(
 
 
 def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) -> dict[str, Any]:
-    """The ``n_best`` answer spans of ``context`` for ``question``, with scores and char offsets."""
-    if not context.strip():
-        raise ValueError("--context is empty")
-    if not question.strip():
-        raise ValueError("--question is empty")
+    """The ``n_best`` answer spans of ``context`` for ``question``, with scores and char offsets.
+
+    Any context length works: a context longer than one window is cut into overlapping windows
+    (``"windows"`` in the result) and the best spans of all of them compete. Every candidate is
+    ``{"text", "score", "start", "end"}`` with ``text == context[start:end]`` (never empty), the
+    offsets counting characters of ``context`` exactly as given. Control characters other than
+    tab and newline (NUL, ESC, DEL, C1 controls) are accepted and, like whitespace, separate
+    words: no token contains one, though an answer may run across one. Format characters
+    (zero-width space/joiners, BOM) are ignored inside words. A context with no answerable token
+    (e.g. only a literal ``[SEP]``) gives ``{"answer": "", "candidates": []}``.
+
+    Raises:
+        ValueError: naming the option (``--context``, ``--question``, ``--n-best``) when the
+            context or question is empty, has no visible character (only whitespace, control or
+            format characters) or holds a lone surrogate (undecodable bytes in a command-line
+            argument), or when ``n_best < 1``.
+    """
+    import re
+
+    from nami.text.normalize import normalize
+
+    for option, text in (("--context", context), ("--question", question)):
+        if not text:
+            raise ValueError(f"{option} is empty")
+        surrogate = re.search("[\ud800-\udfff]", text)
+        if surrogate:
+            code, at = ord(surrogate.group()), surrogate.start()
+            raise ValueError(
+                f"{option} is not valid text: undecodable byte 0x{code - 0xDC00:02x} at character {at} (pass UTF-8)"
+                if 0xDC80 <= code <= 0xDCFF
+                else f"{option} is not valid text: lone surrogate U+{code:04X} at character {at}"
+            )
+        if not normalize(text).text.strip():
+            raise ValueError(f"{option} has no visible text (only whitespace, control or format characters)")
     if n_best < 1:
         raise ValueError(f"--n-best={n_best}: expected >= 1")
     model, tokenizer, config = ckpt.load_run(run_dir)

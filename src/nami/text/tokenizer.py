@@ -22,6 +22,7 @@ Special ids are fixed: ``[PAD]``=0, ``[UNK]``=1, ``[CLS]``=2, ``[SEP]``=3, ``[MA
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
@@ -36,7 +37,7 @@ from typing import Any
 import sentencepiece as spm
 from tqdm import tqdm
 
-from nami.text.normalize import NORMALIZATION_DESCRIPTION, normalize
+from nami.text.normalize import NORMALIZATION_DESCRIPTION, NormalizedText, normalize
 from nami.text.segment import MECAB_DESCRIPTION, word_spans, words
 
 __all__ = [
@@ -79,9 +80,22 @@ class TokenizerError(Exception):
 class Encoding:
     """Token ids and, per token, its ``(start, end)`` character span in the original text.
 
-    Starts and ends are non-decreasing and ``start < end``. Spans are disjoint except where one
-    source character normalises to several characters that end up in different tokens
-    (``㍿`` → ``株式|会社``): each of those tokens includes that character's span.
+    Spans are in order and never overlap: ``offsets[i][1] <= offsets[i + 1][0]``. Nearly every
+    span is non-empty (``start < end``) and is the exact source of its token. The exception is a
+    source character (cluster) that normalises to several characters which end up in different
+    tokens (``㍿`` → ``株式|会社``, ``½`` → ``1|⁄|2``, ``℡`` → ``te|l``):
+
+    * the first token with a character from it carries its span (``株式`` → the span of ``㍿``);
+    * each following token made only of its characters is a *continuation*: it gets the empty span
+      ``(end, end)`` at the end of that character (``会社`` → ``(e, e)``); the QA windows never
+      start or end an answer on one (:mod:`nami.data.features`);
+    * a token that starts inside it and goes on (``℡a`` → ``te|la``) spans only the characters
+      after it (``la`` → the span of ``a``).
+
+    Characters in no span are separators (whitespace and control characters) and format
+    characters (``Cf``, e.g. zero-width space/joiner, soft hyphen, BOM) between tokens; a format
+    character between two characters of the same token lies inside that token's span. Every other
+    character lies in exactly one span (a literal ``[SEP]``/``[MASK]`` is one token spanning it).
     """
 
     ids: list[int]
@@ -105,6 +119,20 @@ def split_literals(text: str) -> Iterator[tuple[int, int, int | None]]:
         pos = match.end()
     if pos < len(text):
         yield pos, len(text), None
+
+
+def _token_span(norm: NormalizedText, start: int, end: int, claimed: int) -> tuple[int, int]:
+    """Source span of the token made of normalised characters ``start..end-1``.
+
+    Source characters before ``claimed`` already belong to earlier tokens, so the span starts at
+    the first source cluster the token has to itself; a token with none (a continuation of an
+    expanded character) gets the empty span at that character's end (see :class:`Encoding`).
+    """
+    source_start, source_end = norm.source_span(start, end)
+    if source_start < claimed:
+        first_own = bisect.bisect_left(norm.starts, claimed, start, end)
+        source_start = norm.starts[first_own] if first_own < end else source_end
+    return source_start, source_end
 
 
 def _canonical_json(config: dict[str, Any]) -> bytes:
@@ -142,12 +170,14 @@ class JapaneseTokenizer:
                 offsets.append((start, end))
                 continue
             norm = normalize(text[start:end])
+            claimed = 0  # source characters of this chunk before here belong to earlier tokens
             for word_start, word_end in word_spans(norm.text):
                 pos = word_start
                 for piece_id, length in self._word_pieces(norm.text[word_start:word_end]):
-                    piece_start, piece_end = norm.source_span(pos, pos + length)
+                    piece_start, piece_end = _token_span(norm, pos, pos + length, claimed)
                     ids.append(piece_id)
                     offsets.append((start + piece_start, start + piece_end))
+                    claimed = piece_end
                     pos += length
         return Encoding(ids, offsets)
 

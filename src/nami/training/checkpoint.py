@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nami.models import ModelConfig, QAModel
+from nami.models.mlm import MaskedLMModel
 from nami.text import JapaneseTokenizer
 from nami.training.config import TrainConfig
 
@@ -173,8 +174,9 @@ def load_weights_into(model: torch.nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[QAModel, JapaneseTokenizer, TrainConfig]:
-    """The trained model (eval mode), its tokenizer and its training config, all verified."""
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Any, JapaneseTokenizer, TrainConfig]:
+    """The trained model (eval mode: a QAModel, or a MaskedLMModel for pretraining runs), its
+    tokenizer and its training config, all verified."""
     run_dir = Path(run_dir)
     train_config, model_config, fingerprint = read_run_config(run_dir)
     verify_manifest(run_dir)
@@ -182,7 +184,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Q
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing (the run has not saved weights yet)")
-    model = QAModel(model_config)
+    if train_config.task == "qa":
+        model: torch.nn.Module = QAModel(model_config)
+    else:
+        model = MaskedLMModel(model_config, tie_embeddings=train_config.tie_embeddings)
     load_weights_into(model, weights)
     return model.to(device).eval(), tokenizer, train_config
 

@@ -11,6 +11,8 @@ from typing import Any
 from nami.models.config import ARCHITECTURES, PRESETS, WAVE_MODES
 
 PRECISIONS = ("bf16", "fp32")
+TASKS = ("qa", "mlm")
+LOSS_IMPLS = ("auto", "blockwise", "torch_chunked", "naive", "cce")
 SCHEDULES = ("cosine", "linear")
 BAD_RECORD_POLICIES = ("error", "skip")
 
@@ -26,6 +28,7 @@ class TrainConfig:
     without ``max_minutes`` is bitwise reproducible.
     """
 
+    task: str = "qa"  # "qa" (extractive QA) or "mlm" (masked-LM pretraining)
     arch: str = "wave"
     preset: str = "small"
     wave_mode: str = "modulation"
@@ -63,6 +66,11 @@ class TrainConfig:
     on_bad_record: str = "error"
     runs_dir: str = "runs"
     run_name: str | None = None
+    init_from: str | None = None  # a (pretraining) run whose encoder weights start this run
+    mlm_probability: float = 0.15
+    loss_impl: str = "auto"  # vocabulary-layer loss of the MLM task (nami.losses.linear_cross_entropy)
+    tie_embeddings: bool = True  # MLM output matrix = input token embedding
+    pppl_sequences: int = 64  # held-out sequences scored by pseudo-perplexity in the final MLM evaluation
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,6 +91,8 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
                 raise ValueError(f"option {name}={value!r}: expected a positive {'integer' if integer else 'number'}")
 
+        choice("task", TASKS)
+        choice("loss_impl", LOSS_IMPLS)
         choice("arch", ARCHITECTURES)
         choice("preset", tuple(PRESETS))
         choice("wave_mode", WAVE_MODES)
@@ -103,6 +113,11 @@ class TrainConfig:
             positive(name, integer=False)
         positive("max_minutes", allow_none=True, integer=False)
         positive("eval_every_minutes", allow_none=True, integer=False)
+        positive("pppl_sequences")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"option mlm_probability={self.mlm_probability}: expected 0 < p < 1")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"option tie_embeddings={self.tie_embeddings!r}: expected true or false")
         if not 0.0 <= self.negative_fraction <= 1.0:
             raise ValueError(f"option negative_fraction={self.negative_fraction}: expected 0 <= value <= 1")
         if not 0.0 <= self.warmup < 1.0:

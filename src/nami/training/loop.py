@@ -40,15 +40,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nami import paths
-from nami.data.batching import BucketBatchSampler, QACollator, WindowDataset
-from nami.data.features import FeatureConfig, QAFeatures, build_features
-from nami.data.squad import QAExample, load_squad
-from nami.evaluation.metric import evaluate_predictions
-from nami.evaluation.predict import predict_answers
-from nami.models import QAModel, count_parameters, preset_config
+from nami.data.batching import BucketBatchSampler, WindowDataset
+from nami.models import count_parameters, preset_config
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
+from nami.training.tasks import TASKS, feature_config, select_windows  # noqa: F401 (re-exported)
 
 
 class NonFiniteError(RuntimeError):
@@ -123,17 +120,13 @@ def resolve_train_data(config: TrainConfig) -> list[str]:
 
 
 def resolve_eval_data(config: TrainConfig) -> str:
-    return config.eval_data or str(paths.default_data(paths.JSQUAD_DEV))
+    return config.eval_data or str(paths.default_data(paths.JSQUAD_DEV if config.task == "qa" else paths.JAQUAD_DEV))
 
 
 def load_tokenizer(config: TrainConfig) -> JapaneseTokenizer:
     if config.tokenizer:
         return JapaneseTokenizer.load(config.tokenizer)
     return default_tokenizer(config.vocab_size)
-
-
-def feature_config(config: TrainConfig) -> FeatureConfig:
-    return FeatureConfig(config.max_length, config.doc_stride, config.max_question_tokens)
 
 
 def new_run_dir(config: TrainConfig) -> Path:
@@ -143,15 +136,6 @@ def new_run_dir(config: TrainConfig) -> Path:
         raise FileExistsError(f"run directory {run_dir} already holds a run; choose another --run-name or --resume it")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def select_windows(features: QAFeatures, negative_fraction: float, seed: int) -> QAFeatures:
-    """All windows that contain the answer plus a seeded ``negative_fraction`` of the others."""
-    if negative_fraction >= 1.0:
-        return features
-    rng = np.random.default_rng([seed, 1])
-    keep = features.has_answer | (rng.random(len(features)) < negative_fraction)
-    return features.subset(np.flatnonzero(keep).tolist())
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -217,26 +201,6 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def evaluate(
-    model: torch.nn.Module,
-    examples: list[QAExample],
-    features: QAFeatures,
-    tokenizer: JapaneseTokenizer,
-    config: TrainConfig,
-    device: torch.device,
-    show_progress: bool,
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """EM / F1 (JSQuAD metric) and the predicted answers."""
-    output = predict_answers(
-        model, examples, features, pad_id=tokenizer.pad_id, batch_size=config.eval_batch_size,
-        max_answer_tokens=config.max_answer_tokens, precision=config.precision, device=device,
-        show_progress=show_progress,
-    )
-    scores = evaluate_predictions(examples, output.answers)
-    scores["questions_per_s"] = output.questions_per_second
-    return scores, output.answers
-
-
 def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
     """Train a QA model as ``config`` says in a new run directory."""
     return _fit(config, run_dir=None, quiet=quiet)
@@ -268,38 +232,31 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
     )
     device = accelerator.device
 
-    # Validate the data before anything slow happens (the default tokenizer may need training).
-    train_paths, eval_path = resolve_train_data(config), resolve_eval_data(config)
-    train_examples = load_squad(train_paths, on_bad_record=config.on_bad_record)
-    eval_examples = load_squad(eval_path, on_bad_record=config.on_bad_record)
-    if run_dir is None:
-        tokenizer = load_tokenizer(config)
-    else:
+    # The task validates its data first, before anything slow (the default tokenizer may need training).
+    task = TASKS[config.task](config)
+    init = ckpt.read_run_config(config.init_from) if config.init_from else None
+    if run_dir is not None:
         _, saved_model_config, fingerprint = ckpt.read_run_config(run_dir)
         tokenizer = ckpt.load_tokenizer_checked(run_dir, saved_model_config, fingerprint)
-    fconfig = feature_config(config)
-    train_features = select_windows(
-        build_features(train_examples, tokenizer, fconfig, show_progress=show, desc="train windows"),
-        config.negative_fraction,
-        config.seed,
-    )
-    eval_features = build_features(eval_examples, tokenizer, fconfig, show_progress=show, desc="eval windows")
-    subset_rng = np.random.default_rng([config.seed, 2])
-    subset_ids = sorted(subset_rng.permutation(len(eval_examples))[: config.eval_subset].tolist())
-    subset_examples = [eval_examples[i] for i in subset_ids]
-    subset_features = build_features(subset_examples, tokenizer, fconfig, show_progress=False)
+    elif init is not None:
+        tokenizer = init_tokenizer(config, init)
+    else:
+        tokenizer = load_tokenizer(config)
+    task.prepare(tokenizer, show)
 
     model_config = preset_config(
         config.preset, config.arch, vocab_size=tokenizer.vocab_size, max_len=config.max_length,
         wave_mode=config.wave_mode, dropout=config.dropout, pad_id=tokenizer.pad_id,
     )
-    model = QAModel(model_config)
+    if init is not None:
+        model_config = compatible_init_config(config, model_config, init[1])
+    model = task.build_model(model_config)
+    if init is not None and run_dir is None:
+        load_encoder_from(model, Path(config.init_from))
     params = count_parameters(model)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    sampler = BucketBatchSampler(train_features.lengths, config.batch_size, seed=config.seed)
-    loader = DataLoader(
-        WindowDataset(train_features), batch_sampler=sampler, collate_fn=QACollator(train_features, tokenizer.pad_id)
-    )
+    sampler = BucketBatchSampler(task.train_lengths, config.batch_size, seed=config.seed)
+    loader = DataLoader(WindowDataset(task.train_lengths), batch_sampler=sampler, collate_fn=task.collate)
 
     progress = Progress(next_eval_seconds=config.eval_every_minutes * 60 if config.eval_every_minutes else math.inf)
     resumed = run_dir is not None
@@ -326,13 +283,13 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
             print(f"[nami] resuming {run_dir} at step {progress.step} (epoch {progress.epoch})", flush=True)
     else:
         log.write({
-            "type": "start", "run_dir": str(run_dir), "params": params, "train_examples": len(train_examples),
-            "train_windows": len(train_features), "eval_examples": len(eval_examples), "total_steps": total_steps,
-            "budget_minutes": config.max_minutes, "device": str(device), "threads": torch.get_num_threads(),
+            "type": "start", "task": config.task, "run_dir": str(run_dir), "params": params, **task.summary(),
+            "total_steps": total_steps, "budget_minutes": config.max_minutes, "device": str(device),
+            "threads": torch.get_num_threads(), "init_from": config.init_from,
         })
         if show:
-            print(f"[nami] {config.arch} ({params['total']:,} params) on {len(train_features):,} windows from "
-                  f"{len(train_examples):,} questions -> {run_dir}", flush=True)
+            print(f"[nami] {config.task} {config.arch} ({params['total']:,} params), {task.summary()} -> {run_dir}",
+                  flush=True)
 
     def fraction_done() -> float:
         p = progress.step / total_steps
@@ -361,8 +318,7 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
                 tick = time.perf_counter()
                 progress.batch_in_epoch += 1
                 with accelerator.accumulate(model):
-                    logits = model(batch["input_ids"], batch["attention_mask"])
-                    loss = QAModel.loss(logits, batch["start_positions"], batch["end_positions"])
+                    loss = task.loss(model, batch)
                     problem = None if torch.isfinite(loss) else f"non-finite loss ({loss.item()})"
                     if problem is None:
                         accelerator.backward(loss)
@@ -418,14 +374,11 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
                     break
                 if progress.train_seconds >= progress.next_eval_seconds:
                     progress.next_eval_seconds += config.eval_every_minutes * 60
-                    scores, _ = evaluate(model, subset_examples, subset_features, tokenizer, config, device, False)
-                    log.write({
-                        "type": "eval", "step": progress.step, "train_seconds": round(progress.train_seconds, 3),
-                        "subset": len(subset_examples), "exact_match": scores["exact_match"], "f1": scores["f1"],
-                    })
+                    scores = task.evaluate(model, device, full=False, show=False)
+                    log.write({"type": "eval", "step": progress.step, "train_seconds": round(progress.train_seconds, 3),
+                               **scalars(scores)})
                     if show:
-                        tqdm.write(f"[nami] step {progress.step}: subset EM {scores['exact_match']:.2f} "
-                                   f"F1 {scores['f1']:.2f}")
+                        tqdm.write(f"[nami] step {progress.step}: subset {task.describe(scores)}")
                     ckpt.save_weights(run_dir, accelerator.unwrap_model(model))
                 due_by_steps = config.checkpoint_every_steps and progress.step % config.checkpoint_every_steps == 0
                 due_by_time = (config.checkpoint_every_minutes
@@ -447,18 +400,64 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
     save_checkpoint()
     ckpt.save_weights(run_dir, unwrapped)
     train_tokens_per_s = progress.tokens_seen / progress.train_seconds if progress.train_seconds else float("nan")
-    scores, answers = evaluate(unwrapped, eval_examples, eval_features, tokenizer, config, device, show)
+    scores = task.evaluate(unwrapped, device, full=True, show=show)
     final = {
-        "data": eval_path, "exact_match": scores["exact_match"], "f1": scores["f1"], "count": scores["count"],
-        "missing": len(scores["missing"]), "questions_per_s": scores["questions_per_s"],
-        "threads": torch.get_num_threads(), "step": progress.step, "train_seconds": progress.train_seconds,
-        "train_tokens_per_s": train_tokens_per_s, "skipped_batches": progress.skipped_batches, "params": params,
+        **scalars(scores), "threads": torch.get_num_threads(), "step": progress.step,
+        "train_seconds": progress.train_seconds, "train_tokens_per_s": train_tokens_per_s,
+        "skipped_batches": progress.skipped_batches, "params": params,
     }
-    ckpt.write_json(run_dir / ckpt.PREDICTIONS_FILE, answers)
+    if "predictions" in scores:
+        ckpt.write_json(run_dir / ckpt.PREDICTIONS_FILE, scores["predictions"])
     ckpt.write_json(run_dir / ckpt.FINAL_EVAL_FILE, final)
     log.write({"type": "final_eval", **final})
     log.close()
     if show:
-        print(f"[nami] {config.arch}: EM {final['exact_match']:.2f} F1 {final['f1']:.2f} on {final['count']} "
-              f"questions ({train_tokens_per_s:,.0f} train tok/s) -> {run_dir}", flush=True)
+        print(f"[nami] {config.task} {config.arch}: {task.describe(scores)} ({train_tokens_per_s:,.0f} train tok/s) "
+              f"-> {run_dir}", flush=True)
     return TrainResult(run_dir, final, params, train_tokens_per_s, progress.step)
+
+
+def scalars(scores: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-friendly numbers and strings of an evaluation (predictions dropped)."""
+    return {k: v for k, v in scores.items() if isinstance(v, (int, float, str))}
+
+
+def init_tokenizer(config: TrainConfig, init: tuple[TrainConfig, Any, str]) -> JapaneseTokenizer:
+    """The tokenizer of the run named by ``init_from``; ``--tokenizer`` must be the same one."""
+    init_dir = Path(config.init_from)
+    ckpt.verify_manifest(init_dir)
+    tokenizer = ckpt.load_tokenizer_checked(init_dir, init[1], init[2])
+    if config.tokenizer:
+        given = JapaneseTokenizer.load(config.tokenizer)
+        if given.fingerprint != tokenizer.fingerprint:
+            raise ckpt.CheckpointError(
+                f"--tokenizer {config.tokenizer} (fingerprint {given.fingerprint}) is not the tokenizer of "
+                f"--init-from {init_dir} ({tokenizer.fingerprint}); a pretrained encoder only works with its own"
+            )
+    return tokenizer
+
+
+def compatible_init_config(config: TrainConfig, model_config: Any, init_model: Any) -> Any:
+    """This run's model config with the pretrained encoder's shape; mismatches are errors."""
+    fields = ("arch", "d_model", "n_layers", "d_ff", "n_heads", "wave_mode", "vocab_size", "pad_id")
+    different = [f"{f} ({getattr(model_config, f)} here, {getattr(init_model, f)} in --init-from)"
+                 for f in fields if getattr(model_config, f) != getattr(init_model, f)]
+    if different:
+        raise ckpt.CheckpointError(f"--init-from {config.init_from}: encoder differs: {'; '.join(different)}")
+    if config.max_length > init_model.max_len:
+        raise ckpt.CheckpointError(f"--max-length {config.max_length} exceeds the pretrained position table "
+                                   f"({init_model.max_len}) of --init-from {config.init_from}")
+    model_config.max_len = init_model.max_len
+    return model_config
+
+
+def load_encoder_from(model: torch.nn.Module, init_dir: Path) -> None:
+    """Copy the ``encoder.*`` weights of a verified run into ``model.encoder``."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(init_dir / ckpt.WEIGHTS_FILE))
+    encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+    missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
+    if missing or unexpected:
+        raise ckpt.CheckpointError(f"{init_dir / ckpt.WEIGHTS_FILE}: encoder weights do not fit "
+                                   f"(missing {missing}, unexpected {unexpected})")

@@ -1,0 +1,43 @@
+"""Masked-language-model pretraining head.
+
+The model returns hidden states only for the masked positions, ``(M, D)``; the loss multiplies
+them with the vocabulary matrix inside :func:`nami.losses.linear_cross_entropy`, so no
+``(M, V)`` logits tensor is ever materialised in training. The output matrix is the input token
+embedding by default (tied), or its own parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nami.models.common import init_weights
+from nami.models.config import ModelConfig
+from nami.models.qa import build_encoder
+
+
+class MaskedLMModel(nn.Module):
+    """Encoder + ``Linear → GELU → LayerNorm`` transform; output weight ``(V, D)`` tied by default."""
+
+    def __init__(self, config: ModelConfig, tie_embeddings: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = build_encoder(config)
+        self.transform = nn.Sequential(
+            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        )
+        self.transform.apply(init_weights)
+        self.untied_output = None
+        if not tie_embeddings:
+            self.untied_output = nn.Parameter(torch.empty(config.vocab_size, config.d_model))
+            nn.init.normal_(self.untied_output, std=0.02)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The ``(V, D)`` vocabulary matrix the loss multiplies hidden states with."""
+        return self.encoder.embeddings.token.weight if self.untied_output is None else self.untied_output
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(M, D)`` at ``positions`` (flat indices into ``B * S``)."""
+        hidden = self.encoder(input_ids, attention_mask)
+        return self.transform(hidden.reshape(-1, hidden.shape[-1])[positions])

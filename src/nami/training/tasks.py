@@ -1,0 +1,214 @@
+"""Training objectives plugged into the generic loop of :mod:`nami.training.loop`.
+
+A task owns its data (validated first, before any slow step), its batches, its model, its loss
+and its evaluation; the loop owns optimisation, schedules, logging, checkpoints and resume.
+
+* :class:`QATask` — extractive QA on SQuAD-format data (JSQuAD EM / F1).
+* :class:`MLMTask` — masked-LM pretraining on a text corpus, with the loss computed by
+  :func:`nami.losses.linear_cross_entropy` (no full-vocabulary logits in training).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nami import paths
+from nami.data.batching import QACollator, sorted_batches
+from nami.data.corpus import text_lines
+from nami.data.features import FeatureConfig, QAFeatures, build_features
+from nami.data.mlm import MLMCollator, pack_sequences
+from nami.data.squad import QAExample, load_squad
+from nami.evaluation.metric import evaluate_predictions
+from nami.evaluation.predict import autocast_context, predict_answers
+from nami.models import QAModel
+from nami.models.config import ModelConfig
+from nami.models.mlm import MaskedLMModel
+from nami.training.config import TrainConfig
+
+
+def feature_config(config: TrainConfig) -> FeatureConfig:
+    return FeatureConfig(config.max_length, config.doc_stride, config.max_question_tokens)
+
+
+def select_windows(features: QAFeatures, negative_fraction: float, seed: int) -> QAFeatures:
+    """All windows that contain the answer plus a seeded ``negative_fraction`` of the others."""
+    if negative_fraction >= 1.0:
+        return features
+    rng = np.random.default_rng([seed, 1])
+    keep = features.has_answer | (rng.random(len(features)) < negative_fraction)
+    return features.subset(np.flatnonzero(keep).tolist())
+
+
+class QATask:
+    """Extractive QA: windows → span logits → cross-entropy on start/end; scored with EM / F1."""
+
+    name = "qa"
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.train_paths = config.train_data or [str(paths.default_data(paths.JAQUAD_TRAIN))]
+        self.eval_path = config.eval_data or str(paths.default_data(paths.JSQUAD_DEV))
+        self.train_examples = load_squad(self.train_paths, on_bad_record=config.on_bad_record)
+        self.eval_examples = load_squad(self.eval_path, on_bad_record=config.on_bad_record)
+
+    def prepare(self, tokenizer, show: bool) -> None:
+        config, fconfig = self.config, feature_config(self.config)
+        self.tokenizer = tokenizer
+        self.train_features = select_windows(
+            build_features(self.train_examples, tokenizer, fconfig, show_progress=show, desc="train windows"),
+            config.negative_fraction, config.seed,
+        )
+        self.eval_features = build_features(self.eval_examples, tokenizer, fconfig, show_progress=show,
+                                            desc="eval windows")
+        rng = np.random.default_rng([config.seed, 2])
+        ids = sorted(rng.permutation(len(self.eval_examples))[: config.eval_subset].tolist())
+        self.subset_examples = [self.eval_examples[i] for i in ids]
+        self.subset_features = build_features(self.subset_examples, tokenizer, fconfig, show_progress=False)
+        self.train_lengths = self.train_features.lengths
+        self.collate = QACollator(self.train_features, tokenizer.pad_id)
+
+    def summary(self) -> dict[str, Any]:
+        return {"train_examples": len(self.train_examples), "train_windows": len(self.train_features),
+                "eval_examples": len(self.eval_examples)}
+
+    def build_model(self, model_config: ModelConfig) -> nn.Module:
+        return QAModel(model_config)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        return QAModel.loss(logits, batch["start_positions"], batch["end_positions"])
+
+    def evaluate(self, model: nn.Module, device: torch.device, *, full: bool, show: bool) -> dict[str, Any]:
+        examples = self.eval_examples if full else self.subset_examples
+        features = self.eval_features if full else self.subset_features
+        output = predict_answers(
+            model, examples, features, pad_id=self.tokenizer.pad_id, batch_size=self.config.eval_batch_size,
+            max_answer_tokens=self.config.max_answer_tokens, precision=self.config.precision, device=device,
+            show_progress=show,
+        )
+        scores = evaluate_predictions(examples, output.answers)
+        return {"data": self.eval_path, "exact_match": scores["exact_match"], "f1": scores["f1"],
+                "count": scores["count"], "missing": len(scores["missing"]),
+                "questions_per_s": output.questions_per_second, "predictions": output.answers}
+
+    def describe(self, scores: dict[str, Any]) -> str:
+        return f"EM {scores['exact_match']:.2f} F1 {scores['f1']:.2f} on {scores['count']} questions"
+
+
+def corpus_documents(paths_: list[str]) -> list[str]:
+    """Documents of a pretraining corpus: SQuAD files/directories give their contexts (each once),
+    other files one document per line."""
+    docs: list[str] = []
+    for path in map(Path, paths_):
+        if path.is_dir() or path.suffix == ".json":
+            docs.extend(dict.fromkeys(ex.context for ex in load_squad(path)))
+        else:
+            docs.extend(text_lines(path))
+    return docs
+
+
+class MLMTask:
+    """Masked-LM pretraining; evaluation: masked-token accuracy, loss and pseudo-perplexity."""
+
+    name = "mlm"
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.train_paths = config.train_data or [str(paths.default_data(paths.JAQUAD_TRAIN))]
+        self.eval_path = config.eval_data or str(paths.default_data(paths.JAQUAD_DEV))
+        self.train_docs = corpus_documents(self.train_paths)
+        self.eval_docs = corpus_documents([self.eval_path])
+
+    def prepare(self, tokenizer, show: bool) -> None:
+        config = self.config
+        self.tokenizer = tokenizer
+        self.train_sequences = pack_sequences(self.train_docs, tokenizer, config.max_length, show_progress=show,
+                                              desc="train sequences")
+        self.eval_sequences = pack_sequences(self.eval_docs, tokenizer, config.max_length, show_progress=show,
+                                             desc="eval sequences")
+        self.train_lengths = np.fromiter(map(len, self.train_sequences), dtype=np.int64)
+        self.collate = MLMCollator(self.train_sequences, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id,
+                                   vocab_size=tokenizer.vocab_size, probability=config.mlm_probability)
+
+    def summary(self) -> dict[str, Any]:
+        return {"train_documents": len(self.train_docs), "train_sequences": len(self.train_sequences),
+                "eval_sequences": len(self.eval_sequences)}
+
+    def build_model(self, model_config: ModelConfig) -> nn.Module:
+        return MaskedLMModel(model_config, tie_embeddings=self.config.tie_embeddings)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        from nami.losses import linear_cross_entropy
+
+        targets = batch["targets"].reshape(-1)
+        positions = (targets != -100).nonzero().squeeze(1)
+        hidden = model(batch["input_ids"], batch["attention_mask"], positions)
+        weight = model.module.output_weight if hasattr(model, "module") else model.output_weight
+        return linear_cross_entropy(hidden, weight, targets[positions], impl=self.config.loss_impl)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device, *, full: bool, show: bool) -> dict[str, Any]:
+        """Masked-token accuracy and loss with fixed (seeded) masks; pseudo-perplexity on the final eval."""
+        was_training = model.training
+        model.eval()
+        sequences = self.eval_sequences if full else self.eval_sequences[: self.config.eval_subset]
+        collate = MLMCollator(sequences, pad_id=self.tokenizer.pad_id, mask_id=self.tokenizer.mask_id,
+                              vocab_size=self.tokenizer.vocab_size, probability=self.config.mlm_probability,
+                              generator=torch.Generator().manual_seed(self.config.seed))
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64)
+        total_nll, correct, count = 0.0, 0, 0
+        for indices in tqdm(sorted_batches(lengths, self.config.eval_batch_size), desc="mlm eval", disable=not show):
+            batch = collate(indices)
+            targets = batch["targets"].reshape(-1).to(device)
+            positions = (targets != -100).nonzero().squeeze(1)
+            with autocast_context(device, self.config.precision):
+                hidden = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), positions)
+            logits = hidden.float() @ unwrap(model).output_weight.float().T  # evaluation only: (M, V)
+            gold = targets[positions]
+            total_nll += torch.nn.functional.cross_entropy(logits, gold, reduction="sum").item()
+            correct += int((logits.argmax(-1) == gold).sum())
+            count += len(gold)
+        scores: dict[str, Any] = {"data": self.eval_path, "masked_accuracy": 100.0 * correct / count,
+                                  "masked_loss": total_nll / count, "masked_tokens": count}
+        if full:
+            scores.update(self.pseudo_perplexity(model, device, show))
+        model.train(was_training)
+        return scores
+
+    def pseudo_perplexity(self, model: nn.Module, device: torch.device, show: bool) -> dict[str, Any]:
+        """exp(mean NLL) of each token when it alone is masked (Salazar et al. 2020)."""
+        nll, tokens = 0.0, 0
+        mask_id = self.tokenizer.mask_id
+        weight = unwrap(model).output_weight.float()
+        for seq in tqdm(self.eval_sequences[: self.config.pppl_sequences], desc="pseudo-perplexity",
+                        disable=not show):
+            ids = torch.from_numpy(seq).to(device)
+            inner = torch.arange(1, len(seq) - 1, device=device)  # not [CLS] / [SEP]
+            copies = ids.repeat(len(inner), 1)
+            copies[torch.arange(len(inner)), inner] = mask_id
+            positions = torch.arange(len(inner), device=device) * len(seq) + inner
+            with autocast_context(device, self.config.precision):
+                hidden = model(copies, torch.ones_like(copies, dtype=torch.bool), positions)
+            logits = hidden.float() @ weight.T
+            nll += torch.nn.functional.cross_entropy(logits, ids[inner], reduction="sum").item()
+            tokens += len(inner)
+        return {"pseudo_perplexity": math.exp(nll / tokens), "pppl_sequences": min(len(self.eval_sequences),
+                                                                                     self.config.pppl_sequences)}
+
+    def describe(self, scores: dict[str, Any]) -> str:
+        text = f"masked acc {scores['masked_accuracy']:.2f}% loss {scores['masked_loss']:.3f}"
+        return text + (f" PPPL {scores['pseudo_perplexity']:.1f}" if "pseudo_perplexity" in scores else "")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+TASKS = {"qa": QATask, "mlm": MLMTask}

@@ -1,0 +1,105 @@
+"""Masked-LM pretraining and QA fine-tuning from a pretrained encoder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nami.data.mlm import FIRST_REGULAR_ID, MLMCollator
+from nami.models import preset_config
+from nami.models.mlm import MaskedLMModel
+from nami.training import checkpoint as ckpt
+from nami.training.config import TrainConfig
+from nami.training.loop import train
+
+
+def test_mlm_masking_follows_80_10_10_and_never_masks_specials():
+    rng = np.random.default_rng(0)
+    seqs = [np.concatenate([[2], rng.integers(FIRST_REGULAR_ID, 500, size=254), [3]]) for _ in range(64)]
+    collate = MLMCollator(seqs, pad_id=0, mask_id=4, vocab_size=500, generator=torch.Generator().manual_seed(0))
+    batch = collate(list(range(64)))
+    targets, inputs = batch["targets"], batch["input_ids"]
+    chosen = targets != -100
+    original = torch.from_numpy(np.stack(seqs))
+    assert not chosen[:, 0].any() and not chosen[:, -1].any()  # [CLS] / [SEP]
+    assert abs(chosen.float().mean().item() - 0.15 * 254 / 256) < 0.01
+    masked = (inputs == 4) & chosen
+    kept = (inputs == original) & chosen
+    assert abs(masked.sum().item() / chosen.sum().item() - 0.8) < 0.03
+    assert abs(kept.sum().item() / chosen.sum().item() - 0.1 - 0.1 * 1 / 495) < 0.03
+    assert torch.equal(targets[chosen], original[chosen])
+    assert torch.equal(inputs[~chosen], original[~chosen])
+
+
+def test_mlm_model_returns_hidden_states_only_for_masked_positions():
+    config = preset_config("tiny", "wave", vocab_size=100, max_len=32)
+    model = MaskedLMModel(config)
+    ids = torch.randint(5, 100, (2, 16))
+    hidden = model(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([3, 20]))
+    assert hidden.shape == (2, config.d_model)
+    assert model.output_weight is model.encoder.embeddings.token.weight
+    assert MaskedLMModel(config, tie_embeddings=False).output_weight.shape == (100, config.d_model)
+
+
+def mlm_config(tiny_squad, tokenizer_dir, runs, **overrides) -> TrainConfig:
+    values = dict(task="mlm", arch="transformer", preset="tiny", train_data=[str(tiny_squad)],
+                  eval_data=str(tiny_squad), tokenizer=str(tokenizer_dir), max_length=64, batch_size=8, lr=3e-3,
+                  max_steps=60, eval_every_minutes=None, eval_subset=8, pppl_sequences=4, runs_dir=str(runs),
+                  run_name="mlm", precision="fp32", loss_impl="naive", log_every=5)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
+    return train(mlm_config(tiny_squad, tiny_tokenizer_dir, tmp_path_factory.mktemp("runs")), quiet=True)
+
+
+def test_pretraining_lowers_the_masked_lm_loss_and_reports_pppl(pretrained):
+    records = [json.loads(l) for l in (pretrained.run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert losses[-1] < losses[0] - 0.5
+    final = pretrained.final_eval
+    assert 0 <= final["masked_accuracy"] <= 100 and final["masked_tokens"] > 0
+    assert 1.0 < final["pseudo_perplexity"] < 800  # vocabulary of the tiny tokenizer
+
+
+def test_finetuning_starts_from_the_pretrained_encoder(pretrained, tiny_squad, tmp_path):
+    from safetensors.torch import load_file
+
+    config = TrainConfig(arch="transformer", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
+                         init_from=str(pretrained.run_dir), max_length=64, batch_size=8, max_steps=1, lr=1e-9,
+                         warmup=0.0, eval_every_minutes=None, runs_dir=str(tmp_path), run_name="qa",
+                         precision="fp32")
+    result = train(config, quiet=True)
+    before = load_file(str(pretrained.run_dir / ckpt.WEIGHTS_FILE))
+    after = load_file(str(result.run_dir / ckpt.WEIGHTS_FILE))
+    key = "encoder.blocks.0.attn.qkv.weight"
+    assert torch.allclose(before[key], after[key], atol=1e-6)  # lr ~0: still the pretrained weights
+    tok_a = json.loads((pretrained.run_dir / ckpt.CONFIG_FILE).read_text())["tokenizer_fingerprint"]
+    tok_b = json.loads((result.run_dir / ckpt.CONFIG_FILE).read_text())["tokenizer_fingerprint"]
+    assert tok_a == tok_b
+
+
+def test_init_from_with_another_tokenizer_is_refused(pretrained, tiny_squad, tmp_path):
+    from nami.data.corpus import read_corpus
+    from nami.text import train_tokenizer
+
+    other = tmp_path / "other_tok"
+    train_tokenizer(read_corpus([tiny_squad]) + ["別のテキストです。"], other, vocab_size=700, show_progress=False)
+    config = TrainConfig(arch="transformer", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
+                         init_from=str(pretrained.run_dir), tokenizer=str(other), max_length=64, max_steps=1,
+                         runs_dir=str(tmp_path), run_name="qa")
+    with pytest.raises(ckpt.CheckpointError, match="is not the tokenizer of --init-from"):
+        train(config, quiet=True)
+
+
+def test_init_from_with_another_architecture_is_refused(pretrained, tiny_squad, tmp_path):
+    config = TrainConfig(arch="wave", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
+                         init_from=str(pretrained.run_dir), max_length=64, max_steps=1, runs_dir=str(tmp_path),
+                         run_name="qa")
+    with pytest.raises(ckpt.CheckpointError, match="arch"):
+        train(config, quiet=True)
