@@ -124,3 +124,14 @@ def test_bucket_sampler_is_deterministic_and_covers_every_window_once():
     assert len(first) == len(sampler)
     spread = np.mean([np.ptp(lengths[b]) for b in first])
     assert spread < np.ptp(lengths) / 3  # bucketing groups similar lengths
+
+
+def test_collator_marks_context_tokens_with_segment_1():
+    ex = example("東京は日本の首都です。", "日本")
+    feats = build_features([ex], CharTokenizer(), show_progress=False)
+    batch = QACollator(feats, pad_id=0, sep_id=CharTokenizer.sep_id)([0])
+    types = batch["token_type_ids"][0]
+    n = len(feats.input_ids[0])
+    assert types[:5].tolist() == [0, 0, 0, 0, 0]  # [CLS] な に ? [SEP]
+    assert types[5:n].tolist() == [1] * (n - 5)  # context and the final [SEP]
+    assert types[n:].sum() == 0  # padding

@@ -91,6 +91,26 @@ def test_fp32_matches_float64_reference(impl, reduction, shape):
         assert_rel(a, e)
 
 
+@pytest.mark.parametrize("impl", EXACT)
+@pytest.mark.parametrize("signs", ["zero_and_positive", "mixed"])
+def test_reduction_none_with_arbitrary_upstream_gradient(impl, signs):
+    hidden, weight, targets = make_case(40, 90, 8, ignore_every=7)
+    coef = torch.linspace(0, 2, 40, dtype=torch.float64) if signs == "zero_and_positive" else torch.randn(
+        40, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    grads = []
+    for fn in ("ours", "ref"):
+        h = hidden.clone().requires_grad_()
+        w = weight.clone().requires_grad_()
+        if fn == "ours":
+            loss = linear_cross_entropy(h, w, targets, impl=impl, reduction="none", block_size=(16, 32))
+        else:
+            loss = F.cross_entropy(h @ w.T, targets, reduction="none")
+        (loss * coef).sum().backward()
+        grads.append((h.grad, w.grad))
+    for a, e in zip(*grads):
+        assert_rel(a, e, 1e-10)
+
+
 @pytest.mark.parametrize("block_size", [1, (3, 1000), (1000, 7), (4, 4)])
 def test_blockwise_block_shapes(block_size):
     hidden, weight, targets = make_case(23, 50, 6, ignore_every=5)
@@ -286,6 +306,19 @@ def test_bf16_autocast_runs_and_stays_close(impl):
     assert abs(loss.item() - ref[0].item()) <= 1e-2 * ref[0].item()
     for a, e in ((h.grad, ref[1]), (w.grad, ref[2])):
         assert (a.double() - e).norm() <= 3e-2 * e.norm()
+
+
+def test_bf16_autocast_confident_targets_match_naive():
+    """Target logit rounded like the bf16 logits tiles: no negative losses on confident rows."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(2000, 32, generator=g) / 32**0.5
+    targets = torch.randint(0, 2000, (64,), generator=g)
+    hidden = 0.5 * torch.randn(64, 32, generator=g) + 20.0 * weight[targets]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(hidden, weight, targets, impl="blockwise", reduction="none", block_size=(16, 256))
+        naive = linear_cross_entropy(hidden, weight, targets, impl="naive", reduction="none")
+    assert ours.min() >= 0
+    torch.testing.assert_close(ours, naive.float(), rtol=0, atol=2e-3)
 
 
 def test_blockwise_bf16_inputs():

@@ -140,3 +140,17 @@ def test_sequence_longer_than_max_len_is_a_clear_error():
     ids = torch.ones(1, 65, dtype=torch.long)
     with pytest.raises(ValueError, match="max_len"):
         model(ids, torch.ones_like(ids, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_segment_embeddings_change_outputs_only_when_enabled(arch):
+    torch.manual_seed(6)
+    ids = torch.randint(5, 50, (1, 12))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    types = (torch.arange(12) >= 5).long()[None]
+    with_segments = QAModel(tiny_config(arch, type_vocab_size=2)).eval()
+    torch.nn.init.normal_(with_segments.encoder.embeddings.segment.weight)
+    assert not torch.allclose(with_segments(ids, mask, types).start, with_segments(ids, mask).start)
+    without = QAModel(tiny_config(arch)).eval()
+    assert without.encoder.embeddings.segment is None
+    torch.testing.assert_close(without(ids, mask, types).start, without(ids, mask).start)

@@ -32,12 +32,18 @@ class WindowDataset(Dataset):
 
 
 class QACollator:
-    """Window indices -> padded tensors ``input_ids / attention_mask (B, S)``, labels ``(B,)``."""
+    """Window indices -> padded ``input_ids / attention_mask / token_type_ids (B, S)``, labels ``(B,)``.
 
-    def __init__(self, features: QAFeatures, pad_id: int, pad_multiple: int = PAD_MULTIPLE) -> None:
+    ``token_type_ids`` is 0 for ``[CLS] question [SEP]`` and 1 from the context on (and 0 on
+    padding); it is only produced when ``sep_id`` is given.
+    """
+
+    def __init__(self, features: QAFeatures, pad_id: int, pad_multiple: int = PAD_MULTIPLE,
+                 sep_id: int | None = None) -> None:
         self.features = features
         self.pad_id = pad_id
         self.pad_multiple = pad_multiple
+        self.sep_id = sep_id
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = [self.features.input_ids[i] for i in indices]
@@ -47,13 +53,19 @@ class QACollator:
         for b, row in enumerate(rows):
             input_ids[b, : len(row)] = row
         lengths = torch.tensor([len(r) for r in rows])
-        return {
+        batch = {
             "input_ids": torch.from_numpy(input_ids),
             "attention_mask": torch.arange(width)[None, :] < lengths[:, None],
             "start_positions": torch.tensor([self.features.start_positions[i] for i in indices]),
             "end_positions": torch.tensor([self.features.end_positions[i] for i in indices]),
             "window_index": torch.tensor(list(indices)),
         }
+        if self.sep_id is not None:
+            token_types = np.zeros_like(input_ids)
+            for b, row in enumerate(rows):
+                token_types[b, int(np.argmax(row == self.sep_id)) + 1 : len(row)] = 1
+            batch["token_type_ids"] = torch.from_numpy(token_types)
+        return batch
 
 
 class BucketBatchSampler(Sampler[list[int]]):

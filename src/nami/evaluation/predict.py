@@ -46,6 +46,7 @@ def predict_answers(
     features: QAFeatures,
     *,
     pad_id: int,
+    sep_id: int | None = None,
     batch_size: int = 64,
     max_answer_tokens: int = 30,
     n_best: int = 1,
@@ -57,7 +58,7 @@ def predict_answers(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    collate = QACollator(features, pad_id)
+    collate = QACollator(features, pad_id, sep_id=sep_id)
     per_example: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
     started = time.perf_counter()
     batches = sorted_batches(features.lengths, batch_size)
@@ -65,8 +66,9 @@ def predict_answers(
         batch = collate(batch_indices)
         input_ids = batch["input_ids"].to(device)
         mask = batch["attention_mask"].to(device)
+        token_types = batch["token_type_ids"].to(device) if "token_type_ids" in batch else None
         with autocast_context(device, precision):
-            logits = model(input_ids, mask)
+            logits = model(input_ids, mask, token_types)
         selectable = torch.zeros_like(mask)
         for row, w in enumerate(batch_indices):
             offsets = features.context_offsets[w]

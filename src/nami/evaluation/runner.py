@@ -38,7 +38,7 @@ def predict_file(
         model,
         examples,
         features,
-        pad_id=tokenizer.pad_id,
+        pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
         batch_size=batch_size or config.eval_batch_size,
         max_answer_tokens=config.max_answer_tokens,
         precision=config.precision,
@@ -104,7 +104,8 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) ->
     example = QAExample(id="ask", question=question, context=context, answers=(), title="", source="<ask>")
     features = build_features([example], tokenizer, feature_config(config), show_progress=False)
     output = predict_answers(
-        model, [example], features, pad_id=tokenizer.pad_id, max_answer_tokens=config.max_answer_tokens,
+        model, [example], features, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
+        max_answer_tokens=config.max_answer_tokens,
         n_best=n_best, precision=config.precision, show_progress=False,
     )
     candidates = [

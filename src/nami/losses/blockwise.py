@@ -10,8 +10,9 @@ Algorithm (``hidden`` ``h`` (N, D), ``weight`` ``W`` (V, D), per-row loss ``lse_
 
     forward, per tile (≤ R rows × ≤ B vocabulary entries; never N × V):
         z = h_rows @ W_blockᵀ                     (matmul in the compute dtype, then fp32/fp64)
-        m = max_v z;  s = Σ_v exp(z − m)            (tile max and tile log-sum-exp)
-        lse_rows ← logaddexp(lse_rows, m + log s)   (online / streaming log-sum-exp)
+        m = max_v z;  s = Σ_v exp(z − m)            (tile max and tile sum of exponentials)
+    per row block:  lse = M + log Σ_tiles s·exp(m − M),  M = max_tiles m
+                    (streaming log-sum-exp: only an (R, V/B) table of (m, s) is kept)
     target logit: gather-dot h_r · W[t_r] (one (R, D) gather per row block)
     backward, per tile that is not skipped:
         z = h_rows @ W_blockᵀ                       (recomputed)
@@ -51,12 +52,15 @@ per-row skipped softmax mass, ``grad_logits_l1_error`` (N,) = ``|s_r|·dropped_r
 error of dL/dlogits per row), ``segments_total``/``segments_skipped``/``skipped_fraction``.
 
 **Precision.** Parity (1e-5 relative) is asserted in fp32. Under ``torch.autocast`` (or with
-bf16/fp16 inputs) the three matmuls run in the low-precision dtype — which is where CPU speed comes
-from (AMX bf16 ≈ 3× fp32 here) and is what ``cross_entropy(linear(h, W))`` does under autocast,
-whose logits are bf16 too — while the log-sum-exp, the softmax, the target logit (computed in fp32
-from the low-precision operands) and the gradient accumulators are fp32. Float64 inputs compute in
-float64 (so ``gradcheck`` works). The per-row losses are returned in the accumulation dtype (fp32
-for bf16/fp16 inputs); gradients come back in the inputs' dtypes.
+bf16/fp16 inputs) the matmuls (logits, recompute, both gradient products) run in the low-precision
+dtype — which is where CPU speed comes from (AMX bf16 ≈ 3× fp32 here) and is what
+``cross_entropy(linear(h, W))`` does under autocast, whose logits are bf16 too — while the
+log-sum-exp, the softmax and the gradient accumulators are fp32. The target logit is a gather-dot
+accumulated in fp32 and then rounded to the low-precision dtype, as the matmul tiles the
+log-sum-exp was computed from are; without that rounding a confidently predicted target (logit ≈ 20,
+bf16 spacing 0.125) gives a slightly negative loss. Float64 inputs compute in float64 (so
+``gradcheck`` works). The per-row losses are returned in the accumulation dtype (fp32 for bf16/fp16
+inputs); gradients come back in the inputs' dtypes.
 """
 
 from __future__ import annotations
@@ -102,11 +106,22 @@ def _tile(buffer: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return buffer[: rows * cols].view(rows, cols)
 
 
-def _logits(h: torch.Tensor, w: torch.Tensor, buffer: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor:
-    """``h @ wᵀ`` in the operands' dtype, returned as a fresh (or buffer-backed) ``acc`` tensor."""
-    if buffer is not None and h.dtype == acc:
-        return torch.mm(h, w.t(), out=_tile(buffer, h.shape[0], w.shape[0]))
-    return torch.mm(h, w.t()).to(acc)
+def _buffers(rows: int, cols: int, compute: torch.dtype, acc: torch.dtype, device) -> tuple:
+    """Reusable flat tile buffers: one in ``acc``, one in ``compute`` when that differs."""
+    if rows == 0 or cols == 0:
+        return None, None
+    size = rows * cols
+    low = torch.empty(size, dtype=compute, device=device) if compute != acc else None
+    return torch.empty(size, dtype=acc, device=device), low
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, buffers: tuple) -> torch.Tensor:
+    """``h @ wᵀ`` in the operands' dtype, as an accumulation-dtype tile backed by ``buffers``."""
+    acc_buf, low_buf = buffers
+    out = _tile(acc_buf, h.shape[0], w.shape[0])
+    if low_buf is None:
+        return torch.mm(h, w.t(), out=out)
+    return out.copy_(torch.mm(h, w.t(), out=_tile(low_buf, h.shape[0], w.shape[0])))
 
 
 class BlockwiseLinearCrossEntropy(torch.autograd.Function):
@@ -144,24 +159,27 @@ def _forward(hidden, weight, targets, cfg: BlockwiseConfig, needs_grad):
     loss = torch.empty(n, dtype=acc, device=h.device)
     block_lse = torch.empty(n, n_blocks, dtype=acc, device=h.device) if record else None
     block_max = torch.empty(n, n_blocks, dtype=acc, device=h.device) if record else None
-    buffer = torch.empty(min(rows, n) * min(bv, v), dtype=acc, device=h.device) if n else None
+    buffers = _buffers(min(rows, n), min(bv, v), cfg.compute_dtype, acc, h.device)
+    tile_max = torch.empty(min(rows, n), n_blocks, dtype=acc, device=h.device)
+    tile_sum = torch.empty_like(tile_max)
     for r0 in range(0, n, rows):
         hb = h[r0 : r0 + rows]
-        run_max = torch.full((hb.shape[0],), -math.inf, dtype=acc, device=h.device)
-        run_sum = torch.zeros(hb.shape[0], dtype=acc, device=h.device)
+        rb = hb.shape[0]
         for j, v0 in enumerate(range(0, v, bv)):
-            z = _logits(hb, w[v0 : v0 + bv], buffer, acc)
-            m = z.amax(dim=1)
-            s = z.sub_(m[:, None]).exp_().sum(dim=1)
-            new_max = torch.maximum(run_max, m)
-            run_sum = run_sum * torch.exp(run_max - new_max) + s * torch.exp(m - new_max)
-            run_max = new_max
-            if record:
-                block_max[r0 : r0 + rows, j] = m
-                block_lse[r0 : r0 + rows, j] = m + torch.log(s)
-        lse_b = run_max + torch.log(run_sum)
+            z = _logits(hb, w[v0 : v0 + bv], buffers)
+            m = torch.amax(z, dim=1, out=tile_max[:rb, j])
+            torch.sum(z.sub_(m[:, None]).exp_(), dim=1, out=tile_sum[:rb, j])
+        # streaming log-sum-exp: combine the per-tile (max, sum of exp) of this row block
+        tm, ts = tile_max[:rb], tile_sum[:rb]
+        row_max = tm.amax(dim=1)
+        lse_b = row_max + torch.log((ts * torch.exp(tm - row_max[:, None])).sum(dim=1))
         lse[r0 : r0 + rows] = lse_b
+        if record:
+            block_max[r0 : r0 + rows] = tm
+            block_lse[r0 : r0 + rows] = tm + torch.log(ts)
         target_logit = (hb.to(acc) * w.index_select(0, targets[r0 : r0 + rows]).to(acc)).sum(dim=1)
+        if cfg.compute_dtype != acc:  # round like the low-precision matmul output the lse was computed from
+            target_logit = target_logit.to(cfg.compute_dtype).to(acc)
         loss[r0 : r0 + rows] = lse_b - target_logit
     return loss, lse, block_lse, block_max
 
@@ -177,7 +195,9 @@ def plan_skips(lse: torch.Tensor, block_lse: torch.Tensor, block_max: torch.Tens
         skip = torch.exp(block_max - lse[:, None]) < threshold
     elif policy == "bounded_mass":
         sorted_mass, order = torch.sort(mass, dim=1)
-        keep_sorted = torch.cumsum(sorted_mass, dim=1) > threshold
+        # prefix of the ascending masses whose running total stays within ε (a hair inside, so that
+        # re-summing the skipped masses in another order cannot round past ε)
+        keep_sorted = torch.cumsum(sorted_mass, dim=1) > threshold * (1 - 1e-5)
         skip = torch.empty_like(keep_sorted).scatter_(1, order, ~keep_sorted)
     else:
         raise ValueError(f"unknown filter policy {policy!r}")
@@ -201,11 +221,14 @@ def _backward(hidden, weight, targets, lse, block_lse, block_max, grad_loss, cfg
     actually_skipped = torch.zeros_like(skip) if skip is not None else None
 
     same = cfg.compute_dtype == acc
-    buffer = torch.empty(min(rows, n) * min(bv, v), dtype=acc, device=h.device) if n else None
+    buffers = _buffers(min(rows, n), min(bv, v), cfg.compute_dtype, acc, h.device)
+    # s·exp(z − lse) = exp(z − (lse − log s)) when s ≥ 0 (s = 0 → offset +inf → 0): one pass fewer
+    fold = bool((scale >= 0).all()) if n else True
+    offset = lse - torch.log(scale) if fold else lse
     for r0 in range(0, n, rows):
         hb = h[r0 : r0 + rows]
         sb = scale[r0 : r0 + rows]
-        lb = lse[r0 : r0 + rows]
+        lb = offset[r0 : r0 + rows]
         gh = grad_h[r0 : r0 + rows] if need_h else None
         for j, v0 in enumerate(range(0, v, bv)):
             wj = w[v0 : v0 + bv]
@@ -221,9 +244,11 @@ def _backward(hidden, weight, targets, lse, block_lse, block_max, grad_loss, cfg
                     actually_skipped[r0 : r0 + rows, j] = seg_skip
                     idx = (~seg_skip).nonzero().squeeze(1)
                     hs, ss, ls = hb.index_select(0, idx), sb.index_select(0, idx), lb.index_select(0, idx)
-            z = _logits(hs, wj, buffer, acc)
-            g = z.sub_(ls[:, None]).exp_().mul_(ss[:, None])  # s_r · softmax, the dL/dz softmax part
-            gc = g if same else g.to(cfg.compute_dtype)
+            z = _logits(hs, wj, buffers)
+            g = z.sub_(ls[:, None]).exp_()  # s_r · softmax: the softmax part of dL/dz
+            if not fold:
+                g.mul_(ss[:, None])
+            gc = g if same else _tile(buffers[1], g.shape[0], g.shape[1]).copy_(g)
             if need_h:
                 if idx is None:
                     if same:

@@ -62,14 +62,15 @@ REDUCTIONS = ("mean", "sum", "none")
 AUTO_CPU_IMPL = {"full_precision": "torch_chunked", "low_precision": "blockwise"}
 """What ``impl="auto"`` uses without CUDA + ``cut-cross-entropy``, by the dtype the matmuls run in.
 
-The faster of the two memory-efficient CPU paths in ``benchmarks/linear_cross_entropy.py``
-(``results/linear_cross_entropy.md``, "blockwise vs torch_chunked"). In fp32 ``torch_chunked`` does
-three matmuls (it computes the gradients inside forward) against ``blockwise``'s four (it recomputes
-the logits in backward), and was faster. Under bf16 autocast — how nami trains — PyTorch runs
-``F.linear_cross_entropy`` in fp32 (it is not on autocast's list; fed bf16 tensors it is ~3× slower
-still on this CPU), while ``blockwise`` runs its matmuls in bf16 (AMX) and was ~1.6× faster than
-``torch_chunked`` and ~2× faster than naive (quick benchmark, N=2048, V=8192, D=256, one thread on a
-busy machine). Re-check both entries against the full benchmark.
+The faster of the two memory-efficient CPU paths (``torch_chunked``, ``blockwise``); the evidence is
+``benchmarks/linear_cross_entropy.py`` → ``results/linear_cross_entropy.md``, section "blockwise vs
+torch_chunked". So far (N=2048, V=8192, D=256, one thread, best of 5, on a machine busy with a
+training run): fp32 — torch_chunked 325 ms, blockwise 372 ms, naive 379 ms: torch_chunked does three
+matmuls (it computes the gradients inside forward), blockwise four (it recomputes the logits in
+backward). bf16 autocast (how nami trains) — blockwise 116 ms, naive 218 ms, torch_chunked 332 ms:
+PyTorch runs ``F.linear_cross_entropy`` in fp32 under autocast (it is not on autocast's op list;
+fed bf16 tensors it is slower still on this CPU), while blockwise runs its matmuls in bf16 (AMX).
+Re-check both entries against the full benchmark.
 """
 
 DEFAULT_BLOCK_SIZE = (512, 2048)

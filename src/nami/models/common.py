@@ -9,21 +9,25 @@ from nami.models.config import ModelConfig
 
 
 class Embeddings(nn.Module):
-    """Token embedding + learned absolute position embedding: ``(B, S) -> (B, S, D)``."""
+    """Token + learned absolute position (+ optional segment) embeddings: ``(B, S) -> (B, S, D)``."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.token = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
         self.position = nn.Embedding(config.max_len, config.d_model)
+        self.segment = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
         self.dropout = nn.Dropout(config.dropout)
         self.max_len = config.max_len
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         seq_len = input_ids.shape[1]
         if seq_len > self.max_len:
             raise ValueError(f"sequence length {seq_len} exceeds the model's max_len {self.max_len}")
         positions = torch.arange(seq_len, device=input_ids.device)
-        return self.dropout(self.token(input_ids) + self.position(positions))
+        x = self.token(input_ids) + self.position(positions)
+        if self.segment is not None and token_type_ids is not None:
+            x = x + self.segment(token_type_ids)
+        return self.dropout(x)
 
 
 class FeedForward(nn.Module):

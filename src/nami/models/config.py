@@ -36,6 +36,8 @@ class ModelConfig:
         norm_eps: LayerNorm epsilon.
         wave_eps: added under the square roots of the Wave layer so gradients stay finite.
         pad_id: id of the padding token (its embedding is kept at zero).
+        type_vocab_size: number of segment (token type) embeddings added to the input, BERT's
+            question / context distinction; 0 = none. The same for both architectures.
     """
 
     arch: Architecture = "wave"
@@ -50,6 +52,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     wave_eps: float = 1e-6
     pad_id: int = 0
+    type_vocab_size: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -70,6 +73,8 @@ class ModelConfig:
             raise ValueError(f"model option dropout={self.dropout!r}: expected 0 <= dropout < 1")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"model option pad_id={self.pad_id} outside the vocabulary (size {self.vocab_size})")
+        if isinstance(self.type_vocab_size, bool) or not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ValueError(f"model option type_vocab_size={self.type_vocab_size!r}: expected an integer >= 0")
         if self.norm_eps <= 0 or self.wave_eps <= 0:
             raise ValueError("model options norm_eps and wave_eps must be > 0")
 

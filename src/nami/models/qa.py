@@ -49,8 +49,10 @@ class QAModel(nn.Module):
         self.encoder = build_encoder(config)
         self.span_head = SpanHead(config.d_model)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SpanLogits:
-        return self.span_head(self.encoder(input_ids, attention_mask), attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> SpanLogits:
+        return self.span_head(self.encoder(input_ids, attention_mask, token_type_ids), attention_mask)
 
     @staticmethod
     def loss(logits: SpanLogits, start_positions: torch.Tensor, end_positions: torch.Tensor) -> torch.Tensor:

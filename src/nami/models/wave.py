@@ -88,7 +88,7 @@ class WaveBlock(nn.Module):
 class WaveEncoder(nn.Module):
     """Embeddings + N Wave blocks + final LayerNorm.
 
-    ``forward(input_ids (B, S), attention_mask (B, S) bool) -> hidden (B, S, D)``.
+    ``forward(input_ids (B, S), attention_mask (B, S) bool, token_type_ids (B, S) | None) -> (B, S, D)``.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -101,8 +101,10 @@ class WaveEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.apply(init_weights)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.embeddings(input_ids)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = self.embeddings(input_ids, token_type_ids)
         for block in self.blocks:
             x = block(x, attention_mask)
         return self.final_norm(x)

@@ -33,6 +33,7 @@ class TrainConfig:
     preset: str = "small"
     wave_mode: str = "modulation"
     dropout: float = 0.0
+    segment_embeddings: bool = True  # QA: question / context token-type embeddings (BERT's token_type_ids)
     train_data: list[str] | None = None
     eval_data: str | None = None
     tokenizer: str | None = None  # a saved tokenizer directory; None = the cached default
@@ -116,8 +117,9 @@ class TrainConfig:
         positive("pppl_sequences")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"option mlm_probability={self.mlm_probability}: expected 0 < p < 1")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"option tie_embeddings={self.tie_embeddings!r}: expected true or false")
+        for name in ("tie_embeddings", "segment_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"option {name}={getattr(self, name)!r}: expected true or false")
         if not 0.0 <= self.negative_fraction <= 1.0:
             raise ValueError(f"option negative_fraction={self.negative_fraction}: expected 0 <= value <= 1")
         if not 0.0 <= self.warmup < 1.0:

@@ -247,6 +247,7 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
     model_config = preset_config(
         config.preset, config.arch, vocab_size=tokenizer.vocab_size, max_len=config.max_length,
         wave_mode=config.wave_mode, dropout=config.dropout, pad_id=tokenizer.pad_id,
+        type_vocab_size=2 if config.task == "qa" and config.segment_embeddings else 0,
     )
     if init is not None:
         model_config = compatible_init_config(config, model_config, init[1])
@@ -458,6 +459,7 @@ def load_encoder_from(model: torch.nn.Module, init_dir: Path) -> None:
     weights = load_file(str(init_dir / ckpt.WEIGHTS_FILE))
     encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
     missing, unexpected = model.encoder.load_state_dict(encoder, strict=False)
+    missing = [k for k in missing if not k.startswith("embeddings.segment.")]  # QA-only, newly initialised
     if missing or unexpected:
         raise ckpt.CheckpointError(f"{init_dir / ckpt.WEIGHTS_FILE}: encoder weights do not fit "
                                    f"(missing {missing}, unexpected {unexpected})")

@@ -72,7 +72,7 @@ class QATask:
         self.subset_examples = [self.eval_examples[i] for i in ids]
         self.subset_features = build_features(self.subset_examples, tokenizer, fconfig, show_progress=False)
         self.train_lengths = self.train_features.lengths
-        self.collate = QACollator(self.train_features, tokenizer.pad_id)
+        self.collate = QACollator(self.train_features, tokenizer.pad_id, sep_id=tokenizer.sep_id)
 
     def summary(self) -> dict[str, Any]:
         return {"train_examples": len(self.train_examples), "train_windows": len(self.train_features),
@@ -82,14 +82,15 @@ class QATask:
         return QAModel(model_config)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(batch["input_ids"], batch["attention_mask"])
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         return QAModel.loss(logits, batch["start_positions"], batch["end_positions"])
 
     def evaluate(self, model: nn.Module, device: torch.device, *, full: bool, show: bool) -> dict[str, Any]:
         examples = self.eval_examples if full else self.subset_examples
         features = self.eval_features if full else self.subset_features
         output = predict_answers(
-            model, examples, features, pad_id=self.tokenizer.pad_id, batch_size=self.config.eval_batch_size,
+            model, examples, features, pad_id=self.tokenizer.pad_id, sep_id=self.tokenizer.sep_id,
+            batch_size=self.config.eval_batch_size,
             max_answer_tokens=self.config.max_answer_tokens, precision=self.config.precision, device=device,
             show_progress=show,
         )
