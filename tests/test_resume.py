@@ -207,8 +207,8 @@ def test_nan_loss_can_be_skipped_a_bounded_number_of_times(tiny_squad, tiny_toke
 def test_nonfinite_gradient_names_the_parameter(tiny_squad, tiny_tokenizer_dir, tmp_path, monkeypatch):
     real_forward = QAModel.forward
 
-    def forward_with_bad_gradient(self, input_ids, attention_mask):
-        logits = real_forward(self, input_ids, attention_mask)
+    def forward_with_bad_gradient(self, input_ids, attention_mask, token_type_ids=None):
+        logits = real_forward(self, input_ids, attention_mask, token_type_ids)
         bias = self.span_head.proj.bias
         poison = torch.sqrt(bias - bias.detach()).sum() * 0.0  # value 0, gradient inf * 0 = nan
         logits.start = logits.start + poison
