@@ -96,3 +96,20 @@ def test_module_entry_point_runs_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nami", "compare", "--preset", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown compare preset" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_training_curves_plot_is_written(tmp_path):
+    from nami.reports.plots import plot_training_curves, smooth
+
+    assert smooth([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+    runs = {}
+    for name, offset in (("wave", 0.0), ("transformer", 1.0)):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [{"type": "train", "step": s, "train_seconds": 60.0 * s, "loss": 4.0 - s / 10 + offset} for s in range(5)]
+        lines += [{"type": "eval", "step": 4, "train_seconds": 240.0, "f1": 20.0 + offset},
+                  {"type": "final_eval", "train_seconds": 300.0, "f1": 25.0 + offset}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+        runs[name] = run
+    out = plot_training_curves(runs, tmp_path / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

@@ -21,6 +21,7 @@ from typing import Any
 from nami import paths
 from nami.evaluation.runner import predict_file
 from nami.reports.environment import git_commit, machine_description, now_iso
+from nami.reports.plots import plot_training_curves
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 from nami.training.loop import resolve_eval_data, resolve_train_data
@@ -156,9 +157,12 @@ def run_compare(
     print(table)
     if results_path:
         out = Path(results_path)
+        plot = plot_training_curves({arch: m["run_dir"] for arch, m in models.items()}, out.with_suffix(".png"),
+                                    title=f"nami compare --preset {preset}")
+        result["plot"] = str(plot)
         ckpt.write_json(out, result)
         out.with_suffix(".md").write_text(markdown_report(result, table), "utf-8")
-        print(f"[nami] wrote {out} and {out.with_suffix('.md')}")
+        print(f"[nami] wrote {out}, {out.with_suffix('.md')} and {plot}")
     return result
 
 
@@ -185,4 +189,5 @@ def markdown_report(result: dict[str, Any], table: str) -> str:
         f"- train data: {', '.join(result['train_data'])} (JaQuAD train; the official JSQuAD train split is not "
         f"available here)\n- eval data: {result['eval_data']} (all questions, JGLUE metric)\n"
         "- inference q/s: measured afterwards by `nami predict` with all threads, bf16, batch 64\n"
+        + (f"\n![training curves]({Path(result['plot']).name})\n" if result.get("plot") else "")
     )
