@@ -55,7 +55,7 @@ class TrainConfig:
     eval_every_minutes: float | None = 10.0
     eval_subset: int = 500  # questions used by periodic evaluation (final evaluation uses all)
     eval_batch_size: int = 64
-    max_answer_tokens: int = 30
+    max_answer_tokens: int = 16  # ~24 characters; JaQuAD train answers: median 5, p99 19 characters
     precision: str = "bf16"
     seed: int = 0
     threads: int | None = None
