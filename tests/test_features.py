@@ -135,3 +135,15 @@ def test_collator_marks_context_tokens_with_segment_1():
     assert types[:5].tolist() == [0, 0, 0, 0, 0]  # [CLS] な に ? [SEP]
     assert types[5:n].tolist() == [1] * (n - 5)  # context and the final [SEP]
     assert types[n:].sum() == 0  # padding
+
+
+def test_title_prefix_puts_training_contexts_in_jsquad_format():
+    from nami.training.tasks import with_title_prefix
+
+    ex = QAExample(id="q", question="?", context="梅雨は雨季の一種。", answers=(Answer("雨季", 3),), title="梅雨",
+                   source="t")
+    out = with_title_prefix(ex)
+    assert out.context == "梅雨 [SEP] 梅雨は雨季の一種。"
+    assert out.context[out.answers[0].start : out.answers[0].end] == "雨季"
+    assert with_title_prefix(out) == out  # already in that format
+    assert with_title_prefix(QAExample("q", "?", "abc", (Answer("b", 1),), "", "t")).context == "abc"

@@ -64,13 +64,14 @@ AUTO_CPU_IMPL = {"full_precision": "torch_chunked", "low_precision": "blockwise"
 
 The faster of the two memory-efficient CPU paths (``torch_chunked``, ``blockwise``); the evidence is
 ``benchmarks/linear_cross_entropy.py`` → ``results/linear_cross_entropy.md``, section "blockwise vs
-torch_chunked". So far (N=2048, V=8192, D=256, one thread, best of 5, on a machine busy with a
-training run): fp32 — torch_chunked 325 ms, blockwise 372 ms, naive 379 ms: torch_chunked does three
-matmuls (it computes the gradients inside forward), blockwise four (it recomputes the logits in
-backward). bf16 autocast (how nami trains) — blockwise 116 ms, naive 218 ms, torch_chunked 332 ms:
-PyTorch runs ``F.linear_cross_entropy`` in fp32 under autocast (it is not on autocast's op list;
-fed bf16 tensors it is slower still on this CPU), while blockwise runs its matmuls in bf16 (AMX).
-Re-check both entries against the full benchmark.
+torch_chunked". So far only the quick case (N=2048, V=8192, D=256, 2 threads, quiet machine, median
+of 3): fp32 — naive 216 ms / 229 MB, torch_chunked 213 ms / 113 MB, blockwise 212 ms / 29 MB (a tie
+in time: torch_chunked does three matmuls, computing the gradients inside forward, blockwise four,
+recomputing the logits in backward; on a tie the upstream-maintained path is kept). bf16 autocast
+(how nami trains) — naive 146 ms, torch_chunked 214 ms, blockwise 67 ms: PyTorch runs
+``F.linear_cross_entropy`` in fp32 under autocast (it is not on autocast's op list; fed bf16
+tensors it is slower still on this CPU) while blockwise runs its matmuls in bf16 (AMX). Re-check
+both entries against the full grid.
 """
 
 DEFAULT_BLOCK_SIZE = (512, 2048)

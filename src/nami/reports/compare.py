@@ -43,8 +43,8 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
         minutes=55.0,
         data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV],
         train=dict(preset="small", max_length=256, doc_stride=128, batch_size=32, lr=1e-3, warmup=0.05,
-                   negative_fraction=0.1, segment_embeddings=True, eval_subset=500, eval_every_minutes=10.0,
-                   epochs=20.0),
+                   negative_fraction=0.1, segment_embeddings=True, title_prefix=True, max_answer_tokens=16,
+                   eval_subset=500, eval_every_minutes=10.0, epochs=20.0),
     ),
 }
 

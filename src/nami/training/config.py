@@ -34,6 +34,7 @@ class TrainConfig:
     wave_mode: str = "modulation"
     dropout: float = 0.0
     segment_embeddings: bool = True  # QA: question / context token-type embeddings (BERT's token_type_ids)
+    title_prefix: bool = True  # QA training contexts in JSQuAD's "<title> [SEP] <paragraph>" format
     train_data: list[str] | None = None
     eval_data: str | None = None
     tokenizer: str | None = None  # a saved tokenizer directory; None = the cached default
@@ -117,7 +118,7 @@ class TrainConfig:
         positive("pppl_sequences")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"option mlm_probability={self.mlm_probability}: expected 0 < p < 1")
-        for name in ("tie_embeddings", "segment_embeddings"):
+        for name in ("tie_embeddings", "segment_embeddings", "title_prefix"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"option {name}={getattr(self, name)!r}: expected true or false")
         if not 0.0 <= self.negative_fraction <= 1.0:

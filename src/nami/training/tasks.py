@@ -11,6 +11,7 @@ and its evaluation; the loop owns optimisation, schedules, logging, checkpoints 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,23 @@ def select_windows(features: QAFeatures, negative_fraction: float, seed: int) ->
     return features.subset(np.flatnonzero(keep).tolist())
 
 
+TITLE_SEPARATOR = " [SEP] "
+
+
+def with_title_prefix(example: QAExample) -> QAExample:
+    """The example in JSQuAD's context format ``"<title> [SEP] <paragraph>"`` (answer offsets shifted).
+
+    JSQuAD contexts carry their article title this way; JaQuAD's do not. Training on the same
+    format as evaluation lets the model use the title and see the separator where it will be.
+    Contexts that already start with their title prefix, or examples without a title, are kept.
+    """
+    prefix = example.title + TITLE_SEPARATOR
+    if not example.title or example.context.startswith(prefix):
+        return example
+    answers = tuple(replace(a, start=a.start + len(prefix)) for a in example.answers)
+    return replace(example, context=prefix + example.context, answers=answers)
+
+
 class QATask:
     """Extractive QA: windows → span logits → cross-entropy on start/end; scored with EM / F1."""
 
@@ -56,6 +74,8 @@ class QATask:
         self.train_paths = config.train_data or [str(paths.default_data(paths.JAQUAD_TRAIN))]
         self.eval_path = config.eval_data or str(paths.default_data(paths.JSQUAD_DEV))
         self.train_examples = load_squad(self.train_paths, on_bad_record=config.on_bad_record)
+        if config.title_prefix:
+            self.train_examples = [with_title_prefix(ex) for ex in self.train_examples]
         self.eval_examples = load_squad(self.eval_path, on_bad_record=config.on_bad_record)
 
     def prepare(self, tokenizer, show: bool) -> None:
