@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from nami.cli import main
 
 
@@ -106,10 +104,11 @@ def test_training_curves_plot_is_written(tmp_path):
     for name, offset in (("wave", 0.0), ("transformer", 1.0)):
         run = tmp_path / name
         run.mkdir()
-        lines = [{"type": "train", "step": s, "train_seconds": 60.0 * s, "loss": 4.0 - s / 10 + offset} for s in range(5)]
-        lines += [{"type": "eval", "step": 4, "train_seconds": 240.0, "f1": 20.0 + offset},
-                  {"type": "final_eval", "train_seconds": 300.0, "f1": 25.0 + offset}]
-        (run / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+        records = [{"type": "train", "step": s, "train_seconds": 60.0 * s, "loss": 4.0 - s / 10 + offset}
+                   for s in range(5)]
+        records += [{"type": "eval", "step": 4, "train_seconds": 240.0, "f1": 20.0 + offset},
+                    {"type": "final_eval", "train_seconds": 300.0, "f1": 25.0 + offset}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         runs[name] = run
     out = plot_training_curves(runs, tmp_path / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

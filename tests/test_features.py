@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import CharTokenizer
 
 from nami.data.batching import BucketBatchSampler, QACollator
 from nami.data.features import FeatureConfig, answer_token_span, build_features
 from nami.data.squad import Answer, QAExample
 from nami.evaluation.decoding import best_token_spans
-
-from helpers import CharTokenizer
 
 
 def example(context: str, answer: str, question: str = "なに?", qid: str = "q1") -> QAExample:

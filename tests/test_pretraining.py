@@ -59,7 +59,7 @@ def pretrained(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
 
 
 def test_pretraining_lowers_the_masked_lm_loss_and_reports_pppl(pretrained):
-    records = [json.loads(l) for l in (pretrained.run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
+    records = [json.loads(line) for line in (pretrained.run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
     losses = [r["loss"] for r in records if r["type"] == "train"]
     assert losses[-1] < losses[0] - 0.5
     final = pretrained.final_eval

@@ -48,7 +48,7 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if metrics.is_file():
-            steps = [json.loads(l).get("step", 0) for l in metrics.read_text().splitlines() if l.strip()]
+            steps = [json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line.strip()]
             if steps and max(steps) >= step:
                 return
         if proc.poll() is not None:
@@ -199,8 +199,8 @@ def test_nan_loss_can_be_skipped_a_bounded_number_of_times(tiny_squad, tiny_toke
         config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path, "skip", max_steps=6, nonfinite_skips=1))
     result = train(config, quiet=True)
     assert result.final_eval["skipped_batches"] == 1 and result.steps == 6
-    skipped = [json.loads(l) for l in (result.run_dir / ckpt.METRICS_FILE).read_text().splitlines()
-               if json.loads(l)["type"] == "skipped_batch"]
+    skipped = [json.loads(line) for line in (result.run_dir / ckpt.METRICS_FILE).read_text().splitlines()
+               if json.loads(line)["type"] == "skipped_batch"]
     assert len(skipped) == 1 and "step 3" in skipped[0]["reason"]
 
 

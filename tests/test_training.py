@@ -31,7 +31,8 @@ def tiny_train_config(tiny_squad, tokenizer_dir, tmp_path, arch: str, **override
 def overfit_runs(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("overfit")
     return {
-        arch: train(tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp, arch, run_name=f"overfit-{arch}"), quiet=True)
+        arch: train(tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp, arch, run_name=f"overfit-{arch}"),
+                    quiet=True)
         for arch in ("wave", "transformer")
     }
 

@@ -130,7 +130,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
                      if f.name not in ("threads", "task") and getattr(args, f.name, None) is not None]
             if given or args.config:
-                raise UserError(f"--resume continues the run with its saved config; drop {', '.join(given) or '--config'}")
+                dropped = ", ".join(given) or "--config"
+                raise UserError(f"--resume continues the run with its saved config; drop {dropped}")
             resume(args.resume, quiet=args.quiet, threads=args.threads)
         else:
             if args.tokenizer and args.vocab_size is not None:

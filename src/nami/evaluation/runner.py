@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from nami.data.features import build_features
-from nami.data.squad import Answer, QAExample, load_squad
+from nami.data.squad import QAExample, load_squad
 from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import predict_answers
 from nami.training import checkpoint as ckpt
@@ -59,7 +59,8 @@ def predict_file(
             final = ckpt.read_json(recorded)
             if [str(Path(final["data"]).resolve())] == data_paths:
                 summary["recorded_f1"] = final["f1"]
-                summary["matches_recorded"] = final["f1"] == scores["f1"] and final["exact_match"] == scores["exact_match"]
+                summary["matches_recorded"] = (final["f1"], final["exact_match"]) == (scores["f1"],
+                                                                                      scores["exact_match"])
     return summary
 
 

@@ -300,7 +300,9 @@ def _validate(hidden, weight, targets, ignore_index, reduction, impl) -> tuple[i
 def _block_size(block_size) -> tuple[int, int]:
     sizes = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
     if len(sizes) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-        raise ValueError(f"block_size must be a positive int or (rows, vocab) pair of positive ints; got {block_size!r}")
+        raise ValueError(
+            f"block_size must be a positive int or (rows, vocab) pair of positive ints; got {block_size!r}"
+        )
     return sizes
 
 

@@ -73,7 +73,8 @@ class ModelConfig:
             raise ValueError(f"model option dropout={self.dropout!r}: expected 0 <= dropout < 1")
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"model option pad_id={self.pad_id} outside the vocabulary (size {self.vocab_size})")
-        if isinstance(self.type_vocab_size, bool) or not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+        value = self.type_vocab_size
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"model option type_vocab_size={self.type_vocab_size!r}: expected an integer >= 0")
         if self.norm_eps <= 0 or self.wave_eps <= 0:
             raise ValueError("model options norm_eps and wave_eps must be > 0")

@@ -108,7 +108,8 @@ class TrainConfig:
         positive("checkpoint_every_steps", allow_none=True)
         positive("keep_checkpoints")
         positive("checkpoint_every_minutes", allow_none=True, integer=False)
-        if isinstance(self.nonfinite_skips, bool) or not isinstance(self.nonfinite_skips, int) or self.nonfinite_skips < 0:
+        skips = self.nonfinite_skips
+        if isinstance(skips, bool) or not isinstance(skips, int) or skips < 0:
             raise ValueError(f"option nonfinite_skips={self.nonfinite_skips!r}: expected an integer >= 0")
         positive("threads", allow_none=True)
         for name in ("lr", "epochs"):

@@ -382,8 +382,9 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
                         tqdm.write(f"[nami] step {progress.step}: subset {task.describe(scores)}")
                     ckpt.save_weights(run_dir, accelerator.unwrap_model(model))
                 due_by_steps = config.checkpoint_every_steps and progress.step % config.checkpoint_every_steps == 0
+                since_checkpoint = progress.train_seconds - last_checkpoint_seconds
                 due_by_time = (config.checkpoint_every_minutes
-                               and progress.train_seconds - last_checkpoint_seconds >= config.checkpoint_every_minutes * 60)
+                               and since_checkpoint >= config.checkpoint_every_minutes * 60)
                 if due_by_steps or due_by_time or stop.received:
                     save_checkpoint()
                     last_checkpoint_seconds = progress.train_seconds
