@@ -168,6 +168,27 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from nami.data.squad import load_squad
+    from nami.evaluation import lexical
+    from nami.evaluation.metric import evaluate_predictions
+    from nami.reports.environment import git_commit, machine_description, now_iso
+    from nami.training.checkpoint import write_json
+
+    examples = load_squad(args.data, on_bad_record=args.on_bad_record)
+    predictions = lexical.predict(examples, window=args.window, show_progress=not args.quiet)
+    scores = evaluate_predictions(examples, predictions)
+    summary = {k: scores[k] for k in ("exact_match", "f1", "count")}
+    if args.output:
+        write_json(Path(args.output), predictions)
+    if args.results:
+        write_json(Path(args.results), {"command": " ".join(["nami", *sys.argv[1:]]), "commit": git_commit(),
+                                        "machine": machine_description(), "date": now_iso(), "data": args.data,
+                                        "baseline": "lexical-overlap", "window": args.window, **summary})
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from nami.reports.compare import run_compare
 
@@ -242,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-best", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("baseline", help="non-neural reference answers (lexical-overlap heuristic)")
+    p.add_argument("kind", choices=["lexical"])
+    p.add_argument("--data", required=True, nargs="+")
+    p.add_argument("--output", help="PRED.json to write ({question_id: answer})")
+    p.add_argument("--results", help="also write the scores with provenance to this JSON file")
+    p.add_argument("--window", type=int, default=8, help="words on each side of a candidate that are compared")
+    p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("compare", help="train Wave and Transformer under one budget and compare them")
     p.add_argument("--preset", default="standard", help="compare preset (see nami.reports.compare.COMPARE_PRESETS)")
