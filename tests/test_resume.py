@@ -160,7 +160,7 @@ def test_no_pickle_loading_anywhere_in_the_package():
     offenders = []
     for path in SRC.rglob("*.py"):
         text = path.read_text("utf-8")
-        for needle in ("weights_only=False", "pickle.load", "pickle.loads"):
+        for needle in ("weights_only=" + "False", "pickle" + ".load"):
             if needle in text:
                 offenders.append(f"{path}: {needle}")
         if "torch.load(" in text:
