@@ -5,8 +5,8 @@ A small tokenizer is trained once per module on a few hundred lines of JaQuAD tr
 
 from __future__ import annotations
 
-import json
 import copy
+import json
 from itertools import pairwise
 from pathlib import Path
 
