@@ -186,7 +186,7 @@ def markdown_report(result: dict[str, Any], table: str) -> str:
         f"# Wave vs Transformer on JSQuAD dev\n\n{table}\n\n"
         f"- command: `{result['command']}`\n- commit: `{result['commit']}`\n- machine: {result['machine']}\n"
         f"- date: {result['date']}\n- training budget: {result['budget_minutes']} minutes per model, {mode}\n"
-        f"- train data: {', '.join(result['train_data'])} (JaQuAD train; the official JSQuAD train split is not "
+        f"- train data: {', '.join(result['train_data'])} (JaQuAD; the official JSQuAD train split is not "
         f"available here)\n- eval data: {result['eval_data']} (all questions, JGLUE metric)\n"
         "- inference q/s: measured afterwards by `nami predict` with all threads, bf16, batch 64\n"
         + (f"\n![training curves]({Path(result['plot']).name})\n" if result.get("plot") else "")
