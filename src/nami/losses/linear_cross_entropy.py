@@ -20,7 +20,8 @@ alive until backward. Implementations (``IMPLEMENTATIONS``):
   raises — never a silent fallback.
 - ``"auto"`` — ``"cce"`` on CUDA tensors when the package imports (and the GPU does bf16), otherwise
   ``AUTO_CPU_IMPL`` by the matmul dtype (``blockwise`` in both, from the measurements below), and
-  ``"blockwise"`` whenever gradient filtering is requested (the only CPU path that filters). ``resolve_impl`` says what ``"auto"`` picks.
+  ``"blockwise"`` whenever gradient filtering is requested (the only CPU path that filters).
+  ``resolve_impl`` says what ``"auto"`` picks.
 
 Semantics shared by every implementation (the dispatcher owns them):
 
