@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -33,3 +34,24 @@ class CharTokenizer:
                 offsets.append((i, i + 1))
             i += 1
         return CharEncoding(ids, offsets)
+
+
+def jaquad_context_lines(count: int) -> list[str]:
+    """The first ``count`` non-empty context lines of the first JaQuAD train shard (skips if absent)."""
+    import pytest
+
+    from nami.paths import JAQUAD_TRAIN, DataNotFoundError, default_data
+
+    try:
+        shard = min(default_data(JAQUAD_TRAIN).glob("*.json"))
+    except (DataNotFoundError, ValueError):
+        pytest.skip("JaQuAD train data not available")
+    data = json.loads(shard.read_text(encoding="utf-8"))["data"]
+    lines = [
+        line
+        for article in data
+        for paragraph in article["paragraphs"]
+        for line in paragraph["context"].splitlines()
+        if line.strip()
+    ]
+    return lines[:count]

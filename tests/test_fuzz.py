@@ -35,12 +35,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import jaquad_context_lines
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nami.data.features import FeatureConfig, answer_token_span, build_features
 from nami.data.squad import FILE_LEVEL_ID, Answer, DataValidationError, QAExample, check_squad, load_squad
-from nami.paths import JAQUAD_TRAIN, DataNotFoundError, default_data
 from nami.text import MASK_ID, SEP_ID, SPECIAL_TOKENS, UNK_ID, Encoding, JapaneseTokenizer, train_tokenizer
 from nami.text.normalize import is_separator, normalize
 from nami.text.tokenizer import split_literals
@@ -54,20 +54,8 @@ EXTRA_LINES = ["株式会社とキログラムとtelの話。", "Tokyo abc ABC 2
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> JapaneseTokenizer:
-    try:
-        shard = min(default_data(JAQUAD_TRAIN).glob("*.json"))
-    except (DataNotFoundError, ValueError):
-        pytest.skip("JaQuAD train data not available")
-    data = json.loads(shard.read_text(encoding="utf-8"))["data"]
-    lines = [
-        line
-        for article in data
-        for paragraph in article["paragraphs"]
-        for line in paragraph["context"].splitlines()
-        if line.strip()
-    ][:300]
-    return train_tokenizer(lines + EXTRA_LINES, tmp_path_factory.mktemp("fuzz-tok"), vocab_size=2000,
-                           show_progress=False)
+    return train_tokenizer(jaquad_context_lines(300) + EXTRA_LINES, tmp_path_factory.mktemp("fuzz-tok"),
+                           vocab_size=2000, show_progress=False)
 
 
 # ------------------------------------------------------------------------------- text strategy

@@ -11,6 +11,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from helpers import jaquad_context_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -43,16 +44,7 @@ def _jaquad_shards() -> list[Path]:
         pytest.skip("JaQuAD train data not available")
 
 
-def _jaquad_lines(count: int) -> list[str]:
-    data = json.loads(_jaquad_shards()[0].read_text(encoding="utf-8"))["data"]
-    lines = [
-        line
-        for article in data
-        for paragraph in article["paragraphs"]
-        for line in paragraph["context"].splitlines()
-        if line.strip()
-    ]
-    return lines[:count]
+_jaquad_lines = jaquad_context_lines
 
 
 @pytest.fixture(scope="module")

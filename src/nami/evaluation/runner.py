@@ -12,7 +12,7 @@ from nami.data.squad import QAExample, load_squad
 from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import predict_answers
 from nami.training import checkpoint as ckpt
-from nami.training.loop import feature_config
+from nami.training.tasks import feature_config
 
 
 def predict_file(

@@ -24,7 +24,7 @@ from nami.reports.environment import git_commit, machine_description, now_iso
 from nami.reports.plots import plot_training_curves
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
-from nami.training.loop import resolve_eval_data, resolve_train_data
+from nami.training.tasks import resolve_eval_data, resolve_train_data
 
 MODELS = ("wave", "transformer")
 

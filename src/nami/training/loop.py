@@ -39,13 +39,12 @@ from accelerate.state import AcceleratorState
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from nami import paths
 from nami.data.batching import BucketBatchSampler, WindowDataset
 from nami.models import count_parameters, preset_config
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
-from nami.training.tasks import TASKS, feature_config, select_windows  # noqa: F401 (re-exported)
+from nami.training.tasks import TASKS
 
 
 class NonFiniteError(RuntimeError):
@@ -113,14 +112,6 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
         return progress / warmup
     rest = min(1.0, (progress - warmup) / max(1e-12, 1.0 - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * rest)) if schedule == "cosine" else 1.0 - rest
-
-
-def resolve_train_data(config: TrainConfig) -> list[str]:
-    return config.train_data or [str(paths.default_data(paths.JAQUAD_TRAIN))]
-
-
-def resolve_eval_data(config: TrainConfig) -> str:
-    return config.eval_data or str(paths.default_data(paths.JSQUAD_DEV if config.task == "qa" else paths.JAQUAD_DEV))
 
 
 def load_tokenizer(config: TrainConfig) -> JapaneseTokenizer:

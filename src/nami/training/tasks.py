@@ -34,6 +34,16 @@ from nami.models.mlm import MaskedLMModel
 from nami.training.config import TrainConfig
 
 
+def resolve_train_data(config: TrainConfig) -> list[str]:
+    """``config.train_data`` or the default: JaQuAD train (SQuAD files for QA, contexts for MLM)."""
+    return config.train_data or [str(paths.default_data(paths.JAQUAD_TRAIN))]
+
+
+def resolve_eval_data(config: TrainConfig) -> str:
+    """``config.eval_data`` or the default: JSQuAD dev for QA, JaQuAD dev (held-out text) for MLM."""
+    return config.eval_data or str(paths.default_data(paths.JSQUAD_DEV if config.task == "qa" else paths.JAQUAD_DEV))
+
+
 def feature_config(config: TrainConfig) -> FeatureConfig:
     return FeatureConfig(config.max_length, config.doc_stride, config.max_question_tokens)
 
@@ -71,8 +81,8 @@ class QATask:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.train_paths = config.train_data or [str(paths.default_data(paths.JAQUAD_TRAIN))]
-        self.eval_path = config.eval_data or str(paths.default_data(paths.JSQUAD_DEV))
+        self.train_paths = resolve_train_data(config)
+        self.eval_path = resolve_eval_data(config)
         self.train_examples = load_squad(self.train_paths, on_bad_record=config.on_bad_record)
         if config.title_prefix:
             self.train_examples = [with_title_prefix(ex) for ex in self.train_examples]
@@ -142,8 +152,8 @@ class MLMTask:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.train_paths = config.train_data or [str(paths.default_data(paths.JAQUAD_TRAIN))]
-        self.eval_path = config.eval_data or str(paths.default_data(paths.JAQUAD_DEV))
+        self.train_paths = resolve_train_data(config)
+        self.eval_path = resolve_eval_data(config)
         self.train_docs = corpus_documents(self.train_paths)
         self.eval_docs = corpus_documents([self.eval_path])
 
