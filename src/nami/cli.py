@@ -150,8 +150,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from nami.evaluation.runner import predict_file
 
+    from nami.resources import peak_rss_mb
+
     result = predict_file(args.checkpoint, args.data, args.output, batch_size=args.batch_size,
                           threads=args.threads, quiet=args.quiet)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)  # this process did nothing but predict
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
@@ -195,15 +198,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     run_compare(
         preset=args.preset,
         minutes=args.minutes,
+        pretrain_minutes=args.pretrain_minutes,
         parallel=args.parallel,
-        results_path=args.results,
-        runs_dir=args.runs_dir,
+        out_dir=args.out,
         train_data=args.train_data,
         eval_data=args.eval_data,
         tokenizer=args.tokenizer,
+        lexical_baseline=not args.no_lexical,
         quiet=args.quiet,
         command=" ".join(["nami", *sys.argv[1:]]),
     )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nami.reports.report import RESULTS_FILE, rerender
+
+    if not (Path(args.dir) / RESULTS_FILE).is_file():
+        raise UserError(f"{args.dir}: no {RESULTS_FILE} (expected a directory written by `nami compare`)")
+    print(rerender(args.dir))
     return 0
 
 
@@ -274,18 +287,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_baseline)
 
-    p = sub.add_parser("compare", help="train Wave and Transformer under one budget and compare them")
+    p = sub.add_parser("compare", help="train Wave and Transformer under one budget and write a report")
     p.add_argument("--preset", default="standard", help="compare preset (see nami.reports.compare.COMPARE_PRESETS)")
-    p.add_argument("--minutes", type=float, default=None, help="training minutes per model (overrides the preset)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="QA training minutes per model (overrides the preset)")
+    p.add_argument("--pretrain-minutes", type=float, default=None,
+                   help="masked-LM pretraining minutes per model before QA training (overrides the preset; 0 = none)")
     p.add_argument("--parallel", action="store_true",
                    help="train both models at once, one thread each (same conditions for both)")
-    p.add_argument("--results", default=None, help="also write the comparison JSON here")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--out", default=None,
+                   help="report directory: results.json, report.md, plots and runs/ "
+                        "(default: reports/<date-time>-compare-<preset>)")
     p.add_argument("--train-data", nargs="+", default=None)
     p.add_argument("--eval-data", default=None)
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the cached default tokenizer)")
+    p.add_argument("--no-lexical", action="store_true", help="skip scoring the lexical-overlap heuristic")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="render a compare report directory's report.md again from its results.json")
+    p.add_argument("dir", help="directory written by `nami compare`")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,11 +1,16 @@
 """``nami compare``: train a Wave and a Transformer QA model under one budget, side by side.
 
-Each model is trained by its own ``nami train`` subprocess (so a crash or a memory blow-up of
-one cannot take the other down, and each gets a clean thread setting). ``--parallel`` runs both
-at once with one thread each: on a 2-core machine that uses the cores better than two
-sequential 2-thread runs, and both models then share whatever else the machine is doing.
-Afterwards every run is re-scored by ``nami predict`` with all threads, which measures inference
-questions/s under equal conditions and checks that the run's recorded F1 is reproduced.
+Per model, a chain of ``nami`` subprocesses: optional masked-LM pretraining (``nami pretrain``),
+then QA fine-tuning (``nami train``, started from the pretrained encoder when there is one). A
+crash or a memory blow-up of one model cannot take the other down, each process gets a clean
+thread setting, and each process's peak memory is its own. ``--parallel`` runs the two chains at
+once with one thread each: on a 2-core machine that uses the cores better than two sequential
+2-thread runs, and both models share whatever else the machine is doing.
+
+Afterwards every QA run is re-scored by a ``nami predict`` subprocess with all threads (inference
+questions/s and peak memory under equal conditions; also checks that the recorded F1 is
+reproduced), the lexical-overlap heuristic is scored on the same questions, and the report
+directory is written (``results.json``, ``report.md``, plots; see :mod:`nami.reports.report`).
 """
 
 from __future__ import annotations
@@ -14,65 +19,108 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from nami import paths
-from nami.evaluation.runner import predict_file
+from nami.data.squad import load_squad
+from nami.evaluation import lexical
+from nami.evaluation.metric import evaluate_predictions
 from nami.reports.environment import git_commit, machine_description, now_iso
-from nami.reports.plots import plot_training_curves
+from nami.reports.report import write_report
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 from nami.training.tasks import resolve_eval_data, resolve_train_data
 
 MODELS = ("wave", "transformer")
 
-# Settings shared by both models of a comparison; ``minutes`` is training time per model.
+_SMOKE_QA = dict(preset="tiny", max_length=128, doc_stride=64, batch_size=16, lr=2e-3, eval_subset=50,
+                 eval_every_minutes=None, epochs=1.0)
+# The QA fine-tuning settings of the reported comparisons: small models (d=256, 4 layers) on JaQuAD
+# train + dev (JSQuAD's own train split is not available here); JSQuAD dev contexts fit one
+# 256-token window, so few answerless windows are kept.
+_STANDARD_QA = dict(preset="small", max_length=256, doc_stride=128, batch_size=32, lr=1e-3, warmup=0.05,
+                    negative_fraction=0.1, segment_embeddings=True, title_prefix=True, max_answer_tokens=16,
+                    eval_subset=500, eval_every_minutes=10.0, epochs=20.0)
+# Masked-LM pretraining on JaQuAD train contexts (nami pretrain's default corpus), same encoder shape.
+_STANDARD_MLM = dict(preset="small", max_length=256, batch_size=32, lr=1e-3, warmup=0.05, epochs=50.0,
+                     eval_every_minutes=None, eval_subset=200, pppl_sequences=32)
+
+# Settings shared by both models of a comparison. ``minutes`` is QA training time per model;
+# ``pretrain.minutes`` (when present) is masked-LM pretraining time before it, so a preset's total
+# training budget per model is their sum.
 COMPARE_PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds-long end-to-end check of the whole pipeline (used by the tests).
-    "smoke": dict(
-        minutes=0.3,
-        train=dict(preset="tiny", max_length=128, doc_stride=64, batch_size=16, lr=2e-3, eval_subset=50,
-                   eval_every_minutes=None, epochs=1.0),
+    # Seconds-long end-to-end checks of the whole pipeline (used by the tests).
+    "smoke": dict(minutes=0.3, train=_SMOKE_QA),
+    "smoke-pretrain": dict(
+        minutes=0.2, train=_SMOKE_QA,
+        pretrain=dict(minutes=0.1, train=dict(preset="tiny", max_length=128, batch_size=16, lr=2e-3,
+                                              eval_every_minutes=None, eval_subset=20, pppl_sequences=2)),
     ),
-    # The reported comparison: small models (d=256, 4 layers), <= 60 minutes per model on 2 CPU cores.
-    # Trained on JaQuAD train + dev (JSQuAD's own train split is not available here); JSQuAD dev
-    # contexts fit one 256-token window, so few answerless windows are kept.
+    # The reported comparison: 55 training minutes per model on 2 CPU cores = 20 minutes of masked-LM
+    # pretraining + 35 minutes of QA fine-tuning from it.
     "standard": dict(
-        minutes=55.0,
-        data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV],
-        train=dict(preset="small", max_length=256, doc_stride=128, batch_size=32, lr=1e-3, warmup=0.05,
-                   negative_fraction=0.1, segment_embeddings=True, title_prefix=True, max_answer_tokens=16,
-                   eval_subset=500, eval_every_minutes=10.0, epochs=20.0),
+        minutes=35.0, data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], train=_STANDARD_QA,
+        pretrain=dict(minutes=20.0, train=_STANDARD_MLM),
     ),
+    # The same 55 minutes spent on QA training from scratch (the control for pretraining).
+    "scratch": dict(minutes=55.0, data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], train=_STANDARD_QA),
 }
 
 
-def model_config(preset: str, arch: str, minutes: float | None, runs_dir: str, stamp: str,
-                 train_data: list[str] | None, eval_data: str | None, tokenizer: str | None = None) -> TrainConfig:
+def stage_configs(
+    preset: str,
+    arch: str,
+    *,
+    minutes: float | None,
+    pretrain_minutes: float | None,
+    runs_dir: str,
+    stamp: str,
+    train_data: list[str] | None,
+    eval_data: str | None,
+    tokenizer: str | None = None,
+) -> dict[str, TrainConfig]:
+    """The training runs of one model, in order: ``{"pretrain": ..., "finetune": ...}`` (or only
+    ``"finetune"`` when the preset has no pretraining stage or ``pretrain_minutes`` is 0)."""
     if preset not in COMPARE_PRESETS:
         raise ValueError(f"unknown compare preset {preset!r}: expected one of {', '.join(COMPARE_PRESETS)}")
     spec = COMPARE_PRESETS[preset]
     minutes = minutes if minutes is not None else spec["minutes"]
     if minutes <= 0:
         raise ValueError(f"--minutes={minutes}: expected > 0")
+    if pretrain_minutes is not None and pretrain_minutes < 0:
+        raise ValueError(f"--pretrain-minutes={pretrain_minutes}: expected >= 0")
+    if pretrain_minutes and "pretrain" not in spec:
+        raise ValueError(f"--pretrain-minutes: compare preset {preset!r} has no pretraining stage")
+    # Pretraining reads the contexts of the QA training files the user names (by default: of JaQuAD
+    # train only, so that JaQuAD dev stays held-out text for its pseudo-perplexity).
+    pretrain_data = train_data
     if train_data is None and "data" in spec:
         train_data = [str(paths.default_data(name)) for name in spec["data"]]
-    return TrainConfig(
-        arch=arch,
-        max_minutes=minutes,
-        runs_dir=runs_dir,
-        run_name=f"{stamp}-compare-{preset}-{arch}",
-        train_data=train_data,
-        eval_data=eval_data,
-        tokenizer=tokenizer,
-        **spec["train"],
+    stages: dict[str, TrainConfig] = {}
+    init_from = None
+    if "pretrain" in spec and pretrain_minutes != 0:
+        pretrain = TrainConfig(
+            task="mlm", arch=arch,
+            max_minutes=pretrain_minutes if pretrain_minutes is not None else spec["pretrain"]["minutes"],
+            runs_dir=runs_dir, run_name=f"{stamp}-{preset}-{arch}-pretrain", tokenizer=tokenizer,
+            train_data=pretrain_data,
+            **spec["pretrain"]["train"],
+        )
+        stages["pretrain"] = pretrain
+        init_from = str(Path(runs_dir) / pretrain.run_name)
+    stages["finetune"] = TrainConfig(
+        arch=arch, max_minutes=minutes, runs_dir=runs_dir, run_name=f"{stamp}-{preset}-{arch}",
+        train_data=train_data, eval_data=eval_data, tokenizer=None if init_from else tokenizer,
+        init_from=init_from, **spec["train"],
     )
+    return stages
 
 
-def _train_command(config_path: Path, threads: int | None, quiet: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "nami", "train", "--config", str(config_path)]
+def _stage_command(stage: str, config_path: Path, threads: int | None, quiet: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "nami", "pretrain" if stage == "pretrain" else "train", "--config", str(config_path)]
     if threads:
         cmd += ["--threads", str(threads)]
     if quiet:
@@ -80,66 +128,130 @@ def _train_command(config_path: Path, threads: int | None, quiet: bool) -> list[
     return cmd
 
 
+def _run_chain(commands: list[list[str]], log: Path | None) -> tuple[int, float]:
+    """Run the commands one after the other (stopping at the first failure); exit code and wall minutes."""
+    started = time.perf_counter()
+    for cmd in commands:
+        if log is None:
+            code = subprocess.run(cmd).returncode
+        else:
+            with log.open("a") as handle:
+                handle.write(f"$ {' '.join(cmd)}\n")
+                handle.flush()
+                code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            return code, (time.perf_counter() - started) / 60
+    return 0, (time.perf_counter() - started) / 60
+
+
+def _rescore(run_dir: Path, eval_path: str) -> dict[str, Any]:
+    """``nami predict`` in a fresh process with all threads: inference speed, peak memory, F1 check."""
+    cmd = [sys.executable, "-m", "nami", "predict", "--checkpoint", str(run_dir), "--data", eval_path,
+           "--output", str(run_dir / "predictions.rescored.json"), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"re-scoring {run_dir} failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _pretrain_summary(run_dir: Path) -> dict[str, Any]:
+    final = ckpt.read_json(run_dir / ckpt.FINAL_EVAL_FILE)
+    return {
+        "run_dir": str(run_dir), "train_minutes": final["train_seconds"] / 60, "steps": final["step"],
+        "train_tokens_per_s": final["train_tokens_per_s"], "masked_accuracy": final["masked_accuracy"],
+        "masked_loss": final["masked_loss"], "pseudo_perplexity": final.get("pseudo_perplexity"),
+        "peak_mb": final.get("peak_rss_mb"), "eval_data": final.get("data"),
+    }
+
+
 def run_compare(
     *,
     preset: str = "standard",
     minutes: float | None = None,
+    pretrain_minutes: float | None = None,
     parallel: bool = False,
-    results_path: str | None = None,
-    runs_dir: str = "runs",
+    out_dir: str | None = None,
     train_data: list[str] | None = None,
     eval_data: str | None = None,
     tokenizer: str | None = None,
+    lexical_baseline: bool = True,
     quiet: bool = False,
     command: str = "nami compare",
 ) -> dict[str, Any]:
+    """Train both models, score them, write ``out_dir`` (default ``reports/<date-time>-compare-<preset>``)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     commit = git_commit()  # at the start: the code that trains is the code recorded
-    configs = {
-        arch: model_config(preset, arch, minutes, runs_dir, stamp, train_data, eval_data, tokenizer) for arch in MODELS
+    out = Path(out_dir) if out_dir else Path("reports") / f"{stamp}-compare-{preset}"
+    runs_dir = out / "runs"
+    plans = {
+        arch: stage_configs(preset, arch, minutes=minutes, pretrain_minutes=pretrain_minutes, runs_dir=str(runs_dir),
+                            stamp=stamp, train_data=train_data, eval_data=eval_data, tokenizer=tokenizer)
+        for arch in MODELS
     }
-    work = Path(runs_dir) / f"{stamp}-compare-{preset}"
-    work.mkdir(parents=True, exist_ok=True)
-    commands = {}
-    for arch, config in configs.items():
-        path = work / f"{arch}.train.json"
-        path.write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2), "utf-8")
-        commands[arch] = _train_command(path, 1 if parallel else None, quiet or parallel)
+    eval_path = resolve_eval_data(plans["wave"]["finetune"])
+    resolved_train = resolve_train_data(plans["wave"]["finetune"])
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    chains: dict[str, list[list[str]]] = {}
+    for arch, stages in plans.items():
+        chains[arch] = []
+        for stage, config in stages.items():
+            path = runs_dir / f"{arch}.{stage}.json"
+            path.write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2), "utf-8")
+            chains[arch].append(_stage_command(stage, path, 1 if parallel else None, quiet or parallel))
 
     started = time.perf_counter()
     if parallel:
-        logs = {arch: (work / f"{arch}.log").open("w") for arch in MODELS}
-        procs = {arch: subprocess.Popen(commands[arch], stdout=logs[arch], stderr=subprocess.STDOUT) for arch in MODELS}
+        logs = {arch: runs_dir / f"{arch}.log" for arch in MODELS}
         if not quiet:
-            print(f"[nami] training {', '.join(MODELS)} in parallel (1 thread each); logs in {work}", flush=True)
-        codes = {arch: proc.wait() for arch, proc in procs.items()}
-        for handle in logs.values():
-            handle.close()
+            print(f"[nami] training {', '.join(MODELS)} in parallel (1 thread each); logs: "
+                  f"{', '.join(str(p) for p in logs.values())}", flush=True)
+        with ThreadPoolExecutor(max_workers=len(MODELS)) as pool:
+            futures = {arch: pool.submit(_run_chain, chains[arch], logs[arch]) for arch in MODELS}
+            outcomes = {arch: future.result() for arch, future in futures.items()}
     else:
-        codes = {arch: subprocess.run(commands[arch]).returncode for arch in MODELS}
-    failed = [arch for arch, code in codes.items() if code != 0]
+        outcomes = {arch: _run_chain(chains[arch], None) for arch in MODELS}
+    failed = [arch for arch, (code, _) in outcomes.items() if code != 0]
     if failed:
-        raise RuntimeError(f"training failed for {', '.join(failed)} (see the logs / output above in {work})")
+        raise RuntimeError(f"training failed for {', '.join(failed)} (see the logs / output above in {runs_dir})")
+    wall_minutes = (time.perf_counter() - started) / 60
 
-    eval_path = resolve_eval_data(configs["wave"])
     models: dict[str, Any] = {}
-    for arch, config in configs.items():
+    for arch, stages in plans.items():
+        config = stages["finetune"]
         run_dir = Path(config.runs_dir) / config.run_name
         final = ckpt.read_json(run_dir / ckpt.FINAL_EVAL_FILE)
-        check = predict_file(run_dir, eval_path, run_dir / "predictions.rescored.json", quiet=quiet)
+        if not quiet:
+            print(f"[nami] re-scoring {arch} with `nami predict` (all threads)", flush=True)
+        check = _rescore(run_dir, eval_path)
+        pretrain = _pretrain_summary(Path(stages["pretrain"].runs_dir) / stages["pretrain"].run_name) \
+            if "pretrain" in stages else None
+        train_minutes = final["train_seconds"] / 60
         models[arch] = {
             "exact_match": final["exact_match"],
             "f1": final["f1"],
+            "count": final["count"],
             "params": final["params"]["total"],
             "non_embedding_params": final["params"]["non_embedding"],
             "train_tokens_per_s": final["train_tokens_per_s"],
-            "train_minutes": final["train_seconds"] / 60,
+            "train_minutes": train_minutes,
             "steps": final["step"],
             "eval_questions_per_s": check["questions_per_s"],
             "rescored_f1": check["f1"],
             "rescored_matches_recorded": check.get("matches_recorded", False),
+            "train_peak_mb": max(final["peak_rss_mb"], pretrain["peak_mb"] if pretrain else 0.0),
+            "infer_peak_mb": check["peak_rss_mb"],
+            # Training time (pretraining included) until the reported F1; evaluations excluded.
+            "minutes_to_final_f1": train_minutes + (pretrain["train_minutes"] if pretrain else 0.0),
+            "chain_wall_minutes": outcomes[arch][1],
+            "pretrain": pretrain,
             "run_dir": str(run_dir),
         }
+    baselines = {}
+    if lexical_baseline:
+        examples = load_squad(eval_path)
+        scores = evaluate_predictions(examples, lexical.predict(examples, show_progress=not quiet))
+        baselines["lexical"] = {k: scores[k] for k in ("exact_match", "f1", "count")} | {"window": 8}
+    first = plans["wave"]
     result = {
         "command": command,
         "commit": commit,
@@ -147,47 +259,19 @@ def run_compare(
         "date": now_iso(),
         "preset": preset,
         "parallel": parallel,
-        "budget_minutes": configs["wave"].max_minutes,
-        "wall_minutes": (time.perf_counter() - started) / 60,
-        "train_data": resolve_train_data(configs["wave"]),
+        "budget_minutes": {
+            "pretrain": first["pretrain"].max_minutes if "pretrain" in first else 0.0,
+            "finetune": first["finetune"].max_minutes,
+        },
+        "wall_minutes": wall_minutes,
+        "train_data": resolved_train,
         "eval_data": eval_path,
         "models": models,
+        "baselines": baselines,
     }
-    table = markdown_table(result)
-    print(table)
-    if results_path:
-        out = Path(results_path)
-        plot = plot_training_curves({arch: m["run_dir"] for arch, m in models.items()}, out.with_suffix(".png"),
-                                    title=f"nami compare --preset {preset}")
-        result["plot"] = str(plot)
-        ckpt.write_json(out, result)
-        out.with_suffix(".md").write_text(markdown_report(result, table), "utf-8")
-        print(f"[nami] wrote {out}, {out.with_suffix('.md')} and {plot}")
+    result["budget_minutes"]["total"] = result["budget_minutes"]["pretrain"] + result["budget_minutes"]["finetune"]
+    write_report(result, out)
+    if not quiet:
+        print((out / "report.md").read_text("utf-8"))
+        print(f"[nami] wrote {out / 'results.json'} and {out / 'report.md'}", flush=True)
     return result
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    rows = [
-        "| model | params (total / non-emb.) | train tok/s | JSQuAD dev EM | JSQuAD dev F1 | inference q/s | steps |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for arch, m in result["models"].items():
-        rows.append(
-            f"| {arch} | {m['params'] / 1e6:.2f}M / {m['non_embedding_params'] / 1e6:.2f}M | "
-            f"{m['train_tokens_per_s']:,.0f} | {m['exact_match']:.2f} | {m['f1']:.2f} | "
-            f"{m['eval_questions_per_s']:.0f} | {m['steps']:,} |"
-        )
-    return "\n".join(rows)
-
-
-def markdown_report(result: dict[str, Any], table: str) -> str:
-    mode = "in parallel, one thread each" if result["parallel"] else "one after the other, all threads"
-    return (
-        f"# Wave vs Transformer on JSQuAD dev\n\n{table}\n\n"
-        f"- command: `{result['command']}`\n- commit: `{result['commit']}`\n- machine: {result['machine']}\n"
-        f"- date: {result['date']}\n- training budget: {result['budget_minutes']} minutes per model, {mode}\n"
-        f"- train data: {', '.join(result['train_data'])} (JaQuAD; the official JSQuAD train split is not "
-        f"available here)\n- eval data: {result['eval_data']} (all questions, JGLUE metric)\n"
-        "- inference q/s: measured afterwards by `nami predict` with all threads, bf16, batch 64\n"
-        + (f"\n![training curves]({Path(result['plot']).name})\n" if result.get("plot") else "")
-    )

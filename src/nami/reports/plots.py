@@ -29,28 +29,52 @@ def smooth(values: list[float], window: int = 5) -> list[float]:
     return out
 
 
-def plot_training_curves(runs: dict[str, str | Path], out_png: str | Path, *, title: str = "") -> Path:
-    """One figure, two panels: training loss and evaluation F1 (subset during training, full
-    dev set at the end) against training minutes, one line per run."""
-    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 4))
+def plot_training_curves(
+    runs: dict[str, str | Path],
+    out_png: str | Path,
+    *,
+    title: str = "",
+    offsets: dict[str, float] | None = None,
+    reference_f1: float | None = None,
+    loss_label: str = "training loss (start/end cross-entropy)",
+    score_key: str = "f1",
+    score_label: str = "JSQuAD dev F1",
+) -> Path:
+    """One figure, two panels: training loss and the evaluation score (subset during training, full
+    evaluation set at the end) against training minutes, one line per run.
+
+    ``offsets`` shifts a run's time axis (minutes spent in an earlier stage such as pretraining, so
+    both models are drawn against their whole training budget); ``reference_f1`` draws a horizontal
+    line (the lexical heuristic) on the score panel.
+    """
+    offsets = offsets or {}
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
     for label, run_dir in runs.items():
         records = read_metrics(run_dir)
+        shift = offsets.get(label, 0.0)
         train = [r for r in records if r["type"] == "train"]
-        evals = [r for r in records if r["type"] == "eval" and "f1" in r]
-        final = [r for r in records if r["type"] == "final_eval" and "f1" in r]
-        line, = ax_loss.plot([r["train_seconds"] / 60 for r in train], smooth([r["loss"] for r in train]),
+        evals = [r for r in records if r["type"] == "eval" and score_key in r]
+        final = [r for r in records if r["type"] == "final_eval" and score_key in r]
+        line, = ax_loss.plot([shift + r["train_seconds"] / 60 for r in train], smooth([r["loss"] for r in train]),
                              label=label, linewidth=1)
-        xs = [r["train_seconds"] / 60 for r in evals] + [r["train_seconds"] / 60 for r in final]
-        ys = [r["f1"] for r in evals] + [r["f1"] for r in final]
-        ax_f1.plot(xs, ys, marker="o", color=line.get_color(), label=label)
+        xs = [shift + r["train_seconds"] / 60 for r in evals + final]
+        ys = [r[score_key] for r in evals + final]
+        ax_score.plot(xs, ys, marker="o", color=line.get_color(), label=label)
         if final:
-            ax_f1.annotate(f"{final[-1]['f1']:.1f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 4))
-    ax_loss.set(xlabel="training minutes", ylabel="training loss (start/end cross-entropy)",
-                title="training loss (moving average of 5 log points)")
-    ax_f1.set_ylim(bottom=0)
-    ax_f1.set(xlabel="training minutes", ylabel="JSQuAD dev F1",
-              title="dev F1 (500-question subset; last point: all questions)")
-    for ax in (ax_loss, ax_f1):
+            ax_score.annotate(f"{final[-1][score_key]:.1f}", (xs[-1], ys[-1]), textcoords="offset points",
+                              xytext=(4, 4))
+        if shift:
+            for ax in (ax_loss, ax_score):
+                ax.axvline(shift, color=line.get_color(), linestyle=":", linewidth=1)
+    if reference_f1 is not None:
+        ax_score.axhline(reference_f1, color="grey", linestyle="--", linewidth=1,
+                         label=f"lexical heuristic ({reference_f1:.1f})")
+    xlabel = "training minutes" + (" (from the start of pretraining; dotted: fine-tuning starts)"
+                                   if any(offsets.values()) else "")
+    ax_loss.set(xlabel=xlabel, ylabel=loss_label, title="training loss (moving average of 5 log points)")
+    ax_score.set_ylim(bottom=0)
+    ax_score.set(xlabel=xlabel, ylabel=score_label, title=f"{score_label} (subset during training; last: all)")
+    for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from nami.data.batching import BucketBatchSampler, WindowDataset
 from nami.models import count_parameters, preset_config
+from nami.resources import peak_rss_mb
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
@@ -398,6 +399,7 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
         **scalars(scores), "threads": torch.get_num_threads(), "step": progress.step,
         "train_seconds": progress.train_seconds, "train_tokens_per_s": train_tokens_per_s,
         "skipped_batches": progress.skipped_batches, "params": params,
+        "peak_rss_mb": round(peak_rss_mb(), 1),  # the whole training process, data and evaluation included
     }
     if "predictions" in scores:
         ckpt.write_json(run_dir / ckpt.PREDICTIONS_FILE, scores["predictions"])

@@ -1,0 +1,64 @@
+"""``nami compare`` end to end on a tiny data set: stages, report directory, provenance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nami.reports.compare import COMPARE_PRESETS, stage_configs
+
+
+def test_stage_plan_chains_pretraining_into_finetuning(tmp_path):
+    stages = stage_configs("standard", "wave", minutes=None, pretrain_minutes=None, runs_dir=str(tmp_path),
+                           stamp="S", train_data=None, eval_data=None)
+    assert list(stages) == ["pretrain", "finetune"]
+    pretrain, finetune = stages["pretrain"], stages["finetune"]
+    assert pretrain.task == "mlm" and finetune.task == "qa"
+    assert finetune.init_from == str(tmp_path / pretrain.run_name)
+    assert pretrain.train_data is None  # JaQuAD train contexts only: JaQuAD dev stays held out
+    assert pretrain.max_minutes + finetune.max_minutes == 55.0
+    assert pretrain.max_length == finetune.max_length and pretrain.preset == finetune.preset
+    # The control: the same 55 minutes, all on QA.
+    scratch = stage_configs("scratch", "wave", minutes=None, pretrain_minutes=None, runs_dir=str(tmp_path),
+                            stamp="S", train_data=None, eval_data=None)
+    assert list(scratch) == ["finetune"] and scratch["finetune"].max_minutes == 55.0
+    assert {k: v for k, v in COMPARE_PRESETS["scratch"]["train"].items()} == COMPARE_PRESETS["standard"]["train"]
+    # --pretrain-minutes 0 drops the stage; a preset without one refuses it.
+    assert list(stage_configs("standard", "wave", minutes=None, pretrain_minutes=0, runs_dir="r", stamp="S",
+                              train_data=None, eval_data=None)) == ["finetune"]
+    with pytest.raises(ValueError, match="no pretraining stage"):
+        stage_configs("scratch", "wave", minutes=None, pretrain_minutes=5, runs_dir="r", stamp="S",
+                      train_data=None, eval_data=None)
+
+
+@pytest.mark.slow
+def test_compare_writes_a_report_whose_numbers_come_from_results_json(tiny_squad, tiny_tokenizer_dir, tmp_path):
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "nami", "compare", "--preset", "smoke-pretrain", "--out", str(out),
+           "--train-data", str(tiny_squad), "--eval-data", str(tiny_squad), "--tokenizer", str(tiny_tokenizer_dir),
+           "--parallel", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text("utf-8"))
+    report = (out / "report.md").read_text("utf-8")
+    assert set(result["models"]) == {"wave", "transformer"}
+    for arch, m in result["models"].items():
+        assert m["pretrain"] is not None and m["pretrain"]["steps"] > 0
+        assert m["rescored_matches_recorded"] and m["rescored_f1"] == m["f1"]
+        assert m["train_peak_mb"] > 50 and m["infer_peak_mb"] > 50
+        assert m["minutes_to_final_f1"] >= m["train_minutes"]
+        config = json.loads((out / "runs" / f"{arch}.finetune.json").read_text("utf-8"))
+        assert config["init_from"] == m["pretrain"]["run_dir"]
+        assert f"{m['f1']:.2f}" in report and f"{m['infer_peak_mb']:,.0f}" in report
+    assert result["baselines"]["lexical"]["count"] == 16
+    assert f"{result['baselines']['lexical']['f1']:.2f}" in report
+    assert "87.1" in report and "94.4" in report  # the labelled references
+    for name in result["plots"].values():
+        assert (out / name).stat().st_size > 10_000 and f"]({name})" in report
+    # `nami report` renders the same report again from results.json alone.
+    (out / "report.md").unlink()
+    assert subprocess.run([sys.executable, "-m", "nami", "report", str(out)], capture_output=True).returncode == 0
+    assert (out / "report.md").read_text("utf-8") == report
