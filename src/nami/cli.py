@@ -149,7 +149,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from nami.evaluation.runner import predict_file
-
     from nami.resources import peak_rss_mb
 
     result = predict_file(args.checkpoint, args.data, args.output, batch_size=args.batch_size,

@@ -80,7 +80,8 @@ def cost_table(result: dict[str, Any]) -> str:
     ]
     for arch, m in result["models"].items():
         rows.append(_row([
-            arch, f"{m['params'] / 1e6:.2f}M / {m['non_embedding_params'] / 1e6:.2f}M", f"{m['train_tokens_per_s']:,.0f}",
+            arch, f"{m['params'] / 1e6:.2f}M / {m['non_embedding_params'] / 1e6:.2f}M",
+            f"{m['train_tokens_per_s']:,.0f}",
             f"{m['eval_questions_per_s']:.0f}", f"{m['train_peak_mb']:,.0f}", f"{m['infer_peak_mb']:,.0f}",
             f"{m['minutes_to_final_f1']:.1f}", f"{m['steps']:,}",
         ]))
