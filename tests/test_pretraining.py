@@ -103,3 +103,29 @@ def test_init_from_with_another_architecture_is_refused(pretrained, tiny_squad, 
                          run_name="qa")
     with pytest.raises(ckpt.CheckpointError, match="arch"):
         train(config, quiet=True)
+
+
+def test_gradient_filtering_is_applied_and_logged(tiny_squad, tiny_tokenizer_dir, tmp_path):
+    """--loss-filter reaches the loss: blocks are skipped (near-uniform softmax early in training),
+    the figures are logged, and the exact run's records carry none of them."""
+    config = mlm_config(tiny_squad, tiny_tokenizer_dir, tmp_path, max_steps=10, loss_impl="blockwise",
+                        loss_filter="paper", loss_filter_threshold=0.5, run_name="filtered")
+    train(config, quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "filtered" / ckpt.METRICS_FILE).read_text().splitlines()]
+    logged = [r for r in records if r["type"] == "train"]
+    assert logged and all(0.0 < r["filter_skipped_fraction"] <= 1.0 for r in logged)
+    assert all(0.0 <= r["filter_dropped_mass_mean"] <= r["filter_dropped_mass_max"] for r in logged)
+    exact = mlm_config(tiny_squad, tiny_tokenizer_dir, tmp_path, max_steps=5, run_name="exact")
+    train(exact, quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "exact" / ckpt.METRICS_FILE).read_text().splitlines()]
+    assert not any("filter_skipped_fraction" in r for r in records)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(loss_filter="sometimes"), "loss_filter"),
+    (dict(loss_filter="paper", loss_impl="naive"), "cannot filter"),
+    (dict(loss_filter="paper", loss_filter_threshold=1.5), "loss_filter_threshold"),
+])
+def test_bad_filter_options_are_refused(tiny_squad, tiny_tokenizer_dir, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        mlm_config(tiny_squad, tiny_tokenizer_dir, tmp_path, **overrides)

@@ -219,6 +219,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_scaling(args: argparse.Namespace) -> int:
+    from nami.bench.scaling import run_scaling
+
+    result = run_scaling(seq_lens=tuple(args.seq_lens), tokens=args.tokens, preset=args.preset,
+                         precision=args.precision, repeats=args.repeats, threads=args.threads,
+                         memory_cap_mb=args.memory_cap_mb, time_limit_s=args.time_limit_s, out=args.out,
+                         quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
+    if not args.quiet:
+        from nami.bench.scaling import markdown
+
+        print(markdown(result))
+    return 0
+
+
+def cmd_bench_roofline(args: argparse.Namespace) -> int:
+    from nami.bench.roofline import markdown, run_roofline
+
+    result = run_roofline(seq_len=args.seq_len, tokens=args.tokens, preset=args.preset, repeats=args.repeats,
+                          threads=args.threads, out=args.out, command=" ".join(["nami", *sys.argv[1:]]))
+    if not args.quiet:
+        print(markdown(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nami", description="nami (波): Japanese Wave Network toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -303,6 +327,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-lexical", action="store_true", help="skip scoring the lexical-overlap heuristic")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    bench = sub.add_parser("bench", help="benchmarks (not tests): scaling with sequence length, roofline")
+    bench = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench.add_parser("scaling", help="time and memory of Wave vs Transformer against sequence length")
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--tokens", type=int, default=16384, help="tokens per step (batch = tokens / S, at least 1)")
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per case (median reported)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--memory-cap-mb", type=float, default=16000.0,
+                   help="a case whose process passes this resident memory is stopped and listed as skipped")
+    p.add_argument("--time-limit-s", type=float, default=600.0, help="per case")
+    p.add_argument("--out", default="results/scaling.json", help="JSON (and .md / .png beside it)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_scaling)
+    p = bench.add_parser("roofline", help="GEMM roof of this machine and the models' training FLOP utilisation")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="results/roofline.json", help="JSON (and .md beside it)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_roofline)
 
     p = sub.add_parser("report", help="render a compare report directory's report.md again from its results.json")
     p.add_argument("dir", help="directory written by `nami compare`")

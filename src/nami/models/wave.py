@@ -45,8 +45,27 @@ def to_complex(w: torch.Tensor, mask: torch.Tensor, eps: float) -> tuple[torch.T
     return w, imag
 
 
+def wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
+    """The two waves of ``w = [w1, w2] (B, S, 2D)`` combined → ``[Re Z, Im Z] (B, S, 2D)``.
+
+    Both waves go through :func:`to_complex` as one ``(B, S, 2D)`` tensor (the norms are per
+    dimension, so this is the same maths with half the kernel launches); ``mask (B, S, 1)``.
+    """
+    real, imag = to_complex(w, mask, eps)
+    re1, re2 = real.chunk(2, dim=-1)
+    im1, im2 = imag.chunk(2, dim=-1)
+    if mode == "interference":
+        return torch.cat([re1 + re2, im1 + im2], dim=-1)
+    # modulation: (a + ib)(c + id) = (ac − bd) + i(ad + bc)
+    return torch.cat([re1 * re2 - im1 * im2, re1 * im2 + im1 * re2], dim=-1)
+
+
 class WaveLayer(nn.Module):
-    """Token mixing by wave interference or modulation: ``(B, S, D) -> (B, S, D)``."""
+    """Token mixing by wave interference or modulation: ``(B, S, D) -> (B, S, D)``.
+
+    ``self.mix`` is :func:`wave_mix`; :func:`nami.models.speed.compile_wave_layers` swaps in a
+    ``torch.compile``-d version of it (same maths, fused element-wise kernels).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -56,17 +75,13 @@ class WaveLayer(nn.Module):
         self.to_waves = nn.Linear(d, 2 * d)  # the two real vectors that become Z1 and Z2
         self.norm = nn.LayerNorm(2 * d, eps=config.norm_eps)
         self.out = nn.Linear(2 * d, d)
+        self.mix = wave_mix
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        w1, w2 = self.to_waves(x).float().chunk(2, dim=-1)
-        mask = mask.to(w1.dtype).unsqueeze(-1)
-        re1, im1 = to_complex(w1, mask, self.eps)
-        re2, im2 = to_complex(w2, mask, self.eps)
-        if self.mode == "interference":
-            real, imag = re1 + re2, im1 + im2
-        else:  # modulation: (a + ib)(c + id) = (ac − bd) + i(ad + bc)
-            real, imag = re1 * re2 - im1 * im2, re1 * im2 + im1 * re2
-        return self.out(self.norm(torch.cat([real, imag], dim=-1)))
+        w = self.to_waves(x)
+        w = w.to(torch.promote_types(w.dtype, torch.float32))  # >= fp32 even under bf16 autocast (module docstring)
+        mixed = self.mix(w, mask.to(w.dtype).unsqueeze(-1), self.eps, self.mode)
+        return self.out(self.norm(mixed))
 
 
 class WaveBlock(nn.Module):

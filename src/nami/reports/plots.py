@@ -85,3 +85,42 @@ def plot_training_curves(
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
     return out_png
+
+
+def plot_scaling(result: dict, out_png: str | Path) -> Path:
+    """Three log–log panels against sequence length: training and inference throughput at constant
+    tokens per step, and the memory one sequence adds (batch 1); legends carry the fitted slopes."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [
+        (axes[0], result["records"], "train_tokens_per_s", "training tokens/s", "train_seconds_per_sequence"),
+        (axes[1], result["records"], "infer_tokens_per_s", "inference tokens/s", "infer_seconds_per_sequence"),
+        (axes[2], result["memory_records"], "train_activation_mb", "training memory of one sequence (MB)",
+         "train_activation_mb_batch1"),
+    ]
+    for ax, records, key, ylabel, slope_key in panels:
+        for model in ("wave", "transformer"):
+            rs = [r for r in records if r["model"] == model]
+            if not rs:
+                continue
+            slope = result["slopes"][model][slope_key]
+            what = "s/sequence" if "seconds" in slope_key else "MB"
+            label = f"{model} ({what} slope {slope:.2f})" if slope is not None else model
+            ax.plot([r["seq_len"] for r in rs], [r[key] for r in rs], marker="o", label=label)
+        skipped = [r for r in result["skipped"] if r["mode"] == ("infer" if "infer" in key else "train")]
+        for r in skipped:
+            ax.axvline(r["seq_len"], color="grey", alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set(xlabel="sequence length S", ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0].set_title(f"training, {result['settings']['tokens_per_step']:,} tokens per step")
+    axes[1].set_title("inference, same batches")
+    axes[2].set_title("batch 1: memory added by a training step")
+    fig.suptitle(f"Wave vs Transformer ({result['settings']['preset']}, {result['settings']['precision']}); "
+                 "grey: a case not measured (cap or limit)")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png

@@ -13,6 +13,7 @@ from nami.models.config import ARCHITECTURES, PRESETS, WAVE_MODES
 PRECISIONS = ("bf16", "fp32")
 TASKS = ("qa", "mlm")
 LOSS_IMPLS = ("auto", "blockwise", "torch_chunked", "naive", "cce")
+LOSS_FILTERS = ("none", "paper", "bounded_mass")
 SCHEDULES = ("cosine", "linear")
 BAD_RECORD_POLICIES = ("error", "skip")
 
@@ -71,8 +72,11 @@ class TrainConfig:
     init_from: str | None = None  # a (pretraining) run whose encoder weights start this run
     mlm_probability: float = 0.15
     loss_impl: str = "auto"  # vocabulary-layer loss of the MLM task (nami.losses.linear_cross_entropy)
+    loss_filter: str = "none"  # MLM: CCE gradient filtering policy (nami.losses.linear_cross_entropy)
+    loss_filter_threshold: float | None = None  # None = the policy's default threshold
     tie_embeddings: bool = True  # MLM output matrix = input token embedding
     pppl_sequences: int = 64  # held-out sequences scored by pseudo-perplexity in the final MLM evaluation
+    compile_wave: bool = False  # torch.compile the Wave layer's element-wise maths (nami.models.speed)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,6 +99,13 @@ class TrainConfig:
 
         choice("task", TASKS)
         choice("loss_impl", LOSS_IMPLS)
+        choice("loss_filter", LOSS_FILTERS)
+        if self.loss_filter != "none" and self.loss_impl not in ("auto", "blockwise", "cce"):
+            raise ValueError(f"option loss_filter={self.loss_filter} needs loss_impl auto, blockwise or cce "
+                             f"(got {self.loss_impl}: an exact implementation that cannot filter)")
+        threshold = self.loss_filter_threshold
+        if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
+            raise ValueError(f"option loss_filter_threshold={threshold!r}: expected 0 <= value < 1")
         choice("arch", ARCHITECTURES)
         choice("preset", tuple(PRESETS))
         choice("wave_mode", WAVE_MODES)
@@ -119,7 +130,9 @@ class TrainConfig:
         positive("pppl_sequences")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"option mlm_probability={self.mlm_probability}: expected 0 < p < 1")
-        for name in ("tie_embeddings", "segment_embeddings", "title_prefix"):
+        if self.compile_wave is True and self.arch != "wave":
+            raise ValueError(f"option compile_wave=true needs arch=wave (got arch={self.arch})")
+        for name in ("tie_embeddings", "segment_embeddings", "title_prefix", "compile_wave"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"option {name}={getattr(self, name)!r}: expected true or false")
         if not 0.0 <= self.negative_fraction <= 1.0:

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from nami.data.batching import BucketBatchSampler, WindowDataset
 from nami.models import count_parameters, preset_config
+from nami.models.speed import compile_wave_layers
 from nami.resources import peak_rss_mb
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
@@ -247,6 +248,7 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
     if init is not None and run_dir is None:
         load_encoder_from(model, Path(config.init_from))
     params = count_parameters(model)
+    compiled = compile_wave_layers(model) if config.compile_wave else None
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     sampler = BucketBatchSampler(task.train_lengths, config.batch_size, seed=config.seed)
     loader = DataLoader(WindowDataset(task.train_lengths), batch_sampler=sampler, collate_fn=task.collate)
@@ -358,6 +360,7 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
                         "train_seconds": round(progress.train_seconds, 3),
                         "loss": window["loss"] / window["batches"], "lr": optimizer.param_groups[0]["lr"],
                         "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
+                        **task.train_metrics(),
                     }
                     log.write(record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -401,6 +404,8 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
         "skipped_batches": progress.skipped_batches, "params": params,
         "peak_rss_mb": round(peak_rss_mb(), 1),  # the whole training process, data and evaluation included
     }
+    if compiled is not None:
+        final["compile_wave_failure"] = compiled.failure  # None: the compiled Wave maths ran throughout
     if "predictions" in scores:
         ckpt.write_json(run_dir / ckpt.PREDICTIONS_FILE, scores["predictions"])
     ckpt.write_json(run_dir / ckpt.FINAL_EVAL_FILE, final)

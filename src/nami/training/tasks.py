@@ -79,6 +79,9 @@ class QATask:
 
     name = "qa"
 
+    def train_metrics(self) -> dict[str, Any]:
+        return {}
+
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.train_paths = resolve_train_data(config)
@@ -182,7 +185,22 @@ class MLMTask:
         positions = (targets != -100).nonzero().squeeze(1)
         hidden = model(batch["input_ids"], batch["attention_mask"], positions)
         weight = model.module.output_weight if hasattr(model, "module") else model.output_weight
-        return linear_cross_entropy(hidden, weight, targets[positions], impl=self.config.loss_impl)
+        filtering = self.config.loss_filter != "none"
+        if filtering:
+            self.filter_stats = {}  # filled by the backward pass
+        return linear_cross_entropy(hidden, weight, targets[positions], impl=self.config.loss_impl,
+                                    filter_policy=self.config.loss_filter,
+                                    filter_threshold=self.config.loss_filter_threshold,
+                                    stats=self.filter_stats if filtering else None)
+
+    def train_metrics(self) -> dict[str, Any]:
+        """Gradient-filter figures of the latest batch (logged with each training record)."""
+        stats = getattr(self, "filter_stats", None)
+        if not stats:
+            return {}
+        return {"filter_skipped_fraction": stats["skipped_fraction"],
+                "filter_dropped_mass_mean": float(stats["dropped_mass"].mean()),
+                "filter_dropped_mass_max": float(stats["dropped_mass"].max())}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device, *, full: bool, show: bool) -> dict[str, Any]:

@@ -1,0 +1,92 @@
+"""One benchmark case in a fresh process: ``python -m nami.bench.worker '<json spec>'`` → one JSON line.
+
+A fresh process per case makes its peak memory its own: ``ru_maxrss`` after the timed steps is
+the peak of everything this case needed, and ``activation_mb`` subtracts the resident memory
+measured just before the first step (interpreter, torch, weights and inputs), leaving what the
+steps themselves added (activations, gradients, autograd buffers, allocator caches).
+
+spec: ``{"model": "wave"|"transformer", "preset", "seq_len", "batch", "mode": "train"|"infer",
+"repeats", "warmup", "precision": "bf16"|"fp32", "threads", "max_len", "vocab_size", "compile"}``.
+Training time is forward + backward of the QA span loss (no optimizer step: its cost depends only on
+the parameter count, which both models share).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from nami.models import QAModel, count_parameters, preset_config
+from nami.resources import peak_rss_mb
+
+
+def current_rss_mb() -> float:
+    """Resident memory now (``/proc/self/statm``; Linux), in MiB."""
+    with open("/proc/self/statm") as handle:
+        resident_pages = int(handle.read().split()[1])
+    import resource
+
+    return resident_pages * resource.getpagesize() / 2**20
+
+
+def run_case(spec: dict[str, Any]) -> dict[str, Any]:
+    torch.manual_seed(0)
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    config = preset_config(spec.get("preset", "small"), spec["model"], vocab_size=spec.get("vocab_size", 32000),
+                           max_len=spec["max_len"])
+    model = QAModel(config)
+    if spec.get("compile") and spec["model"] == "wave":
+        from nami.models.speed import compile_wave_layers
+
+        compile_wave_layers(model)
+    batch, seq_len = spec["batch"], spec["seq_len"]
+    ids = torch.randint(5, config.vocab_size, (batch, seq_len))
+    mask = torch.ones(batch, seq_len, dtype=torch.bool)
+    starts = torch.randint(0, seq_len, (batch,))
+    ends = torch.randint(0, seq_len, (batch,))
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if spec.get("precision", "bf16") == "bf16"
+                else nullcontext())
+    train = spec["mode"] == "train"
+    model.train(train)
+
+    def step() -> None:
+        if train:
+            with autocast:
+                loss = QAModel.loss(model(ids, mask), starts, ends)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode(), autocast:
+                model(ids, mask)
+
+    rss_before = current_rss_mb()
+    for _ in range(spec.get("warmup", 1)):
+        step()
+    times = []
+    for _ in range(spec.get("repeats", 3)):
+        tick = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - tick)
+    seconds = statistics.median(times)
+    peak = peak_rss_mb()
+    return {
+        **spec,
+        "params": count_parameters(model)["total"],
+        "seconds_per_step": seconds,
+        "step_times": times,
+        "tokens_per_s": batch * seq_len / seconds,
+        "peak_mb": round(peak, 1),
+        "activation_mb": round(peak - rss_before, 1),
+        "threads_used": torch.get_num_threads(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_case(json.loads(sys.argv[1]))), flush=True)

@@ -1,0 +1,51 @@
+"""Optional ``torch.compile`` of the Wave layer's element-wise maths.
+
+The Wave layer's cost outside its two matrix products is a chain of small element-wise ops (square,
+sum over tokens, subtract, clamp, square root, the complex product, concatenation) in fp32; unfused,
+each reads and writes the whole ``(B, S, 2D)`` tensor. ``torch.compile`` (Inductor, C++ codegen on
+CPU) fuses them. Only :func:`~nami.models.wave.wave_mix` is compiled, so module structure, weight
+names and checkpoints are unchanged.
+
+When compilation is impossible here (no C++ compiler, an unsupported platform, a dynamo error) the
+layer runs the eager function instead; this is never silent: a warning names the error and
+``CompiledWaveMix.failure`` keeps it (``nami train`` logs it in ``metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nami.models.wave import WaveLayer, wave_mix
+
+
+class CompiledWaveMix:
+    """Callable with :func:`wave_mix`'s signature: the compiled function, or eager after a failure."""
+
+    def __init__(self, compiled: Callable[..., torch.Tensor] | None = None) -> None:
+        self.compiled = compiled if compiled is not None else torch.compile(wave_mix, dynamic=True)
+        self.failure: str | None = None
+
+    def __call__(self, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
+        if self.failure is None:
+            try:
+                return self.compiled(w, mask, eps, mode)
+            except Exception as err:  # any compiler failure: reported below, then eager
+                self.failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                warnings.warn(f"torch.compile of the Wave layer failed ({self.failure}); running it eagerly "
+                              "(same maths, slower)", RuntimeWarning, stacklevel=2)
+        return wave_mix(w, mask, eps, mode)
+
+
+def compile_wave_layers(model: nn.Module, compiled: Callable[..., torch.Tensor] | None = None) -> CompiledWaveMix:
+    """Give every :class:`WaveLayer` of ``model`` one shared :class:`CompiledWaveMix`; returns it."""
+    mix = CompiledWaveMix(compiled)
+    layers = [m for m in model.modules() if isinstance(m, WaveLayer)]
+    if not layers:
+        raise ValueError("compile_wave_layers: the model has no Wave layers (is it a Transformer?)")
+    for layer in layers:
+        layer.mix = mix
+    return mix

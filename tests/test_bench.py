@@ -1,0 +1,61 @@
+"""Benchmark machinery: FLOP formulas against torch's counter, slopes, the memory cap."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from nami.bench.roofline import forward_flops_per_token, training_flops_per_token
+from nami.bench.scaling import CaseFailed, loglog_slope, run_isolated, slopes
+from nami.models import QAModel, preset_config
+
+
+@pytest.mark.parametrize("arch", ["wave", "transformer"])
+def test_analytic_flops_match_torch_flop_counter(arch):
+    config = preset_config("tiny", arch, vocab_size=50, max_len=64)
+    model = QAModel(config)
+    batch, seq_len = 2, 32
+    ids, mask = torch.randint(5, 50, (batch, seq_len)), torch.ones(batch, seq_len, dtype=torch.bool)
+    # The math backend spells attention out as matrix products the counter sees (it does not count
+    # the fused CPU attention kernel); the FLOPs are the same.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as forward:
+        model(ids, mask)
+    expected = forward_flops_per_token(arch, config.d_model, config.d_ff, config.n_layers, seq_len) * batch * seq_len
+    assert forward.get_total_flops() == expected
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as train:
+        QAModel.loss(model(ids, mask), torch.tensor([1, 2]), torch.tensor([3, 4])).backward()
+    total = training_flops_per_token(arch, config.d_model, config.d_ff, config.n_layers, seq_len) * batch * seq_len
+    # backward = 2 x forward, except that the first layer's input gradient (into the embeddings) is not needed
+    assert 0.95 * total <= train.get_total_flops() <= total
+
+
+def test_loglog_slope_recovers_powers():
+    xs = [128, 256, 512, 1024]
+    assert loglog_slope(xs, [3 * x for x in xs]) == pytest.approx(1.0)
+    assert loglog_slope(xs, [x**2 / 7 for x in xs]) == pytest.approx(2.0)
+    assert loglog_slope([5], [1]) is None
+
+
+def test_slopes_use_long_sequences_only():
+    rows = [{"model": "wave", "seq_len": s, "train_tokens_per_s": 1000.0, "infer_tokens_per_s": 1000.0} for s in
+            (128, 1024, 2048, 4096)]
+    rows[0]["train_tokens_per_s"] = 1.0  # a distorted short-sequence point must not bend the fit
+    memory = [{"model": "wave", "seq_len": s, "train_activation_mb": s / 10, "infer_activation_mb": math.sqrt(s)}
+              for s in (1024, 2048, 4096)]
+    fitted = slopes(rows, memory)["wave"]
+    assert fitted["train_seconds_per_sequence"] == pytest.approx(1.0)
+    assert fitted["train_activation_mb_batch1"] == pytest.approx(1.0)
+    assert fitted["infer_activation_mb_batch1"] == pytest.approx(0.5)
+
+
+def test_a_case_over_the_memory_cap_is_stopped_and_reported():
+    spec = dict(model="wave", preset="tiny", seq_len=64, batch=2, mode="infer", repeats=1, warmup=1,
+                precision="fp32", threads=1, max_len=64, vocab_size=50)
+    with pytest.raises(CaseFailed, match="over the memory cap of 50 MB"):
+        run_isolated(spec, memory_cap_mb=50, time_limit_s=120)
+    case = run_isolated(spec, memory_cap_mb=8000, time_limit_s=120)
+    assert case["tokens_per_s"] > 0 and case["peak_mb"] > 50 and case["batch"] == 2

@@ -1,0 +1,81 @@
+"""The Wave layer's fast path keeps the maths of a straightforward complex-number reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nami.models import QAModel, WaveLayer, preset_config
+from nami.models.speed import compile_wave_layers
+
+
+def reference_wave_layer(layer: WaveLayer, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """arXiv 2411.02674 read literally: G = per-dimension norm over real tokens, α = arccos(w / G),
+    Z = G·e^{iα} as a complex tensor, Z1 + Z2 or Z1 · Z2, then Linear(LayerNorm([Re Z, Im Z]))."""
+    w1, w2 = layer.to_waves(x).chunk(2, dim=-1)
+    m = mask.to(x.dtype).unsqueeze(-1)
+
+    def wave(w: torch.Tensor) -> torch.Tensor:
+        w = w * m
+        g = torch.sqrt((w * w).sum(dim=1, keepdim=True))
+        alpha = torch.arccos((w / g).clamp(-1, 1))
+        return torch.polar(g.expand_as(w), alpha)
+
+    z1, z2 = wave(w1), wave(w2)
+    z = z1 + z2 if layer.mode == "interference" else z1 * z2
+    return layer.out(layer.norm(torch.cat([z.real, z.imag], dim=-1)))
+
+
+@pytest.mark.parametrize("mode", ["interference", "modulation"])
+def test_wave_layer_equals_the_complex_reference(mode):
+    torch.manual_seed(0)
+    config = preset_config("tiny", "wave", vocab_size=50, max_len=64, wave_mode=mode, wave_eps=1e-12)
+    layer = WaveLayer(config).double()
+    x = torch.randn(3, 10, config.d_model, dtype=torch.float64)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[1, 6:] = False
+    fast = layer(x, mask)
+    ref = reference_wave_layer(layer, x, mask)
+    torch.testing.assert_close(fast[mask], ref[mask], rtol=1e-7, atol=1e-7)
+
+
+def test_compile_failure_is_reported_and_the_maths_is_unchanged():
+    torch.manual_seed(1)
+    model = QAModel(preset_config("tiny", "wave", vocab_size=50, max_len=64)).eval()
+    ids, mask = torch.randint(5, 50, (2, 12)), torch.ones(2, 12, dtype=torch.bool)
+    eager = model(ids, mask).start
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    mix = compile_wave_layers(model, compiled=broken)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here"):
+        fallback = model(ids, mask).start
+    assert mix.failure == "RuntimeError: no C++ compiler here"
+    torch.testing.assert_close(fallback, eager, rtol=0, atol=0)
+
+
+def test_compile_refuses_a_model_without_wave_layers():
+    with pytest.raises(ValueError, match="no Wave layers"):
+        compile_wave_layers(QAModel(preset_config("tiny", "transformer", vocab_size=50, max_len=64)))
+
+
+@pytest.mark.slow
+def test_compiled_wave_layer_matches_eager_values_and_gradients():
+    torch.manual_seed(2)
+    config = preset_config("tiny", "wave", vocab_size=50, max_len=64)
+    eager, compiled = QAModel(config), QAModel(config)
+    compiled.load_state_dict(eager.state_dict())
+    mix = compile_wave_layers(compiled)
+    ids, mask = torch.randint(5, 50, (2, 16)), torch.ones(2, 16, dtype=torch.bool)
+    mask[0, 10:] = False
+    starts, ends = torch.tensor([1, 2]), torch.tensor([3, 4])
+    losses = []
+    for model in (eager, compiled):
+        loss = QAModel.loss(model(ids, mask), starts, ends)
+        loss.backward()
+        losses.append(loss)
+    assert mix.failure is None, mix.failure
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
