@@ -41,11 +41,11 @@ def test_loglog_slope_recovers_powers():
 
 
 def test_slopes_use_long_sequences_only():
-    rows = [{"model": "wave", "seq_len": s, "train_tokens_per_s": 1000.0, "infer_tokens_per_s": 1000.0} for s in
-            (128, 1024, 2048, 4096)]
+    rows = [{"model": "wave", "variant": "wave", "seq_len": s, "train_tokens_per_s": 1000.0,
+             "infer_tokens_per_s": 1000.0} for s in (128, 1024, 2048, 4096)]
     rows[0]["train_tokens_per_s"] = 1.0  # a distorted short-sequence point must not bend the fit
-    memory = [{"model": "wave", "seq_len": s, "train_activation_mb": s / 10, "infer_activation_mb": math.sqrt(s)}
-              for s in (1024, 2048, 4096)]
+    memory = [{"model": "wave", "variant": "wave", "seq_len": s, "train_activation_mb": s / 10,
+               "infer_activation_mb": math.sqrt(s)} for s in (1024, 2048, 4096)]
     fitted = slopes(rows, memory)["wave"]
     assert fitted["train_seconds_per_sequence"] == pytest.approx(1.0)
     assert fitted["train_activation_mb_batch1"] == pytest.approx(1.0)

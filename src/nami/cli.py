@@ -224,7 +224,8 @@ def cmd_bench_scaling(args: argparse.Namespace) -> int:
 
     result = run_scaling(seq_lens=tuple(args.seq_lens), tokens=args.tokens, preset=args.preset,
                          precision=args.precision, repeats=args.repeats, threads=args.threads,
-                         memory_cap_mb=args.memory_cap_mb, time_limit_s=args.time_limit_s, out=args.out,
+                         memory_cap_mb=args.memory_cap_mb, time_limit_s=args.time_limit_s,
+                         compile_wave=not args.no_compile_wave, out=args.out,
                          quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
     if not args.quiet:
         from nami.bench.scaling import markdown
@@ -340,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-cap-mb", type=float, default=16000.0,
                    help="a case whose process passes this resident memory is stopped and listed as skipped")
     p.add_argument("--time-limit-s", type=float, default=600.0, help="per case")
+    p.add_argument("--no-compile-wave", action="store_true",
+                   help="skip the wave-compiled variant (Wave with its element-wise maths through torch.compile)")
     p.add_argument("--out", default="results/scaling.json", help="JSON (and .md / .png beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_scaling)

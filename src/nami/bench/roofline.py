@@ -76,22 +76,25 @@ def run_roofline(
     roof = {dtype: max(g["tflops"] for g in gemms if g["dtype"] == dtype) for dtype in ("float32", "bfloat16")}
     shape = preset_config(preset, "wave")
     models = []
-    for precision, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
-        for arch in ("wave", "transformer"):
-            spec = dict(model=arch, preset=preset, seq_len=seq_len, batch=max(1, tokens // seq_len), mode="train",
-                        repeats=repeats, warmup=1, precision=precision, threads=threads, max_len=seq_len)
-            try:
-                case = run_isolated(spec, memory_cap_mb=16000, time_limit_s=900)
-            except CaseFailed as failure:
-                models.append({"model": arch, "precision": precision, "skipped": str(failure)})
-                continue
-            flops = training_flops_per_token(arch, shape.d_model, shape.d_ff, shape.n_layers, seq_len)
-            achieved = flops * case["tokens_per_s"] / 1e12
-            models.append({
-                "model": arch, "precision": precision, "seq_len": seq_len, "batch": spec["batch"],
-                "train_tokens_per_s": case["tokens_per_s"], "training_flops_per_token": flops,
-                "achieved_tflops": achieved, "roof_tflops": roof[dtype], "utilisation": achieved / roof[dtype],
-            })
+    variants = [("bf16", "wave", False), ("bf16", "wave", True), ("bf16", "transformer", False),
+                ("fp32", "wave", False), ("fp32", "wave", True), ("fp32", "transformer", False)]
+    for precision, arch, compiled in variants:
+        dtype = "bfloat16" if precision == "bf16" else "float32"
+        spec = dict(model=arch, preset=preset, seq_len=seq_len, batch=max(1, tokens // seq_len), mode="train",
+                    repeats=repeats, warmup=2, precision=precision, threads=threads, max_len=seq_len, compile=compiled)
+        name = f"{arch}{'-compiled' if compiled else ''}"
+        try:
+            case = run_isolated(spec, memory_cap_mb=16000, time_limit_s=900)
+        except CaseFailed as failure:
+            models.append({"model": arch, "variant": name, "precision": precision, "skipped": str(failure)})
+            continue
+        flops = training_flops_per_token(arch, shape.d_model, shape.d_ff, shape.n_layers, seq_len)
+        achieved = flops * case["tokens_per_s"] / 1e12
+        models.append({
+            "model": arch, "variant": name, "compiled": compiled, "precision": precision, "seq_len": seq_len,
+            "batch": spec["batch"], "train_tokens_per_s": case["tokens_per_s"], "training_flops_per_token": flops,
+            "achieved_tflops": achieved, "roof_tflops": roof[dtype], "utilisation": achieved / roof[dtype],
+        })
     result = {
         "gemm": gemms, "roof_tflops": roof, "models": models,
         "settings": {"preset": preset, "seq_len": seq_len, "tokens_per_step": tokens, "repeats": repeats,
@@ -119,9 +122,9 @@ def markdown(result: dict[str, Any]) -> str:
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for m in result["models"]:
         if "skipped" in m:
-            lines.append(f"| {m['model']} | {m['precision']} | not measured: {m['skipped']} | | | | |")
+            lines.append(f"| {m['variant']} | {m['precision']} | not measured: {m['skipped']} | | | | |")
             continue
-        lines.append(f"| {m['model']} | {m['precision']} | {m['train_tokens_per_s']:,.0f} | "
+        lines.append(f"| {m['variant']} | {m['precision']} | {m['train_tokens_per_s']:,.0f} | "
                      f"{m['training_flops_per_token'] / 1e9:.4f} | {m['achieved_tflops']:.3f} | "
                      f"{m['roof_tflops']:.3f} | {100 * m['utilisation']:.1f}% |")
     lines += ["", f"- FLOPs: {result['flop_formula']}", f"- command: `{result['command']}`",

@@ -29,6 +29,9 @@ from tqdm.auto import tqdm
 from nami.reports.environment import git_commit, machine_description, now_iso
 
 MODELS = ("wave", "transformer")
+# What is measured: (model, compiled). "wave-compiled" is the Wave encoder with --compile-wave
+# (nami.models.speed); same maths, fused element-wise kernels.
+VARIANTS = {"wave": ("wave", False), "wave-compiled": ("wave", True), "transformer": ("transformer", False)}
 DEFAULT_SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
@@ -89,6 +92,7 @@ def run_scaling(
     threads: int | None = None,
     memory_cap_mb: float = 16000.0,
     time_limit_s: float = 600.0,
+    compile_wave: bool = True,
     out: str | None = "results/scaling.json",
     quiet: bool = False,
     command: str = "nami bench scaling",
@@ -98,8 +102,9 @@ def run_scaling(
     max_len = max(seq_lens)  # one position table for every case: parameter counts do not change with S
     commit = git_commit()
     base = dict(preset=preset, precision=precision, repeats=repeats, warmup=1, threads=threads, max_len=max_len)
-    cases = [(model, s, mode, sweep) for sweep in ("tokens", "batch1") for model in MODELS for s in sorted(seq_lens)
-             for mode in ("train", "infer") if sweep == "tokens" or tokens // s > 1]
+    variants = [v for v in VARIANTS if compile_wave or v != "wave-compiled"]
+    cases = [(variant, s, mode, sweep) for sweep in ("tokens", "batch1") for variant in variants
+             for s in sorted(seq_lens) for mode in ("train", "infer") if sweep == "tokens" or tokens // s > 1]
     measured: dict[tuple[str, int, str, str], dict[str, Any]] = {}
     skipped: list[dict[str, Any]] = []
     blocked: dict[tuple[str, str, str], str] = {}
@@ -109,30 +114,31 @@ def run_scaling(
         bar.set_postfix_str(f"{model} S={s} B={batch} {mode}")
         key = (model, mode, sweep)
         if key in blocked:
-            skipped.append({"model": model, "seq_len": s, "batch": batch, "mode": mode, "sweep": sweep,
-                            "reason": f"not run: {blocked[key]}"})
+            skipped.append({"model": VARIANTS[model][0], "variant": model, "seq_len": s, "batch": batch,
+                            "mode": mode, "sweep": sweep, "reason": f"not run: {blocked[key]}"})
             continue
-        spec = {**base, "model": model, "seq_len": s, "batch": batch, "mode": mode,
-                "repeats": 1 if sweep == "batch1" else repeats}
+        spec = {**base, "model": VARIANTS[model][0], "compile": VARIANTS[model][1], "seq_len": s, "batch": batch,
+                "mode": mode, "repeats": 1 if sweep == "batch1" else repeats}
         try:
             measured[(model, s, mode, sweep)] = run_isolated(spec, memory_cap_mb=memory_cap_mb,
                                                              time_limit_s=time_limit_s)
         except CaseFailed as failure:
-            skipped.append({"model": model, "seq_len": s, "batch": batch, "mode": mode, "sweep": sweep,
-                            "reason": str(failure)})
+            skipped.append({"model": VARIANTS[model][0], "variant": model, "seq_len": s, "batch": batch,
+                            "mode": mode, "sweep": sweep, "reason": str(failure)})
             blocked[key] = f"a shorter sequence (S={s}) was already {str(failure).split(':')[0]}"
     bar.close()
-    for (model, s, mode, sweep), case in measured.items():  # batch-1 runs at S >= tokens are the token sweep's
+    for (model, s, mode, sweep), case in list(measured.items()):  # at S >= tokens the token sweep is batch 1
         if sweep == "tokens" and case["batch"] == 1:
             measured.setdefault((model, s, mode, "batch1"), case)
 
     records, memory_records = [], []
-    for model in MODELS:
+    for model in variants:
         for s in sorted(seq_lens):
             train, infer = measured.get((model, s, "train", "tokens")), measured.get((model, s, "infer", "tokens"))
             if train and infer:
                 records.append({
-                    "model": model, "seq_len": s, "batch": train["batch"], "params": train["params"],
+                    "model": VARIANTS[model][0], "variant": model, "compiled": VARIANTS[model][1], "seq_len": s,
+                    "batch": train["batch"], "params": train["params"],
                     "train_tokens_per_s": train["tokens_per_s"], "infer_tokens_per_s": infer["tokens_per_s"],
                     "train_peak_mb": train["peak_mb"], "infer_peak_mb": infer["peak_mb"],
                     "train_activation_mb": train["activation_mb"], "infer_activation_mb": infer["activation_mb"],
@@ -142,7 +148,8 @@ def run_scaling(
             one_infer = measured.get((model, s, "infer", "batch1"))
             if one_train and one_infer:
                 memory_records.append({
-                    "model": model, "seq_len": s, "batch": 1,
+                    "model": VARIANTS[model][0], "variant": model, "compiled": VARIANTS[model][1], "seq_len": s,
+                    "batch": 1,
                     "train_peak_mb": one_train["peak_mb"], "infer_peak_mb": one_infer["peak_mb"],
                     "train_activation_mb": one_train["activation_mb"],
                     "infer_activation_mb": one_infer["activation_mb"],
@@ -154,6 +161,7 @@ def run_scaling(
         "slopes": slopes(records, memory_records),
         "ratios": ratios(records),
         "settings": {"tokens_per_step": tokens, "preset": preset, "precision": precision, "repeats": repeats,
+                     "compile_wave": compile_wave,
                      "threads": threads, "memory_cap_mb": memory_cap_mb, "time_limit_s": time_limit_s,
                      "max_len": max_len},
         "command": command, "commit": commit, "machine": machine_description(), "date": now_iso(),
@@ -188,9 +196,9 @@ def slopes(records: list[dict[str, Any]], memory_records: list[dict[str, Any]]) 
         return long if len(long) >= 2 else rows
 
     out: dict[str, Any] = {"fit_min_seq_len": FIT_MIN_SEQ_LEN}
-    for model in MODELS:
-        rs = long_enough([r for r in records if r["model"] == model])
-        ms = long_enough([r for r in memory_records if r["model"] == model])
+    for model in dict.fromkeys(r["variant"] for r in records + memory_records):
+        rs = long_enough([r for r in records if r["variant"] == model])
+        ms = long_enough([r for r in memory_records if r["variant"] == model])
         out[model] = {
             "train_seconds_per_sequence": loglog_slope([r["seq_len"] for r in rs],
                                                        [r["seq_len"] / r["train_tokens_per_s"] for r in rs]),
@@ -206,12 +214,13 @@ def slopes(records: list[dict[str, Any]], memory_records: list[dict[str, Any]]) 
 
 def ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Wave / Transformer throughput ratios at every S both models ran."""
-    by = {(r["model"], r["seq_len"]): r for r in records}
+    by = {(r["variant"], r["seq_len"]): r for r in records}
     out = []
-    for (model, s), wave in sorted(by.items(), key=lambda kv: kv[0][1]):
+    for (variant, s), wave in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         other = by.get(("transformer", s))
-        if model == "wave" and other:
-            out.append({"seq_len": s, "train_speedup": wave["train_tokens_per_s"] / other["train_tokens_per_s"],
+        if variant != "transformer" and other:
+            out.append({"variant": variant, "seq_len": s,
+                        "train_speedup": wave["train_tokens_per_s"] / other["train_tokens_per_s"],
                         "infer_speedup": wave["infer_tokens_per_s"] / other["infer_tokens_per_s"]})
     return out
 
@@ -223,14 +232,16 @@ def markdown(result: dict[str, Any]) -> str:
              "| model | S | batch | train tok/s | infer tok/s | train peak MB | infer peak MB | train act. MB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["records"]:
-        lines.append(f"| {r['model']} | {r['seq_len']:,} | {r['batch']} | {r['train_tokens_per_s']:,.0f} | "
+        lines.append(f"| {r['variant']} | {r['seq_len']:,} | {r['batch']} | {r['train_tokens_per_s']:,.0f} | "
                      f"{r['infer_tokens_per_s']:,.0f} | {r['train_peak_mb']:,.0f} | {r['infer_peak_mb']:,.0f} | "
                      f"{r['train_activation_mb']:,.0f} |")
-    lines += ["", "Wave / Transformer throughput:", "", "| S | train | inference |", "| --- | --- | --- |"]
-    lines += [f"| {r['seq_len']:,} | {r['train_speedup']:.2f}× | {r['infer_speedup']:.2f}× |" for r in result["ratios"]]
+    lines += ["", "Wave / Transformer throughput (same S, same batch):", "", "| Wave variant | S | train | inference |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {r['variant']} | {r['seq_len']:,} | {r['train_speedup']:.2f}× | {r['infer_speedup']:.2f}× |"
+              for r in result["ratios"]]
     lines += ["", "One sequence (batch 1): memory added by the steps (activation MB):", "",
               "| model | S | train act. MB | infer act. MB | train peak MB |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['model']} | {r['seq_len']:,} | {r['train_activation_mb']:,.0f} | "
+    lines += [f"| {r['variant']} | {r['seq_len']:,} | {r['train_activation_mb']:,.0f} | "
               f"{r['infer_activation_mb']:,.0f} | {r['train_peak_mb']:,.0f} |" for r in result["memory_records"]]
     lines += ["", f"Log–log slopes fitted on S ≥ {result['slopes']['fit_min_seq_len']:,} (1 = linear in S, "
               "2 = quadratic):", "",
@@ -238,13 +249,13 @@ def markdown(result: dict[str, Any]) -> str:
               "| --- | --- | --- | --- | --- |"]
     fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     for model, s in result["slopes"].items():
-        if model not in MODELS:
+        if model not in VARIANTS:
             continue
         lines.append(f"| {model} | {fmt(s['train_seconds_per_sequence'])} | {fmt(s['infer_seconds_per_sequence'])} | "
                      f"{fmt(s['train_activation_mb_batch1'])} | {fmt(s['infer_activation_mb_batch1'])} |")
     if result["skipped"]:
         lines += ["", "Not measured:", ""]
-        lines += [f"- {r['model']} S={r['seq_len']:,} batch {r['batch']} {r['mode']}: {r['reason']}"
+        lines += [f"- {r['variant']} S={r['seq_len']:,} batch {r['batch']} {r['mode']}: {r['reason']}"
                   for r in result["skipped"]]
     if result.get("plot"):
         lines += ["", f"![scaling]({result['plot']})"]

@@ -239,6 +239,7 @@ def run_compare(
             "rescored_f1": check["f1"],
             "rescored_matches_recorded": check.get("matches_recorded", False),
             "train_peak_mb": max(final["peak_rss_mb"], pretrain["peak_mb"] if pretrain else 0.0),
+            "finetune_peak_mb": final["peak_rss_mb"],
             "infer_peak_mb": check["peak_rss_mb"],
             # Training time (pretraining included) until the reported F1; evaluations excluded.
             "minutes_to_final_f1": train_minutes + (pretrain["train_minutes"] if pretrain else 0.0),

@@ -48,9 +48,12 @@ def plot_training_curves(
     line (the lexical heuristic) on the score panel.
     """
     offsets = offsets or {}
+    metrics = {label: read_metrics(run_dir) for label, run_dir in runs.items()}
+    if all(sum(r["type"] == "eval" and score_key in r for r in records) == 0 for records in metrics.values()):
+        return _plot_loss_only(metrics, out_png, title=title, loss_label=loss_label, score_key=score_key,
+                               score_label=score_label)
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, run_dir in runs.items():
-        records = read_metrics(run_dir)
+    for label, records in metrics.items():
         shift = offsets.get(label, 0.0)
         train = [r for r in records if r["type"] == "train"]
         evals = [r for r in records if r["type"] == "eval" and score_key in r]
@@ -87,6 +90,29 @@ def plot_training_curves(
     return out_png
 
 
+def _plot_loss_only(metrics: dict[str, list[dict]], out_png: str | Path, *, title: str, loss_label: str,
+                    score_key: str, score_label: str) -> Path:
+    """Runs evaluated only at the end: one loss panel, the final score in the legend."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, records in metrics.items():
+        train = [r for r in records if r["type"] == "train"]
+        final = [r for r in records if r["type"] == "final_eval" and score_key in r]
+        if final:
+            label = f"{label} (final {score_label}: {final[-1][score_key]:.2f})"
+        ax.plot([r["train_seconds"] / 60 for r in train], smooth([r["loss"] for r in train]), label=label, linewidth=1)
+    ax.set(xlabel="training minutes", ylabel=loss_label, title="training loss (moving average of 5 log points)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
 def plot_scaling(result: dict, out_png: str | Path) -> Path:
     """Three log–log panels against sequence length: training and inference throughput at constant
     tokens per step, and the memory one sequence adds (batch 1); legends carry the fitted slopes."""
@@ -98,14 +124,15 @@ def plot_scaling(result: dict, out_png: str | Path) -> Path:
          "train_activation_mb_batch1"),
     ]
     for ax, records, key, ylabel, slope_key in panels:
-        for model in ("wave", "transformer"):
-            rs = [r for r in records if r["model"] == model]
+        for model in dict.fromkeys(r.get("variant", r["model"]) for r in records):
+            rs = [r for r in records if r.get("variant", r["model"]) == model]
             if not rs:
                 continue
             slope = result["slopes"][model][slope_key]
             what = "s/sequence" if "seconds" in slope_key else "MB"
             label = f"{model} ({what} slope {slope:.2f})" if slope is not None else model
-            ax.plot([r["seq_len"] for r in rs], [r[key] for r in rs], marker="o", label=label)
+            ax.plot([r["seq_len"] for r in rs], [r[key] for r in rs], marker="o", label=label,
+                    linestyle="--" if rs[0].get("compiled") else "-")
         skipped = [r for r in result["skipped"] if r["mode"] == ("infer" if "infer" in key else "train")]
         for r in skipped:
             ax.axvline(r["seq_len"], color="grey", alpha=0.15)

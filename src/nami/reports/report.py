@@ -38,7 +38,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     if pretrained:
         plots["pretrain"] = str(plot_training_curves(
             pretrained, out / "pretrain.png", title="masked-LM pretraining (JaQuAD train contexts)",
-            loss_label="masked-LM loss", score_key="masked_accuracy", score_label="masked-token accuracy (%)",
+            loss_label="masked-LM loss", score_key="masked_accuracy", score_label="masked-token accuracy %",
         ).name)
     result = {**result, "plots": plots, "references": REFERENCES}
     ckpt.write_json(out / RESULTS_FILE, result)
@@ -93,11 +93,12 @@ def pretrain_table(result: dict[str, Any]) -> str | None:
     if not pretrained:
         return None
     rows = [_row(["model", "pretraining minutes", "steps", "train tok/s", "masked-token acc. (%)", "masked-LM loss",
-                  "pseudo-perplexity"]), _row(["---"] * 7)]
+                  "pseudo-perplexity", "peak MB"]), _row(["---"] * 8)]
     for arch, p in pretrained.items():
         pppl = f"{p['pseudo_perplexity']:,.1f}" if p.get("pseudo_perplexity") is not None else "–"
         rows.append(_row([arch, f"{p['train_minutes']:.1f}", f"{p['steps']:,}", f"{p['train_tokens_per_s']:,.0f}",
-                          f"{p['masked_accuracy']:.2f}", f"{p['masked_loss']:.3f}", pppl]))
+                          f"{p['masked_accuracy']:.2f}", f"{p['masked_loss']:.3f}", pppl,
+                          f"{p['peak_mb']:,.0f}" if p.get("peak_mb") is not None else "–"]))
     return "\n".join(rows)
 
 

@@ -239,15 +239,17 @@ class MLMTask:
         for seq in tqdm(self.eval_sequences[: self.config.pppl_sequences], desc="pseudo-perplexity",
                         disable=not show):
             ids = torch.from_numpy(seq).to(device)
-            inner = torch.arange(1, len(seq) - 1, device=device)  # not [CLS] / [SEP]
-            copies = ids.repeat(len(inner), 1)
-            copies[torch.arange(len(inner)), inner] = mask_id
-            positions = torch.arange(len(inner), device=device) * len(seq) + inner
-            with autocast_context(device, self.config.precision):
-                hidden = model(copies, torch.ones_like(copies, dtype=torch.bool), positions)
-            logits = hidden.float() @ weight.T
-            nll += torch.nn.functional.cross_entropy(logits, ids[inner], reduction="sum").item()
-            tokens += len(inner)
+            # One copy of the sequence per inner token ([CLS] / [SEP] excluded), that token masked;
+            # eval_batch_size copies at a time keep memory at an ordinary evaluation batch's.
+            for chunk in torch.arange(1, len(seq) - 1, device=device).split(self.config.eval_batch_size):
+                copies = ids.repeat(len(chunk), 1)
+                copies[torch.arange(len(chunk)), chunk] = mask_id
+                positions = torch.arange(len(chunk), device=device) * len(seq) + chunk
+                with autocast_context(device, self.config.precision):
+                    hidden = model(copies, torch.ones_like(copies, dtype=torch.bool), positions)
+                logits = hidden.float() @ weight.T
+                nll += torch.nn.functional.cross_entropy(logits, ids[chunk], reduction="sum").item()
+                tokens += len(chunk)
         return {"pseudo_perplexity": math.exp(nll / tokens), "pppl_sequences": min(len(self.eval_sequences),
                                                                                      self.config.pppl_sequences)}
 
