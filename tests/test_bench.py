@@ -59,3 +59,18 @@ def test_a_case_over_the_memory_cap_is_stopped_and_reported():
         run_isolated(spec, memory_cap_mb=50, time_limit_s=120)
     case = run_isolated(spec, memory_cap_mb=8000, time_limit_s=120)
     assert case["tokens_per_s"] > 0 and case["peak_mb"] > 50 and case["batch"] == 2
+
+
+def test_malloc_tuning_applies_on_linux_and_can_be_turned_off(monkeypatch):
+    import sys
+
+    from nami.resources import tune_malloc
+
+    monkeypatch.setenv("NAMI_MALLOC_TUNING", "0")
+    assert tune_malloc().startswith("off")
+    monkeypatch.delenv("NAMI_MALLOC_TUNING")
+    applied = tune_malloc()
+    if sys.platform.startswith("linux"):
+        assert applied == {"M_MMAP_THRESHOLD": 32 * 2**20, "M_TRIM_THRESHOLD": 2**31 - 1, "M_TOP_PAD": 256 * 2**20}
+    else:
+        assert applied.startswith("not applied")

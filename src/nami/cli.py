@@ -363,8 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from nami.resources import tune_malloc
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_malloc()  # CPU steps reuse their pages instead of re-faulting them (see nami.resources)
     try:
         return args.func(args)
     except _user_error_types() as err:

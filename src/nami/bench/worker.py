@@ -51,19 +51,22 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     mask = torch.ones(batch, seq_len, dtype=torch.bool)
     starts = torch.randint(0, seq_len, (batch,))
     ends = torch.randint(0, seq_len, (batch,))
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if spec.get("precision", "bf16") == "bf16"
-                else nullcontext())
+    bf16 = spec.get("precision", "bf16") == "bf16"
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
     train = spec["mode"] == "train"
     model.train(train)
 
     def step() -> None:
         if train:
-            with autocast:
+            with autocast():
                 loss = QAModel.loss(model(ids, mask), starts, ends)
             loss.backward()
             model.zero_grad(set_to_none=True)
         else:
-            with torch.inference_mode(), autocast:
+            with torch.inference_mode(), autocast():
                 model(ids, mask)
 
     rss_before = current_rss_mb()
@@ -89,4 +92,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run_case(json.loads(sys.argv[1]))), flush=True)
+    from nami.resources import tune_malloc
+
+    malloc = tune_malloc()
+    print(json.dumps({**run_case(json.loads(sys.argv[1])), "malloc_tuning": malloc}), flush=True)

@@ -39,6 +39,7 @@ from accelerate.state import AcceleratorState
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from nami import resources
 from nami.data.batching import BucketBatchSampler, WindowDataset
 from nami.models import count_parameters, preset_config
 from nami.models.speed import compile_wave_layers
@@ -280,7 +281,7 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
         log.write({
             "type": "start", "task": config.task, "run_dir": str(run_dir), "params": params, **task.summary(),
             "total_steps": total_steps, "budget_minutes": config.max_minutes, "device": str(device),
-            "threads": torch.get_num_threads(), "init_from": config.init_from,
+            "threads": torch.get_num_threads(), "init_from": config.init_from, "malloc_tuning": resources.MALLOC_TUNING,
         })
         if show:
             print(f"[nami] {config.task} {config.arch} ({params['total']:,} params), {task.summary()} -> {run_dir}",
