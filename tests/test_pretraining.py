@@ -124,7 +124,7 @@ def test_gradient_filtering_is_applied_and_logged(tiny_squad, tiny_tokenizer_dir
 @pytest.mark.parametrize("overrides, message", [
     (dict(loss_filter="sometimes"), "loss_filter"),
     (dict(loss_filter="paper", loss_impl="naive"), "cannot filter"),
-    (dict(loss_filter="paper", loss_filter_threshold=1.5), "loss_filter_threshold"),
+    (dict(loss_filter="paper", loss_impl="blockwise", loss_filter_threshold=1.5), "loss_filter_threshold"),
 ])
 def test_bad_filter_options_are_refused(tiny_squad, tiny_tokenizer_dir, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
