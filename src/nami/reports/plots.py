@@ -77,7 +77,12 @@ def plot_training_curves(
     ax_loss.set(xlabel=xlabel, ylabel=loss_label, title="training loss (moving average of 5 log points)")
     ax_score.set_ylim(bottom=0)
     ax_score.set(xlabel=xlabel, ylabel=score_label, title=f"{score_label} (subset during training; last: all)")
-    for ax in (ax_loss, ax_score):
+    return _save(fig, (ax_loss, ax_score), out_png, title)
+
+
+def _save(fig, axes, out_png: str | Path, title: str) -> Path:
+    """Grid + legend on every panel, the figure title, PNG at 120 dpi."""
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
@@ -101,16 +106,7 @@ def _plot_loss_only(metrics: dict[str, list[dict]], out_png: str | Path, *, titl
             label = f"{label} (final {score_label}: {final[-1][score_key]:.2f})"
         ax.plot([r["train_seconds"] / 60 for r in train], smooth([r["loss"] for r in train]), label=label, linewidth=1)
     ax.set(xlabel="training minutes", ylabel=loss_label, title="training loss (moving average of 5 log points)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return _save(fig, (ax,), out_png, title)
 
 
 def plot_scaling(result: dict, out_png: str | Path) -> Path:
