@@ -62,3 +62,9 @@ def test_compare_writes_a_report_whose_numbers_come_from_results_json(tiny_squad
     (out / "report.md").unlink()
     assert subprocess.run([sys.executable, "-m", "nami", "report", str(out)], capture_output=True).returncode == 0
     assert (out / "report.md").read_text("utf-8") == report
+
+
+def test_report_on_a_directory_without_results_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nami", "report", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "no results.json" in proc.stderr and "Traceback" not in proc.stderr
