@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=None, help="default: a temporary directory")
     parser.add_argument("--out", default="results/filtering_study.json")
     args = parser.parse_args()
+    commit = git_commit()  # at the start: the code that trains is the code recorded
     runs_dir = Path(args.runs_dir or tempfile.mkdtemp(prefix="nami-filtering-"))
     common = ["--arch", args.arch, "--preset", args.preset, "--max-length", "256", "--batch-size", "32",
               "--lr", "1e-3", "--warmup", "0.05", "--max-steps", str(args.steps), "--loss-impl", "blockwise",
@@ -71,7 +72,7 @@ def main() -> None:
         "final_loss_gap_vs_exact": {p: runs[p]["final_masked_loss"] - exact for p in POLICIES},
         "command": "python benchmarks/filtering_study.py " + " ".join(sys.argv[1:]),
         "train_command": " ".join(["nami pretrain", *common, "--loss-filter POLICY"]),
-        "commit": git_commit(), "machine": machine_description(), "date": now_iso(),
+        "commit": commit, "machine": machine_description(), "date": now_iso(),
     }
     out = Path(args.out)
     fig, (ax_loss, ax_skip) = plt.subplots(1, 2, figsize=(11, 4))

@@ -78,12 +78,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="results/wave_profile.json")
     args = parser.parse_args()
+    commit = git_commit()  # at the start: the code measured is the code recorded
     malloc = tune_malloc()  # as every nami command does (nami.resources.tune_malloc)
     runs = [measure(v, args.seq_len, args.batch, args.repeats) for v in ("eager", "compiled")]
     result = {"runs": runs, "speedup_compiled": runs[0]["seconds_per_step"] / runs[1]["seconds_per_step"],
               "settings": vars(args), "command": "python benchmarks/profile_wave.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-              "commit": git_commit(), "machine": machine_description(), "date": now_iso(),
+              "commit": commit, "machine": machine_description(), "date": now_iso(),
               "threads": torch.get_num_threads(), "malloc_tuning": malloc}
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
