@@ -74,3 +74,16 @@ def test_malloc_tuning_applies_on_linux_and_can_be_turned_off(monkeypatch):
         assert applied == {"M_MMAP_THRESHOLD": 32 * 2**20, "M_TRIM_THRESHOLD": 2**31 - 1, "M_TOP_PAD": 256 * 2**20}
     else:
         assert applied.startswith("not applied")
+
+
+@pytest.mark.parametrize("command", [["scaling", "--seq-lens", "0"], ["roofline", "--seq-len", "0"],
+                                     ["roofline", "--repeats", "-1"]])
+def test_bad_bench_options_are_one_clear_error_and_write_nothing(command, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, "-m", "nami", "bench", *command, "--out", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "must be positive" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()

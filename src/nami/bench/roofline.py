@@ -69,6 +69,8 @@ def run_roofline(
     out: str | None = "results/roofline.json",
     command: str = "nami bench roofline",
 ) -> dict[str, Any]:
+    if min(seq_len, tokens, repeats, *sizes) <= 0 or (threads is not None and threads <= 0):
+        raise ValueError("--seq-len, --tokens, --repeats and --threads must be positive")
     if threads:
         torch.set_num_threads(threads)
     commit = git_commit()
