@@ -26,6 +26,11 @@ def test_stage_plan_chains_pretraining_into_finetuning(tmp_path):
                             stamp="S", train_data=None, eval_data=None)
     assert list(scratch) == ["finetune"] and scratch["finetune"].max_minutes == 55.0
     assert {k: v for k, v in COMPARE_PRESETS["scratch"]["train"].items()} == COMPARE_PRESETS["standard"]["train"]
+    # Wave runs compile their element-wise maths in both stages; the Transformer has none to compile.
+    assert pretrain.compile_wave and finetune.compile_wave and scratch["finetune"].compile_wave
+    transformer = stage_configs("standard", "transformer", minutes=None, pretrain_minutes=None,
+                                runs_dir=str(tmp_path), stamp="S", train_data=None, eval_data=None)
+    assert not any(config.compile_wave for config in transformer.values())
     # --pretrain-minutes 0 drops the stage; a preset without one refuses it.
     assert list(stage_configs("standard", "wave", minutes=None, pretrain_minutes=0, runs_dir="r", stamp="S",
                               train_data=None, eval_data=None)) == ["finetune"]

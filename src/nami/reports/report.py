@@ -150,6 +150,12 @@ def render_markdown(result: dict[str, Any]) -> str:
         "activations and allocator caches together); training = max over the pretraining and fine-tuning processes",
         "- training min. to final F1: training-step time of all stages (evaluation pauses excluded)",
     ]
+    compiled = [a for a, m in result["models"].items() if m.get("compile_wave")]
+    if compiled:
+        failed = [a for a in compiled if result["models"][a].get("compile_wave_failure")]
+        lines.append(f"- `compile_wave` (torch.compile of the Wave layer's element-wise maths, same maths) for "
+                     f"{', '.join(compiled)}: " + (f"FAILED, fell back to eager for {', '.join(failed)}"
+                                                   if failed else "ran compiled throughout"))
     if lexical:
         lines.append(f"- lexical heuristic: `nami baseline lexical` logic (window {lexical['window']}) on the same "
                      f"{lexical['count']} questions")
