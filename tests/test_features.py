@@ -103,7 +103,21 @@ def test_best_token_spans_is_exact_and_respects_constraints():
     assert best_token_spans(start, end, selectable, max_answer_tokens=2)[0].item() == brute
 
 
-def test_collator_pads_to_multiple_of_16_and_masks_padding():
+def test_best_token_spans_never_crosses_a_barrier_token():
+    # Tokens 0..5; token 3 is the context's literal [SEP] (not selectable, but its neighbours are).
+    start = torch.tensor([[0.0, 1.0, 9.0, 0.0, 0.0, 2.0]])
+    end = torch.tensor([[0.0, 0.0, 0.0, 0.0, 8.0, 3.0]])
+    selectable = torch.tensor([[False, True, True, False, True, True]])
+    barrier = torch.tensor([[False, False, False, True, False, False]])
+    # Without the barrier the best span is 2..4 (9 + 8), across the separator.
+    _, s0, e0 = best_token_spans(start, end, selectable, max_answer_tokens=5)
+    assert (s0.item(), e0.item()) == (2, 4)
+    scores, starts, ends = best_token_spans(start, end, selectable, max_answer_tokens=5, barrier=barrier, n_best=36)
+    finite = torch.isfinite(scores[0])
+    pairs = list(zip(starts[0][finite].tolist(), ends[0][finite].tolist()))
+    assert pairs[0] == (2, 2)  # 9 + 0: the best span that stays on one side
+    assert set(pairs) == {(1, 1), (1, 2), (2, 2), (4, 4), (4, 5), (5, 5)}
+
     ex = example("東京は日本の首都です。", "日本")
     feats = build_features([ex, example("大阪は都市。", "大阪", qid="q2")], CharTokenizer(), show_progress=False)
     batch = QACollator(feats, pad_id=0)([0, 1])

@@ -55,6 +55,29 @@ def test_compile_failure_is_reported_and_the_maths_is_unchanged():
     torch.testing.assert_close(fallback, eager, rtol=0, atol=0)
 
 
+def test_evaluation_runs_the_eager_maths_so_predict_reproduces_recorded_scores():
+    """Only autograd (training) steps take the compiled path; no-grad evaluation is bit-identical to eager."""
+    torch.manual_seed(3)
+    model = QAModel(preset_config("tiny", "wave", vocab_size=50, max_len=64)).eval()
+    ids, mask = torch.randint(5, 50, (2, 12)), torch.ones(2, 12, dtype=torch.bool)
+    with torch.no_grad():
+        eager = model(ids, mask).start
+    calls = []
+
+    def shifted(w, mask, eps, mode):  # a stand-in "compiled" function whose use is visible in the output
+        calls.append(1)
+        from nami.models.wave import wave_mix
+        return wave_mix(w, mask, eps, mode) + 1.0
+
+    compile_wave_layers(model, compiled=shifted)
+    for context in (torch.no_grad(), torch.inference_mode()):
+        with context:
+            torch.testing.assert_close(model(ids, mask).start, eager, rtol=0, atol=0)
+    assert not calls
+    trained = model(ids, mask).start  # autograd on: the compiled path
+    assert calls and not torch.equal(trained, eager)
+
+
 def test_compile_refuses_a_model_without_wave_layers():
     with pytest.raises(ValueError, match="no Wave layers"):
         compile_wave_layers(QAModel(preset_config("tiny", "transformer", vocab_size=50, max_len=64)))

@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-minutes", type=float, default=None,
                    help="masked-LM pretraining minutes per model before QA training (overrides the preset; 0 = none)")
     p.add_argument("--parallel", action="store_true",
-                   help="train both models at once, one thread each (same conditions for both)")
+                   help="train both models at once, one thread each: half the wall time, half the cores per model "
+                        "(default: one after the other, all cores each)")
     p.add_argument("--out", default=None,
                    help="report directory: results.json, report.md, plots and runs/ "
                         "(default: reports/<date-time>-compare-<preset>)")

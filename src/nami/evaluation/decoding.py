@@ -1,8 +1,10 @@
 """n-best span decoding: start/end logits -> the best answer substrings of the context.
 
 All candidate spans of a window are scored at once as ``start[i] + end[j]`` on an ``(S, S)``
-grid restricted to ``i <= j < i + max_answer_tokens`` over selectable (context) tokens; this is
-exact (no top-k pruning of starts and ends) and vectorised over the batch.
+grid restricted to ``i <= j < i + max_answer_tokens`` over selectable (context) tokens, and to spans
+that contain no *barrier* token (JSQuAD's ``title [SEP] paragraph`` separator: an answer never
+crosses it, yet both of its neighbours are selectable); this is exact (no top-k pruning of starts
+and ends) and vectorised over the batch.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ def best_token_spans(
     *,
     max_answer_tokens: int = 30,
     n_best: int = 1,
+    barrier: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top ``n_best`` spans per window.
 
     Args:
         start_logits, end_logits: ``(B, S)`` float.
         selectable: ``(B, S)`` bool, True for tokens that may begin or end an answer.
+        barrier: ``(B, S)`` bool or None, True for tokens no answer may contain (the context's
+            literal ``[SEP]``).
     Returns:
         ``scores, starts, ends``, each ``(B, n)`` with ``n = min(n_best, S*S)``; a window with
         no valid span gets score ``-inf``.
@@ -48,6 +53,12 @@ def best_token_spans(
     idx = torch.arange(seq, device=start_logits.device)
     band = (idx[None, :] >= idx[:, None]) & (idx[None, :] < idx[:, None] + max_answer_tokens)  # (S, S)
     valid = band[None] & selectable[:, :, None] & selectable[:, None, :]
+    if barrier is not None:
+        # Span (i, j) contains a barrier iff the running count of barriers up to j differs from
+        # the count strictly before i.
+        upto = barrier.long().cumsum(dim=-1)  # (B, S)
+        before = upto - barrier.long()
+        valid = valid & (before[:, :, None] == upto[:, None, :])
     scores = (start_logits.float()[:, :, None] + end_logits.float()[:, None, :]).masked_fill(~valid, float("-inf"))
     top_scores, flat = scores.view(batch, -1).topk(min(n_best, seq * seq), dim=-1)
     return top_scores, flat // seq, flat % seq

@@ -73,8 +73,10 @@ def predict_answers(
         for row, w in enumerate(batch_indices):
             offsets = features.context_offsets[w]
             selectable[row, : len(offsets)] = torch.from_numpy(offsets[:, 0] >= 0)
+        # A context's literal [SEP] (JSQuAD's title separator) is never inside an answer.
+        barrier = input_ids == sep_id if sep_id is not None else None
         scores, starts, ends = best_token_spans(
-            logits.start, logits.end, selectable, max_answer_tokens=max_answer_tokens, n_best=n_best
+            logits.start, logits.end, selectable, max_answer_tokens=max_answer_tokens, n_best=n_best, barrier=barrier
         )
         scores, starts, ends = scores.cpu().numpy(), starts.cpu().numpy(), ends.cpu().numpy()
         for row, w in enumerate(batch_indices):

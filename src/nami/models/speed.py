@@ -9,6 +9,11 @@ names and checkpoints are unchanged.
 When compilation is impossible here (no C++ compiler, an unsupported platform, a dynamo error) the
 layer runs the eager function instead; this is never silent: a warning names the error and
 ``CompiledWaveMix.failure`` keeps it (``nami train`` logs it in ``metrics.jsonl``).
+
+Only training steps (autograd on) use the compiled function. Evaluation and prediction (under
+``torch.no_grad`` / ``inference_mode``) run the eager one: fused code rounds fp32 differently in the
+last bits, enough to flip an occasional near-tie in n-best span decoding, and a run's recorded dev
+scores must be exactly what ``nami predict`` (eager) reproduces from its weights.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ class CompiledWaveMix:
         self.failure: str | None = None
 
     def __call__(self, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
-        if self.failure is None:
+        if self.failure is None and torch.is_grad_enabled():  # training steps only (see the module docstring)
             try:
                 return self.compiled(w, mask, eps, mode)
             except Exception as err:  # any compiler failure: reported below, then eager
