@@ -118,6 +118,8 @@ def test_best_token_spans_never_crosses_a_barrier_token():
     assert pairs[0] == (2, 2)  # 9 + 0: the best span that stays on one side
     assert set(pairs) == {(1, 1), (1, 2), (2, 2), (4, 4), (4, 5), (5, 5)}
 
+
+def test_collator_pads_to_multiple_of_16_and_masks_padding():
     ex = example("東京は日本の首都です。", "日本")
     feats = build_features([ex, example("大阪は都市。", "大阪", qid="q2")], CharTokenizer(), show_progress=False)
     batch = QACollator(feats, pad_id=0)([0, 1])
@@ -160,3 +162,24 @@ def test_title_prefix_puts_training_contexts_in_jsquad_format():
     assert out.context[out.answers[0].start : out.answers[0].end] == "雨季"
     assert with_title_prefix(out) == out  # already in that format
     assert with_title_prefix(QAExample("q", "?", "abc", (Answer("b", 1),), "", "t")).context == "abc"
+
+
+def test_predicted_answers_never_contain_the_title_separator():
+    """End to end through predict_answers: logits that favour a span across ``title [SEP] paragraph``."""
+    from nami.evaluation.predict import predict_answers
+    from nami.models.qa import SpanLogits
+
+    ex = example("梅雨 [SEP] 雨季である。", "雨季")
+    feats = build_features([ex], CharTokenizer(), show_progress=False)
+
+    class Rigged(torch.nn.Module):  # start on the title's last character, end on the paragraph's first
+        def forward(self, ids, mask, token_types=None):
+            sep_positions = (ids == CharTokenizer.sep_id).nonzero()[:, 1]
+            title_sep = int(sep_positions[1])  # [CLS] question [SEP] title [SEP] paragraph [SEP]
+            start, end = torch.zeros(ids.shape), torch.zeros(ids.shape)
+            start[:, title_sep - 1], end[:, title_sep + 1] = 10.0, 10.0
+            return SpanLogits(start=start, end=end)
+
+    answer = predict_answers(Rigged(), [ex], feats, pad_id=0, sep_id=CharTokenizer.sep_id,
+                             max_answer_tokens=8, show_progress=False).answers["q1"]
+    assert "[SEP]" not in answer and answer in ("雨", "梅雨", "雨季", "雨季で")

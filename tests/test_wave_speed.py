@@ -7,6 +7,7 @@ import torch
 
 from nami.models import QAModel, WaveLayer, preset_config
 from nami.models.speed import compile_wave_layers
+from nami.models.wave import wave_mix
 
 
 def reference_wave_layer(layer: WaveLayer, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,6 @@ def test_evaluation_runs_the_eager_maths_so_predict_reproduces_recorded_scores()
 
     def shifted(w, mask, eps, mode):  # a stand-in "compiled" function whose use is visible in the output
         calls.append(1)
-        from nami.models.wave import wave_mix
         return wave_mix(w, mask, eps, mode) + 1.0
 
     compile_wave_layers(model, compiled=shifted)
