@@ -31,6 +31,11 @@ def test_stage_plan_chains_pretraining_into_finetuning(tmp_path):
     transformer = stage_configs("standard", "transformer", minutes=None, pretrain_minutes=None,
                                 runs_dir=str(tmp_path), stamp="S", train_data=None, eval_data=None)
     assert not any(config.compile_wave for config in transformer.values())
+    # QA fine-tuning regularises with dropout on hidden states only (no attention dropout, costly on
+    # CPU); masked-LM pretraining runs without dropout.
+    for finetune_config in (finetune, transformer["finetune"], scratch["finetune"]):
+        assert finetune_config.dropout == 0.1 and finetune_config.attention_dropout == 0.0
+    assert pretrain.dropout == 0.0 and transformer["pretrain"].dropout == 0.0
     # --pretrain-minutes 0 drops the stage; a preset without one refuses it.
     assert list(stage_configs("standard", "wave", minutes=None, pretrain_minutes=0, runs_dir="r", stamp="S",
                               train_data=None, eval_data=None)) == ["finetune"]

@@ -128,7 +128,8 @@ def test_interference_and_modulation_differ():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("arch", "rnn"), ("wave_mode", "sum"), ("d_model", 0), ("n_layers", -1), ("dropout", 1.0), ("pad_id", 99)],
+    [("arch", "rnn"), ("wave_mode", "sum"), ("d_model", 0), ("n_layers", -1), ("dropout", 1.0), ("pad_id", 99),
+     ("attention_dropout", -0.1)],
 )
 def test_bad_model_options_are_rejected_with_their_name(field, value):
     with pytest.raises(ValueError, match=field):
@@ -154,3 +155,39 @@ def test_segment_embeddings_change_outputs_only_when_enabled(arch):
     without = QAModel(tiny_config(arch)).eval()
     assert without.encoder.embeddings.segment is None
     torch.testing.assert_close(without(ids, mask, types).start, without(ids, mask).start)
+
+
+@pytest.mark.parametrize("attention_dropout,expected", [(None, 0.1), (0.0, 0.0), (0.3, 0.3)])
+def test_attention_dropout_is_separate_from_hidden_dropout(monkeypatch, attention_dropout, expected):
+    """``attention_dropout`` reaches scaled_dot_product_attention in training (None = ``dropout``), never in eval."""
+    import nami.models.transformer as transformer_module
+
+    seen = []
+    real_sdpa = transformer_module.F.scaled_dot_product_attention
+
+    def recording_sdpa(*args, dropout_p=0.0, **kwargs):
+        seen.append(dropout_p)
+        return real_sdpa(*args, dropout_p=dropout_p, **kwargs)
+
+    monkeypatch.setattr(transformer_module.F, "scaled_dot_product_attention", recording_sdpa)
+    config = tiny_config("transformer", dropout=0.1, attention_dropout=attention_dropout)
+    model = QAModel(config)
+    ids = torch.randint(5, 50, (2, 7))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    model.train()(ids, mask)
+    assert seen and set(seen) == {expected}
+    seen.clear()
+    model.eval()(ids, mask)
+    assert set(seen) == {0.0}
+    # Hidden dropout still acts when attention dropout is off: two training passes differ.
+    torch.manual_seed(0)
+    first = model.train()(ids, mask)
+    second = model(ids, mask)
+    assert not torch.equal(first.start, second.start)
+
+
+def test_configs_saved_before_attention_dropout_existed_still_load():
+    data = tiny_config("transformer", dropout=0.1).to_dict()
+    del data["attention_dropout"]
+    config = ModelConfig.from_dict(data)
+    assert config.attention_dropout is None and config.attention_dropout_p == 0.1

@@ -23,7 +23,7 @@ class SelfAttention(nn.Module):
         self.n_heads = config.n_heads
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.out = nn.Linear(config.d_model, config.d_model)
-        self.dropout = config.dropout
+        self.dropout = config.attention_dropout_p  # on the attention probabilities
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, seq_len, width = x.shape

@@ -34,6 +34,7 @@ class TrainConfig:
     preset: str = "small"
     wave_mode: str = "modulation"
     dropout: float = 0.0
+    attention_dropout: float | None = None  # Transformer attention probabilities; None = same as dropout
     segment_embeddings: bool = True  # QA: question / context token-type embeddings (BERT's token_type_ids)
     title_prefix: bool = True  # QA training contexts in JSQuAD's "<title> [SEP] <paragraph>" format
     train_data: list[str] | None = None
@@ -143,6 +144,8 @@ class TrainConfig:
             raise ValueError("options weight_decay must be >= 0 and max_grad_norm > 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"option dropout={self.dropout}: expected 0 <= dropout < 1")
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"option attention_dropout={self.attention_dropout}: expected 0 <= value < 1")
         if self.max_length > 4096:
             raise ValueError(f"option max_length={self.max_length}: at most 4096 for QA windows")
         if self.train_data is not None and (not isinstance(self.train_data, list) or not self.train_data):

@@ -240,7 +240,8 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
 
     model_config = preset_config(
         config.preset, config.arch, vocab_size=tokenizer.vocab_size, max_len=config.max_length,
-        wave_mode=config.wave_mode, dropout=config.dropout, pad_id=tokenizer.pad_id,
+        wave_mode=config.wave_mode, dropout=config.dropout, attention_dropout=config.attention_dropout,
+        pad_id=tokenizer.pad_id,
         type_vocab_size=2 if config.task == "qa" and config.segment_embeddings else 0,
     )
     if init is not None:
