@@ -44,7 +44,8 @@ _SMOKE_QA = dict(preset="tiny", max_length=128, doc_stride=64, batch_size=16, lr
 # train + dev (JSQuAD's own train split is not available here); JSQuAD dev contexts fit one
 # 256-token window, so few answerless windows are kept. Dropout 0.1 on embeddings and residual
 # branches, none on attention probabilities: without dropout both models stop improving on dev
-# after ~20 QA minutes (3-4 epochs); attention dropout would cost a third more per Transformer step
+# after ~20 QA minutes (3-4 epochs). Attention dropout makes a Transformer step 1.88x instead of
+# 1.18x the no-dropout time (results/dropout_cost.md) and did not reliably add F1
 # (results/exp_transformer_dropout.md).
 _STANDARD_QA = dict(preset="small", max_length=256, doc_stride=128, batch_size=32, lr=1e-3, warmup=0.05,
                     negative_fraction=0.1, segment_embeddings=True, title_prefix=True, max_answer_tokens=16,
