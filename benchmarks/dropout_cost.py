@@ -101,7 +101,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
-    from nami.reports.environment import git_commit, machine_description, now_iso
+    from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 
     torch.set_num_threads(args.threads)
     records = []
@@ -118,9 +118,7 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     (out_dir / "dropout_cost.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# What dropout costs a QA training step on CPU", "",
-             f"- command: `{report['command']}`", f"- commit: `{report['commit']}`",
-             f"- machine: {report['machine']}; {args.threads} threads, alone on the machine",
-             f"- date: {report['date']}",
+             *provenance_lines(report, machine_note=f"{args.threads} threads, alone on the machine"),
              f"- setting: preset small, batch {args.batch} × {args.seq} ({args.real} real tokens per row), bf16 "
              "autocast, span loss + backward + AdamW; Wave compiled (`compile_wave`); variants timed round-robin, "
              f"median of {args.steps} steps after {args.warmup} warm-up", "",

@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nami.reports.environment import git_commit, machine_description, now_iso  # noqa: E402
+from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines  # noqa: E402
 
 POLICIES = ("none", "paper", "bounded_mass")
 
@@ -99,8 +99,7 @@ def main() -> None:
                      f"{result['final_loss_gap_vs_exact'][policy]:+.4f} | {run['final_masked_accuracy']:.2f} | "
                      f"{100 * skipped:.1f}% | {run['train_seconds']:.0f} |")
     lines += ["", f"![loss and skipped blocks against step]({result['plot']})", "",
-              f"- command: `{result['command']}`", f"- each run: `{result['train_command']}`",
-              f"- commit: `{result['commit']}`", f"- machine: {result['machine']}", f"- date: {result['date']}",
+              *provenance_lines(result), f"- each run: `{result['train_command']}`",
               "- training s: the three runs shared 2 cores, so time is not comparable between them"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", "utf-8")
     print("\n".join(lines))

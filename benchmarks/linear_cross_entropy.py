@@ -223,14 +223,13 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def markdown(report: dict) -> str:
+    from nami.reports.environment import provenance_lines
+
     recs = report["records"]
     lines = [
         "# linear_cross_entropy: forward + backward time and peak memory",
         "",
-        f"- command: `{report['command']}`",
-        f"- commit: `{report['commit']}`",
-        f"- machine: {report['machine']}",
-        f"- date: {report['date']}",
+        *provenance_lines(report),
         *([] if report.get("complete") else ["- **incomplete**: the run was interrupted or is still going"]),
         f"- method: {report['method']}",
         "",

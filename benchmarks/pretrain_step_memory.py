@@ -85,7 +85,7 @@ def main() -> None:
         print(json.dumps(worker(*args.worker, args.steps, args.vocab, args.batch, args.seq, args.threads)))
         return
     sys.path.insert(0, str(ROOT / "src"))
-    from nami.reports.environment import git_commit, machine_description, now_iso
+    from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 
     records = []
     for arch in ("transformer", "wave"):
@@ -103,8 +103,7 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     (out_dir / "pretrain_step_memory.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["# Memory of one masked-LM pretraining step: auto vs naive", "",
-             f"- command: `{report['command']}`", f"- commit: `{report['commit']}`", f"- machine: {report['machine']}",
-             f"- date: {report['date']}",
+             *provenance_lines(report),
              f"- setting: vocabulary {args.vocab}, batch {args.batch} × {args.seq} tokens, 15 % masked, preset small, "
              "bf16 autocast, AdamW", "- method: fresh subprocess per row; peak = ru_maxrss after a warm-up and the measured "
              "steps minus the RSS before the first step (includes AdamW state, ~91 MB, for every row)", "",

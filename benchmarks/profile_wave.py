@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from nami.models import QAModel, preset_config
 from nami.models.speed import compile_wave_layers
-from nami.reports.environment import git_commit, machine_description, now_iso
+from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 from nami.resources import tune_malloc
 
 MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::linear", "aten::matmul", "mkldnn", "onednn")
@@ -99,8 +99,7 @@ def main() -> None:
                   "| op | ms | share |", "| --- | --- | --- |"]
         lines += [f"| `{o['op']}` | {o['self_cpu_ms']:.1f} | {100 * o['share']:.1f}% |" for o in r["top_ops"]]
         lines.append("")
-    lines += [f"- command: `{result['command']}`", f"- commit: `{result['commit']}`",
-              f"- machine: {result['machine']}, {result['threads']} threads", f"- date: {result['date']}"]
+    lines += provenance_lines(result, machine_note=f"{result['threads']} threads")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", "utf-8")
     print("\n".join(lines))
 

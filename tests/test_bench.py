@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nami.bench.roofline import forward_flops_per_token, training_flops_per_token
 from nami.bench.scaling import CaseFailed, loglog_slope, run_isolated, slopes
 from nami.models import QAModel, preset_config
+from nami.reports.environment import provenance_lines
 
 
 @pytest.mark.parametrize("arch", ["wave", "transformer"])
@@ -87,3 +88,12 @@ def test_bad_bench_options_are_one_clear_error_and_write_nothing(command, tmp_pa
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "must be positive" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_provenance_lines_name_command_commit_machine_and_date_in_one_form():
+    record = {"command": "nami bench x --y 1", "commit": "abc123", "machine": "CPU, 2 CPUs", "date": "2026-11-30"}
+    assert provenance_lines(record) == ["- command: `nami bench x --y 1`", "- commit: `abc123`",
+                                        "- machine: CPU, 2 CPUs", "- date: 2026-11-30"]
+    assert provenance_lines(record, machine_note="2 threads")[2] == "- machine: CPU, 2 CPUs; 2 threads"
+    with pytest.raises(KeyError, match="lacks commit, date"):
+        provenance_lines({"command": "c", "machine": "m"})

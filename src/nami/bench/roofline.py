@@ -29,7 +29,7 @@ import torch
 
 from nami.bench.scaling import CaseFailed, run_isolated
 from nami.models import preset_config
-from nami.reports.environment import git_commit, machine_description, now_iso
+from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 
 
 def gemm_tflops(n: int, dtype: torch.dtype, repeats: int = 10) -> dict[str, Any]:
@@ -129,6 +129,5 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {m['variant']} | {m['precision']} | {m['train_tokens_per_s']:,.0f} | "
                      f"{m['training_flops_per_token'] / 1e9:.4f} | {m['achieved_tflops']:.3f} | "
                      f"{m['roof_tflops']:.3f} | {100 * m['utilisation']:.1f}% |")
-    lines += ["", f"- FLOPs: {result['flop_formula']}", f"- command: `{result['command']}`",
-              f"- commit: `{result['commit']}`", f"- machine: {result['machine']}", f"- date: {result['date']}"]
+    lines += ["", f"- FLOPs: {result['flop_formula']}", *provenance_lines(result)]
     return "\n".join(lines) + "\n"

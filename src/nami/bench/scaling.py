@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from nami.reports.environment import git_commit, machine_description, now_iso
+from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 
 MODELS = ("wave", "transformer")
 # What is measured: (model, compiled). "wave-compiled" is the Wave encoder with --compile-wave
@@ -259,6 +259,5 @@ def markdown(result: dict[str, Any]) -> str:
                   for r in result["skipped"]]
     if result.get("plot"):
         lines += ["", f"![scaling]({result['plot']})"]
-    lines += ["", f"- command: `{result['command']}`", f"- commit: `{result['commit']}`",
-              f"- machine: {result['machine']}", f"- date: {result['date']}", f"- method: {result['method']}"]
+    lines += ["", *provenance_lines(result), f"- method: {result['method']}"]
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
@@ -38,3 +39,17 @@ def machine_description() -> str:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance_lines(record: Mapping[str, Any], *, machine_note: str = "") -> list[str]:
+    """The markdown bullets that say how a result was produced: command, commit, machine, date.
+
+    ``record`` is a results JSON (it must carry ``command``, ``commit``, ``machine`` and ``date``);
+    ``machine_note`` is appended to the machine line (e.g. ``"2 threads, alone on the machine"``).
+    Every results markdown writes these lines the same way, so readers find them in one form."""
+    missing = [key for key in ("command", "commit", "machine", "date") if key not in record]
+    if missing:
+        raise KeyError(f"provenance_lines: the record lacks {', '.join(missing)}")
+    machine = f"{record['machine']}; {machine_note}" if machine_note else str(record["machine"])
+    return [f"- command: `{record['command']}`", f"- commit: `{record['commit']}`", f"- machine: {machine}",
+            f"- date: {record['date']}"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nami.reports.environment import provenance_lines
 from nami.reports.plots import plot_training_curves
 from nami.training import checkpoint as ckpt
 
@@ -133,10 +134,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     per_model = next(iter(result["models"].values()))
     lines += [
         "## How this was measured", "",
-        f"- command: `{result['command']}`",
-        f"- commit: `{result['commit']}`",
-        f"- machine: {result['machine']}",
-        f"- date: {result['date']}",
+        *provenance_lines(result),
         f"- training budget per model: {budget['total']:g} minutes ({budget['pretrain']:g} masked-LM pretraining + "
         f"{budget['finetune']:g} QA fine-tuning), {mode}; wall clock {result['wall_minutes']:.1f} minutes",
         f"- QA train data: {', '.join(result['train_data'])} (JaQuAD; the official JSQuAD train split is not "
