@@ -10,6 +10,7 @@ from dataclasses import dataclass
 class CharEncoding:
     ids: list[int]
     offsets: list[tuple[int, int]]
+    word_ids: list[int]  # every character is a word of its own
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -33,7 +34,7 @@ class CharTokenizer:
                 ids.append(5 + ord(text[i]) % 100)
                 offsets.append((i, i + 1))
             i += 1
-        return CharEncoding(ids, offsets)
+        return CharEncoding(ids, offsets, list(range(len(ids))))
 
 
 def jaquad_context_lines(count: int) -> list[str]:

@@ -8,7 +8,7 @@ import torch
 from helpers import CharTokenizer
 
 from nami.data.batching import BucketBatchSampler, QACollator
-from nami.data.features import FeatureConfig, answer_token_span, build_features
+from nami.data.features import FeatureConfig, answer_token_span, build_features, word_edges
 from nami.data.squad import Answer, QAExample
 from nami.evaluation.decoding import best_token_spans
 
@@ -183,3 +183,84 @@ def test_predicted_answers_never_contain_the_title_separator():
     answer = predict_answers(Rigged(), [ex], feats, pad_id=0, sep_id=CharTokenizer.sep_id,
                              max_answer_tokens=8, show_progress=False).answers["q1"]
     assert "[SEP]" not in answer and answer in ("雨", "梅雨", "雨季", "雨季で")
+
+
+class SpacedWordTokenizer(CharTokenizer):
+    """One token per character, as CharTokenizer, but a *word* is a run of non-space characters."""
+
+    def encode(self, text: str):
+        enc = super().encode(text)
+        word_ids, word, previous_end = [], -1, None
+        for start, end in enc.offsets:
+            if previous_end is None or start != previous_end or text[start : start + 5] == "[SEP]" \
+                    or text[previous_end - 5 : previous_end] == "[SEP]":
+                word += 1
+            word_ids.append(word)
+            previous_end = end
+        return type(enc)(enc.ids, enc.offsets, word_ids)
+
+
+def test_word_edges_mark_the_first_and_last_selectable_token_of_each_word():
+    word_ids = [0, 0, 1, 2, 2, 2, 3]
+    selectable = np.array([True, True, False, True, True, False, True])  # 2: [SEP]; 5: a continuation
+    starts, ends = word_edges(word_ids, selectable)
+    assert starts.tolist() == [True, False, False, True, False, False, True]
+    # Word 2 ends on token 4: its last piece (5) is an empty-span continuation of token 4's character.
+    assert ends.tolist() == [False, True, False, False, True, False, True]
+    assert word_edges([], np.zeros(0, dtype=bool))[0].shape == (0,)
+
+
+def test_windows_carry_word_edges_and_a_cut_word_has_no_edge_at_the_cut():
+    ex = example("梅雨前線 が 北上 する", "北上")
+    feats = build_features([ex], SpacedWordTokenizer(), FeatureConfig(max_length=12, doc_stride=3,
+                                                                      max_question_tokens=3), show_progress=False)
+    assert len(feats) > 1
+    for w in range(len(feats)):
+        offsets, starts, ends = feats.context_offsets[w], feats.word_starts[w], feats.word_ends[w]
+        chars = {int(offsets[i, 0]): i for i in range(len(offsets)) if offsets[i, 0] >= 0}
+        for i in np.flatnonzero(starts):  # a word start is preceded by a space or the context's start
+            assert offsets[i, 0] == 0 or ex.context[offsets[i, 0] - 1] == " "
+        for i in np.flatnonzero(ends):
+            assert offsets[i, 1] == len(ex.context) or ex.context[offsets[i, 1]] == " "
+        # The window's first context character, when mid-word, starts nothing.
+        first = min(chars)
+        if first > 0 and ex.context[first - 1] != " ":
+            assert not starts[chars[first]]
+        assert not (starts | ends)[offsets[:, 0] < 0].any()  # question and specials: never
+    subset = feats.subset([1])
+    assert (subset.word_starts[0] == feats.word_starts[1]).all() and (subset.word_ends[0] == feats.word_ends[1]).all()
+
+
+def test_best_token_spans_takes_separate_start_and_end_masks():
+    start = torch.tensor([[0.0, 9.0, 1.0, 0.0]])
+    end = torch.tensor([[0.0, 0.0, 9.0, 1.0]])
+    can_start = torch.tensor([[False, False, True, True]])
+    can_end = torch.tensor([[False, True, False, True]])
+    scores, starts, ends = best_token_spans(start, end, can_start, can_end, max_answer_tokens=4, n_best=16)
+    finite = torch.isfinite(scores[0])
+    assert set(zip(starts[0][finite].tolist(), ends[0][finite].tolist())) == {(2, 3), (3, 3)}
+    assert (starts[0, 0].item(), ends[0, 0].item()) == (2, 3)
+
+
+@pytest.mark.parametrize("boundaries, expected", [("word", "北上"), ("token", "上")])
+def test_word_boundaries_turn_a_mid_word_start_into_a_whole_word_answer(boundaries, expected):
+    from nami.evaluation.predict import predict_answers
+    from nami.models.qa import SpanLogits
+
+    ex = example("梅雨前線 が 北上 する", "北上")
+    feats = build_features([ex], SpacedWordTokenizer(), show_progress=False)
+    offsets = feats.context_offsets[0]
+    token_of = {int(offsets[i, 0]): i for i in range(len(offsets)) if offsets[i, 0] >= 0}
+    kita, jou = token_of[ex.context.index("北")], token_of[ex.context.index("上")]
+
+    class Rigged(torch.nn.Module):  # the start logit prefers 上 (mid-word) slightly over 北
+        def forward(self, ids, mask, token_types=None):
+            start, end = torch.zeros(ids.shape), torch.zeros(ids.shape)
+            start[:, jou], start[:, kita], end[:, jou] = 10.0, 9.0, 10.0
+            return SpanLogits(start=start, end=end)
+
+    out = predict_answers(Rigged(), [ex], feats, pad_id=0, sep_id=CharTokenizer.sep_id, max_answer_tokens=8,
+                          answer_boundaries=boundaries, show_progress=False)
+    assert out.answers["q1"] == expected
+    with pytest.raises(ValueError, match="answer_boundaries"):
+        predict_answers(Rigged(), [ex], feats, pad_id=0, answer_boundaries="char", show_progress=False)

@@ -164,7 +164,12 @@ def check_encoding(tokenizer: JapaneseTokenizer, text: str) -> Encoding:
     """Encode ``text`` and check every property of the module docstring; returns the encoding."""
     encoding = tokenizer.encode(text)
     spans = encoding.offsets
-    assert len(encoding.ids) == len(spans)
+    assert len(encoding.ids) == len(spans) == len(encoding.word_ids)
+    # Word numbers increase along the text; a special literal is a word of its own.
+    assert all(a <= b for a, b in pairwise(encoding.word_ids)), (text, encoding.word_ids)
+    for k, token_id in enumerate(encoding.ids):
+        if token_id in (SEP_ID, MASK_ID):
+            assert encoding.word_ids.count(encoding.word_ids[k]) == 1, (text, k)
     # In the text, ordered, non-overlapping.
     assert all(0 <= start <= end <= len(text) for start, end in spans), (text, spans)
     assert all(end <= start for (_, end), (start, _) in pairwise(spans)), (text, spans)

@@ -209,12 +209,32 @@ def test_whitespace_never_becomes_a_token(tokenizer: JapaneseTokenizer) -> None:
 
 def test_empty_string_encodes_to_nothing(tokenizer: JapaneseTokenizer) -> None:
     encoding = tokenizer.encode("")
-    assert encoding == Encoding([], []) and len(encoding) == 0
+    assert encoding == Encoding([], [], []) and len(encoding) == 0
 
 
 def test_encoding_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError):
-        Encoding([5, 6], [(0, 1)])
+        Encoding([5, 6], [(0, 1)], [0, 1])
+    with pytest.raises(ValueError, match="word ids"):
+        Encoding([5, 6], [(0, 1), (1, 2)], [0])
+
+
+def test_word_ids_group_the_pieces_of_each_mecab_word(tokenizer: JapaneseTokenizer) -> None:
+    from nami.text.segment import words
+
+    text = "梅雨前線は揚子江気団とともに北上する。 [SEP] 小笠原諸島"
+    encoding = tokenizer.encode(text)
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for word, span in zip(encoding.word_ids, encoding.offsets, strict=True):
+        groups.setdefault(word, []).append(span)
+    assert list(groups) == sorted(groups)  # numbered in text order
+    # Each group's pieces are contiguous and spell exactly one MeCab word (this text has no
+    # characters that normalisation changes, so original and normalised words coincide).
+    spelled = [text[spans[0][0] : spans[-1][1]] for spans in groups.values()]
+    assert all(a[1] == b[0] for spans in groups.values() for a, b in pairwise(spans))
+    expected = [*words("梅雨前線は揚子江気団とともに北上する。"), "[SEP]", *words("小笠原諸島")]
+    assert spelled == expected
+    assert any(len(spans) > 1 for spans in groups.values()) or len(encoding) == len(expected)
 
 
 def test_unknown_characters_are_one_unk_each(tokenizer: JapaneseTokenizer) -> None:

@@ -80,6 +80,29 @@ def test_cli_predict_and_evaluate_agree_with_the_run(overfit_runs, tiny_squad, t
     assert scores["f1"] == overfit_runs["transformer"].final_eval["f1"]
 
 
+def test_runs_saved_before_answer_boundaries_existed_decode_on_tokens(overfit_runs, tiny_squad, tmp_path):
+    """A run whose config.json lacks ``answer_boundaries`` keeps token-boundary decoding (so its
+    recorded F1 is reproduced); ``--answer-boundaries`` re-decodes it and is never compared with it."""
+    import shutil
+
+    run_dir = tmp_path / "old-run"
+    shutil.copytree(overfit_runs["transformer"].run_dir, run_dir)
+    assert ckpt.read_run_config(run_dir)[0].answer_boundaries == "word"  # new runs: word boundaries
+    config = json.loads((run_dir / ckpt.CONFIG_FILE).read_text())
+    del config["train"]["answer_boundaries"]
+    (run_dir / ckpt.CONFIG_FILE).write_text(json.dumps(config))
+    ckpt.write_manifest(run_dir, list(json.loads((run_dir / ckpt.MANIFEST_FILE).read_text())))
+    assert ckpt.read_run_config(run_dir)[0].answer_boundaries == "token"
+    assert TrainConfig.from_dict({}).answer_boundaries == "word"  # a user's --config file: the default
+    token = predict_file(run_dir, str(tiny_squad), tmp_path / "token.json", quiet=True)
+    assert token["answer_boundaries"] == "token" and "matches_recorded" in token
+    word = predict_file(run_dir, str(tiny_squad), tmp_path / "word.json", answer_boundaries="word", quiet=True)
+    assert word["answer_boundaries"] == "word" and "matches_recorded" not in word
+    assert main(["predict", "--checkpoint", str(run_dir), "--data", str(tiny_squad), "--output",
+                 str(tmp_path / "cli.json"), "--answer-boundaries", "word", "--quiet"]) == 0
+    assert json.loads((tmp_path / "cli.json").read_text()) == json.loads((tmp_path / "word.json").read_text())
+
+
 def test_cli_ask_returns_a_substring_of_the_context(overfit_runs, tiny_squad, capsys):
     data = json.loads(tiny_squad.read_text())
     para = data["data"][0]["paragraphs"][0]

@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+from nami.data.features import ANSWER_BOUNDARIES
 from nami.training.config import TrainConfig
 
 EXIT_BAD_INPUT = 2
@@ -152,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from nami.resources import peak_rss_mb
 
     result = predict_file(args.checkpoint, args.data, args.output, batch_size=args.batch_size,
-                          threads=args.threads, quiet=args.quiet)
+                          threads=args.threads, answer_boundaries=args.answer_boundaries, quiet=args.quiet)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)  # this process did nothing but predict
     print(json.dumps(result, ensure_ascii=False))
     return 0
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="PRED.json to write ({question_id: answer})")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's eval_batch_size")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--answer-boundaries", choices=ANSWER_BOUNDARIES, default=None,
+                   help="where answers may begin/end: MeCab word boundaries or any token (default: the run's "
+                        "answer_boundaries; runs saved before the option existed: token)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 

@@ -6,6 +6,13 @@ A window that does not contain the whole (first) gold answer is labelled ``start
 (the ``[CLS]`` position). Every window keeps the character span of each context token, so a
 predicted token span maps back to the exact substring of the original context.
 
+Answers begin and end on MeCab word boundaries: ``word_starts`` / ``word_ends`` flag the context
+tokens that begin / end a word (SentencePiece pieces never cross words, see :mod:`nami.text`), and
+decoding with ``answer_boundaries="word"`` (:func:`nami.evaluation.predict.predict_answers`) only
+picks spans from such a start to such an end — the analogue of BERT's ``run_squad.py`` mapping its
+predictions back to whole whitespace words. 99.4 % of JSQuAD dev gold answers are word-aligned
+(``results/answer_boundaries.md``). Training labels are token spans and do not depend on it.
+
 Two kinds of context token can never start or end an answer (their window offsets are
 ``(-1, -1)``, like the question's): a literal ``[SEP]``, and a *continuation* token — the empty
 span ``(e, e)`` of the second and later tokens of one expanded source character (``㍿`` →
@@ -24,13 +31,16 @@ from tqdm.auto import tqdm
 
 from nami.data.squad import QAExample
 
+# Where a decoded answer may begin and end: on MeCab word boundaries, or on any context token.
+ANSWER_BOUNDARIES = ("word", "token")
+
 
 class Tokenizer(Protocol):
     cls_id: int
     sep_id: int
     pad_id: int
 
-    def encode(self, text: str): ...  # -> nami.text.Encoding (ids, offsets)
+    def encode(self, text: str): ...  # -> nami.text.Encoding (ids, offsets, word_ids)
 
 
 @dataclass(frozen=True)
@@ -60,10 +70,14 @@ class QAFeatures:
 
     ``context_offsets[i]`` is an ``(L_i, 2)`` int array: the character span in the example's
     context of each input token, ``(-1, -1)`` for question/special tokens (not selectable).
+    ``word_starts[i]`` / ``word_ends[i]`` are ``(L_i,)`` bool arrays: True for a selectable context
+    token that begins / ends a MeCab word (the last token of a word that has a span of its own).
     """
 
     input_ids: list[np.ndarray] = field(default_factory=list)
     context_offsets: list[np.ndarray] = field(default_factory=list)
+    word_starts: list[np.ndarray] = field(default_factory=list)
+    word_ends: list[np.ndarray] = field(default_factory=list)
     start_positions: list[int] = field(default_factory=list)
     end_positions: list[int] = field(default_factory=list)
     example_index: list[int] = field(default_factory=list)
@@ -84,6 +98,8 @@ class QAFeatures:
         for i in indices:
             out.input_ids.append(self.input_ids[i])
             out.context_offsets.append(self.context_offsets[i])
+            out.word_starts.append(self.word_starts[i])
+            out.word_ends.append(self.word_ends[i])
             out.start_positions.append(self.start_positions[i])
             out.end_positions.append(self.end_positions[i])
             out.example_index.append(self.example_index[i])
@@ -109,6 +125,25 @@ def answer_token_span(offsets: np.ndarray, char_start: int, char_end: int) -> tu
     return first, last
 
 
+def word_edges(word_ids: Sequence[int], selectable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, ends)``: per token, whether it begins / ends its word among ``selectable`` tokens.
+
+    A word's first token begins it and its last *selectable* token ends it, so a word whose last
+    pieces are empty-span continuations (``㍿`` → ``株式|会社`` inside one word) still ends on the
+    token whose span covers the whole character. Unselectable tokens neither begin nor end.
+    """
+    word_ids = np.asarray(word_ids, dtype=np.int64)
+    selectable = np.asarray(selectable, dtype=bool)
+    starts = np.ones(len(word_ids), dtype=bool)
+    starts[1:] = word_ids[1:] != word_ids[:-1]
+    ends = np.zeros(len(word_ids), dtype=bool)
+    chosen = np.flatnonzero(selectable)  # the last selectable token of each word ends it
+    last_of_word = np.ones(len(chosen), dtype=bool)
+    last_of_word[:-1] = word_ids[chosen[1:]] != word_ids[chosen[:-1]]
+    ends[chosen[last_of_word]] = True
+    return starts & selectable, ends
+
+
 def build_features(
     examples: Sequence[QAExample],
     tokenizer: Tokenizer,
@@ -119,7 +154,7 @@ def build_features(
 ) -> QAFeatures:
     """Tokenize examples (each distinct context once) and cut them into labelled windows."""
     features = QAFeatures()
-    context_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    context_cache: dict[str, tuple[np.ndarray, ...]] = {}
     for ex_index, example in enumerate(tqdm(examples, desc=desc, disable=not show_progress, unit="q")):
         question = tokenizer.encode(example.question).ids[: min(config.max_question_tokens, config.max_length // 2)]
         if example.context not in context_cache:
@@ -129,10 +164,12 @@ def build_features(
             # A literal "[SEP]" in the context (JSQuAD's "title [SEP] paragraph") is a separator,
             # never part of an answer, and an empty-span continuation token would make an empty
             # answer: make both unselectable.
+            unselectable = (ids == tokenizer.sep_id) | (offsets[:, 0] == offsets[:, 1])
             selectable_offsets = offsets.copy()
-            selectable_offsets[(ids == tokenizer.sep_id) | (offsets[:, 0] == offsets[:, 1])] = -1
-            context_cache[example.context] = (ids, offsets, selectable_offsets)
-        ctx_ids, ctx_offsets, ctx_selectable = context_cache[example.context]
+            selectable_offsets[unselectable] = -1
+            starts, ends = word_edges(enc.word_ids, ~unselectable)
+            context_cache[example.context] = (ids, offsets, selectable_offsets, starts, ends)
+        ctx_ids, ctx_offsets, ctx_selectable, ctx_word_starts, ctx_word_ends = context_cache[example.context]
         answer = None
         if example.answers:
             gold = example.answers[0]
@@ -145,13 +182,22 @@ def build_features(
             window_end = min(window_start + room, len(ctx_ids))
             ids = np.concatenate([prefix, ctx_ids[window_start:window_end], [tokenizer.sep_id]])
             offsets = np.full((len(ids), 2), -1, dtype=np.int64)
-            offsets[len(prefix) : len(prefix) + window_end - window_start] = ctx_selectable[window_start:window_end]
+            in_window = slice(len(prefix), len(prefix) + window_end - window_start)
+            offsets[in_window] = ctx_selectable[window_start:window_end]
+            # A word cut by the window's left edge has no start here (an overlapping window has it);
+            # one cut by the right edge has no end.
+            word_starts = np.zeros(len(ids), dtype=bool)
+            word_ends = np.zeros(len(ids), dtype=bool)
+            word_starts[in_window] = ctx_word_starts[window_start:window_end]
+            word_ends[in_window] = ctx_word_ends[window_start:window_end]
             start = end = 0
             if answer is not None and window_start <= answer[0] and answer[1] < window_end:
                 start = answer[0] - window_start + len(prefix)
                 end = answer[1] - window_start + len(prefix)
             features.input_ids.append(ids)
             features.context_offsets.append(offsets)
+            features.word_starts.append(word_starts)
+            features.word_ends.append(word_ends)
             features.start_positions.append(start)
             features.end_positions.append(end)
             features.example_index.append(ex_index)

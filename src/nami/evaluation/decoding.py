@@ -1,7 +1,8 @@
 """n-best span decoding: start/end logits -> the best answer substrings of the context.
 
 All candidate spans of a window are scored at once as ``start[i] + end[j]`` on an ``(S, S)``
-grid restricted to ``i <= j < i + max_answer_tokens`` over selectable (context) tokens, and to spans
+grid restricted to ``i <= j < i + max_answer_tokens`` with ``i`` a token that may start an answer and
+``j`` one that may end it (context tokens; with word boundaries, word-initial / word-final ones), and to spans
 that contain no *barrier* token (JSQuAD's ``title [SEP] paragraph`` separator: an answer never
 crosses it, yet both of its neighbours are selectable); this is exact (no top-k pruning of starts
 and ends) and vectorised over the batch.
@@ -30,7 +31,8 @@ class Span:
 def best_token_spans(
     start_logits: torch.Tensor,
     end_logits: torch.Tensor,
-    selectable: torch.Tensor,
+    can_start: torch.Tensor,
+    can_end: torch.Tensor | None = None,
     *,
     max_answer_tokens: int = 30,
     n_best: int = 1,
@@ -40,7 +42,8 @@ def best_token_spans(
 
     Args:
         start_logits, end_logits: ``(B, S)`` float.
-        selectable: ``(B, S)`` bool, True for tokens that may begin or end an answer.
+        can_start: ``(B, S)`` bool, True for tokens that may begin an answer.
+        can_end: ``(B, S)`` bool, True for tokens that may end one; None = ``can_start``.
         barrier: ``(B, S)`` bool or None, True for tokens no answer may contain (the context's
             literal ``[SEP]``).
     Returns:
@@ -52,7 +55,8 @@ def best_token_spans(
     batch, seq = start_logits.shape
     idx = torch.arange(seq, device=start_logits.device)
     band = (idx[None, :] >= idx[:, None]) & (idx[None, :] < idx[:, None] + max_answer_tokens)  # (S, S)
-    valid = band[None] & selectable[:, :, None] & selectable[:, None, :]
+    can_end = can_start if can_end is None else can_end
+    valid = band[None] & can_start.bool()[:, :, None] & can_end.bool()[:, None, :]
     if barrier is not None:
         # Span (i, j) contains a barrier iff the running count of barriers up to j differs from
         # the count strictly before i.

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nami.data.batching import QACollator, sorted_batches
-from nami.data.features import QAFeatures
+from nami.data.features import ANSWER_BOUNDARIES, QAFeatures
 from nami.data.squad import QAExample
 from nami.evaluation.decoding import Span, best_token_spans, decode_example_spans
 
@@ -49,12 +49,20 @@ def predict_answers(
     sep_id: int | None = None,
     batch_size: int = 64,
     max_answer_tokens: int = 30,
+    answer_boundaries: str = "word",
     n_best: int = 1,
     precision: str = "bf16",
     device: torch.device | str = "cpu",
     show_progress: bool = True,
 ) -> PredictionOutput:
-    """Best answer substring per example (``features`` built from ``examples``)."""
+    """Best answer substring per example (``features`` built from ``examples``).
+
+    ``answer_boundaries``: ``"word"`` picks only spans that begin and end on MeCab word boundaries
+    (see :mod:`nami.data.features`); ``"token"`` allows any context token span (runs saved before
+    the option existed decoded this way).
+    """
+    if answer_boundaries not in ANSWER_BOUNDARIES:
+        raise ValueError(f"answer_boundaries={answer_boundaries!r}: expected one of {', '.join(ANSWER_BOUNDARIES)}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -69,14 +77,20 @@ def predict_answers(
         token_types = batch["token_type_ids"].to(device) if "token_type_ids" in batch else None
         with autocast_context(device, precision):
             logits = model(input_ids, mask, token_types)
-        selectable = torch.zeros_like(mask)
+        can_start = torch.zeros(mask.shape, dtype=torch.bool)
+        can_end = torch.zeros(mask.shape, dtype=torch.bool)
         for row, w in enumerate(batch_indices):
-            offsets = features.context_offsets[w]
-            selectable[row, : len(offsets)] = torch.from_numpy(offsets[:, 0] >= 0)
+            if answer_boundaries == "word":
+                starts_w, ends_w = features.word_starts[w], features.word_ends[w]
+            else:
+                starts_w = ends_w = features.context_offsets[w][:, 0] >= 0
+            can_start[row, : len(starts_w)] = torch.from_numpy(starts_w)
+            can_end[row, : len(ends_w)] = torch.from_numpy(ends_w)
         # A context's literal [SEP] (JSQuAD's title separator) is never inside an answer.
         barrier = input_ids == sep_id if sep_id is not None else None
         scores, starts, ends = best_token_spans(
-            logits.start, logits.end, selectable, max_answer_tokens=max_answer_tokens, n_best=n_best, barrier=barrier
+            logits.start, logits.end, can_start.to(device), can_end.to(device),
+            max_answer_tokens=max_answer_tokens, n_best=n_best, barrier=barrier,
         )
         scores, starts, ends = scores.cpu().numpy(), starts.cpu().numpy(), ends.cpu().numpy()
         for row, w in enumerate(batch_indices):

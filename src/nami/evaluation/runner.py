@@ -22,18 +22,21 @@ def predict_file(
     *,
     batch_size: int | None = None,
     threads: int | None = None,
+    answer_boundaries: str | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Write ``{question_id: answer}`` for every question in ``data``; score it when answers exist.
 
     Returns a summary with EM / F1 (when the data has answers), questions/s, and whether the F1
-    equals the one recorded in the run's ``final_eval.json`` for the same data file.
+    equals the one recorded in the run's ``final_eval.json`` for the same data file (checked only
+    when decoding with the run's own ``answer_boundaries``; ``answer_boundaries=None`` uses it).
     """
     if threads:
         torch.set_num_threads(threads)
     model, tokenizer, config = ckpt.load_run(run_dir)
     examples = load_squad(data, require_answers=False, on_bad_record=config.on_bad_record)
     features = build_features(examples, tokenizer, feature_config(config), show_progress=not quiet)
+    boundaries = answer_boundaries or config.answer_boundaries
     output_data = predict_answers(
         model,
         examples,
@@ -41,6 +44,7 @@ def predict_file(
         pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
         batch_size=batch_size or config.eval_batch_size,
         max_answer_tokens=config.max_answer_tokens,
+        answer_boundaries=boundaries,
         precision=config.precision,
         show_progress=not quiet,
     )
@@ -49,13 +53,14 @@ def predict_file(
         "output": str(output),
         "count": len(examples),
         "questions_per_s": round(output_data.questions_per_second, 2),
+        "answer_boundaries": boundaries,
     }
     if all(ex.answers for ex in examples):
         scores = evaluate_predictions(examples, output_data.answers)
         summary.update(exact_match=scores["exact_match"], f1=scores["f1"])
         recorded = Path(run_dir) / ckpt.FINAL_EVAL_FILE
         data_paths = [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data)]
-        if recorded.is_file():
+        if recorded.is_file() and boundaries == config.answer_boundaries:
             final = ckpt.read_json(recorded)
             if [str(Path(final["data"]).resolve())] == data_paths:
                 summary["recorded_f1"] = final["f1"]
@@ -106,7 +111,7 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) ->
     features = build_features([example], tokenizer, feature_config(config), show_progress=False)
     output = predict_answers(
         model, [example], features, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
-        max_answer_tokens=config.max_answer_tokens,
+        max_answer_tokens=config.max_answer_tokens, answer_boundaries=config.answer_boundaries,
         n_best=n_best, precision=config.precision, show_progress=False,
     )
     candidates = [

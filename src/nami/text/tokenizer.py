@@ -96,14 +96,20 @@ class Encoding:
     characters (``Cf``, e.g. zero-width space/joiner, soft hyphen, BOM) between tokens; a format
     character between two characters of the same token lies inside that token's span. Every other
     character lies in exactly one span (a literal ``[SEP]``/``[MASK]`` is one token spanning it).
+
+    ``word_ids[i]`` numbers the MeCab word token ``i`` belongs to, like ``word_ids()`` of Hugging
+    Face tokenizers: increasing along the text, equal for the pieces of one word (a literal special
+    token is a word of its own). QA decoding uses it to begin and end answers on word boundaries.
     """
 
     ids: list[int]
     offsets: list[tuple[int, int]]
+    word_ids: list[int]
 
     def __post_init__(self) -> None:
-        if len(self.ids) != len(self.offsets):
-            raise ValueError(f"{len(self.ids)} ids but {len(self.offsets)} offsets")
+        if not len(self.ids) == len(self.offsets) == len(self.word_ids):
+            raise ValueError(f"{len(self.ids)} ids, {len(self.offsets)} offsets and {len(self.word_ids)} word ids: "
+                             "expected one of each per token")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -164,10 +170,14 @@ class JapaneseTokenizer:
         """Tokens of ``text`` with original-text offsets; no ``[CLS]``/``[SEP]`` is added."""
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
+        word_ids: list[int] = []
+        word = 0
         for start, end, special_id in split_literals(text):
             if special_id is not None:
                 ids.append(special_id)
                 offsets.append((start, end))
+                word_ids.append(word)
+                word += 1
                 continue
             norm = normalize(text[start:end])
             claimed = 0  # source characters of this chunk before here belong to earlier tokens
@@ -177,9 +187,11 @@ class JapaneseTokenizer:
                     piece_start, piece_end = _token_span(norm, pos, pos + length, claimed)
                     ids.append(piece_id)
                     offsets.append((start + piece_start, start + piece_end))
+                    word_ids.append(word)
                     claimed = piece_end
                     pos += length
-        return Encoding(ids, offsets)
+                word += 1
+        return Encoding(ids, offsets, word_ids)
 
     def _word_pieces(self, word: str) -> tuple[tuple[int, int], ...]:
         pieces = self._word_cache.get(word)

@@ -144,7 +144,11 @@ def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig, str]
         raise CheckpointError(f"{run_dir}: not a nami run directory (no {CONFIG_FILE})")
     data = read_json(path)
     try:
-        return TrainConfig.from_dict(data["train"]), ModelConfig.from_dict(data["model"]), data["tokenizer_fingerprint"]
+        train = dict(data["train"])
+        # Runs saved before answer_boundaries existed decoded answers on token boundaries: keep
+        # that, so their recorded F1 is still what `nami predict` reproduces.
+        train.setdefault("answer_boundaries", "token")
+        return TrainConfig.from_dict(train), ModelConfig.from_dict(data["model"]), data["tokenizer_fingerprint"]
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: invalid run config ({err})") from err
 

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from nami.data.features import ANSWER_BOUNDARIES
 from nami.models.config import ARCHITECTURES, PRESETS, WAVE_MODES
 
 PRECISIONS = ("bf16", "fp32")
@@ -59,6 +60,7 @@ class TrainConfig:
     eval_subset: int = 500  # questions used by periodic evaluation (final evaluation uses all)
     eval_batch_size: int = 64
     max_answer_tokens: int = 16  # ~24 characters; JaQuAD train answers: median 5, p99 19 characters
+    answer_boundaries: str = "word"  # decoded answers begin/end on MeCab word boundaries ("token": anywhere)
     precision: str = "bf16"
     seed: int = 0
     threads: int | None = None
@@ -113,6 +115,7 @@ class TrainConfig:
         choice("precision", PRECISIONS)
         choice("schedule", SCHEDULES)
         choice("on_bad_record", BAD_RECORD_POLICIES)
+        choice("answer_boundaries", ANSWER_BOUNDARIES)
         for name in ("vocab_size", "max_length", "doc_stride", "max_question_tokens", "batch_size", "grad_accum",
                      "eval_subset", "eval_batch_size", "max_answer_tokens", "log_every"):
             positive(name)

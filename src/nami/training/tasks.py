@@ -124,7 +124,8 @@ class QATask:
         output = predict_answers(
             model, examples, features, pad_id=self.tokenizer.pad_id, sep_id=self.tokenizer.sep_id,
             batch_size=self.config.eval_batch_size,
-            max_answer_tokens=self.config.max_answer_tokens, precision=self.config.precision, device=device,
+            max_answer_tokens=self.config.max_answer_tokens, answer_boundaries=self.config.answer_boundaries,
+            precision=self.config.precision, device=device,
             show_progress=show,
         )
         scores = evaluate_predictions(examples, output.answers)
