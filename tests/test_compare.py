@@ -63,6 +63,8 @@ def test_compare_writes_a_report_whose_numbers_come_from_results_json(tiny_squad
         config = json.loads((out / "runs" / f"{arch}.finetune.json").read_text("utf-8"))
         assert config["init_from"] == m["pretrain"]["run_dir"]
         assert f"{m['f1']:.2f}" in report and f"{m['infer_peak_mb']:,.0f}" in report
+        assert m["answer_boundaries"] == config["answer_boundaries"] == "word"
+    assert "- answers begin and end on: wave MeCab word boundaries, transformer MeCab word boundaries" in report
     assert result["baselines"]["lexical"]["count"] == 16
     assert f"{result['baselines']['lexical']['f1']:.2f}" in report
     assert "87.1" in report and "94.4" in report  # the labelled references

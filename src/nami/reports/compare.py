@@ -258,6 +258,7 @@ def run_compare(
             "chain_wall_minutes": outcomes[arch][1],
             "compile_wave": config.compile_wave,
             "compile_wave_failure": final.get("compile_wave_failure"),
+            "answer_boundaries": config.answer_boundaries,
             "pretrain": pretrain,
             "run_dir": str(run_dir),
         }

@@ -148,6 +148,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         "activations and allocator caches together); training = max over the pretraining and fine-tuning processes",
         "- training min. to final F1: training-step time of all stages (evaluation pauses excluded)",
     ]
+    # Reports of runs made before the option existed have no field: those decoded on token boundaries.
+    boundaries = {a: m.get("answer_boundaries", "token") for a, m in result["models"].items()}
+    lines.append("- answers begin and end on: " + ", ".join(
+        f"{a} {'MeCab word boundaries' if b == 'word' else 'any token (no word-boundary constraint)'}"
+        for a, b in boundaries.items()))
     compiled = [a for a, m in result["models"].items() if m.get("compile_wave")]
     if compiled:
         failed = [a for a in compiled if result["models"][a].get("compile_wave_failure")]
