@@ -144,6 +144,22 @@ def word_edges(word_ids: Sequence[int], selectable: np.ndarray) -> tuple[np.ndar
     return starts & selectable, ends
 
 
+def context_tokens(encoding, sep_id: int) -> tuple[np.ndarray, ...]:
+    """``(ids, offsets, selectable_offsets, word_starts, word_ends)`` of one encoded context.
+
+    A literal ``[SEP]`` in the context (JSQuAD's ``title [SEP] paragraph``) is a separator, never
+    part of an answer, and an empty-span continuation token would make an empty answer: both get
+    ``(-1, -1)`` in ``selectable_offsets`` and neither begins nor ends a word (:func:`word_edges`).
+    """
+    ids = np.asarray(encoding.ids, dtype=np.int64)
+    offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+    unselectable = (ids == sep_id) | (offsets[:, 0] == offsets[:, 1])
+    selectable_offsets = offsets.copy()
+    selectable_offsets[unselectable] = -1
+    starts, ends = word_edges(encoding.word_ids, ~unselectable)
+    return ids, offsets, selectable_offsets, starts, ends
+
+
 def build_features(
     examples: Sequence[QAExample],
     tokenizer: Tokenizer,
@@ -158,17 +174,7 @@ def build_features(
     for ex_index, example in enumerate(tqdm(examples, desc=desc, disable=not show_progress, unit="q")):
         question = tokenizer.encode(example.question).ids[: min(config.max_question_tokens, config.max_length // 2)]
         if example.context not in context_cache:
-            enc = tokenizer.encode(example.context)
-            ids = np.asarray(enc.ids, dtype=np.int64)
-            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-            # A literal "[SEP]" in the context (JSQuAD's "title [SEP] paragraph") is a separator,
-            # never part of an answer, and an empty-span continuation token would make an empty
-            # answer: make both unselectable.
-            unselectable = (ids == tokenizer.sep_id) | (offsets[:, 0] == offsets[:, 1])
-            selectable_offsets = offsets.copy()
-            selectable_offsets[unselectable] = -1
-            starts, ends = word_edges(enc.word_ids, ~unselectable)
-            context_cache[example.context] = (ids, offsets, selectable_offsets, starts, ends)
+            context_cache[example.context] = context_tokens(tokenizer.encode(example.context), tokenizer.sep_id)
         ctx_ids, ctx_offsets, ctx_selectable, ctx_word_starts, ctx_word_ends = context_cache[example.context]
         answer = None
         if example.answers:
