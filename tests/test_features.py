@@ -264,3 +264,63 @@ def test_word_boundaries_turn_a_mid_word_start_into_a_whole_word_answer(boundari
     assert out.answers["q1"] == expected
     with pytest.raises(ValueError, match="answer_boundaries"):
         predict_answers(Rigged(), [ex], feats, pad_id=0, answer_boundaries="char", show_progress=False)
+
+
+def test_question_match_flags_context_words_found_in_the_question():
+    ex = example("東京は日本の首都です。", "日本", question="日本の首都は?")
+    feats = build_features([ex], CharTokenizer(), FeatureConfig(max_length=32, doc_stride=8), show_progress=False)
+    ids, offsets, match = feats.input_ids[0], feats.context_offsets[0], feats.question_match[0]
+    assert match.dtype == bool and match.shape == ids.shape
+    flagged = {ex.context[s:e] for (s, e), m in zip(offsets, match) if m}
+    assert flagged == {"日", "本", "の", "首", "都", "は"}  # CharTokenizer: every character is a word
+    assert not match[offsets[:, 0] < 0].any()  # question, [CLS], [SEP] are never flagged
+
+
+def test_word_keys_name_equal_words_equally_and_skip_special_tokens():
+    from nami.data.features import word_keys
+
+    vocabulary: dict = {}
+    specials = frozenset({1, 3})
+    # words: (10, 11) | (12,) | (10, 11) | (3,) | (1, 12) | (10,)
+    keys = word_keys([10, 11, 12, 10, 11, 3, 1, 12, 10], [0, 0, 1, 2, 2, 3, 4, 4, 5], specials, vocabulary)
+    assert keys[0] == keys[1] == keys[3] == keys[4]  # the same piece sequence
+    assert len({keys[0], keys[2], keys[8]}) == 3  # (10,) is not (10, 11)
+    assert (keys[5:8] == -1).all()  # [SEP] and a word holding [UNK] never match
+    again = word_keys([12], [7], specials, vocabulary)
+    assert again[0] == keys[2]  # keys are shared across calls through the vocabulary
+
+
+def test_question_match_uses_mecab_words(tiny_tokenizer_dir):
+    from nami.text import JapaneseTokenizer
+
+    tokenizer = JapaneseTokenizer.load(tiny_tokenizer_dir)
+    context = "東京都の人口は約1400万人で、東京は日本の首都である。"
+    ex = example(context, "約1400万人", question="東京の人口はどれくらいか")
+    feats = build_features([ex], tokenizer, FeatureConfig(max_length=64, doc_stride=16), show_progress=False)
+    encoding = tokenizer.encode(context)
+    words: dict[int, list[int]] = {}
+    for token, word in enumerate(encoding.word_ids):
+        words.setdefault(word, []).append(token)
+    question_words = {context[encoding.offsets[t[0]][0]: encoding.offsets[t[-1]][1]] for t in words.values()} & {
+        "東京", "の", "人口", "は"}
+    assert question_words == {"東京", "の", "人口", "は"}  # MeCab splits as expected here
+    offsets, match = feats.context_offsets[0], feats.question_match[0]
+    start = int(np.flatnonzero(offsets[:, 0] >= 0)[0])
+    for ids in words.values():
+        text = context[encoding.offsets[ids[0]][0]: encoding.offsets[ids[-1]][1]]
+        assert bool(match[start + ids[0]]) == (text in {"東京", "の", "人口", "は"}), text
+        assert len({bool(match[start + i]) for i in ids}) == 1  # a word is flagged as a whole
+
+
+def test_collator_turns_question_match_into_a_third_token_type():
+    ex = example("東京は日本の首都です。", "日本", question="日本の首都は?")
+    feats = build_features([ex], CharTokenizer(), FeatureConfig(max_length=32, doc_stride=8), show_progress=False)
+    plain = QACollator(feats, CharTokenizer.pad_id, sep_id=CharTokenizer.sep_id)([0])["token_type_ids"][0]
+    typed = QACollator(feats, CharTokenizer.pad_id, sep_id=CharTokenizer.sep_id, question_match=True)([0])
+    types = typed["token_type_ids"][0]
+    n = len(feats.input_ids[0])
+    assert set(plain[:n].tolist()) == {0, 1}
+    assert torch.equal(types[:n] == 2, torch.from_numpy(feats.question_match[0]))
+    assert torch.equal(types.clamp(max=1), plain)  # otherwise the same question / context types
+    with pytest.raises(ValueError, match="question_match"):
+        QACollator(feats, CharTokenizer.pad_id, question_match=True)

@@ -103,6 +103,37 @@ def test_runs_saved_before_answer_boundaries_existed_decode_on_tokens(overfit_ru
     assert json.loads((tmp_path / "cli.json").read_text()) == json.loads((tmp_path / "word.json").read_text())
 
 
+def test_question_match_runs_train_reload_and_refuse_a_mismatched_model(tiny_squad, tiny_tokenizer_dir, tmp_path):
+    from nami.data.features import build_features
+    from nami.data.squad import load_squad
+    from nami.evaluation.predict import predict_answers
+    from nami.training.tasks import feature_config
+
+    config = tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp_path, "transformer", max_steps=40,
+                               question_match=True, run_name="match")
+    result = train(config, quiet=True)
+    model, tokenizer, saved = ckpt.load_run(result.run_dir)
+    assert saved.question_match is True and model.config.type_vocab_size == 3
+    summary = predict_file(result.run_dir, str(tiny_squad), tmp_path / "pred.json", quiet=True)
+    assert summary["matches_recorded"] is True
+    # A model with two token types cannot read question-match batches: a clear error, not an IndexError.
+    plain_model, _, plain_config = ckpt.load_run(train(
+        tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp_path, "transformer", max_steps=1, run_name="plain"),
+        quiet=True).run_dir)
+    examples = load_squad(tiny_squad)
+    features = build_features(examples, tokenizer, feature_config(plain_config), show_progress=False)
+    with pytest.raises(ValueError, match="question_match"):
+        predict_answers(plain_model, examples, features, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
+                        question_match=True, show_progress=False)
+
+
+def test_question_match_needs_segment_embeddings():
+    with pytest.raises(ValueError, match="question_match"):
+        TrainConfig(question_match=True, segment_embeddings=False)
+    with pytest.raises(ValueError, match="question_match"):
+        TrainConfig(question_match="yes")
+
+
 def test_cli_ask_returns_a_substring_of_the_context(overfit_runs, tiny_squad, capsys):
     data = json.loads(tiny_squad.read_text())
     para = data["data"][0]["paragraphs"][0]

@@ -31,19 +31,29 @@ class WindowDataset(Dataset):
         return index
 
 
+def token_type_count(question_match: bool) -> int:
+    """Segment embeddings a QA model needs: question / context (/ context word found in the question)."""
+    return 3 if question_match else 2
+
+
 class QACollator:
     """Window indices -> padded ``input_ids / attention_mask / token_type_ids (B, S)``, labels ``(B,)``.
 
     ``token_type_ids`` is 0 for ``[CLS] question [SEP]`` and 1 from the context on (and 0 on
-    padding); it is only produced when ``sep_id`` is given.
+    padding); it is only produced when ``sep_id`` is given. With ``question_match`` a context token
+    whose word also occurs in the question gets type 2 (``features.question_match``), so the model
+    needs :func:`token_type_count` ``(True) = 3`` segment embeddings.
     """
 
     def __init__(self, features: QAFeatures, pad_id: int, pad_multiple: int = PAD_MULTIPLE,
-                 sep_id: int | None = None) -> None:
+                 sep_id: int | None = None, question_match: bool = False) -> None:
+        if question_match and sep_id is None:
+            raise ValueError("question_match needs token types (pass sep_id)")
         self.features = features
         self.pad_id = pad_id
         self.pad_multiple = pad_multiple
         self.sep_id = sep_id
+        self.question_match = question_match
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         rows = [self.features.input_ids[i] for i in indices]
@@ -64,6 +74,8 @@ class QACollator:
             token_types = np.zeros_like(input_ids)
             for b, row in enumerate(rows):
                 token_types[b, int(np.argmax(row == self.sep_id)) + 1 : len(row)] = 1
+                if self.question_match:
+                    token_types[b, : len(row)] += self.features.question_match[indices[b]]
             batch["token_type_ids"] = torch.from_numpy(token_types)
         return batch
 

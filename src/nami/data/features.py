@@ -19,6 +19,14 @@ span ``(e, e)`` of the second and later tokens of one expanded source character 
 ``株式|会社``, see :class:`nami.text.Encoding`). An answer that ends with such a character is
 labelled up to the character's first token, whose span already covers the whole character, so
 the decoded substring is the same and an empty answer can never be predicted.
+
+``question_match`` flags the context tokens whose MeCab word also occurs in the question (the
+*exact match* input feature of DrQA, Chen et al. 2017: "Reading Wikipedia to Answer Open-Domain
+Questions"). Two words are equal when their normalised text is (NFKC + lower case), which is when
+their SentencePiece pieces are: pieces are a deterministic function of the normalised word (see
+:mod:`nami.text`), so the comparison needs no text. Words holding a special token (``[UNK]``,
+a literal ``[SEP]``) never match. With ``TrainConfig.question_match`` the collator turns the flag
+into a third token type (:class:`nami.data.batching.QACollator`); the encoders are unchanged.
 """
 
 from __future__ import annotations
@@ -72,12 +80,15 @@ class QAFeatures:
     context of each input token, ``(-1, -1)`` for question/special tokens (not selectable).
     ``word_starts[i]`` / ``word_ends[i]`` are ``(L_i,)`` bool arrays: True for a selectable context
     token that begins / ends a MeCab word (the last token of a word that has a span of its own).
+    ``question_match[i]`` is ``(L_i,)`` bool: True for a context token whose word also occurs in the
+    question (see the module docstring).
     """
 
     input_ids: list[np.ndarray] = field(default_factory=list)
     context_offsets: list[np.ndarray] = field(default_factory=list)
     word_starts: list[np.ndarray] = field(default_factory=list)
     word_ends: list[np.ndarray] = field(default_factory=list)
+    question_match: list[np.ndarray] = field(default_factory=list)
     start_positions: list[int] = field(default_factory=list)
     end_positions: list[int] = field(default_factory=list)
     example_index: list[int] = field(default_factory=list)
@@ -100,6 +111,7 @@ class QAFeatures:
             out.context_offsets.append(self.context_offsets[i])
             out.word_starts.append(self.word_starts[i])
             out.word_ends.append(self.word_ends[i])
+            out.question_match.append(self.question_match[i])
             out.start_positions.append(self.start_positions[i])
             out.end_positions.append(self.end_positions[i])
             out.example_index.append(self.example_index[i])
@@ -144,6 +156,28 @@ def word_edges(word_ids: Sequence[int], selectable: np.ndarray) -> tuple[np.ndar
     return starts & selectable, ends
 
 
+def word_keys(ids: Sequence[int], word_ids: Sequence[int], special_ids: frozenset[int],
+              vocabulary: dict[tuple[int, ...], int]) -> np.ndarray:
+    """Per token, an integer naming its word (equal piece sequences get equal keys), ``-1`` for words
+    holding a special token. ``vocabulary`` maps piece sequences to keys and grows as words are seen.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    word_ids = np.asarray(word_ids, dtype=np.int64)
+    keys = np.full(len(ids), -1, dtype=np.int64)
+    edges = [0, *(np.flatnonzero(np.diff(word_ids)) + 1).tolist(), len(ids)]
+    for start, end in zip(edges[:-1], edges[1:]):
+        word = tuple(ids[start:end].tolist())
+        if word and special_ids.isdisjoint(word):
+            keys[start:end] = vocabulary.setdefault(word, len(vocabulary))
+    return keys
+
+
+def special_token_ids(tokenizer) -> frozenset[int]:
+    """The ids of ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (those the tokenizer has)."""
+    names = ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id")
+    return frozenset(int(getattr(tokenizer, name)) for name in names if hasattr(tokenizer, name))
+
+
 def context_tokens(encoding, sep_id: int) -> tuple[np.ndarray, ...]:
     """``(ids, offsets, selectable_offsets, word_starts, word_ends)`` of one encoded context.
 
@@ -171,11 +205,20 @@ def build_features(
     """Tokenize examples (each distinct context once) and cut them into labelled windows."""
     features = QAFeatures()
     context_cache: dict[str, tuple[np.ndarray, ...]] = {}
+    specials = special_token_ids(tokenizer)
+    vocabulary: dict[tuple[int, ...], int] = {}
     for ex_index, example in enumerate(tqdm(examples, desc=desc, disable=not show_progress, unit="q")):
-        question = tokenizer.encode(example.question).ids[: min(config.max_question_tokens, config.max_length // 2)]
+        question_encoding = tokenizer.encode(example.question)
+        question_length = min(config.max_question_tokens, config.max_length // 2)
+        question = question_encoding.ids[:question_length]
+        question_keys = word_keys(question_encoding.ids, question_encoding.word_ids, specials, vocabulary)
+        question_keys = question_keys[:question_length]
         if example.context not in context_cache:
-            context_cache[example.context] = context_tokens(tokenizer.encode(example.context), tokenizer.sep_id)
-        ctx_ids, ctx_offsets, ctx_selectable, ctx_word_starts, ctx_word_ends = context_cache[example.context]
+            encoding = tokenizer.encode(example.context)
+            keys = word_keys(encoding.ids, encoding.word_ids, specials, vocabulary)
+            context_cache[example.context] = (*context_tokens(encoding, tokenizer.sep_id), keys)
+        ctx_ids, ctx_offsets, ctx_selectable, ctx_word_starts, ctx_word_ends, ctx_keys = context_cache[example.context]
+        ctx_match = np.isin(ctx_keys, question_keys[question_keys >= 0])
         answer = None
         if example.answers:
             gold = example.answers[0]
@@ -196,6 +239,8 @@ def build_features(
             word_ends = np.zeros(len(ids), dtype=bool)
             word_starts[in_window] = ctx_word_starts[window_start:window_end]
             word_ends[in_window] = ctx_word_ends[window_start:window_end]
+            question_match = np.zeros(len(ids), dtype=bool)
+            question_match[in_window] = ctx_match[window_start:window_end]
             start = end = 0
             if answer is not None and window_start <= answer[0] and answer[1] < window_end:
                 start = answer[0] - window_start + len(prefix)
@@ -204,6 +249,7 @@ def build_features(
             features.context_offsets.append(offsets)
             features.word_starts.append(word_starts)
             features.word_ends.append(word_ends)
+            features.question_match.append(question_match)
             features.start_positions.append(start)
             features.end_positions.append(end)
             features.example_index.append(ex_index)

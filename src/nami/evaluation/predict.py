@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nami.data.batching import QACollator, sorted_batches
+from nami.data.batching import QACollator, sorted_batches, token_type_count
 from nami.data.features import ANSWER_BOUNDARIES, QAFeatures
 from nami.data.squad import QAExample
 from nami.evaluation.decoding import Span, best_token_spans, decode_example_spans
@@ -50,6 +50,7 @@ def predict_answers(
     batch_size: int = 64,
     max_answer_tokens: int = 30,
     answer_boundaries: str = "word",
+    question_match: bool = False,
     n_best: int = 1,
     precision: str = "bf16",
     device: torch.device | str = "cpu",
@@ -59,14 +60,20 @@ def predict_answers(
 
     ``answer_boundaries``: ``"word"`` picks only spans that begin and end on MeCab word boundaries
     (see :mod:`nami.data.features`); ``"token"`` allows any context token span (runs saved before
-    the option existed decoded this way).
+    the option existed decoded this way). ``question_match``: the run's
+    ``TrainConfig.question_match`` (context words found in the question get token type 2); it must
+    agree with the model's number of segment embeddings.
     """
     if answer_boundaries not in ANSWER_BOUNDARIES:
         raise ValueError(f"answer_boundaries={answer_boundaries!r}: expected one of {', '.join(ANSWER_BOUNDARIES)}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    collate = QACollator(features, pad_id, sep_id=sep_id)
+    type_vocab_size = getattr(getattr(model, "config", None), "type_vocab_size", None)
+    if question_match and type_vocab_size is not None and type_vocab_size < token_type_count(True):
+        raise ValueError(f"question_match=True needs {token_type_count(True)} segment embeddings; "
+                         f"the model has {type_vocab_size}")
+    collate = QACollator(features, pad_id, sep_id=sep_id, question_match=question_match)
     per_example: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
     started = time.perf_counter()
     batches = sorted_batches(features.lengths, batch_size)

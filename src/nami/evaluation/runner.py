@@ -45,6 +45,7 @@ def predict_file(
         batch_size=batch_size or config.eval_batch_size,
         max_answer_tokens=config.max_answer_tokens,
         answer_boundaries=boundaries,
+        question_match=config.question_match,
         precision=config.precision,
         show_progress=not quiet,
     )
@@ -112,7 +113,7 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) ->
     output = predict_answers(
         model, [example], features, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
         max_answer_tokens=config.max_answer_tokens, answer_boundaries=config.answer_boundaries,
-        n_best=n_best, precision=config.precision, show_progress=False,
+        question_match=config.question_match, n_best=n_best, precision=config.precision, show_progress=False,
     )
     candidates = [
         {"text": context[s.char_start : s.char_end], "score": s.score, "start": s.char_start, "end": s.char_end}

@@ -46,9 +46,11 @@ _SMOKE_QA = dict(preset="tiny", max_length=128, doc_stride=64, batch_size=16, lr
 # branches, none on attention probabilities: without dropout both models stop improving on dev
 # after ~20 QA minutes (3-4 epochs). Attention dropout makes a Transformer step 1.88x instead of
 # 1.18x the no-dropout time (results/dropout_cost.md) and did not reliably add F1
-# (results/exp_transformer_dropout.md).
+# (results/exp_transformer_dropout.md). Context words that also occur in the question get their own
+# token type (question_match, DrQA's exact-match feature) for both models.
 _STANDARD_QA = dict(preset="small", max_length=256, doc_stride=128, batch_size=32, lr=1e-3, warmup=0.05,
-                    negative_fraction=0.1, segment_embeddings=True, title_prefix=True, max_answer_tokens=16,
+                    negative_fraction=0.1, segment_embeddings=True, question_match=True, title_prefix=True,
+                    max_answer_tokens=16,
                     dropout=0.1, attention_dropout=0.0, eval_subset=500, eval_every_minutes=10.0, epochs=20.0)
 # Masked-LM pretraining on JaQuAD train contexts (nami pretrain's default corpus), same encoder shape.
 _STANDARD_MLM = dict(preset="small", max_length=256, batch_size=32, lr=1e-3, warmup=0.05, epochs=50.0,

@@ -37,6 +37,9 @@ class TrainConfig:
     dropout: float = 0.0
     attention_dropout: float | None = None  # Transformer attention probabilities; None = same as dropout
     segment_embeddings: bool = True  # QA: question / context token-type embeddings (BERT's token_type_ids)
+    # QA: a third token type for context words that also occur in the question (DrQA's exact-match
+    # feature; nami.data.features). Needs segment_embeddings.
+    question_match: bool = False
     title_prefix: bool = True  # QA training contexts in JSQuAD's "<title> [SEP] <paragraph>" format
     train_data: list[str] | None = None
     eval_data: str | None = None
@@ -136,9 +139,11 @@ class TrainConfig:
             raise ValueError(f"option mlm_probability={self.mlm_probability}: expected 0 < p < 1")
         if self.compile_wave is True and self.arch != "wave":
             raise ValueError(f"option compile_wave=true needs arch=wave (got arch={self.arch})")
-        for name in ("tie_embeddings", "segment_embeddings", "title_prefix", "compile_wave"):
+        for name in ("tie_embeddings", "segment_embeddings", "question_match", "title_prefix", "compile_wave"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"option {name}={getattr(self, name)!r}: expected true or false")
+        if self.question_match and not self.segment_embeddings:
+            raise ValueError("option question_match=true needs segment_embeddings=true (it is a token type)")
         if not 0.0 <= self.negative_fraction <= 1.0:
             raise ValueError(f"option negative_fraction={self.negative_fraction}: expected 0 <= value <= 1")
         if not 0.0 <= self.warmup < 1.0:

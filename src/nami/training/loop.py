@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nami import resources
-from nami.data.batching import BucketBatchSampler, WindowDataset
+from nami.data.batching import BucketBatchSampler, WindowDataset, token_type_count
 from nami.models import count_parameters, preset_config
 from nami.models.speed import compile_wave_layers
 from nami.resources import peak_rss_mb
@@ -238,11 +238,12 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
         tokenizer = load_tokenizer(config)
     task.prepare(tokenizer, show)
 
+    qa_token_types = token_type_count(config.question_match) if config.segment_embeddings else 0
     model_config = preset_config(
         config.preset, config.arch, vocab_size=tokenizer.vocab_size, max_len=config.max_length,
         wave_mode=config.wave_mode, dropout=config.dropout, attention_dropout=config.attention_dropout,
         pad_id=tokenizer.pad_id,
-        type_vocab_size=2 if config.task == "qa" and config.segment_embeddings else 0,
+        type_vocab_size=qa_token_types if config.task == "qa" else 0,
     )
     if init is not None:
         model_config = compatible_init_config(config, model_config, init[1])

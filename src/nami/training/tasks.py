@@ -105,7 +105,8 @@ class QATask:
         self.subset_examples = [self.eval_examples[i] for i in ids]
         self.subset_features = build_features(self.subset_examples, tokenizer, fconfig, show_progress=False)
         self.train_lengths = self.train_features.lengths
-        self.collate = QACollator(self.train_features, tokenizer.pad_id, sep_id=tokenizer.sep_id)
+        self.collate = QACollator(self.train_features, tokenizer.pad_id, sep_id=tokenizer.sep_id,
+                                  question_match=self.config.question_match)
 
     def summary(self) -> dict[str, Any]:
         return {"train_examples": len(self.train_examples), "train_windows": len(self.train_features),
@@ -125,7 +126,7 @@ class QATask:
             model, examples, features, pad_id=self.tokenizer.pad_id, sep_id=self.tokenizer.sep_id,
             batch_size=self.config.eval_batch_size,
             max_answer_tokens=self.config.max_answer_tokens, answer_boundaries=self.config.answer_boundaries,
-            precision=self.config.precision, device=device,
+            question_match=self.config.question_match, precision=self.config.precision, device=device,
             show_progress=show,
         )
         scores = evaluate_predictions(examples, output.answers)
