@@ -49,10 +49,18 @@ def test_compare_writes_a_report_whose_numbers_come_from_results_json(tiny_squad
     out = tmp_path / "report"
     cmd = [sys.executable, "-m", "nami", "compare", "--preset", "smoke-pretrain", "--out", str(out),
            "--train-data", str(tiny_squad), "--eval-data", str(tiny_squad), "--tokenizer", str(tiny_tokenizer_dir),
-           "--parallel", "--quiet"]
+           "--parallel", "--quiet", "--results", str(tmp_path / "results" / "compare.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text("utf-8"))
+    # --results: the same record at the requested path, with the fields the README documents.
+    assert json.loads((tmp_path / "results" / "compare.json").read_text("utf-8")) == result
+    for key in ("command", "commit", "machine", "date", "budget_minutes", "train_data", "eval_data"):
+        assert result[key], key
+    assert "--results" in result["command"]
+    for m in result["models"].values():
+        for key in ("exact_match", "f1", "params", "train_tokens_per_s", "eval_questions_per_s", "run_dir"):
+            assert m[key] is not None, key
     report = (out / "report.md").read_text("utf-8")
     assert set(result["models"]) == {"wave", "transformer"}
     for arch, m in result["models"].items():
@@ -74,9 +82,21 @@ def test_compare_writes_a_report_whose_numbers_come_from_results_json(tiny_squad
     (out / "report.md").unlink()
     assert subprocess.run([sys.executable, "-m", "nami", "report", str(out)], capture_output=True).returncode == 0
     assert (out / "report.md").read_text("utf-8") == report
+    again = tmp_path / "again.json"
+    assert subprocess.run([sys.executable, "-m", "nami", "report", str(out), "--results", str(again)],
+                          capture_output=True).returncode == 0
+    assert json.loads(again.read_text("utf-8")) == json.loads((out / "results.json").read_text("utf-8"))
 
 
 def test_report_on_a_directory_without_results_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nami", "report", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "no results.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_results_path_that_is_a_directory_is_refused_before_training(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nami", "compare", "--preset", "smoke", "--out", str(tmp_path / "o"),
+                           "--results", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "--results" in proc.stderr and "directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -207,6 +207,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         lexical_baseline=not args.no_lexical,
         quiet=args.quiet,
         command=" ".join(["nami", *sys.argv[1:]]),
+        results_path=args.results,
     )
     return 0
 
@@ -216,7 +217,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not (Path(args.dir) / RESULTS_FILE).is_file():
         raise UserError(f"{args.dir}: no {RESULTS_FILE} (expected a directory written by `nami compare`)")
+    if args.results is not None and Path(args.results).is_dir():
+        raise UserError(f"--results {args.results}: is a directory (expected a JSON file path)")
     print(rerender(args.dir))
+    if args.results is not None:
+        from nami.reports.compare import copy_results
+
+        print(f"[nami] wrote {copy_results(args.dir, args.results)}")
     return 0
 
 
@@ -331,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", default=None)
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the cached default tokenizer)")
     p.add_argument("--no-lexical", action="store_true", help="skip scoring the lexical-overlap heuristic")
+    p.add_argument("--results", default=None, metavar="JSON",
+                   help="also write the results JSON here (e.g. results/compare.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
 
@@ -363,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="render a compare report directory's report.md again from its results.json")
     p.add_argument("dir", help="directory written by `nami compare`")
+    p.add_argument("--results", default=None, metavar="JSON", help="also write its results JSON here")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -178,6 +178,14 @@ def _pretrain_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def copy_results(out_dir: str | Path, results_path: str | Path) -> Path:
+    """Write a compare directory's ``results.json`` to ``results_path`` (run paths stay as recorded)."""
+    path = Path(results_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_json(path, ckpt.read_json(Path(out_dir) / "results.json"))
+    return path
+
+
 def run_compare(
     *,
     preset: str = "standard",
@@ -191,8 +199,14 @@ def run_compare(
     lexical_baseline: bool = True,
     quiet: bool = False,
     command: str = "nami compare",
+    results_path: str | None = None,
 ) -> dict[str, Any]:
-    """Train both models, score them, write ``out_dir`` (default ``reports/<date-time>-compare-<preset>``)."""
+    """Train both models, score them, write ``out_dir`` (default ``reports/<date-time>-compare-<preset>``).
+
+    ``results_path``: also write the results JSON there (``--results results/compare.json``).
+    """
+    if results_path is not None and Path(results_path).is_dir():
+        raise ValueError(f"--results {results_path}: is a directory (expected a JSON file path)")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     commit = git_commit()  # at the start: the code that trains is the code recorded
     out = Path(out_dir) if out_dir else Path("reports") / f"{stamp}-compare-{preset}"
@@ -289,7 +303,11 @@ def run_compare(
     }
     result["budget_minutes"]["total"] = result["budget_minutes"]["pretrain"] + result["budget_minutes"]["finetune"]
     write_report(result, out)
+    if results_path is not None:
+        copy_results(out, results_path)
     if not quiet:
         print((out / "report.md").read_text("utf-8"))
         print(f"[nami] wrote {out / 'results.json'} and {out / 'report.md'}", flush=True)
+        if results_path is not None:
+            print(f"[nami] wrote {results_path}", flush=True)
     return result
