@@ -90,7 +90,8 @@ def main() -> None:
         for boundaries in ("token", "word"):
             output = predict_answers(model, examples, features, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
                                      batch_size=config.eval_batch_size, max_answer_tokens=config.max_answer_tokens,
-                                     answer_boundaries=boundaries, precision=config.precision, show_progress=False)
+                                     answer_boundaries=boundaries, question_match=config.question_match,
+                                     precision=config.precision, show_progress=False)
             scores = evaluate_predictions(examples, output.answers)
             aligned = sum(
                 bool(spans) and spans[0].char_start in edges[ex.context][0] and spans[0].char_end in edges[ex.context][1]

@@ -125,6 +125,9 @@ def test_question_match_runs_train_reload_and_refuse_a_mismatched_model(tiny_squ
     with pytest.raises(ValueError, match="question_match"):
         predict_answers(plain_model, examples, features, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
                         question_match=True, show_progress=False)
+    with pytest.raises(ValueError, match="question_match=False"):  # and the reverse
+        predict_answers(model, examples, features, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
+                        question_match=False, show_progress=False)
 
 
 def test_question_match_needs_segment_embeddings():

@@ -69,10 +69,13 @@ def predict_answers(
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    # Token types the model was trained with must be the ones the batches carry: a question-match
+    # model fed plain types (or the reverse) would decode without error but wrongly.
     type_vocab_size = getattr(getattr(model, "config", None), "type_vocab_size", None)
-    if question_match and type_vocab_size is not None and type_vocab_size < token_type_count(True):
-        raise ValueError(f"question_match=True needs {token_type_count(True)} segment embeddings; "
-                         f"the model has {type_vocab_size}")
+    if type_vocab_size is not None and (question_match or type_vocab_size) and sep_id is not None \
+            and type_vocab_size != token_type_count(question_match):
+        raise ValueError(f"question_match={question_match} makes {token_type_count(question_match)} token types; "
+                         f"the model has {type_vocab_size} segment embeddings (decode with the run's question_match)")
     collate = QACollator(features, pad_id, sep_id=sep_id, question_match=question_match)
     per_example: dict[int, list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
     started = time.perf_counter()
