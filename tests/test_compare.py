@@ -21,6 +21,7 @@ def test_stage_plan_chains_pretraining_into_finetuning(tmp_path):
     assert pretrain.train_data is None  # JaQuAD train contexts only: JaQuAD dev stays held out
     assert pretrain.max_minutes + finetune.max_minutes == 55.0
     assert pretrain.max_length == finetune.max_length and pretrain.preset == finetune.preset
+    assert finetune.question_match and finetune.answer_boundaries == "word"  # the reported QA settings
     # The control: the same 55 minutes, all on QA.
     scratch = stage_configs("scratch", "wave", minutes=None, pretrain_minutes=None, runs_dir=str(tmp_path),
                             stamp="S", train_data=None, eval_data=None)
@@ -73,6 +74,9 @@ def test_compare_writes_a_report_whose_numbers_come_from_results_json(tiny_squad
         assert f"{m['f1']:.2f}" in report and f"{m['infer_peak_mb']:,.0f}" in report
         assert m["answer_boundaries"] == config["answer_boundaries"] == "word"
     assert "- answers begin and end on: wave MeCab word boundaries, transformer MeCab word boundaries" in report
+    assert all(m["question_match"] is False for m in result["models"].values())  # the smoke preset leaves it off
+    assert "- question-match token type (context words found in the question get segment id 2): wave off, " \
+           "transformer off" in report
     assert result["baselines"]["lexical"]["count"] == 16
     assert f"{result['baselines']['lexical']['f1']:.2f}" in report
     assert "87.1" in report and "94.4" in report  # the labelled references

@@ -275,6 +275,7 @@ def run_compare(
             "compile_wave": config.compile_wave,
             "compile_wave_failure": final.get("compile_wave_failure"),
             "answer_boundaries": config.answer_boundaries,
+            "question_match": config.question_match,
             "pretrain": pretrain,
             "run_dir": str(run_dir),
         }

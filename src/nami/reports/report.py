@@ -153,6 +153,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines.append("- answers begin and end on: " + ", ".join(
         f"{a} {'MeCab word boundaries' if b == 'word' else 'any token (no word-boundary constraint)'}"
         for a, b in boundaries.items()))
+    # Recorded since the option existed; older results say nothing (their runs did not use it).
+    if any("question_match" in m for m in result["models"].values()):
+        lines.append("- question-match token type (context words found in the question get segment id 2): " + ", ".join(
+            f"{a} {'on' if m.get('question_match') else 'off'}" for a, m in result["models"].items()))
     compiled = [a for a, m in result["models"].items() if m.get("compile_wave")]
     if compiled:
         failed = [a for a in compiled if result["models"][a].get("compile_wave_failure")]
