@@ -104,3 +104,12 @@ def test_results_path_that_is_a_directory_is_refused_before_training(tmp_path):
     assert proc.returncode == 2
     assert "--results" in proc.stderr and "directory" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_results_path_under_a_file_is_refused(tmp_path):
+    from nami.reports.compare import check_results_path
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="afile is a file"):
+        check_results_path(tmp_path / "afile" / "compare.json")
+    check_results_path(tmp_path / "new" / "compare.json")  # a missing parent is created later: fine

@@ -217,12 +217,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not (Path(args.dir) / RESULTS_FILE).is_file():
         raise UserError(f"{args.dir}: no {RESULTS_FILE} (expected a directory written by `nami compare`)")
-    if args.results is not None and Path(args.results).is_dir():
-        raise UserError(f"--results {args.results}: is a directory (expected a JSON file path)")
+    from nami.reports.compare import check_results_path, copy_results
+
+    if args.results is not None:
+        check_results_path(args.results)
     print(rerender(args.dir))
     if args.results is not None:
-        from nami.reports.compare import copy_results
-
         print(f"[nami] wrote {copy_results(args.dir, args.results)}")
     return 0
 

@@ -178,6 +178,16 @@ def _pretrain_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def check_results_path(results_path: str | Path) -> None:
+    """Refuse a ``--results`` path that cannot become a JSON file, before any slow work starts."""
+    path = Path(results_path)
+    if path.is_dir():
+        raise ValueError(f"--results {results_path}: is a directory (expected a JSON file path)")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"--results {results_path}: {blocking} is a file, not a directory")
+
+
 def copy_results(out_dir: str | Path, results_path: str | Path) -> Path:
     """Write a compare directory's ``results.json`` to ``results_path`` (run paths stay as recorded)."""
     path = Path(results_path)
@@ -205,8 +215,8 @@ def run_compare(
 
     ``results_path``: also write the results JSON there (``--results results/compare.json``).
     """
-    if results_path is not None and Path(results_path).is_dir():
-        raise ValueError(f"--results {results_path}: is a directory (expected a JSON file path)")
+    if results_path is not None:
+        check_results_path(results_path)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     commit = git_commit()  # at the start: the code that trains is the code recorded
     out = Path(out_dir) if out_dir else Path("reports") / f"{stamp}-compare-{preset}"
