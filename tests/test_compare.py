@@ -26,7 +26,8 @@ def test_stage_plan_chains_pretraining_into_finetuning(tmp_path):
     scratch = stage_configs("scratch", "wave", minutes=None, pretrain_minutes=None, runs_dir=str(tmp_path),
                             stamp="S", train_data=None, eval_data=None)
     assert list(scratch) == ["finetune"] and scratch["finetune"].max_minutes == 55.0
-    assert {k: v for k, v in COMPARE_PRESETS["scratch"]["train"].items()} == COMPARE_PRESETS["standard"]["train"]
+    qa_stage = {stage["name"]: stage for stage in COMPARE_PRESETS["standard"]["stages"]}["finetune"]
+    assert COMPARE_PRESETS["scratch"]["stages"][-1]["train"] == qa_stage["train"]
     # Wave runs compile their element-wise maths in both stages; the Transformer has none to compile.
     assert pretrain.compile_wave and finetune.compile_wave and scratch["finetune"].compile_wave
     transformer = stage_configs("standard", "transformer", minutes=None, pretrain_minutes=None,
@@ -35,8 +36,8 @@ def test_stage_plan_chains_pretraining_into_finetuning(tmp_path):
     # QA fine-tuning regularises with dropout on hidden states only (no attention dropout, costly on
     # CPU); masked-LM pretraining runs without dropout.
     for finetune_config in (finetune, transformer["finetune"], scratch["finetune"]):
-        assert finetune_config.dropout == 0.1 and finetune_config.attention_dropout == 0.0
-    assert pretrain.dropout == 0.0 and transformer["pretrain"].dropout == 0.0
+        assert finetune_config.model.dropout == 0.1 and finetune_config.model.attention_dropout == 0.0
+    assert pretrain.model.dropout == 0.0 and transformer["pretrain"].model.dropout == 0.0
     # --pretrain-minutes 0 drops the stage; a preset without one refuses it.
     assert list(stage_configs("standard", "wave", minutes=None, pretrain_minutes=0, runs_dir="r", stamp="S",
                               train_data=None, eval_data=None)) == ["finetune"]

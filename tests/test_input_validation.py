@@ -17,7 +17,7 @@ import torch
 from nami.cli import main
 from nami.data import corpus
 from nami.data.corpus import MAX_LINE_CHARS, CorpusError, read_corpus
-from nami.evaluation.runner import ask
+from nami.pipelines import ask
 from nami.training.config import TrainConfig
 from nami.training.loop import train
 
@@ -160,12 +160,12 @@ def test_cli_ask_reports_empty_context_on_one_line(capsys: pytest.CaptureFixture
 def tiny_run(tiny_squad: Path, tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 20-step tiny model with short windows (cheap; answers need not be good)."""
     threads = torch.get_num_threads()
-    config = TrainConfig(
+    config = TrainConfig.from_dict(dict(
         arch="transformer", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
         tokenizer=str(tiny_tokenizer_dir), max_length=48, doc_stride=16, max_question_tokens=16, batch_size=16,
         max_steps=20, eval_every_minutes=None, eval_subset=16, precision="fp32", threads=1,
         runs_dir=str(tmp_path_factory.mktemp("ask-runs")), run_name="ask",
-    )
+    ))
     try:
         yield train(config, quiet=True).run_dir
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nami.models import ModelConfig, QAModel, WaveLayer, count_parameters, preset_config, to_complex
+from nami.models import MixerInputs, ModelConfig, QAModel, WaveLayer, count_parameters, preset_config, to_complex
 
 ARCHS = ["wave", "transformer"]
 
@@ -87,7 +87,7 @@ def test_wave_layer_gradients_are_finite_on_edge_cases(mode, case):
         x, mask = torch.zeros(2, 5, d), torch.ones(2, 5, dtype=torch.bool)
         torch.nn.init.zeros_(layer.to_waves.bias)
     x.requires_grad_(True)
-    out = layer(x, mask)
+    out = layer(x, MixerInputs(mask))
     (out * mask.unsqueeze(-1)).sum().backward()
     assert torch.isfinite(out).all()
     assert torch.isfinite(x.grad).all()
@@ -123,7 +123,7 @@ def test_interference_and_modulation_differ():
     a = WaveLayer(tiny_config("wave", wave_mode="interference"))
     b = WaveLayer(tiny_config("wave", wave_mode="modulation"))
     b.load_state_dict(a.state_dict())
-    assert not torch.allclose(a(x, mask), b(x, mask))
+    assert not torch.allclose(a(x, MixerInputs(mask)), b(x, MixerInputs(mask)))
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_segment_embeddings_change_outputs_only_when_enabled(arch):
 @pytest.mark.parametrize("attention_dropout,expected", [(None, 0.1), (0.0, 0.0), (0.3, 0.3)])
 def test_attention_dropout_is_separate_from_hidden_dropout(monkeypatch, attention_dropout, expected):
     """``attention_dropout`` reaches scaled_dot_product_attention in training (None = ``dropout``), never in eval."""
-    import nami.models.transformer as transformer_module
+    import nami.models.attention as transformer_module
 
     seen = []
     real_sdpa = transformer_module.F.scaled_dot_product_attention

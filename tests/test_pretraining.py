@@ -50,7 +50,7 @@ def mlm_config(tiny_squad, tokenizer_dir, runs, **overrides) -> TrainConfig:
                   max_steps=60, eval_every_minutes=None, eval_subset=8, pppl_sequences=4, runs_dir=str(runs),
                   run_name="mlm", precision="fp32", loss_impl="naive", log_every=5)
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_dict(values)
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +70,14 @@ def test_pretraining_lowers_the_masked_lm_loss_and_reports_pppl(pretrained):
 def test_finetuning_starts_from_the_pretrained_encoder(pretrained, tiny_squad, tmp_path):
     from safetensors.torch import load_file
 
-    config = TrainConfig(arch="transformer", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
+    config = TrainConfig.from_dict(dict(arch="transformer", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
                          init_from=str(pretrained.run_dir), max_length=64, batch_size=8, max_steps=1, lr=1e-9,
                          warmup=0.0, eval_every_minutes=None, runs_dir=str(tmp_path), run_name="qa",
-                         precision="fp32")
+                         precision="fp32"))
     result = train(config, quiet=True)
     before = load_file(str(pretrained.run_dir / ckpt.WEIGHTS_FILE))
     after = load_file(str(result.run_dir / ckpt.WEIGHTS_FILE))
-    key = "encoder.blocks.0.attn.qkv.weight"
+    key = "encoder.blocks.0.mixer.qkv.weight"
     assert torch.allclose(before[key], after[key], atol=1e-6)  # lr ~0: still the pretrained weights
     tok_a = json.loads((pretrained.run_dir / ckpt.CONFIG_FILE).read_text())["tokenizer_fingerprint"]
     tok_b = json.loads((result.run_dir / ckpt.CONFIG_FILE).read_text())["tokenizer_fingerprint"]
@@ -90,17 +90,17 @@ def test_init_from_with_another_tokenizer_is_refused(pretrained, tiny_squad, tmp
 
     other = tmp_path / "other_tok"
     train_tokenizer(read_corpus([tiny_squad]) + ["別のテキストです。"], other, vocab_size=700, show_progress=False)
-    config = TrainConfig(arch="transformer", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
+    config = TrainConfig.from_dict(dict(arch="transformer", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
                          init_from=str(pretrained.run_dir), tokenizer=str(other), max_length=64, max_steps=1,
-                         runs_dir=str(tmp_path), run_name="qa")
+                         runs_dir=str(tmp_path), run_name="qa"))
     with pytest.raises(ckpt.CheckpointError, match="is not the tokenizer of --init-from"):
         train(config, quiet=True)
 
 
 def test_init_from_with_another_architecture_is_refused(pretrained, tiny_squad, tmp_path):
-    config = TrainConfig(arch="wave", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
+    config = TrainConfig.from_dict(dict(arch="wave", preset="tiny", train_data=[str(tiny_squad)], eval_data=str(tiny_squad),
                          init_from=str(pretrained.run_dir), max_length=64, max_steps=1, runs_dir=str(tmp_path),
-                         run_name="qa")
+                         run_name="qa"))
     with pytest.raises(ckpt.CheckpointError, match="arch"):
         train(config, quiet=True)
 

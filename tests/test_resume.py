@@ -32,7 +32,7 @@ def config_dict(tiny_squad, tokenizer_dir, runs_dir, run_name, **overrides) -> d
         log_every=1, threads=1, runs_dir=str(runs_dir), run_name=run_name, precision="bf16",
     )
     values.update(overrides)
-    return TrainConfig(**values).to_dict()
+    return TrainConfig.from_dict(values).to_dict()
 
 
 def start_training(config: dict, tmp_path: Path) -> subprocess.Popen:

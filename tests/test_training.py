@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nami.cli import main
-from nami.evaluation.runner import predict_file
+from nami.pipelines import predict_file
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 from nami.training.loop import lr_factor, train
@@ -24,7 +24,7 @@ def tiny_train_config(tiny_squad, tokenizer_dir, tmp_path, arch: str, **override
         title_prefix=False,
     )
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_dict(values)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_question_match_runs_train_reload_and_refuse_a_mismatched_model(tiny_squ
     from nami.data.features import build_features
     from nami.data.squad import load_squad
     from nami.evaluation.predict import predict_answers
-    from nami.training.tasks import feature_config
+    from nami.data.features import FeatureConfig
 
     config = tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp_path, "transformer", max_steps=40,
                                question_match=True, run_name="match")
@@ -121,7 +121,7 @@ def test_question_match_runs_train_reload_and_refuse_a_mismatched_model(tiny_squ
         tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp_path, "transformer", max_steps=1, run_name="plain"),
         quiet=True).run_dir)
     examples = load_squad(tiny_squad)
-    features = build_features(examples, tokenizer, feature_config(plain_config), show_progress=False)
+    features = build_features(examples, tokenizer, FeatureConfig.from_config(plain_config), show_progress=False)
     with pytest.raises(ValueError, match="question_match"):
         predict_answers(plain_model, examples, features, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,
                         question_match=True, show_progress=False)
@@ -185,7 +185,7 @@ def test_lr_schedule_warms_up_and_decays_to_zero():
 )
 def test_bad_train_options_name_the_option(option, value):
     with pytest.raises(ValueError, match=option):
-        TrainConfig(**{option: value})
+        TrainConfig.from_dict({option: value})
 
 
 def test_cli_reports_bad_options_without_traceback(capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nami.models import QAModel, WaveLayer, preset_config
+from nami.models import MixerInputs, QAModel, WaveLayer, preset_config
 from nami.models.speed import compile_wave_layers
 from nami.models.wave import wave_mix
 
@@ -35,7 +35,7 @@ def test_wave_layer_equals_the_complex_reference(mode):
     x = torch.randn(3, 10, config.d_model, dtype=torch.float64)
     mask = torch.ones(3, 10, dtype=torch.bool)
     mask[1, 6:] = False
-    fast = layer(x, mask)
+    fast = layer(x, MixerInputs(mask))
     ref = reference_wave_layer(layer, x, mask)
     torch.testing.assert_close(fast[mask], ref[mask], rtol=1e-7, atol=1e-7)
 

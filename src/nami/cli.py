@@ -37,37 +37,59 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 # --- train options generated from TrainConfig -------------------------------------------------
 
-_HIDDEN_TRAIN_FIELDS = {"notes"}
+_HIDDEN_TRAIN_FIELDS = {"notes", "model"}
+
+
+def _option_fields() -> list[tuple[str, Any, Any]]:
+    """(name, type hint, default) of every training option: the :class:`TrainConfig` fields and the
+    user-facing :class:`ModelConfig` fields (``TrainConfig.model``, given flat; ``--preset`` picks the size)."""
+    from nami.models import ModelConfig
+    from nami.training.config import MODEL_SHORTCUTS
+
+    train_hints = typing.get_type_hints(TrainConfig)
+    model_hints = typing.get_type_hints(ModelConfig)
+    model_defaults = ModelConfig.from_name("small")
+    options = [(f.name, train_hints[f.name], f.default) for f in dataclasses.fields(TrainConfig)
+               if f.name not in _HIDDEN_TRAIN_FIELDS]
+    options.append(("preset", str, "small"))
+    options += [(name, model_hints[name], getattr(model_defaults, name)) for name in MODEL_SHORTCUTS
+                if name != "preset"]
+    return options
+
+
+def option_names() -> list[str]:
+    return [name for name, _, _ in _option_fields()]
 
 
 def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = frozenset()) -> None:
-    """One ``--option`` per :class:`TrainConfig` field (the dataclass is the single source of truth)."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in _HIDDEN_TRAIN_FIELDS or f.name in exclude:
+    """One ``--option`` per training option (the dataclasses are the single source of truth)."""
+    for name, hint, default in _option_fields():
+        if name in exclude:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        default = f.default
-        args = typing.get_args(hint)
+        flag = "--" + name.replace("_", "-")
+        args = typing.get_args(hint) if typing.get_origin(hint) is not typing.Literal else ()
         base = next((a for a in args if a is not type(None)), hint) if args else hint
         if typing.get_origin(base) is list or typing.get_origin(hint) is list:
-            parser.add_argument(flag, nargs="+", default=None, metavar="PATH", help=f"(default: {default})")
+            item = (typing.get_args(base) or (str,))[0]
+            parser.add_argument(flag, nargs="+", default=None, metavar="PATH" if name.endswith("data") else "NAME",
+                                type=item, help=f"(default: {default})")
         elif base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"(default: {default})")
+        elif typing.get_origin(base) is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(base), default=None, help=f"(default: {default})")
         else:
-            parser.add_argument(flag, type=base, default=None, metavar=f.name.upper(), help=f"(default: {default})")
+            parser.add_argument(flag, type=base, default=None, metavar=name.upper(), help=f"(default: {default})")
 
 
 def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
     values = dict(base or {})
     if getattr(args, "config", None):
         values.update(_read_json(args.config, "--config"))
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(args, f.name, None)
+    for name in option_names():
+        value = getattr(args, name, None)
         if value is not None:
-            values[f.name] = value
+            values[name] = value
     return TrainConfig.from_dict(values)
 
 
@@ -128,8 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         if args.resume:
-            given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)
-                     if f.name not in ("threads", "task") and getattr(args, f.name, None) is not None]
+            given = [f"--{name.replace('_', '-')}" for name in option_names()
+                     if name not in ("threads", "task") and getattr(args, name, None) is not None]
             if given or args.config:
                 dropped = ", ".join(given) or "--config"
                 raise UserError(f"--resume continues the run with its saved config; drop {dropped}")
@@ -149,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from nami.evaluation.runner import predict_file
+    from nami.pipelines import predict_file
     from nami.resources import peak_rss_mb
 
     result = predict_file(args.checkpoint, args.data, args.output, batch_size=args.batch_size,
@@ -160,7 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from nami.evaluation.runner import ask
+    from nami.pipelines import ask
 
     answer = ask(args.checkpoint, context=args.context, question=args.question, n_best=args.n_best)
     if args.json:

@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 
-MODELS = ("wave", "transformer")
+from nami.models.registry import ARCHITECTURES  # noqa: E402
+
+MODELS = tuple(ARCHITECTURES)
 # What is measured: (model, compiled). "wave-compiled" is the Wave encoder with --compile-wave
 # (nami.models.speed); same maths, fused element-wise kernels.
 VARIANTS = {"wave": ("wave", False), "wave-compiled": ("wave", True), "transformer": ("transformer", False)}

@@ -71,6 +71,12 @@ class FeatureConfig:
         if self.doc_stride < 1:
             raise ValueError(f"doc_stride={self.doc_stride}: expected >= 1")
 
+    @classmethod
+    def from_config(cls, config) -> "FeatureConfig":
+        """The windows of a training config (any object with ``max_length``, ``doc_stride`` and
+        ``max_question_tokens``, e.g. :class:`nami.training.TrainConfig`)."""
+        return cls(config.max_length, config.doc_stride, config.max_question_tokens)
+
 
 @dataclass
 class QAFeatures:

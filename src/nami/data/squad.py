@@ -521,3 +521,23 @@ def format_report(report: SquadReport) -> str:
         lines.append(_list_bad(report.bad))
     return "\n".join(lines)
 
+
+
+# JSQuAD writes its contexts as "<title> [SEP] <paragraph>": the literal separator token.
+TITLE_SEPARATOR = "[SEP]"
+
+
+def with_title_prefix(example: QAExample) -> QAExample:
+    """The example in JSQuAD's context format ``"<title> [SEP] <paragraph>"`` (answer offsets shifted).
+
+    JSQuAD contexts carry their article title this way; JaQuAD's do not. Training on the same
+    format as evaluation lets the model use the title and see the separator where it will be.
+    Contexts that already start with their title prefix, or examples without a title, are kept.
+    """
+    from dataclasses import replace
+
+    prefix = f"{example.title} {TITLE_SEPARATOR} "
+    if not example.title or example.context.startswith(prefix):
+        return example
+    answers = tuple(replace(a, start=a.start + len(prefix)) for a in example.answers)
+    return replace(example, context=prefix + example.context, answers=answers)

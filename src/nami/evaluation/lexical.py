@@ -20,10 +20,9 @@ from functools import lru_cache
 import fugashi
 from tqdm.auto import tqdm
 
-from nami.data.squad import QAExample
+from nami.data.squad import TITLE_SEPARATOR, QAExample
 
 CONTENT_POS = ("名詞", "動詞", "形容詞")
-TITLE_SEPARATOR = "[SEP]"
 CHUNK_POS = ("名詞", "接頭辞", "接尾辞")
 
 

@@ -1,23 +1,44 @@
-"""Encoders (Wave, Transformer) built from one :class:`ModelConfig`, and the QA span model."""
+"""Models: one residual :class:`Block` around any registered mixer, encoders built from a typed
+:class:`ModelConfig`, and the task heads (extractive QA, masked LM) with ``save_pretrained`` /
+``from_pretrained``.
 
-from nami.models.config import ARCHITECTURES, PRESETS, WAVE_MODES, ModelConfig, preset_config
-from nami.models.qa import QAModel, SpanHead, SpanLogits, build_encoder, count_parameters
-from nami.models.transformer import TransformerEncoder
-from nami.models.wave import WaveEncoder, WaveLayer, to_complex
+Importing this package registers the built-in mixers (``wave``, ``attention``).
+"""
+
+# isort: off
+# Registration order is the order of ARCHITECTURES: the seed's Wave first, then its baseline.
+from nami.models import wave as _wave  # noqa: F401  (registers the "wave" mixer)
+from nami.models import attention as _attention  # noqa: F401  (registers "attention" / arch "transformer")
+# isort: on
+from nami.models.block import Block, Encoder, build_encoder
+from nami.models.config import PRESETS, WAVE_MODES, ModelConfig, preset_config
+from nami.models.inputs import MixerInputs
+from nami.models.mlm import MaskedLMModel
+from nami.models.qa import QAModel, SpanHead, SpanLogits, count_parameters
+from nami.models.attention import SelfAttention
+from nami.models.registry import ARCHITECTURES, MIXERS, register_mixer, unregister_mixer
+from nami.models.wave import WaveLayer, to_complex, wave_mix
 
 __all__ = [
     "ARCHITECTURES",
+    "MIXERS",
     "PRESETS",
     "WAVE_MODES",
+    "Block",
+    "Encoder",
+    "MaskedLMModel",
+    "MixerInputs",
     "ModelConfig",
-    "preset_config",
     "QAModel",
+    "SelfAttention",
     "SpanHead",
     "SpanLogits",
+    "WaveLayer",
     "build_encoder",
     "count_parameters",
-    "TransformerEncoder",
-    "WaveEncoder",
-    "WaveLayer",
+    "preset_config",
+    "register_mixer",
     "to_complex",
+    "unregister_mixer",
+    "wave_mix",
 ]

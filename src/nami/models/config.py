@@ -1,8 +1,9 @@
-"""Typed model configuration shared by every encoder.
+"""Typed model configuration shared by every encoder, with named size presets.
 
-One dataclass describes both architectures so that a Wave model and a Transformer built from the
+One dataclass describes every architecture so that a Wave model and a Transformer built from the
 same preset have the same width, depth and feed-forward size (and, by construction, parameter
 counts within a few percent: a Wave layer has 4·D² projection weights, attention has 4·D²).
+``ModelConfig.from_name("small", arch="transformer")`` is the litgpt-style way in.
 """
 
 from __future__ import annotations
@@ -11,10 +12,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Architecture = Literal["wave", "transformer"]
+from nami.models.registry import ARCHITECTURES, MIXERS
+
 WaveMode = Literal["interference", "modulation"]
-ARCHITECTURES: tuple[str, ...] = ("wave", "transformer")
 WAVE_MODES: tuple[str, ...] = ("interference", "modulation")
+
+# Size presets: (d_model, n_layers, d_ff, n_heads). Every architecture takes the same preset.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=64, n_layers=2, d_ff=128, n_heads=2),
+    "small": dict(d_model=256, n_layers=4, d_ff=1024, n_heads=4),
+    "base": dict(d_model=512, n_layers=8, d_ff=2048, n_heads=8),
+}
+# Fields that training fills from the tokenizer and the task (not chosen by the user).
+DATA_FIELDS: tuple[str, ...] = ("vocab_size", "max_len", "pad_id", "type_vocab_size")
 
 
 @dataclass
@@ -22,7 +32,8 @@ class ModelConfig:
     """Hyper-parameters of an encoder + task head.
 
     Attributes:
-        arch: ``"wave"`` or ``"transformer"``.
+        arch: an architecture of :data:`~nami.models.registry.ARCHITECTURES` (``"wave"``,
+            ``"transformer"``, or a registered one): the mixer of every layer.
         vocab_size: number of token ids (specials included).
         max_len: longest sequence the learned position table covers.
         d_model: hidden width D.
@@ -43,9 +54,13 @@ class ModelConfig:
         pad_id: id of the padding token (its embedding is kept at zero).
         type_vocab_size: number of segment (token type) embeddings added to the input, BERT's
             question / context distinction; 0 = none. The same for both architectures.
+        mixers: one mixer name per layer (a hybrid stack, e.g. ``["wave", "wave", "attention",
+            "wave"]``); ``None`` = the architecture's mixer in every layer.
+        name: the size preset this config came from (``from_name``), ``None`` for a custom one.
+            Informational: it names run directories and never changes the maths.
     """
 
-    arch: Architecture = "wave"
+    arch: str = "wave"
     vocab_size: int = 32000
     max_len: int = 512
     d_model: int = 256
@@ -59,6 +74,8 @@ class ModelConfig:
     wave_eps: float = 1e-6
     pad_id: int = 0
     type_vocab_size: int = 0
+    mixers: list[str] | None = None
+    name: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -66,14 +83,23 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
         if self.arch not in ARCHITECTURES:
-            raise ValueError(f"model option arch={self.arch!r}: expected one of {ARCHITECTURES}")
+            raise ValueError(f"model option arch={self.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+        if self.mixers is not None:
+            if not isinstance(self.mixers, (list, tuple)) or len(self.mixers) != self.n_layers:
+                raise ValueError(f"model option mixers={self.mixers!r}: expected a list of n_layers={self.n_layers} "
+                                 "mixer names (or null)")
+            self.mixers = list(self.mixers)
+            for mixer in self.mixers:
+                if mixer not in MIXERS:
+                    raise ValueError(f"model option mixers: unknown mixer {mixer!r} (expected one of "
+                                     f"{', '.join(MIXERS)})")
         if self.wave_mode not in WAVE_MODES:
             raise ValueError(f"model option wave_mode={self.wave_mode!r}: expected one of {WAVE_MODES}")
         for name in ("vocab_size", "max_len", "d_model", "n_layers", "d_ff", "n_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model option {name}={value!r}: expected a positive integer")
-        if self.arch == "transformer" and self.d_model % self.n_heads:
+        if "attention" in self.layer_mixers() and self.d_model % self.n_heads:
             raise ValueError(f"model option d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model option dropout={self.dropout!r}: expected 0 <= dropout < 1")
@@ -88,8 +114,19 @@ class ModelConfig:
         if self.norm_eps <= 0 or self.wave_eps <= 0:
             raise ValueError("model options norm_eps and wave_eps must be > 0")
 
+    def layer_mixers(self) -> list[str]:
+        """The mixer name of each layer."""
+        return list(self.mixers) if self.mixers is not None else [ARCHITECTURES.get(self.arch, self.arch)] * self.n_layers
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_name(cls, name: str, arch: str = "wave", **overrides: Any) -> "ModelConfig":
+        """The config of size preset ``name`` (:data:`PRESETS`) for ``arch``, with field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}: expected one of {', '.join(PRESETS)}")
+        return cls(**{"arch": arch, **PRESETS[name], "name": name, **overrides})
 
     @property
     def attention_dropout_p(self) -> float:
@@ -105,16 +142,6 @@ class ModelConfig:
         return cls(**data)
 
 
-# Size presets: (d_model, n_layers, d_ff, n_heads). Both architectures take the same preset.
-PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(d_model=64, n_layers=2, d_ff=128, n_heads=2),
-    "small": dict(d_model=256, n_layers=4, d_ff=1024, n_heads=4),
-    "base": dict(d_model=512, n_layers=8, d_ff=2048, n_heads=8),
-}
-
-
 def preset_config(name: str, arch: str, **overrides: Any) -> ModelConfig:
-    """The :class:`ModelConfig` of a size preset for ``arch``, with field overrides."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}: expected one of {sorted(PRESETS)}")
-    return ModelConfig(arch=arch, **{**PRESETS[name], **overrides})
+    """``ModelConfig.from_name(name, arch, **overrides)`` (the name older scripts use)."""
+    return ModelConfig.from_name(name, arch, **overrides)

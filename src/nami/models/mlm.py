@@ -11,18 +11,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from typing import Any
+
+from nami.models.block import Encoder
 from nami.models.common import init_weights
 from nami.models.config import ModelConfig
-from nami.models.qa import build_encoder
+from nami.models.pretrained import PreTrainedMixin
 
 
-class MaskedLMModel(nn.Module):
+class MaskedLMModel(PreTrainedMixin, nn.Module):
     """Encoder + ``Linear → GELU → LayerNorm`` transform; output weight ``(V, D)`` tied by default."""
+
+    task = "mlm"
 
     def __init__(self, config: ModelConfig, tie_embeddings: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.encoder = build_encoder(config)
+        self.encoder = Encoder(config)
         self.transform = nn.Sequential(
             nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.LayerNorm(config.d_model, eps=config.norm_eps)
         )
@@ -31,6 +36,10 @@ class MaskedLMModel(nn.Module):
         if not tie_embeddings:
             self.untied_output = nn.Parameter(torch.empty(config.vocab_size, config.d_model))
             nn.init.normal_(self.untied_output, std=0.02)
+
+    @classmethod
+    def model_kwargs(cls, saved: dict[str, Any], weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {"tie_embeddings": "untied_output" not in weights}
 
     @property
     def output_weight(self) -> torch.Tensor:

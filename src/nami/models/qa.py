@@ -8,14 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nami.models.block import Encoder
 from nami.models.config import ModelConfig
-from nami.models.transformer import TransformerEncoder
-from nami.models.wave import WaveEncoder
-
-
-def build_encoder(config: ModelConfig) -> nn.Module:
-    """The encoder named by ``config.arch``."""
-    return WaveEncoder(config) if config.arch == "wave" else TransformerEncoder(config)
+from nami.models.pretrained import PreTrainedMixin
 
 
 @dataclass
@@ -40,13 +35,18 @@ class SpanHead(nn.Module):
         return SpanLogits(start=logits[..., 0], end=logits[..., 1])
 
 
-class QAModel(nn.Module):
-    """Encoder + :class:`SpanHead`. Training loss: mean of start and end cross-entropies."""
+class QAModel(PreTrainedMixin, nn.Module):
+    """Encoder + :class:`SpanHead`. Training loss: mean of start and end cross-entropies.
+
+    ``forward(input_ids (B, S), attention_mask (B, S) bool, token_type_ids (B, S) | None) -> SpanLogits``.
+    """
+
+    task = "qa"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = build_encoder(config)
+        self.encoder = Encoder(config)
         self.span_head = SpanHead(config.d_model)
 
     def forward(

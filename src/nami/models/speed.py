@@ -34,15 +34,15 @@ class CompiledWaveMix:
         self.compiled = compiled if compiled is not None else torch.compile(wave_mix, dynamic=True)
         self.failure: str | None = None
 
-    def __call__(self, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
+    def __call__(self, *args: object) -> torch.Tensor:
         if self.failure is None and torch.is_grad_enabled():  # training steps only (see the module docstring)
             try:
-                return self.compiled(w, mask, eps, mode)
+                return self.compiled(*args)
             except Exception as err:  # any compiler failure: reported below, then eager
                 self.failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
                 warnings.warn(f"torch.compile of the Wave layer failed ({self.failure}); running it eagerly "
                               "(same maths, slower)", RuntimeWarning, stacklevel=2)
-        return wave_mix(w, mask, eps, mode)
+        return wave_mix(*args)
 
 
 def compile_wave_layers(model: nn.Module, compiled: Callable[..., torch.Tensor] | None = None) -> CompiledWaveMix:

@@ -1,4 +1,6 @@
-"""The Wave Network encoder (Zhang & Sheng 2024, arXiv 2411.02674), stacked into N layers.
+"""The Wave Network mixer (Zhang & Sheng 2024, arXiv 2411.02674): the maths of one Wave layer.
+
+Stacked by :class:`nami.models.block.Encoder` (architecture ``wave``).
 
 A token is a complex vector per dimension k: its magnitude is the *global semantics*
 ``G_k = ||w_{:,k}||_2`` (the L2 norm of dimension k over the sequence's real tokens) and its
@@ -29,8 +31,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nami.models.common import Embeddings, FeedForward, init_weights
 from nami.models.config import ModelConfig
+from nami.models.inputs import MixerInputs
+from nami.models.registry import register_mixer
 
 
 def to_complex(w: torch.Tensor, mask: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,10 +63,12 @@ def wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torc
     return torch.cat([re1 * re2 - im1 * im2, re1 * im2 + im1 * re2], dim=-1)
 
 
+@register_mixer("wave")
 class WaveLayer(nn.Module):
-    """Token mixing by wave interference or modulation: ``(B, S, D) -> (B, S, D)``.
+    """Token mixing by wave interference or modulation: ``(B, S, D) -> (B, S, D)`` (mixer ``wave``).
 
-    ``self.mix`` is :func:`wave_mix`; :func:`nami.models.speed.compile_wave_layers` swaps in a
+    Cost: two ``D × 2D`` / ``2D × D`` matrix products per token plus O(S·D) element-wise maths: linear
+    in S. ``self.mix`` is :func:`wave_mix`; :func:`nami.models.speed.compile_wave_layers` swaps in a
     ``torch.compile``-d version of it (same maths, fused element-wise kernels).
     """
 
@@ -77,49 +82,8 @@ class WaveLayer(nn.Module):
         self.out = nn.Linear(2 * d, d)
         self.mix = wave_mix
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         w = self.to_waves(x)
         w = w.to(torch.promote_types(w.dtype, torch.float32))  # >= fp32 even under bf16 autocast (module docstring)
-        mixed = self.mix(w, mask.to(w.dtype).unsqueeze(-1), self.eps, self.mode)
+        mixed = self.mix(w, inputs.padding_mask.to(w.dtype).unsqueeze(-1), self.eps, self.mode)
         return self.out(self.norm(mixed))
-
-
-class WaveBlock(nn.Module):
-    """Pre-norm residual block: ``x + WaveLayer(LN(x))`` then ``x + FFN(LN(x))``."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.wave = WaveLayer(config)
-        self.norm2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.ffn = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.wave(self.norm1(x), mask))
-        return x + self.ffn(self.norm2(x))
-
-
-class WaveEncoder(nn.Module):
-    """Embeddings + N Wave blocks + final LayerNorm.
-
-    ``forward(input_ids (B, S), attention_mask (B, S) bool, token_type_ids (B, S) | None) -> (B, S, D)``.
-    """
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        if config.arch != "wave":
-            raise ValueError(f"WaveEncoder needs arch='wave', got {config.arch!r}")
-        self.config = config
-        self.embeddings = Embeddings(config)
-        self.blocks = nn.ModuleList(WaveBlock(config) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.apply(init_weights)
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        x = self.embeddings(input_ids, token_type_ids)
-        for block in self.blocks:
-            x = block(x, attention_mask)
-        return self.final_norm(x)

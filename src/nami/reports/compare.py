@@ -30,13 +30,14 @@ from nami import paths
 from nami.data.squad import load_squad
 from nami.evaluation import lexical
 from nami.evaluation.metric import evaluate_predictions
+from nami.io import read_json, write_json
 from nami.reports.environment import git_commit, machine_description, now_iso
 from nami.reports.report import write_report
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 from nami.training.tasks import resolve_eval_data, resolve_train_data
 
-MODELS = ("wave", "transformer")
+MODELS = ("wave", "transformer")  # the architectures a comparison trains, in report order
 
 _SMOKE_QA = dict(preset="tiny", max_length=128, doc_stride=64, batch_size=16, lr=2e-3, eval_subset=50,
                  eval_every_minutes=None, epochs=1.0)
@@ -60,27 +61,34 @@ _STANDARD_MLM = dict(preset="small", max_length=256, batch_size=32, lr=1e-3, war
 # compile failure falls back to eager with a warning and is recorded in final_eval.json).
 _WAVE_SPEED = dict(compile_wave=True)
 
-# Settings shared by both models of a comparison. ``minutes`` is QA training time per model;
-# ``pretrain.minutes`` (when present) is masked-LM pretraining time before it, so a preset's total
-# training budget per model is their sum.
+# A compare preset is data: the models it trains, and per model a chain of training *stages*, each
+# one `nami train --config` run of a task (nami.training.tasks.TASKS) with its own time budget.
+# A stage may start from an earlier stage's encoder (``init_from``: that stage's name). The last
+# stage is the QA run that is scored; ``--minutes`` sets its budget and ``--pretrain-minutes`` that
+# of the stage named "pretrain" (0 drops it). ``data``: the QA training files (names under the
+# data root); ``arch``: per-architecture extra options (``wave``: compile_wave). A preset's total
+# training budget per model is the sum of its stages' minutes.
+_SMOKE_PRETRAIN = dict(preset="tiny", max_length=128, batch_size=16, lr=2e-3, eval_every_minutes=None,
+                       eval_subset=20, pppl_sequences=2)
 COMPARE_PRESETS: dict[str, dict[str, Any]] = {
     # Seconds-long end-to-end checks of the whole pipeline (used by the tests).
-    "smoke": dict(minutes=0.3, train=_SMOKE_QA),
-    "smoke-pretrain": dict(
-        minutes=0.2, train=_SMOKE_QA,
-        pretrain=dict(minutes=0.1, train=dict(preset="tiny", max_length=128, batch_size=16, lr=2e-3,
-                                              eval_every_minutes=None, eval_subset=20, pppl_sequences=2)),
-    ),
+    "smoke": dict(stages=[dict(name="finetune", task="qa", minutes=0.3, train=_SMOKE_QA)]),
+    "smoke-pretrain": dict(stages=[
+        dict(name="pretrain", task="mlm", minutes=0.1, train=_SMOKE_PRETRAIN),
+        dict(name="finetune", task="qa", minutes=0.2, train=_SMOKE_QA, init_from="pretrain"),
+    ]),
     # The reported comparison: 55 training minutes per model on 2 CPU cores = 20 minutes of masked-LM
     # pretraining + 35 minutes of QA fine-tuning from it.
     "standard": dict(
-        minutes=35.0, data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], train=_STANDARD_QA, wave=_WAVE_SPEED,
-        pretrain=dict(minutes=20.0, train=_STANDARD_MLM),
+        data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
+        stages=[dict(name="pretrain", task="mlm", minutes=20.0, train=_STANDARD_MLM),
+                dict(name="finetune", task="qa", minutes=35.0, train=_STANDARD_QA, init_from="pretrain")],
     ),
     # The same 55 minutes spent on QA training from scratch (the control for pretraining).
-    "scratch": dict(minutes=55.0, data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], train=_STANDARD_QA,
-                    wave=_WAVE_SPEED),
+    "scratch": dict(data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
+                    stages=[dict(name="finetune", task="qa", minutes=55.0, train=_STANDARD_QA)]),
 }
+FINAL_STAGE = "finetune"  # the scored QA stage of every preset
 
 
 def stage_configs(
@@ -95,46 +103,47 @@ def stage_configs(
     eval_data: str | None,
     tokenizer: str | None = None,
 ) -> dict[str, TrainConfig]:
-    """The training runs of one model, in order: ``{"pretrain": ..., "finetune": ...}`` (or only
-    ``"finetune"`` when the preset has no pretraining stage or ``pretrain_minutes`` is 0)."""
+    """The training runs of one model, in order, by stage name (``{"pretrain": ..., "finetune": ...}``,
+    or only ``"finetune"`` when the preset has no pretraining stage or ``pretrain_minutes`` is 0)."""
     if preset not in COMPARE_PRESETS:
         raise ValueError(f"unknown compare preset {preset!r}: expected one of {', '.join(COMPARE_PRESETS)}")
     spec = COMPARE_PRESETS[preset]
-    minutes = minutes if minutes is not None else spec["minutes"]
-    if minutes <= 0:
+    names = [stage["name"] for stage in spec["stages"]]
+    if minutes is not None and minutes <= 0:
         raise ValueError(f"--minutes={minutes}: expected > 0")
     if pretrain_minutes is not None and pretrain_minutes < 0:
         raise ValueError(f"--pretrain-minutes={pretrain_minutes}: expected >= 0")
-    if pretrain_minutes and "pretrain" not in spec:
+    if pretrain_minutes and "pretrain" not in names:
         raise ValueError(f"--pretrain-minutes: compare preset {preset!r} has no pretraining stage")
+    budgets = {"pretrain": pretrain_minutes, FINAL_STAGE: minutes}
     # Pretraining reads the contexts of the QA training files the user names (by default: of JaQuAD
     # train only, so that JaQuAD dev stays held-out text for its pseudo-perplexity).
     pretrain_data = train_data
     if train_data is None and "data" in spec:
         train_data = [str(paths.default_data(name)) for name in spec["data"]]
-    arch_options = spec.get(arch, {})  # per-architecture extras (``wave``: compile_wave)
+    arch_options = spec.get("arch", {}).get(arch, {})
     stages: dict[str, TrainConfig] = {}
-    init_from = None
-    if "pretrain" in spec and pretrain_minutes != 0:
-        pretrain = TrainConfig(
-            task="mlm", arch=arch,
-            max_minutes=pretrain_minutes if pretrain_minutes is not None else spec["pretrain"]["minutes"],
-            runs_dir=runs_dir, run_name=f"{stamp}-{preset}-{arch}-pretrain", tokenizer=tokenizer,
-            train_data=pretrain_data,
-            **{**spec["pretrain"]["train"], **arch_options},
-        )
-        stages["pretrain"] = pretrain
-        init_from = str(Path(runs_dir) / pretrain.run_name)
-    stages["finetune"] = TrainConfig(
-        arch=arch, max_minutes=minutes, runs_dir=runs_dir, run_name=f"{stamp}-{preset}-{arch}",
-        train_data=train_data, eval_data=eval_data, tokenizer=None if init_from else tokenizer,
-        init_from=init_from, **{**spec["train"], **arch_options},
-    )
+    for stage in spec["stages"]:
+        budget = budgets.get(stage["name"])
+        if budget == 0:
+            continue
+        init_from = stage.get("init_from")
+        init_dir = str(Path(runs_dir) / stages[init_from].run_name) if init_from in stages else None
+        final = stage["name"] == FINAL_STAGE
+        stages[stage["name"]] = TrainConfig.from_dict({
+            "task": stage["task"], "arch": arch, "max_minutes": budget if budget is not None else stage["minutes"],
+            "runs_dir": runs_dir,
+            "run_name": f"{stamp}-{preset}-{arch}" + ("" if final else f"-{stage['name']}"),
+            "train_data": train_data if final else pretrain_data,
+            "eval_data": eval_data if final else None,
+            "tokenizer": None if init_dir else tokenizer, "init_from": init_dir,
+            **stage["train"], **arch_options,
+        })
     return stages
 
 
-def _stage_command(stage: str, config_path: Path, threads: int | None, quiet: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "nami", "pretrain" if stage == "pretrain" else "train", "--config", str(config_path)]
+def _stage_command(config_path: Path, threads: int | None, quiet: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "nami", "train", "--config", str(config_path)]
     if threads:
         cmd += ["--threads", str(threads)]
     if quiet:
@@ -169,7 +178,7 @@ def _rescore(run_dir: Path, eval_path: str) -> dict[str, Any]:
 
 
 def _pretrain_summary(run_dir: Path) -> dict[str, Any]:
-    final = ckpt.read_json(run_dir / ckpt.FINAL_EVAL_FILE)
+    final = read_json(run_dir / ckpt.FINAL_EVAL_FILE)
     return {
         "run_dir": str(run_dir), "train_minutes": final["train_seconds"] / 60, "steps": final["step"],
         "train_tokens_per_s": final["train_tokens_per_s"], "masked_accuracy": final["masked_accuracy"],
@@ -192,7 +201,7 @@ def copy_results(out_dir: str | Path, results_path: str | Path) -> Path:
     """Write a compare directory's ``results.json`` to ``results_path`` (run paths stay as recorded)."""
     path = Path(results_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json(path, ckpt.read_json(Path(out_dir) / "results.json"))
+    write_json(path, read_json(Path(out_dir) / "results.json"))
     return path
 
 
@@ -235,7 +244,7 @@ def run_compare(
         for stage, config in stages.items():
             path = runs_dir / f"{arch}.{stage}.json"
             path.write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2), "utf-8")
-            chains[arch].append(_stage_command(stage, path, 1 if parallel else None, quiet or parallel))
+            chains[arch].append(_stage_command(path, 1 if parallel else None, quiet or parallel))
 
     started = time.perf_counter()
     if parallel:
@@ -257,7 +266,7 @@ def run_compare(
     for arch, stages in plans.items():
         config = stages["finetune"]
         run_dir = Path(config.runs_dir) / config.run_name
-        final = ckpt.read_json(run_dir / ckpt.FINAL_EVAL_FILE)
+        final = read_json(run_dir / ckpt.FINAL_EVAL_FILE)
         if not quiet:
             print(f"[nami] re-scoring {arch} with `nami predict` (all threads)", flush=True)
         check = _rescore(run_dir, eval_path)

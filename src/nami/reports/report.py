@@ -11,7 +11,7 @@ from typing import Any
 
 from nami.reports.environment import provenance_lines
 from nami.reports.plots import plot_training_curves
-from nami.training import checkpoint as ckpt
+from nami.io import read_json, write_json
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -42,7 +42,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
             loss_label="masked-LM loss", score_key="masked_accuracy", score_label="masked-token accuracy %",
         ).name)
     result = {**result, "plots": plots, "references": REFERENCES}
-    ckpt.write_json(out / RESULTS_FILE, result)
+    write_json(out / RESULTS_FILE, result)
     path = out / REPORT_FILE
     path.write_text(render_markdown(result), "utf-8")
     return path
@@ -51,7 +51,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
 def rerender(out_dir: str | Path) -> Path:
     """Render ``report.md`` (and plots) again from an existing ``results.json``."""
     out = Path(out_dir)
-    result = ckpt.read_json(out / RESULTS_FILE)
+    result = read_json(out / RESULTS_FILE)
     return write_report({k: v for k, v in result.items() if k not in ("plots", "references")}, out)
 
 

@@ -1,4 +1,11 @@
-"""Typed configuration of a QA training run (saved as ``config.json`` in every run directory)."""
+"""Typed configuration of a training run (saved as ``config.json`` in every run directory).
+
+The model is a nested :class:`~nami.models.ModelConfig` (``TrainConfig.model``), not a copy of its
+fields. ``TrainConfig.from_dict`` (and so ``--config`` files and the CLI) also takes the model's
+user-facing fields flat, as *shortcuts*: ``{"arch": "transformer", "preset": "tiny", "dropout": 0.1}``
+sets ``model`` from the size preset and those fields. Runs saved before the nesting, whose
+``config.json`` has these fields flat, load through the same path.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nami.data.features import ANSWER_BOUNDARIES
-from nami.models.config import ARCHITECTURES, PRESETS, WAVE_MODES
+from nami.models.config import DATA_FIELDS, PRESETS, ModelConfig
 
 PRECISIONS = ("bf16", "fp32")
-TASKS = ("qa", "mlm")
 LOSS_IMPLS = ("auto", "blockwise", "torch_chunked", "naive", "cce")
 LOSS_FILTERS = ("none", "paper", "bounded_mass")
 SCHEDULES = ("cosine", "linear")
@@ -30,12 +36,10 @@ class TrainConfig:
     without ``max_minutes`` is bitwise reproducible.
     """
 
-    task: str = "qa"  # "qa" (extractive QA) or "mlm" (masked-LM pretraining)
-    arch: str = "wave"
-    preset: str = "small"
-    wave_mode: str = "modulation"
-    dropout: float = 0.0
-    attention_dropout: float | None = None  # Transformer attention probabilities; None = same as dropout
+    task: str = "qa"  # a task of nami.training.tasks.TASKS: "qa" (extractive QA), "mlm" (masked-LM pretraining)
+    # The model: architecture, size, dropout. Its vocab_size / max_len / pad_id / type_vocab_size are
+    # filled in by training from the tokenizer and the task (the saved config holds the filled values).
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.from_name("small"))
     segment_embeddings: bool = True  # QA: question / context token-type embeddings (BERT's token_type_ids)
     # QA: a third token type for context words that also occur in the question (DrQA's exact-match
     # feature; nami.data.features). Needs segment_embeddings.
@@ -88,8 +92,22 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def arch(self) -> str:
+        """``model.arch`` (read-only shortcut)."""
+        return self.model.arch
+
+    @property
+    def preset(self) -> str:
+        """The model's size preset name, ``"custom"`` when it was not built from one."""
+        return self.model.name or "custom"
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad option."""
+        from nami.training.tasks import TASKS  # the registry imports this module
+
+        if not isinstance(self.model, ModelConfig):
+            raise ValueError(f"option model={self.model!r}: expected a ModelConfig")
 
         def choice(name: str, allowed: tuple[str, ...]) -> None:
             if getattr(self, name) not in allowed:
@@ -103,7 +121,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
                 raise ValueError(f"option {name}={value!r}: expected a positive {'integer' if integer else 'number'}")
 
-        choice("task", TASKS)
+        choice("task", tuple(TASKS))
         choice("loss_impl", LOSS_IMPLS)
         choice("loss_filter", LOSS_FILTERS)
         if self.loss_filter != "none" and self.loss_impl not in ("auto", "blockwise", "cce"):
@@ -112,9 +130,6 @@ class TrainConfig:
         threshold = self.loss_filter_threshold
         if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
             raise ValueError(f"option loss_filter_threshold={threshold!r}: expected 0 <= value < 1")
-        choice("arch", ARCHITECTURES)
-        choice("preset", tuple(PRESETS))
-        choice("wave_mode", WAVE_MODES)
         choice("precision", PRECISIONS)
         choice("schedule", SCHEDULES)
         choice("on_bad_record", BAD_RECORD_POLICIES)
@@ -137,8 +152,8 @@ class TrainConfig:
         positive("pppl_sequences")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"option mlm_probability={self.mlm_probability}: expected 0 < p < 1")
-        if self.compile_wave is True and self.arch != "wave":
-            raise ValueError(f"option compile_wave=true needs arch=wave (got arch={self.arch})")
+        if self.compile_wave is True and "wave" not in self.model.layer_mixers():
+            raise ValueError(f"option compile_wave=true needs Wave layers (arch={self.arch} has none)")
         for name in ("tie_embeddings", "segment_embeddings", "question_match", "title_prefix", "compile_wave"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"option {name}={getattr(self, name)!r}: expected true or false")
@@ -150,10 +165,6 @@ class TrainConfig:
             raise ValueError(f"option warmup={self.warmup}: expected a fraction 0 <= warmup < 1")
         if self.weight_decay < 0 or self.max_grad_norm <= 0:
             raise ValueError("options weight_decay must be >= 0 and max_grad_norm > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"option dropout={self.dropout}: expected 0 <= dropout < 1")
-        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
-            raise ValueError(f"option attention_dropout={self.attention_dropout}: expected 0 <= value < 1")
         if self.max_length > 4096:
             raise ValueError(f"option max_length={self.max_length}: at most 4096 for QA windows")
         if self.train_data is not None and (not isinstance(self.train_data, list) or not self.train_data):
@@ -164,11 +175,17 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """A config from JSON-like data: nested ``model`` and/or flat model shortcuts (module docstring)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"training config: expected a JSON object, got {type(data).__name__}")
+        values = dict(data)
+        shortcuts = {name: values.pop(name) for name in MODEL_SHORTCUTS if name in values}
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training config field(s): {', '.join(unknown)}")
-        return cls(**data)
+        values["model"] = resolve_model(values.get("model"), shortcuts)
+        return cls(**values)
 
     def short_hash(self) -> str:
         """8 hex digits identifying the settings (output location excluded)."""
@@ -176,3 +193,33 @@ class TrainConfig:
                    "keep_checkpoints")
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+# Model fields a training config (or a command line) may give flat; "preset" picks the size preset.
+MODEL_SHORTCUTS: tuple[str, ...] = ("preset",) + tuple(
+    f.name for f in dataclasses.fields(ModelConfig) if f.name not in DATA_FIELDS + ("name",)
+)
+
+
+def resolve_model(model: ModelConfig | dict[str, Any] | None, shortcuts: dict[str, Any]) -> ModelConfig:
+    """``model`` (a config, its dict, or None = the ``small`` preset) with the flat ``shortcuts`` applied.
+
+    ``preset`` sets the size fields (d_model, n_layers, d_ff, n_heads) and the name; the other
+    shortcuts set their own field.
+    """
+    if isinstance(model, ModelConfig):
+        base = model.to_dict()
+    elif isinstance(model, dict):
+        base = dict(model)
+    elif model is None:
+        base = ModelConfig.from_name("small").to_dict()
+    else:
+        raise ValueError(f"option model={model!r}: expected a JSON object of model fields")
+    shortcuts = dict(shortcuts)
+    preset = shortcuts.pop("preset", None)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"option preset={preset!r}: expected one of {', '.join(PRESETS)}")
+        base.update(PRESETS[preset], name=preset)
+    base.update(shortcuts)
+    return ModelConfig.from_dict(base)

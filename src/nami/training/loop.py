@@ -1,4 +1,5 @@
-"""QA training on top of ``accelerate.Accelerator``, resumable bit for bit.
+"""The training loop of every task (:mod:`nami.training.tasks`), on ``accelerate.Accelerator``,
+resumable bit for bit.
 
 Accelerate owns device placement, mixed precision (bf16 autocast on CPU and CUDA) and gradient
 accumulation, so multi-process and DeepSpeed training can be switched on later through its
@@ -6,8 +7,8 @@ launcher without touching this loop.
 
 Reliability:
 
-* **Exact resume.** A checkpoint holds the weights, optimizer state, every RNG (Python, NumPy,
-  torch), the epoch and how many batches of it were consumed, and the logging window. The batch
+* **Exact resume.** A checkpoint holds the weights, optimizer state, the Python, NumPy and torch
+  CPU RNG states (the only generators a CPU run draws from), the epoch and how many batches of it were consumed, and the logging window. The batch
   order is a pure function of (seed, epoch), so ``nami train --resume RUN`` continues with the
   very next batch: a run killed at any step and resumed ends with the same weights and metrics
   as an uninterrupted one (for step/epoch-limited runs; a ``max_minutes`` budget depends on the
@@ -40,8 +41,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nami import resources
-from nami.data.batching import BucketBatchSampler, WindowDataset, token_type_count
-from nami.models import count_parameters, preset_config
+from nami.data.batching import BucketBatchSampler, WindowDataset
+from nami.models import count_parameters
 from nami.models.speed import compile_wave_layers
 from nami.resources import peak_rss_mb
 from nami.text import JapaneseTokenizer, default_tokenizer
@@ -196,7 +197,7 @@ class StopSignals:
 
 
 def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
-    """Train a QA model as ``config`` says in a new run directory."""
+    """Train the model of ``config.task`` as ``config`` says, in a new run directory."""
     return _fit(config, run_dir=None, quiet=quiet)
 
 
@@ -238,15 +239,10 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
         tokenizer = load_tokenizer(config)
     task.prepare(tokenizer, show)
 
-    qa_token_types = token_type_count(config.question_match) if config.segment_embeddings else 0
-    model_config = preset_config(
-        config.preset, config.arch, vocab_size=tokenizer.vocab_size, max_len=config.max_length,
-        wave_mode=config.wave_mode, dropout=config.dropout, attention_dropout=config.attention_dropout,
-        pad_id=tokenizer.pad_id,
-        type_vocab_size=qa_token_types if config.task == "qa" else 0,
-    )
+    model_config = task.model_config(tokenizer)
     if init is not None:
         model_config = compatible_init_config(config, model_config, init[1])
+    config.model = model_config  # the saved config holds the model exactly as built
     model = task.build_model(model_config)
     if init is not None and run_dir is None:
         load_encoder_from(model, Path(config.init_from))
@@ -442,7 +438,7 @@ def init_tokenizer(config: TrainConfig, init: tuple[TrainConfig, Any, str]) -> J
 
 def compatible_init_config(config: TrainConfig, model_config: Any, init_model: Any) -> Any:
     """This run's model config with the pretrained encoder's shape; mismatches are errors."""
-    fields = ("arch", "d_model", "n_layers", "d_ff", "n_heads", "wave_mode", "vocab_size", "pad_id")
+    fields = ("arch", "mixers", "d_model", "n_layers", "d_ff", "n_heads", "wave_mode", "vocab_size", "pad_id")
     different = [f"{f} ({getattr(model_config, f)} here, {getattr(init_model, f)} in --init-from)"
                  for f in fields if getattr(model_config, f) != getattr(init_model, f)]
     if different:

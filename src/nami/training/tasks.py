@@ -1,7 +1,11 @@
-"""Training objectives plugged into the generic loop of :mod:`nami.training.loop`.
+"""Training objectives plugged into the generic loop of :mod:`nami.training.loop`, and their registry.
 
 A task owns its data (validated first, before any slow step), its batches, its model, its loss
 and its evaluation; the loop owns optimisation, schedules, logging, checkpoints and resume.
+:data:`TASKS` maps each task name to its class: ``TrainConfig.task`` is validated against it, the
+loop builds the task from it, and :func:`nami.training.checkpoint.load_run` loads a run's model
+through the task's ``model_class``. A new task is a class with the attributes below plus one
+:func:`register_task` line.
 
 * :class:`QATask` — extractive QA on SQuAD-format data (JSQuAD EM / F1).
 * :class:`MLMTask` — masked-LM pretraining on a text corpus, with the loss computed by
@@ -10,8 +14,8 @@ and its evaluation; the loop owns optimisation, schedules, logging, checkpoints 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +25,60 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nami import paths
-from nami.data.batching import QACollator, sorted_batches
+from nami.data.batching import QACollator, sorted_batches, token_type_count
 from nami.data.corpus import text_lines
 from nami.data.features import FeatureConfig, QAFeatures, build_features
 from nami.data.mlm import MLMCollator, pack_sequences
-from nami.data.squad import QAExample, load_squad
+from nami.data.squad import load_squad, with_title_prefix
 from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import autocast_context, predict_answers
-from nami.models import QAModel
-from nami.models.config import ModelConfig
-from nami.models.mlm import MaskedLMModel
+from nami.models import MaskedLMModel, ModelConfig, QAModel
 from nami.training.config import TrainConfig
+
+
+class Task:
+    """What the loop needs of a task (see :class:`QATask` for a complete one).
+
+    Class attributes: ``name`` (``TrainConfig.task``), ``model_class`` (a model with
+    ``from_pretrained``), ``default_eval`` (data file under the data root when ``eval_data`` is
+    not given). Methods: ``__init__(config)`` loads and validates data; ``prepare(tokenizer,
+    show)`` builds ``train_lengths`` and ``collate``; ``model_config(tokenizer)``;
+    ``build_model(model_config)``; ``loss(model, batch)``; ``evaluate(model, device, full=,
+    show=)``; ``describe(scores)``; ``summary()``; ``train_metrics()``.
+    """
+
+    name: str
+    model_class: type
+    default_eval: str
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    def model_config(self, tokenizer) -> ModelConfig:
+        """``config.model`` with the fields the tokenizer and the task decide filled in."""
+        return dataclasses.replace(self.config.model, vocab_size=tokenizer.vocab_size, max_len=self.config.max_length,
+                                   pad_id=tokenizer.pad_id, type_vocab_size=self.token_types())
+
+    def token_types(self) -> int:
+        """Segment embeddings the model needs (0 = none)."""
+        return 0
+
+    def build_model(self, model_config: ModelConfig) -> nn.Module:
+        return self.model_class(model_config)
+
+    def train_metrics(self) -> dict[str, Any]:
+        return {}
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Add a task class to :data:`TASKS` under ``cls.name`` (a decorator)."""
+    if cls.name in TASKS and TASKS[cls.name] is not cls:
+        raise ValueError(f"task {cls.name!r} is already registered")
+    TASKS[cls.name] = cls
+    return cls
 
 
 def resolve_train_data(config: TrainConfig) -> list[str]:
@@ -40,12 +87,8 @@ def resolve_train_data(config: TrainConfig) -> list[str]:
 
 
 def resolve_eval_data(config: TrainConfig) -> str:
-    """``config.eval_data`` or the default: JSQuAD dev for QA, JaQuAD dev (held-out text) for MLM."""
-    return config.eval_data or str(paths.default_data(paths.JSQUAD_DEV if config.task == "qa" else paths.JAQUAD_DEV))
-
-
-def feature_config(config: TrainConfig) -> FeatureConfig:
-    return FeatureConfig(config.max_length, config.doc_stride, config.max_question_tokens)
+    """``config.eval_data`` or the task's default: JSQuAD dev for QA, JaQuAD dev (held-out text) for MLM."""
+    return config.eval_data or str(paths.default_data(TASKS[config.task].default_eval))
 
 
 def select_windows(features: QAFeatures, negative_fraction: float, seed: int) -> QAFeatures:
@@ -57,30 +100,13 @@ def select_windows(features: QAFeatures, negative_fraction: float, seed: int) ->
     return features.subset(np.flatnonzero(keep).tolist())
 
 
-TITLE_SEPARATOR = " [SEP] "
-
-
-def with_title_prefix(example: QAExample) -> QAExample:
-    """The example in JSQuAD's context format ``"<title> [SEP] <paragraph>"`` (answer offsets shifted).
-
-    JSQuAD contexts carry their article title this way; JaQuAD's do not. Training on the same
-    format as evaluation lets the model use the title and see the separator where it will be.
-    Contexts that already start with their title prefix, or examples without a title, are kept.
-    """
-    prefix = example.title + TITLE_SEPARATOR
-    if not example.title or example.context.startswith(prefix):
-        return example
-    answers = tuple(replace(a, start=a.start + len(prefix)) for a in example.answers)
-    return replace(example, context=prefix + example.context, answers=answers)
-
-
-class QATask:
+@register_task
+class QATask(Task):
     """Extractive QA: windows → span logits → cross-entropy on start/end; scored with EM / F1."""
 
     name = "qa"
-
-    def train_metrics(self) -> dict[str, Any]:
-        return {}
+    model_class = QAModel
+    default_eval = paths.JSQUAD_DEV
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -92,7 +118,7 @@ class QATask:
         self.eval_examples = load_squad(self.eval_path, on_bad_record=config.on_bad_record)
 
     def prepare(self, tokenizer, show: bool) -> None:
-        config, fconfig = self.config, feature_config(self.config)
+        config, fconfig = self.config, FeatureConfig.from_config(self.config)
         self.tokenizer = tokenizer
         self.train_features = select_windows(
             build_features(self.train_examples, tokenizer, fconfig, show_progress=show, desc="train windows"),
@@ -112,8 +138,8 @@ class QATask:
         return {"train_examples": len(self.train_examples), "train_windows": len(self.train_features),
                 "eval_examples": len(self.eval_examples)}
 
-    def build_model(self, model_config: ModelConfig) -> nn.Module:
-        return QAModel(model_config)
+    def token_types(self) -> int:
+        return token_type_count(self.config.question_match) if self.config.segment_embeddings else 0
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
@@ -150,10 +176,13 @@ def corpus_documents(paths_: list[str]) -> list[str]:
     return docs
 
 
-class MLMTask:
+@register_task
+class MLMTask(Task):
     """Masked-LM pretraining; evaluation: masked-token accuracy, loss and pseudo-perplexity."""
 
     name = "mlm"
+    model_class = MaskedLMModel
+    default_eval = paths.JAQUAD_DEV
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -186,7 +215,7 @@ class MLMTask:
         targets = batch["targets"].reshape(-1)
         positions = (targets != -100).nonzero().squeeze(1)
         hidden = model(batch["input_ids"], batch["attention_mask"], positions)
-        weight = model.module.output_weight if hasattr(model, "module") else model.output_weight
+        weight = unwrap(model).output_weight
         filtering = self.config.loss_filter != "none"
         if filtering:
             self.filter_stats = {}  # filled by the backward pass
@@ -261,7 +290,5 @@ class MLMTask:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP / Accelerate wrapper (``.module``), or the model itself."""
     return model.module if hasattr(model, "module") else model
-
-
-TASKS = {"qa": QATask, "mlm": MLMTask}

@@ -1,0 +1,121 @@
+"""``save_pretrained`` / ``from_pretrained``: a model directory in the run-directory layout.
+
+The Hugging Face shape users know, on nami's files::
+
+    config.json          {"model": ModelConfig, "train": {"task": ..., ...}, "tokenizer_fingerprint": ...}
+    model.safetensors    float32 weights (no pickle)
+    tokenizer/           the tokenizer the model was trained with (optional)
+    manifest.json        sha256 of every file above; verified by every load
+
+A training run directory (:mod:`nami.training.checkpoint`) is such a directory plus logs and
+checkpoints, so ``QAModel.from_pretrained("runs/<run>")`` loads a trained run directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nami.io import CheckpointError, atomic_write, read_json, verify_manifest, write_json, write_manifest
+from nami.models.config import ModelConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+
+def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous float32 CPU tensors (what ``model.safetensors`` holds)."""
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+
+
+def root_files(directory: Path) -> list[str]:
+    """The files a model directory's manifest covers: config, tokenizer files, weights."""
+    directory = Path(directory)
+    names = [CONFIG_FILE]
+    if (directory / TOKENIZER_DIR).is_dir():
+        names += [f"{TOKENIZER_DIR}/{p.name}" for p in sorted((directory / TOKENIZER_DIR).iterdir())]
+    return names + ([WEIGHTS_FILE] if (directory / WEIGHTS_FILE).is_file() else [])
+
+
+def save_weights_file(directory: Path, model: torch.nn.Module) -> None:
+    """Write ``model.safetensors`` atomically and refresh the manifest."""
+    weights = weights_of(model)
+    atomic_write(Path(directory) / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp)))
+    write_manifest(directory, root_files(directory))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"{path}: cannot read weights ({err})") from err
+
+
+def load_weights_into(model: torch.nn.Module, path: Path) -> None:
+    """Load ``path`` into ``model``; every tensor must fit (names and shapes)."""
+    missing, unexpected = model.load_state_dict(read_weights(path), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+
+
+class PreTrainedMixin:
+    """Adds ``save_pretrained`` / ``from_pretrained`` to a model with a ``config: ModelConfig``."""
+
+    task: ClassVar[str]  # the training task whose runs hold this model ("qa", "mlm", ...)
+    config: ModelConfig
+
+    def save_pretrained(self, directory: str | Path, *, tokenizer: Any = None,
+                        train_config: dict[str, Any] | None = None) -> Path:
+        """Write config, weights (and tokenizer) with a sha256 manifest; returns the directory."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if tokenizer is not None:
+            tokenizer.save(directory / TOKENIZER_DIR)
+        train = dict(train_config or {})
+        train.setdefault("task", self.task)
+        write_json(directory / CONFIG_FILE, {
+            "train": train, "model": self.config.to_dict(),
+            "tokenizer_fingerprint": tokenizer.fingerprint if tokenizer is not None else None,
+        })
+        save_weights_file(directory, self)  # type: ignore[arg-type]
+        return directory
+
+    @classmethod
+    def model_kwargs(cls, saved: dict[str, Any], weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Constructor arguments besides the config, read from a saved directory (override per model)."""
+        return {}
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu", verify: bool = True):
+        """The model saved in ``directory`` (a ``save_pretrained`` directory or a run), in eval mode.
+
+        The manifest is verified first (``verify=False`` when the caller already did), and the
+        directory must hold this model's task.
+        """
+        directory = Path(directory)
+        if not (directory / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{directory}: not a nami model directory (no {CONFIG_FILE})")
+        if verify:
+            verify_manifest(directory, required=(CONFIG_FILE, WEIGHTS_FILE))
+        saved = read_json(directory / CONFIG_FILE)
+        try:
+            task = (saved.get("train") or {}).get("task", "qa")
+            model_config = ModelConfig.from_dict(saved["model"])
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config ({err})") from err
+        if task != cls.task:
+            raise CheckpointError(f"{directory}: holds a {task!r} model, not {cls.__name__} (task {cls.task!r})")
+        weights_path = directory / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise CheckpointError(f"{weights_path}: missing (the run has not saved weights yet)")
+        weights = read_weights(weights_path)
+        model = cls(model_config, **cls.model_kwargs(saved, weights))  # type: ignore[call-arg]
+        missing, unexpected = model.load_state_dict(weights, strict=False)  # type: ignore[attr-defined]
+        if missing or unexpected:
+            raise CheckpointError(f"{weights_path}: weights do not fit the model "
+                                  f"(missing {missing}, unexpected {unexpected})")
+        return model.to(device).eval()  # type: ignore[attr-defined]

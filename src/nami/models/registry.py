@@ -1,0 +1,60 @@
+"""The one list of token mixers and architectures.
+
+A *mixer* is the token-mixing sublayer of a :class:`~nami.models.block.Block`: a module built as
+``cls(config)`` whose ``forward(x (B, S, D), inputs: MixerInputs) -> (B, S, D)`` lets tokens see each
+other (the Wave layer's global norm, attention, ...). An *architecture* is a name a user picks
+(``--arch``): the mixer used by every layer unless ``ModelConfig.mixers`` names one per layer.
+
+Adding a mixer is one file plus one line::
+
+    @register_mixer("my_mixer")            # also an architecture named "my_mixer"
+    class MyMixer(nn.Module):
+        def __init__(self, config): ...
+        def forward(self, x, inputs): ...
+
+Everything that lists architectures (config validation, ``nami compare``, benchmarks, the tests'
+parametrisation) reads :data:`ARCHITECTURES` / :data:`MIXERS` from here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+MIXERS: dict[str, type[nn.Module]] = {}
+ARCHITECTURES: dict[str, str] = {}  # architecture name -> the mixer of every layer
+
+
+def register_mixer(name: str, cls: type[nn.Module] | None = None, *, arch: str | None = None,
+                   ) -> Callable[[type[nn.Module]], type[nn.Module]] | type[nn.Module]:
+    """Register ``cls`` as mixer ``name`` and as architecture ``arch`` (default: ``name``).
+
+    Usable as a decorator (``@register_mixer("wave")``) or a call (``register_mixer("toy", Toy)``).
+    Names already taken are refused: shadowing a mixer would silently change saved models.
+    """
+
+    def add(mixer_cls: type[nn.Module]) -> type[nn.Module]:
+        arch_name = arch or name
+        if name in MIXERS and MIXERS[name] is not mixer_cls:
+            raise ValueError(f"mixer {name!r} is already registered ({MIXERS[name].__qualname__})")
+        if arch_name in ARCHITECTURES and ARCHITECTURES[arch_name] != name:
+            raise ValueError(f"architecture {arch_name!r} is already registered (mixer {ARCHITECTURES[arch_name]!r})")
+        MIXERS[name] = mixer_cls
+        ARCHITECTURES[arch_name] = name
+        return mixer_cls
+
+    return add(cls) if cls is not None else add
+
+
+def unregister_mixer(name: str) -> None:
+    """Remove mixer ``name`` and the architectures that use it (tests, notebooks)."""
+    MIXERS.pop(name, None)
+    for arch in [a for a, m in ARCHITECTURES.items() if m == name]:
+        del ARCHITECTURES[arch]
+
+
+def mixer_class(name: str) -> type[nn.Module]:
+    if name not in MIXERS:
+        raise ValueError(f"unknown mixer {name!r}: expected one of {', '.join(MIXERS)}")
+    return MIXERS[name]

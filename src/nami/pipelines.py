@@ -1,0 +1,211 @@
+"""The Python API for trained runs, in the Hugging Face ``pipeline`` shape::
+
+    from nami import pipeline
+
+    qa = pipeline("question-answering", model="runs/<run>")      # loads and verifies the run once
+    qa(question="梅雨がないのは北海道とどこ?", context="梅雨は、北海道と小笠原諸島を除く日本で見られる。")
+    # {'answer': '小笠原諸島', 'score': 7.93, 'start': 8, 'end': 13}
+
+A pipeline owns what a run was trained with — its tokenizer, windowing, token types (question
+match), answer boundaries, special ids and precision — so callers cannot decode a model wrongly.
+``nami ask`` and ``nami predict`` are thin layers over it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from nami.data.features import ANSWER_BOUNDARIES, FeatureConfig, build_features
+from nami.data.squad import QAExample, load_squad
+from nami.evaluation.metric import evaluate_predictions
+from nami.evaluation.predict import PredictionOutput, predict_answers
+from nami.io import read_json, write_json
+from nami.training import checkpoint as ckpt
+
+PIPELINE_TASKS = ("question-answering",)
+
+
+def check_text(option: str, text: Any) -> None:
+    """Raise ``ValueError`` naming ``option`` unless ``text`` is usable question/context text.
+
+    Refused: non-strings, empty text, text with no visible character (only whitespace, control or
+    format characters), and lone surrogates (undecodable bytes in a command-line argument).
+    """
+    from nami.text.normalize import normalize
+
+    if not isinstance(text, str):
+        raise ValueError(f"{option}: expected text, got {type(text).__name__}")
+    if not text:
+        raise ValueError(f"{option} is empty")
+    surrogate = re.search("[\ud800-\udfff]", text)
+    if surrogate:
+        code, at = ord(surrogate.group()), surrogate.start()
+        raise ValueError(
+            f"{option} is not valid text: undecodable byte 0x{code - 0xDC00:02x} at character {at} (pass UTF-8)"
+            if 0xDC80 <= code <= 0xDCFF
+            else f"{option} is not valid text: lone surrogate U+{code:04X} at character {at}"
+        )
+    if not normalize(text).text.strip():
+        raise ValueError(f"{option} has no visible text (only whitespace, control or format characters)")
+
+
+class QuestionAnsweringPipeline:
+    """Extractive QA with one trained run, loaded once.
+
+    Call it with ``question=`` and ``context=`` (one answer) or with a list of
+    ``{"question", "context"}`` dicts (a list of answers, decoded in batches). Each answer is
+    ``{"answer", "score", "start", "end"}`` with ``context[start:end] == answer``; ``score`` is the
+    span's start logit + end logit (higher is more confident; not a probability). With ``top_k > 1``
+    each answer becomes a list of up to ``top_k`` distinct spans, best first. A context with no
+    answerable token (e.g. only a literal ``[SEP]``) gives ``{"answer": "", "score": None,
+    "start": 0, "end": 0}`` (an empty list with ``top_k > 1``). Contexts of any length work: a long
+    one is cut into overlapping windows whose best spans compete.
+    """
+
+    task = "question-answering"
+
+    def __init__(self, model: str | Path, *, device: str | torch.device = "cpu", threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.run_dir = Path(model)
+        self.device = torch.device(device)
+        self.model, self.tokenizer, self.config = ckpt.load_run(self.run_dir, device=self.device)
+        if self.config.task != "qa":
+            raise ValueError(f"{self.run_dir}: a {self.config.task!r} run; question-answering needs a QA run "
+                             "(nami train)")
+        self.feature_config = FeatureConfig.from_config(self.config)
+
+    def __call__(self, inputs: dict[str, str] | Sequence[dict[str, str]] | None = None, *,
+                 question: str | None = None, context: str | None = None, top_k: int = 1,
+                 batch_size: int | None = None) -> dict[str, Any] | list[Any]:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k={top_k!r}: expected an integer >= 1")
+        if inputs is None:
+            items, single = [{"question": question, "context": context}], True
+        elif question is not None or context is not None:
+            raise ValueError("give either inputs or question= and context=, not both")
+        elif isinstance(inputs, dict):
+            items, single = [inputs], True
+        else:
+            items, single = list(inputs), False
+        for i, item in enumerate(items):
+            where = "" if single else f"inputs[{i}]."
+            if not isinstance(item, dict):
+                raise ValueError(f"inputs[{i}]: expected a dict with question and context")
+            check_text(f"{where}question", item.get("question"))
+            check_text(f"{where}context", item.get("context"))
+        candidates, _ = self.answer_spans(items, top_k=top_k, batch_size=batch_size)
+        answers = [cands if top_k > 1 else (cands[0] if cands else {"answer": "", "score": None, "start": 0,
+                                                                        "end": 0})
+                   for cands in candidates]
+        return answers[0] if single else answers
+
+    def answer_spans(self, items: Sequence[dict[str, str]], *, top_k: int = 1, batch_size: int | None = None,
+                     ) -> tuple[list[list[dict[str, Any]]], list[int]]:
+        """The ``top_k`` candidates of each ``{"question", "context"}`` item and its window count."""
+        examples = [QAExample(id=str(i), question=item["question"], context=item["context"], answers=(), title="",
+                              source="<pipeline>") for i, item in enumerate(items)]
+        features = build_features(examples, self.tokenizer, self.feature_config, show_progress=False)
+        output = self.predict_examples(examples, features, n_best=top_k, batch_size=batch_size, show_progress=False)
+        candidates = [[{"answer": ex.context[s.char_start:s.char_end], "score": s.score, "start": s.char_start,
+                        "end": s.char_end} for s in output.nbest[ex.id]] for ex in examples]
+        windows = [0] * len(examples)
+        for index in features.example_index:
+            windows[index] += 1
+        return candidates, windows
+
+    def predict_examples(self, examples: list[QAExample], features=None, *, n_best: int = 1,
+                         batch_size: int | None = None, answer_boundaries: str | None = None,
+                         show_progress: bool = True) -> PredictionOutput:
+        """Answers (and n-best spans) of SQuAD-style examples, decoded as the run was trained."""
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
+        if features is None:
+            features = build_features(examples, self.tokenizer, self.feature_config, show_progress=show_progress)
+        return predict_answers(
+            self.model, examples, features, pad_id=self.tokenizer.pad_id, sep_id=self.tokenizer.sep_id,
+            batch_size=batch_size or self.config.eval_batch_size, max_answer_tokens=self.config.max_answer_tokens,
+            answer_boundaries=answer_boundaries or self.config.answer_boundaries,
+            question_match=self.config.question_match, n_best=n_best, precision=self.config.precision,
+            device=self.device, show_progress=show_progress,
+        )
+
+    def predict_file(self, data: str | Sequence[str], output: str | Path, *, batch_size: int | None = None,
+                     answer_boundaries: str | None = None, quiet: bool = False) -> dict[str, Any]:
+        """Write ``{question_id: answer}`` for every question in ``data``; score it when answers exist.
+
+        Returns a summary with EM / F1 (when the data has answers), questions/s, and whether the F1
+        equals the one recorded in the run's ``final_eval.json`` for the same data file (checked
+        only when decoding with the run's own ``answer_boundaries``; ``None`` uses it).
+        """
+        if answer_boundaries is not None and answer_boundaries not in ANSWER_BOUNDARIES:
+            raise ValueError(f"answer_boundaries={answer_boundaries!r}: expected one of {', '.join(ANSWER_BOUNDARIES)}")
+        examples = load_squad(data, require_answers=False, on_bad_record=self.config.on_bad_record)
+        boundaries = answer_boundaries or self.config.answer_boundaries
+        result = self.predict_examples(examples, batch_size=batch_size, answer_boundaries=boundaries,
+                                       show_progress=not quiet)
+        write_json(Path(output), result.answers)
+        summary: dict[str, Any] = {"output": str(output), "count": len(examples),
+                                   "questions_per_s": round(result.questions_per_second, 2),
+                                   "answer_boundaries": boundaries}
+        if all(ex.answers for ex in examples):
+            scores = evaluate_predictions(examples, result.answers)
+            summary.update(exact_match=scores["exact_match"], f1=scores["f1"])
+            recorded = self.run_dir / ckpt.FINAL_EVAL_FILE
+            data_paths = [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data)]
+            if recorded.is_file() and boundaries == self.config.answer_boundaries:
+                final = read_json(recorded)
+                if [str(Path(final["data"]).resolve())] == data_paths:
+                    summary["recorded_f1"] = final["f1"]
+                    summary["matches_recorded"] = (final["f1"], final["exact_match"]) == (scores["f1"],
+                                                                                          scores["exact_match"])
+        return summary
+
+
+PIPELINES = {"question-answering": QuestionAnsweringPipeline}
+
+
+def pipeline(task: str, model: str | Path, **kwargs: Any) -> QuestionAnsweringPipeline:
+    """A ready pipeline for ``task`` over the trained run directory ``model`` (loaded once).
+
+    ``task``: ``"question-answering"``. Keyword arguments: ``device`` (default ``"cpu"``), ``threads``.
+    """
+    if task not in PIPELINES:
+        raise ValueError(f"unknown pipeline task {task!r}: expected one of {', '.join(PIPELINES)}")
+    return PIPELINES[task](model, **kwargs)
+
+
+def predict_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
+                 batch_size: int | None = None, threads: int | None = None, answer_boundaries: str | None = None,
+                 quiet: bool = False) -> dict[str, Any]:
+    """``nami predict``: :meth:`QuestionAnsweringPipeline.predict_file` with a fresh pipeline."""
+    return pipeline("question-answering", run_dir, threads=threads).predict_file(
+        data, output, batch_size=batch_size, answer_boundaries=answer_boundaries, quiet=quiet)
+
+
+def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) -> dict[str, Any]:
+    """``nami ask``: the ``n_best`` answer spans of ``context`` for ``question``.
+
+    Returns ``{"answer", "candidates": [{"text", "score", "start", "end"}], "windows"}`` with
+    ``text == context[start:end]`` (never empty). Control characters other than tab and newline
+    are accepted and, like whitespace, separate words; format characters (zero-width space/joiners,
+    BOM) are ignored inside words. A context with no answerable token gives
+    ``{"answer": "", "candidates": []}``.
+
+    Raises:
+        ValueError: naming the option (``--context``, ``--question``, ``--n-best``) for unusable text
+            (:func:`check_text`) or ``n_best < 1`` — checked before the run is loaded.
+    """
+    check_text("--context", context)
+    check_text("--question", question)
+    if n_best < 1:
+        raise ValueError(f"--n-best={n_best}: expected >= 1")
+    qa = pipeline("question-answering", run_dir)
+    (cands,), (windows,) = qa.answer_spans([{"question": question, "context": context}], top_k=n_best)
+    candidates = [{"text": c["answer"], "score": c["score"], "start": c["start"], "end": c["end"]} for c in cands]
+    return {"answer": candidates[0]["text"] if candidates else "", "candidates": candidates, "windows": windows}
