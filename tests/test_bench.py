@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+
+from nami.models.registry import ARCHITECTURES
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -15,7 +17,7 @@ from nami.models import QAModel, preset_config
 from nami.reports.environment import provenance_lines
 
 
-@pytest.mark.parametrize("arch", ["wave", "transformer"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_analytic_flops_match_torch_flop_counter(arch):
     config = preset_config("tiny", arch, vocab_size=50, max_len=64)
     model = QAModel(config)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+
+from nami.models.registry import ARCHITECTURES
 import torch
 
 from nami.models import MixerInputs, ModelConfig, QAModel, WaveLayer, count_parameters, preset_config, to_complex
 
-ARCHS = ["wave", "transformer"]
+ARCHS = list(ARCHITECTURES)  # every registered architecture
 
 
 def tiny_config(arch: str, **overrides) -> ModelConfig:

@@ -129,3 +129,32 @@ def test_gradient_filtering_is_applied_and_logged(tiny_squad, tiny_tokenizer_dir
 def test_bad_filter_options_are_refused(tiny_squad, tiny_tokenizer_dir, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         mlm_config(tiny_squad, tiny_tokenizer_dir, tmp_path, **overrides)
+
+
+def test_frequency_vocab_order_reaches_the_loss_and_keeps_it(tiny_squad, tiny_tokenizer_dir, tmp_path, monkeypatch):
+    """--loss-vocab-order frequency passes a frequency permutation to the blockwise loss; the losses
+    match the unordered run (ordering changes which tokens share a block, not the maths)."""
+    import nami.losses as losses_module  # MLMTask.loss imports linear_cross_entropy from here at each call
+
+    seen = []
+    original = losses_module.linear_cross_entropy
+
+    def recording(*args, vocab_order=None, **kwargs):
+        seen.append(vocab_order)
+        return original(*args, vocab_order=vocab_order, **kwargs)
+
+    monkeypatch.setattr(losses_module, "linear_cross_entropy", recording)
+    losses = {}
+    for order in ("none", "frequency"):
+        config = mlm_config(tiny_squad, tiny_tokenizer_dir, tmp_path, max_steps=5, log_every=1, loss_impl="blockwise",
+                            loss_vocab_order=order, run_name=f"order-{order}")
+        train(config, quiet=True)
+        losses[order] = [json.loads(line)["loss"] for line in
+                         (tmp_path / f"order-{order}" / ckpt.METRICS_FILE).read_text().splitlines()
+                         if json.loads(line)["type"] == "train"]
+    ordered = [o for o in seen if o is not None]
+    assert len(ordered) == 5 and sorted(ordered[0].tolist()) == list(range(len(ordered[0])))
+    assert ordered[0].tolist() != list(range(len(ordered[0])))  # a real permutation, frequent tokens first
+    assert losses["none"] == pytest.approx(losses["frequency"], rel=1e-4)
+    with pytest.raises(ValueError, match="loss_vocab_order"):
+        mlm_config(tiny_squad, tiny_tokenizer_dir, tmp_path, loss_vocab_order="frequency", loss_impl="naive")

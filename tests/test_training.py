@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from nami.models.registry import ARCHITECTURES
 import torch
 
 from nami.cli import main
@@ -33,18 +35,18 @@ def overfit_runs(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
     return {
         arch: train(tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp, arch, run_name=f"overfit-{arch}"),
                     quiet=True)
-        for arch in ("wave", "transformer")
+        for arch in ARCHITECTURES
     }
 
 
-@pytest.mark.parametrize("arch", ["wave", "transformer"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_tiny_model_overfits_16_examples(overfit_runs, arch):
     result = overfit_runs[arch]
     assert result.final_eval["count"] == 16
     assert result.final_eval["exact_match"] >= 90.0, result.final_eval
 
 
-@pytest.mark.parametrize("arch", ["wave", "transformer"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_run_directory_holds_config_weights_state_and_metrics(overfit_runs, arch):
     run_dir = overfit_runs[arch].run_dir
     for name in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.MANIFEST_FILE, ckpt.METRICS_FILE, ckpt.FINAL_EVAL_FILE,
@@ -58,7 +60,7 @@ def test_run_directory_holds_config_weights_state_and_metrics(overfit_runs, arch
     assert state["progress"]["step"] == 150 and optimizer_state["state"]
 
 
-@pytest.mark.parametrize("arch", ["wave", "transformer"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_checkpoint_reload_gives_identical_predictions_and_f1(overfit_runs, tiny_squad, tmp_path, arch):
     run_dir = overfit_runs[arch].run_dir
     summary = predict_file(run_dir, str(tiny_squad), tmp_path / "pred.json", quiet=True)

@@ -68,7 +68,6 @@ class QACollator:
             "attention_mask": torch.arange(width)[None, :] < lengths[:, None],
             "start_positions": torch.tensor([self.features.start_positions[i] for i in indices]),
             "end_positions": torch.tensor([self.features.end_positions[i] for i in indices]),
-            "window_index": torch.tensor(list(indices)),
         }
         if self.sep_id is not None:
             token_types = np.zeros_like(input_ids)
@@ -88,7 +87,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(
-        self, lengths: np.ndarray, batch_size: int, *, seed: int, pool_batches: int = 50, drop_last: bool = False
+        self, lengths: np.ndarray, batch_size: int, *, seed: int, pool_batches: int = 50
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: expected >= 1")
@@ -96,7 +95,6 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.seed = seed
         self.pool = pool_batches * batch_size
-        self.drop_last = drop_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -110,9 +108,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             pool = order[p : p + self.pool]
             pool = pool[np.argsort(self.lengths[pool], kind="stable")]
             for b in range(0, len(pool), self.batch_size):
-                batch = pool[b : b + self.batch_size].tolist()
-                if len(batch) == self.batch_size or not self.drop_last:
-                    batches.append(batch)
+                batches.append(pool[b : b + self.batch_size].tolist())
         rng.shuffle(batches)
         return batches
 
@@ -120,12 +116,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         return iter(self.batches(self.epoch))
 
     def __len__(self) -> int:
-        n = len(self.lengths)
-        if self.drop_last:
-            # Pools are cut separately, so count per pool.
-            full, rest = divmod(n, self.pool)
-            return full * (self.pool // self.batch_size) + rest // self.batch_size
-        full, rest = divmod(n, self.pool)
+        full, rest = divmod(len(self.lengths), self.pool)  # pools are cut into batches separately
         return full * -(-self.pool // self.batch_size) + -(-rest // self.batch_size)
 
 

@@ -93,8 +93,10 @@ def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig, str]
         train.setdefault("answer_boundaries", "token")
         # Runs saved before TrainConfig.model existed kept the model's fields flat in "train": the
         # saved model config is the base, the flat fields (the same values) apply on top.
-        train.setdefault("model", data["model"])
-        return TrainConfig.from_dict(train), ModelConfig.from_dict(data["model"]), data["tokenizer_fingerprint"]
+        model = dict(data["model"])
+        model.setdefault("name", train.get("preset"))  # saved before ModelConfig.name: the run's preset
+        train.setdefault("model", model)
+        return TrainConfig.from_dict(train), ModelConfig.from_dict(model), data["tokenizer_fingerprint"]
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: invalid run config ({err})") from err
 

@@ -21,6 +21,7 @@ from nami.models.config import DATA_FIELDS, PRESETS, ModelConfig
 PRECISIONS = ("bf16", "fp32")
 LOSS_IMPLS = ("auto", "blockwise", "torch_chunked", "naive", "cce")
 LOSS_FILTERS = ("none", "paper", "bounded_mass")
+VOCAB_ORDERS = ("none", "frequency")
 SCHEDULES = ("cosine", "linear")
 BAD_RECORD_POLICIES = ("error", "skip")
 
@@ -84,6 +85,9 @@ class TrainConfig:
     loss_impl: str = "auto"  # vocabulary-layer loss of the MLM task (nami.losses.linear_cross_entropy)
     loss_filter: str = "none"  # MLM: CCE gradient filtering policy (nami.losses.linear_cross_entropy)
     loss_filter_threshold: float | None = None  # None = the policy's default threshold
+    # MLM: "frequency" orders the vocabulary by training-token frequency before the blockwise loss
+    # cuts it into blocks, so likely tokens share blocks and filtering can skip more (same loss).
+    loss_vocab_order: str = "none"
     tie_embeddings: bool = True  # MLM output matrix = input token embedding
     pppl_sequences: int = 64  # held-out sequences scored by pseudo-perplexity in the final MLM evaluation
     compile_wave: bool = False  # torch.compile the Wave layer's element-wise maths (nami.models.speed)
@@ -124,6 +128,10 @@ class TrainConfig:
         choice("task", tuple(TASKS))
         choice("loss_impl", LOSS_IMPLS)
         choice("loss_filter", LOSS_FILTERS)
+        choice("loss_vocab_order", VOCAB_ORDERS)
+        if self.loss_vocab_order != "none" and self.loss_impl not in ("auto", "blockwise"):
+            raise ValueError(f"option loss_vocab_order={self.loss_vocab_order} needs loss_impl auto or blockwise "
+                             f"(got {self.loss_impl}, which does not cut the vocabulary into blocks)")
         if self.loss_filter != "none" and self.loss_impl not in ("auto", "blockwise", "cce"):
             raise ValueError(f"option loss_filter={self.loss_filter} needs loss_impl auto, blockwise or cce "
                              f"(got {self.loss_impl}: an exact implementation that cannot filter)")

@@ -201,6 +201,12 @@ class MLMTask(Task):
         self.train_lengths = np.fromiter(map(len, self.train_sequences), dtype=np.int64)
         self.collate = MLMCollator(self.train_sequences, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id,
                                    vocab_size=tokenizer.vocab_size, probability=config.mlm_probability)
+        self.vocab_order = None
+        if config.loss_vocab_order == "frequency":
+            from nami.losses import frequency_vocab_order
+
+            counts = np.bincount(np.concatenate(self.train_sequences), minlength=tokenizer.vocab_size)
+            self.vocab_order = frequency_vocab_order(torch.from_numpy(counts[: tokenizer.vocab_size]))
 
     def summary(self) -> dict[str, Any]:
         return {"train_documents": len(self.train_docs), "train_sequences": len(self.train_sequences),
@@ -222,6 +228,7 @@ class MLMTask(Task):
         return linear_cross_entropy(hidden, weight, targets[positions], impl=self.config.loss_impl,
                                     filter_policy=self.config.loss_filter,
                                     filter_threshold=self.config.loss_filter_threshold,
+                                    vocab_order=None if self.vocab_order is None else self.vocab_order.to(weight.device),
                                     stats=self.filter_stats if filtering else None)
 
     def train_metrics(self) -> dict[str, Any]:
