@@ -189,7 +189,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(json.dumps(answer, ensure_ascii=False))
     else:
         for rank, cand in enumerate(answer["candidates"], 1):
-            print(f"{rank}. {cand['text']}\t(score {cand['score']:.2f}, chars {cand['start']}-{cand['end']})")
+            print(f"{rank}. {cand['text']}\t(score {cand['score']:.2f} = start + end logit, "
+                  f"chars {cand['start']}-{cand['end']})")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Batches of QA windows: length-bucketed sampling and padding to a multiple of 16.
+"""Batches of QA windows or pretraining sequences: length-bucketed sampling, padding to a multiple of 16.
 
 Padding every batch to a multiple of 16 keeps the set of tensor shapes small: bf16 oneDNN
 kernels on CPU are rebuilt for every new shape (calibration.md measured ~6x from this and
