@@ -9,6 +9,9 @@ Importing this package registers the built-in mixers (``wave``, ``attention``).
 # Registration order is the order of ARCHITECTURES: the seed's Wave first, then its baseline.
 from nami.models import wave as _wave  # noqa: F401  (registers the "wave" mixer)
 from nami.models import attention as _attention  # noqa: F401  (registers "attention" / arch "transformer")
+from nami.models import local as _local  # noqa: F401  (branch / hybrid mixers "conv", "local_attention")
+from nami.models import fourier as _fourier  # noqa: F401  ("fft_gate")
+from nami.models import cross as _cross  # noqa: F401  ("cross_wave", "question_attention")
 # isort: on
 from nami.models.block import Block, Encoder, build_encoder
 from nami.models.config import PRESETS, WAVE_MODES, ModelConfig, preset_config

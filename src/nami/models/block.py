@@ -3,7 +3,8 @@
 ``Block(config, mixer_cls)`` is state-spaces/mamba's shape: the block owns the residual wiring,
 normalisation and feed-forward; the mixer (:mod:`nami.models.registry`) owns only token mixing::
 
-    x = x + Dropout(mixer(LN(x), inputs))
+    h = LN(x)
+    x = x + Dropout(mixer(h, inputs) + Σ branch(h, inputs))     # branches: ModelConfig.branches
     x = x + FFN(LN(x))
 
 Weight names are ``blocks.<i>.{norm1, mixer, norm2, ffn}.*``. Checkpoints saved before the mixer
@@ -35,10 +36,19 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.ffn = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
+        # Parallel mixers (ModelConfig.branches); created last so that a model without them is
+        # initialised exactly as before they existed.
+        self.branches = nn.ModuleList(mixer_class(name)(config) for name in config.branches) \
+            if config.branches else None
         self._register_load_state_dict_pre_hook(self._rename_legacy)
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
-        x = x + self.dropout(self.mixer(self.norm1(x), inputs))
+        h = self.norm1(x)
+        mixed = self.mixer(h, inputs)
+        if self.branches is not None:
+            for branch in self.branches:
+                mixed = mixed + branch(h, inputs)
+        x = x + self.dropout(mixed)
         return x + self.ffn(self.norm2(x))
 
     @staticmethod

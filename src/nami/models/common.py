@@ -9,12 +9,16 @@ from nami.models.config import ModelConfig
 
 
 class Embeddings(nn.Module):
-    """Token + learned absolute position (+ optional segment) embeddings: ``(B, S) -> (B, S, D)``."""
+    """Token + learned absolute position (+ optional segment) embeddings: ``(B, S) -> (B, S, D)``.
+
+    ``position_embedding="none"`` drops the position table (a model whose mixers carry position,
+    e.g. ``wave_rope``, or none at all)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.token = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
-        self.position = nn.Embedding(config.max_len, config.d_model)
+        self.position = nn.Embedding(config.max_len, config.d_model) if config.position_embedding == "learned" \
+            else None
         self.segment = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
         self.dropout = nn.Dropout(config.dropout)
         self.max_len = config.max_len
@@ -23,8 +27,9 @@ class Embeddings(nn.Module):
         seq_len = input_ids.shape[1]
         if seq_len > self.max_len:
             raise ValueError(f"sequence length {seq_len} exceeds the model's max_len {self.max_len}")
-        positions = torch.arange(seq_len, device=input_ids.device)
-        x = self.token(input_ids) + self.position(positions)
+        x = self.token(input_ids)
+        if self.position is not None:
+            x = x + self.position(torch.arange(seq_len, device=input_ids.device))
         if self.segment is not None and token_type_ids is not None:
             x = x + self.segment(token_type_ids)
         return self.dropout(x)

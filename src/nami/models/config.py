@@ -23,6 +23,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "small": dict(d_model=256, n_layers=4, d_ff=1024, n_heads=4),
     "base": dict(d_model=512, n_layers=8, d_ff=2048, n_heads=8),
 }
+POSITION_EMBEDDINGS: tuple[str, ...] = ("learned", "none")
 # Fields that training fills from the tokenizer and the task (not chosen by the user).
 DATA_FIELDS: tuple[str, ...] = ("vocab_size", "max_len", "pad_id", "type_vocab_size")
 
@@ -56,6 +57,16 @@ class ModelConfig:
             question / context distinction; 0 = none. The same for both architectures.
         mixers: one mixer name per layer (a hybrid stack, e.g. ``["wave", "wave", "attention",
             "wave"]``); ``None`` = the architecture's mixer in every layer.
+        branches: mixers added in parallel to every layer's mixer (``x + mixer(h) + Σ branch(h)``
+            with ``h = LN(x)``), e.g. ``["conv"]``: local, frequency-domain or cross-segment mixing
+            next to the Wave layer's global norm. ``None`` = none (the plain block).
+        position_embedding: ``"learned"`` absolute position table, or ``"none"`` (positions, if
+            any, come from the mixers: ``wave_rope``).
+        wave_rope: rotate every Wave layer's combined wave by a position angle (RoPE as phase
+            rotation, :func:`nami.models.wave.rotate_waves`); ``rope_base`` / ``rope_scale`` set the
+            angles ``θ_{j,k} = j · rope_scale · rope_base^(−k/D)``.
+        conv_kernel: width of the depthwise convolution mixer ``conv`` (odd).
+        local_window: tokens each side a ``local_attention`` query sees (window ``2W + 1``).
         name: the size preset this config came from (``from_name``), ``None`` for a custom one.
             Informational: it names run directories and never changes the maths.
     """
@@ -75,6 +86,13 @@ class ModelConfig:
     pad_id: int = 0
     type_vocab_size: int = 0
     mixers: list[str] | None = None
+    branches: list[str] | None = None
+    position_embedding: str = "learned"
+    wave_rope: bool = False
+    rope_base: float = 10000.0
+    rope_scale: float = 1.0
+    conv_kernel: int = 9
+    local_window: int = 32
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -99,7 +117,30 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"model option {name}={value!r}: expected a positive integer")
-        if "attention" in self.layer_mixers() and self.d_model % self.n_heads:
+        if self.branches is not None:
+            if not isinstance(self.branches, (list, tuple)):
+                raise ValueError(f"model option branches={self.branches!r}: expected a list of mixer names (or null)")
+            self.branches = list(self.branches)
+            for branch in self.branches:
+                if branch not in MIXERS:
+                    raise ValueError(f"model option branches: unknown mixer {branch!r} (expected one of "
+                                     f"{', '.join(MIXERS)})")
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"model option position_embedding={self.position_embedding!r}: expected one of "
+                             f"{', '.join(POSITION_EMBEDDINGS)}")
+        if not isinstance(self.wave_rope, bool):
+            raise ValueError(f"model option wave_rope={self.wave_rope!r}: expected true or false")
+        if not (isinstance(self.rope_base, (int, float)) and self.rope_base > 1.0):
+            raise ValueError(f"model option rope_base={self.rope_base!r}: expected a number > 1")
+        if not (isinstance(self.rope_scale, (int, float)) and self.rope_scale > 0.0):
+            raise ValueError(f"model option rope_scale={self.rope_scale!r}: expected a number > 0")
+        if isinstance(self.conv_kernel, bool) or not isinstance(self.conv_kernel, int) or self.conv_kernel < 1 \
+                or self.conv_kernel % 2 == 0:
+            raise ValueError(f"model option conv_kernel={self.conv_kernel!r}: expected an odd positive integer")
+        if isinstance(self.local_window, bool) or not isinstance(self.local_window, int) or self.local_window < 1:
+            raise ValueError(f"model option local_window={self.local_window!r}: expected a positive integer")
+        uses = set(self.layer_mixers()) | set(self.branches or ())
+        if uses & {"attention", "local_attention"} and self.d_model % self.n_heads:
             raise ValueError(f"model option d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model option dropout={self.dropout!r}: expected 0 <= dropout < 1")

@@ -27,10 +27,12 @@ ARCHITECTURES: dict[str, str] = {}  # architecture name -> the mixer of every la
 
 
 def register_mixer(name: str, cls: type[nn.Module] | None = None, *, arch: str | None = None,
-                   ) -> Callable[[type[nn.Module]], type[nn.Module]] | type[nn.Module]:
+                   as_architecture: bool = True) -> Callable[[type[nn.Module]], type[nn.Module]] | type[nn.Module]:
     """Register ``cls`` as mixer ``name`` and as architecture ``arch`` (default: ``name``).
 
     Usable as a decorator (``@register_mixer("wave")``) or a call (``register_mixer("toy", Toy)``).
+    ``as_architecture=False`` registers a mixer that is only used inside other models (a parallel
+    branch, ``ModelConfig.branches``, or one layer of a hybrid, ``ModelConfig.mixers``).
     Names already taken are refused: shadowing a mixer would silently change saved models.
     """
 
@@ -38,10 +40,11 @@ def register_mixer(name: str, cls: type[nn.Module] | None = None, *, arch: str |
         arch_name = arch or name
         if name in MIXERS and MIXERS[name] is not mixer_cls:
             raise ValueError(f"mixer {name!r} is already registered ({MIXERS[name].__qualname__})")
-        if arch_name in ARCHITECTURES and ARCHITECTURES[arch_name] != name:
+        if as_architecture and arch_name in ARCHITECTURES and ARCHITECTURES[arch_name] != name:
             raise ValueError(f"architecture {arch_name!r} is already registered (mixer {ARCHITECTURES[arch_name]!r})")
         MIXERS[name] = mixer_cls
-        ARCHITECTURES[arch_name] = name
+        if as_architecture:
+            ARCHITECTURES[arch_name] = name
         return mixer_cls
 
     return add(cls) if cls is not None else add

@@ -63,6 +63,30 @@ def wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torc
     return torch.cat([re1 * re2 - im1 * im2, re1 * im2 + im1 * re2], dim=-1)
 
 
+def rope_angles(positions: torch.Tensor, dim: int, base: float, scale: float) -> torch.Tensor:
+    """``θ_{j,k} = j · scale · base^(−k/dim)`` for positions ``(S,)`` → ``(S, dim)`` float32.
+
+    A complex dimension is one RoPE pair, so ``k`` runs over all ``dim`` dimensions and the
+    frequencies span ``1 … base^(−(dim−1)/dim)``, as in RoPE with ``dim`` pairs.
+    """
+    freqs = base ** (-torch.arange(dim, device=positions.device, dtype=torch.float32) / dim)
+    return (positions.to(torch.float32) * scale)[..., None] * freqs
+
+
+def rotate_waves(mixed: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """RoPE as phase rotation: ``[Re Z, Im Z] (B, S, 2D)`` → ``[Re, Im]`` of ``Z · e^{iθ}``.
+
+    ``angles``: ``(S, D)`` or ``(B, S, D)``. Rotation composes with the wave maths by adding
+    phases: applied once to the combined wave, it equals rotating one factor of a modulation
+    (``Z1·e^{iθ} · Z2``: phases add) and both terms of an interference. For any two tokens,
+    ``Z'_j · conj(Z'_l) = Z_j · conj(Z_l) · e^{i(θ_j − θ_l)}`` depends on positions only through
+    ``j − l`` (tested).
+    """
+    re, im = mixed.chunk(2, dim=-1)
+    cos, sin = torch.cos(angles).to(mixed.dtype), torch.sin(angles).to(mixed.dtype)
+    return torch.cat([re * cos - im * sin, re * sin + im * cos], dim=-1)
+
+
 @register_mixer("wave")
 class WaveLayer(nn.Module):
     """Token mixing by wave interference or modulation: ``(B, S, D) -> (B, S, D)`` (mixer ``wave``).
@@ -81,9 +105,13 @@ class WaveLayer(nn.Module):
         self.norm = nn.LayerNorm(2 * d, eps=config.norm_eps)
         self.out = nn.Linear(2 * d, d)
         self.mix = wave_mix
+        self.rope = (config.rope_base, config.rope_scale) if config.wave_rope else None
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         w = self.to_waves(x)
         w = w.to(torch.promote_types(w.dtype, torch.float32))  # >= fp32 even under bf16 autocast (module docstring)
         mixed = self.mix(w, inputs.padding_mask.to(w.dtype).unsqueeze(-1), self.eps, self.mode)
+        if self.rope is not None:
+            positions = inputs.positions if inputs.positions is not None else torch.arange(x.shape[1], device=x.device)
+            mixed = rotate_waves(mixed, rope_angles(positions, mixed.shape[-1] // 2, *self.rope))
         return self.out(self.norm(mixed))

@@ -1,0 +1,98 @@
+"""Mixing across the question / context boundary of a QA window (the seed's cross-attention question).
+
+A QA window is ``[CLS] question [SEP] context [SEP]`` with token types 0 (question side) and ≥ 1
+(context, incl. the question-match type 2). Two mixers let one segment read the other; both need
+``MixerInputs.token_type_ids`` and refuse clearly without them.
+
+* ``cross_wave`` — can one sequence's wave modulate another's? Each segment's *global wave* per
+  dimension is the wave of its mean token, ``Ẑ = m + i·sqrt(G² − m²)`` with ``m = Σ_i w_i / √N``
+  and ``G`` the segment's norm (``|m| ≤ G`` by Cauchy–Schwarz, so it is a valid wave). A context
+  token's own wave (relative to the context's ``G``) is multiplied by the question's ``Ẑ`` and a
+  question token's by the context's: phases add, magnitudes multiply, as in the Wave paper's
+  modulation. O(S·D) time and memory; 4·D² parameters.
+* ``question_attention`` — the standard reference for the same job: DrQA's aligned question
+  embedding (Chen et al. 2017), ``f_j = Σ_{i ∈ question} softmax_i(α(x_j)·α(x_i)) x_i`` with
+  ``α = ReLU(Linear)``, for every token. Only question tokens are keys (they come first in the
+  window), so it costs O(S·Q·D), not O(S²·D). 2·D² parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nami.models.config import ModelConfig
+from nami.models.inputs import MixerInputs
+from nami.models.registry import register_mixer
+
+
+def _segments(inputs: MixerInputs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks ``(B, S)`` of real question-side and real context-side tokens."""
+    if inputs.token_type_ids is None:
+        raise ValueError(f"mixer {name!r} needs token types (a QA model with segment embeddings)")
+    real = inputs.padding_mask
+    question = real & (inputs.token_type_ids == 0)
+    return question, real & ~question
+
+
+@register_mixer("cross_wave", as_architecture=False)
+class CrossWave(nn.Module):
+    """``(B, S, D) -> (B, S, D)``: each token's wave modulated by the other segment's global wave."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.eps = config.wave_eps
+        self.to_wave = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(2 * d, eps=config.norm_eps)
+        self.out = nn.Linear(2 * d, d)
+
+    def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
+        question, context = _segments(inputs, "cross_wave")
+        w = self.to_wave(x)
+        w = w.to(torch.promote_types(w.dtype, torch.float32))  # >= fp32 wave maths, as in the Wave layer
+        eps = self.eps
+        re = torch.zeros_like(w)
+        im = torch.zeros_like(w)
+        globals_ = []
+        for seg in (question, context):
+            m = seg.unsqueeze(-1).to(w.dtype)
+            ws = w * m
+            g2 = (ws * ws).sum(1, keepdim=True) + eps  # (B, 1, D)
+            mean = ws.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0).sqrt()  # Σ w / √N
+            g_re, g_im = mean, torch.sqrt((g2 - mean * mean).clamp_min(0.0) + eps)
+            own_im = torch.sqrt((g2 - ws * ws).clamp_min(0.0) + eps)
+            globals_.append((g_re, g_im))
+            re = re + ws
+            im = im + own_im * m
+        (q_re, q_im), (c_re, c_im) = globals_
+        is_q = question.unsqueeze(-1)
+        o_re = torch.where(is_q, c_re, q_re)  # the other segment's global wave
+        o_im = torch.where(is_q, c_im, q_im)
+        mixed = torch.cat([re * o_re - im * o_im, re * o_im + im * o_re], dim=-1)
+        mixed = mixed * inputs.padding_mask.unsqueeze(-1).to(w.dtype)
+        return self.out(self.norm(mixed))
+
+
+@register_mixer("question_attention", as_architecture=False)
+class QuestionAttention(nn.Module):
+    """``(B, S, D) -> (B, S, D)``: DrQA's aligned question embedding for every token (module docstring)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.align = nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
+        question, _ = _segments(inputs, "question_attention")
+        q_len = max(int(question.sum(1).max()), 1)
+        # The question side comes first in every window, so its tokens are among the first q_len positions.
+        span = min(q_len + int((~question[:, :q_len]).sum(1).max()), x.shape[1])
+        keys_allowed = question[:, :span]  # (B, Qs)
+        keys_allowed = keys_allowed | ~keys_allowed.any(1, keepdim=True)  # no question token: attend uniformly
+        a = F.relu(self.align(x))  # (B, S, D)
+        y = F.scaled_dot_product_attention(a[:, None], a[:, None, :span], x[:, None, :span],
+                                           attn_mask=keys_allowed[:, None, None, :], scale=1.0)
+        return self.out(y[:, 0])

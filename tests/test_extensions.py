@@ -1,0 +1,166 @@
+"""The Wave extensions (issue: position, locality, a view of the question): each mixer's maths,
+padding invariance, finite gradients, and plain Wave unchanged when every option is off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nami.models import MixerInputs, ModelConfig, QAModel
+from nami.models.fourier import FFTGate
+from nami.models.local import LocalAttention
+from nami.models.wave import rope_angles, rotate_waves
+
+BRANCHES = ["conv", "local_attention", "fft_gate", "cross_wave", "question_attention"]
+VARIANTS = {
+    **{f"branch-{b}": dict(branches=[b]) for b in BRANCHES},
+    "rope": dict(wave_rope=True, position_embedding="none"),
+    "rope+learned": dict(wave_rope=True),
+    "no-positions": dict(position_embedding="none"),
+    "hybrid-local": dict(mixers=["wave", "local_attention"]),
+    "hybrid-fft": dict(mixers=["fft_gate", "wave"]),
+}
+
+
+def config(**overrides) -> ModelConfig:
+    return ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=64, type_vocab_size=2,
+                                 local_window=4, conv_kernel=5, **overrides)
+
+
+def window(length: int, question: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(length)
+    ids = torch.randint(5, 50, (1, length))
+    types = (torch.arange(length) >= question).long()[None]
+    return ids, types
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_padding_never_changes_real_tokens(name):
+    torch.manual_seed(0)
+    model = QAModel(config(**VARIANTS[name])).double().eval()
+    ids, types = window(13)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    short = model(ids, mask, types)
+    pad = 19  # more padding than a local window and an FFT length change
+    padded = model(F.pad(ids, (0, pad)), F.pad(mask, (0, pad)), F.pad(types, (0, pad)))
+    torch.testing.assert_close(padded.start[:, :13], short.start, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(padded.end[:, :13], short.end, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("case", ["one_token", "all_equal", "padded"])
+def test_gradients_are_finite_on_edge_cases(name, case):
+    torch.manual_seed(1)
+    model = QAModel(config(**VARIANTS[name]))
+    if case == "one_token":
+        ids, types = torch.tensor([[7]]), torch.zeros(1, 1, dtype=torch.long)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+    elif case == "all_equal":
+        ids, types = torch.full((2, 9), 7), (torch.arange(9) >= 3).long()[None].repeat(2, 1)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+    else:
+        ids, types = window(16)
+        ids, types = ids.repeat(2, 1), types.repeat(2, 1)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        mask[0, 3:] = False
+    logits = model(ids, mask, types)
+    QAModel.loss(logits, torch.zeros(len(ids), dtype=torch.long), torch.zeros(len(ids), dtype=torch.long)).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), pname
+
+
+def test_every_option_off_is_the_plain_wave_model_bit_for_bit():
+    torch.manual_seed(2)
+    plain = QAModel(ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=64))
+    torch.manual_seed(2)
+    off = QAModel(ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=64, branches=None, wave_rope=False,
+                                        position_embedding="learned", mixers=None))
+    assert list(plain.state_dict()) == list(off.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), off.state_dict().values()))
+    ids = torch.randint(5, 50, (2, 11))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    assert torch.equal(plain(ids, mask).start, off(ids, mask).start)
+
+
+def test_fft_gate_equals_the_direct_convolution():
+    torch.manual_seed(3)
+    gate = FFTGate(ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=8)).double()
+    x = torch.randn(2, 6, 64, dtype=torch.float64)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    y = gate(x, MixerInputs(mask))
+    xm = x * mask[..., None]
+    centre = 8 - 1
+    direct = torch.stack([sum(xm[:, i] * gate.kernel[centre + j - i] for i in range(6)) for j in range(6)], dim=1)
+    torch.testing.assert_close(y, direct, rtol=1e-10, atol=1e-10)
+
+
+def test_local_attention_equals_banded_full_attention():
+    torch.manual_seed(4)
+    cfg = ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=64, local_window=3)
+    layer = LocalAttention(cfg).double()
+    x = torch.randn(2, 11, 64, dtype=torch.float64)
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, 8:] = False
+    y = layer(x, MixerInputs(mask))
+    q, k, v = layer.qkv(x).view(2, 11, 3, 2, 32).permute(2, 0, 3, 1, 4)
+    i = torch.arange(11)
+    allowed = ((i[None, :] - i[:, None]).abs() <= 3)[None] & mask[:, None, :]
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    ref = layer.out(ref.transpose(1, 2).reshape(2, 11, 64))
+    torch.testing.assert_close(y[mask], ref[mask], rtol=1e-9, atol=1e-9)
+
+
+def test_rope_rotation_depends_on_relative_position_only():
+    torch.manual_seed(5)
+    z = torch.randn(1, 1, 16, dtype=torch.float64)  # one token's [Re, Im] over 8 complex dims
+    w = torch.randn(1, 1, 16, dtype=torch.float64)
+
+    def rotated(vec, pos):
+        return rotate_waves(vec, rope_angles(torch.tensor([pos]), 8, 10000.0, 1.0).double())
+
+    def inner(a, b):  # Σ_k a_k · conj(b_k) as a complex number
+        ca, cb = torch.complex(*a.chunk(2, -1)), torch.complex(*b.chunk(2, -1))
+        return (ca * cb.conj()).sum()
+
+    torch.testing.assert_close(inner(rotated(z, 7), rotated(w, 4)), inner(rotated(z, 13), rotated(w, 10)))
+    assert not torch.allclose(inner(rotated(z, 7), rotated(w, 4)), inner(rotated(z, 7), rotated(w, 5)))
+    # a rotation keeps each complex magnitude
+    r = rotated(z, 3)
+    torch.testing.assert_close(torch.complex(*r.chunk(2, -1)).abs(), torch.complex(*z.chunk(2, -1)).abs())
+
+
+@pytest.mark.parametrize("name", ["cross_wave", "question_attention"])
+def test_cross_segment_mixers_read_the_other_segment(name):
+    torch.manual_seed(6)
+    model = QAModel(config(mixers=[name, name])).double().eval()
+    ids, types = window(12, question=5)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    base = model(ids, mask, types).start
+    changed_q = ids.clone()
+    changed_q[0, 2] = 9 if ids[0, 2] != 9 else 10  # a question token
+    after = model(changed_q, mask, types).start
+    assert not torch.allclose(after[0, 5:], base[0, 5:])  # context outputs see the question
+    with pytest.raises(ValueError, match="needs token types"):
+        model(ids, mask)
+
+
+def test_question_attention_keys_are_question_tokens_only():
+    torch.manual_seed(7)
+    model = QAModel(config(mixers=["question_attention", "question_attention"])).double().eval()
+    ids, types = window(12, question=5)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    base = model(ids, mask, types).start
+    changed = ids.clone()
+    changed[0, 9] = 9 if ids[0, 9] != 9 else 10  # a context token: only its own output may move
+    after = model(changed, mask, types).start
+    moved = (after - base).abs()[0] > 1e-12
+    assert moved.tolist() == [i == 9 for i in range(12)]
+
+
+def test_bad_extension_options_are_refused():
+    for field, value in [("branches", ["rnn"]), ("position_embedding", "sinusoid"), ("conv_kernel", 4),
+                         ("local_window", 0), ("rope_base", 1.0), ("wave_rope", "yes")]:
+        with pytest.raises(ValueError, match=field):
+            ModelConfig.from_name("tiny", "wave", **{field: value})
