@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,26 @@ def test_results_path_under_a_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="afile is a file"):
         check_results_path(tmp_path / "afile" / "compare.json")
     check_results_path(tmp_path / "new" / "compare.json")  # a missing parent is created later: fine
+
+
+def test_ablate_writes_one_row_per_variant_with_every_field(tmp_path):
+    from nami.reports.ablate import VARIANTS, run_ablation
+
+    fixtures = Path(__file__).parent / "fixtures"
+    data = str(fixtures / "tiny_qa.json")
+    record = run_ablation(variants=["wave", "wave+conv"], preset="smoke", minutes=0.03, seeds=[0],
+                          out=str(tmp_path / "abl"), train_data=[data], eval_data=data,
+                          tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True)
+    saved = json.loads((tmp_path / "abl.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert [row["name"] for row in saved["rows"]] == ["wave", "wave+conv"]
+    for row in saved["rows"]:
+        assert {"name", "options", "params", "train_tokens_per_s", "eval_questions_per_s", "train_peak_mb",
+                "exact_match", "f1", "runs", "budget_minutes"} <= set(row)
+        assert row["runs"][0]["count"] == 24 and row["options"] == VARIANTS[row["name"]]["options"]
+    conv_run = json.loads((Path(saved["rows"][1]["runs"][0]["run_dir"]) / "config.json").read_text())
+    assert conv_run["model"]["branches"] == ["conv"]  # the variant's options reached the trained model
+    assert saved["rows"][1]["params"] > saved["rows"][0]["params"]
+    assert "| wave+conv | branches=['conv'] |" in (tmp_path / "abl.md").read_text()
+    with pytest.raises(ValueError, match="unknown variant"):
+        run_ablation(variants=["wave+lstm"], out=str(tmp_path / "x"))

@@ -235,6 +235,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from nami.reports.ablate import run_ablation
+
+    record = run_ablation(variants=args.variants, preset=args.preset, minutes=args.minutes,
+                          pretrain_minutes=args.pretrain_minutes, seeds=args.seeds, out=args.out,
+                          train_data=args.train_data, eval_data=args.eval_data, tokenizer=args.tokenizer,
+                          quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
+    print(f"[nami] wrote {args.out}.json and {args.out}.md ({len(record['rows'])} rows)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from nami.reports.report import RESULTS_FILE, rerender
 
@@ -365,6 +376,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the results JSON here (e.g. results/compare.json)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("ablate", help="train model variants under one protocol → OUT.json / OUT.md table")
+    p.add_argument("--variants", nargs="+", required=True, metavar="NAME",
+                   help="variants of nami.reports.ablate.VARIANTS (wave, transformer, wave+rope, wave+conv, "
+                        "wave+local, wave+fft, wave+crosswave, wave+qattn, hybrid-local, combinations)")
+    p.add_argument("--preset", default=None,
+                   help="compare preset whose recipe every run follows (default: screening = the scratch "
+                        "preset's QA recipe for --minutes, default 8)")
+    p.add_argument("--minutes", type=float, default=None, help="QA training minutes per run")
+    p.add_argument("--pretrain-minutes", type=float, default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--out", default="results/ablations", help="OUT.json and OUT.md (runs under OUT-runs/)")
+    p.add_argument("--train-data", nargs="+", default=None)
+    p.add_argument("--eval-data", default=None)
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_ablate)
 
     bench = sub.add_parser("bench", help="benchmarks (not tests): scaling with sequence length, roofline")
     bench = bench.add_subparsers(dest="bench_command", required=True)

@@ -102,9 +102,15 @@ def stage_configs(
     train_data: list[str] | None,
     eval_data: str | None,
     tokenizer: str | None = None,
+    options: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> dict[str, TrainConfig]:
     """The training runs of one model, in order, by stage name (``{"pretrain": ..., "finetune": ...}``,
-    or only ``"finetune"`` when the preset has no pretraining stage or ``pretrain_minutes`` is 0)."""
+    or only ``"finetune"`` when the preset has no pretraining stage or ``pretrain_minutes`` is 0).
+
+    ``options``: extra training options applied to every stage (model shortcuts included, e.g.
+    ``{"branches": ["conv"], "seed": 1}``: ``nami ablate``); ``name`` replaces ``arch`` in run names.
+    """
     if preset not in COMPARE_PRESETS:
         raise ValueError(f"unknown compare preset {preset!r}: expected one of {', '.join(COMPARE_PRESETS)}")
     spec = COMPARE_PRESETS[preset]
@@ -133,11 +139,11 @@ def stage_configs(
         stages[stage["name"]] = TrainConfig.from_dict({
             "task": stage["task"], "arch": arch, "max_minutes": budget if budget is not None else stage["minutes"],
             "runs_dir": runs_dir,
-            "run_name": f"{stamp}-{preset}-{arch}" + ("" if final else f"-{stage['name']}"),
+            "run_name": f"{stamp}-{preset}-{name or arch}" + ("" if final else f"-{stage['name']}"),
             "train_data": train_data if final else pretrain_data,
             "eval_data": eval_data if final else None,
             "tokenizer": None if init_dir else tokenizer, "init_from": init_dir,
-            **stage["train"], **arch_options,
+            **stage["train"], **arch_options, **(options or {}),
         })
     return stages
 

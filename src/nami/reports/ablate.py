@@ -1,0 +1,150 @@
+"""``nami ablate``: train a list of model variants under one protocol and tabulate them.
+
+Each variant is an architecture plus model/training options (``VARIANTS``); each (variant, seed)
+is one chain of ``nami train --config`` subprocesses built by :func:`nami.reports.compare.stage_configs`
+from a compare preset, so every row gets exactly the recipe of that preset and nothing else differs.
+Rows are written to ``OUT.json`` / ``OUT.md`` after every run, so a stopped ablation keeps what it
+finished. Format of ``OUT.json``::
+
+    {"command", "commit", "machine", "date", "protocol": {...},
+     "rows": [{"name", "options", "params", "train_tokens_per_s", "eval_questions_per_s",
+               "train_peak_mb", "exact_match", "f1", "runs": [{"seed", "exact_match", "f1", ...}],
+               "budget_minutes"}]}
+
+``exact_match`` / ``f1`` of a row are the mean over its seeds (``f1_spread``: max − min).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from nami.io import read_json, write_json
+from nami.reports.compare import COMPARE_PRESETS, FINAL_STAGE, _run_chain, _stage_command, stage_configs
+from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
+from nami.training import checkpoint as ckpt
+from nami.training.tasks import resolve_eval_data
+
+# name -> {"arch": ..., "options": {...}} (options: model shortcuts or training options)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "wave": dict(arch="wave", options={}),
+    "transformer": dict(arch="transformer", options={}),
+    "wave+rope": dict(arch="wave", options=dict(wave_rope=True, position_embedding="none")),
+    "wave-nopos": dict(arch="wave", options=dict(position_embedding="none")),
+    "wave+conv": dict(arch="wave", options=dict(branches=["conv"])),
+    "wave+local": dict(arch="wave", options=dict(branches=["local_attention"])),
+    "wave+fft": dict(arch="wave", options=dict(branches=["fft_gate"])),
+    "wave+crosswave": dict(arch="wave", options=dict(branches=["cross_wave"])),
+    "wave+qattn": dict(arch="wave", options=dict(branches=["question_attention"])),
+    "hybrid-local": dict(arch="wave", options=dict(mixers=["wave", "local_attention", "wave", "local_attention"])),
+    "wave+conv+qattn": dict(arch="wave", options=dict(branches=["conv", "question_attention"])),
+    "wave+conv+crosswave": dict(arch="wave", options=dict(branches=["conv", "cross_wave"])),
+    "wave+rope+conv+qattn": dict(arch="wave", options=dict(wave_rope=True, position_embedding="none",
+                                                           branches=["conv", "question_attention"])),
+}
+# The screening protocol: QA only, from scratch, with the standard preset's QA recipe.
+SCREEN = dict(preset="scratch", minutes=8.0)
+
+
+def _row(name: str, spec: dict[str, Any], runs: list[dict[str, Any]], budget: float) -> dict[str, Any]:
+    def mean(key: str) -> float:
+        return statistics.fmean(r[key] for r in runs)
+
+    f1s = [r["f1"] for r in runs]
+    return {"name": name, "arch": spec["arch"], "options": spec["options"], "params": runs[0]["params"],
+            "train_tokens_per_s": mean("train_tokens_per_s"), "eval_questions_per_s": mean("eval_questions_per_s"),
+            "train_peak_mb": max(r["train_peak_mb"] for r in runs), "exact_match": mean("exact_match"),
+            "f1": mean("f1"), "f1_spread": max(f1s) - min(f1s), "steps": mean("steps"), "runs": runs,
+            "budget_minutes": budget}
+
+
+def markdown(record: dict[str, Any]) -> str:
+    protocol = record["protocol"]
+    lines = ["# Ablations: Wave extensions against plain Wave and the Transformer", "",
+             f"Protocol: compare preset `{protocol['preset']}` ({protocol['description']}), "
+             f"{protocol['budget_minutes']:g} training minutes per run, seeds {protocol['seeds']}; EM / F1 on all "
+             f"{protocol.get('questions', '')} questions of {protocol['eval_data']} (official metric). "
+             "Speeds are from each run's own training / final evaluation on this machine.", "",
+             "| variant | options | params | train tok/s | steps | eval q/s | train peak MB | EM | F1 | F1 spread |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in record["rows"]:
+        options = ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "–"
+        spread = f"{row['f1_spread']:.2f}" if len(row["runs"]) > 1 else "–"
+        lines.append(f"| {row['name']} | {options} | {row['params']:,} | {row['train_tokens_per_s']:,.0f} | "
+                     f"{row['steps']:,.0f} | {row['eval_questions_per_s']:,.0f} | {row['train_peak_mb']:,.0f} | "
+                     f"{row['exact_match']:.2f} | {row['f1']:.2f} | {spread} |")
+    lines += [""] + provenance_lines(record)
+    return "\n".join(lines) + "\n"
+
+
+def run_ablation(*, variants: list[str], preset: str | None = None, minutes: float | None = None,
+                 pretrain_minutes: float | None = None, seeds: list[int] = (0,), out: str = "results/ablations",
+                 train_data: list[str] | None = None, eval_data: str | None = None, tokenizer: str | None = None,
+                 quiet: bool = False, command: str = "nami ablate") -> dict[str, Any]:
+    """Train every (variant, seed) one after the other with all threads; write ``out``.json/.md."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}: expected some of {', '.join(VARIANTS)}")
+    screening = preset is None
+    preset = preset or SCREEN["preset"]
+    minutes = minutes if minutes is not None else (SCREEN["minutes"] if screening else None)
+    if preset not in COMPARE_PRESETS:
+        raise ValueError(f"unknown compare preset {preset!r}: expected one of {', '.join(COMPARE_PRESETS)}")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_path = Path(out)
+    runs_dir = out_path.parent / f"{out_path.name}-runs"
+    commit = git_commit()
+    plans = {(name, seed): stage_configs(preset, VARIANTS[name]["arch"], minutes=minutes,
+                                         pretrain_minutes=pretrain_minutes, runs_dir=str(runs_dir),
+                                         stamp=stamp, train_data=train_data, eval_data=eval_data,
+                                         tokenizer=tokenizer, options={**VARIANTS[name]["options"], "seed": seed},
+                                         name=f"{name}-s{seed}")
+             for name in variants for seed in seeds}
+    first = next(iter(plans.values()))
+    budget = sum(c.max_minutes for c in first.values())
+    record: dict[str, Any] = {
+        "command": command, "commit": commit, "machine": machine_description(), "date": now_iso(),
+        "protocol": {"preset": preset, "budget_minutes": budget, "seeds": list(seeds),
+                     "stages": {k: {"task": c.task, "minutes": c.max_minutes} for k, c in first.items()},
+                     "description": ("screening: QA from scratch with the standard QA recipe, a short budget"
+                                     if screening else "the compare preset's full recipe"),
+                     "eval_data": resolve_eval_data(first[FINAL_STAGE])},
+        "rows": [],
+    }
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for (name, seed), stages in plans.items():
+        chain = []
+        for stage, config in stages.items():
+            path = runs_dir / f"{name}-s{seed}.{stage}.json"
+            path.write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2), "utf-8")
+            chain.append(_stage_command(path, None, True))
+        if not quiet:
+            print(f"[nami] ablate {name} seed {seed}: {budget:g} training minutes", flush=True)
+        started = time.perf_counter()
+        code, _ = _run_chain(chain, runs_dir / f"{name}-s{seed}.log")
+        if code != 0:
+            raise RuntimeError(f"variant {name} seed {seed} failed (exit {code}); see {runs_dir / f'{name}-s{seed}.log'}")
+        final_config = stages[FINAL_STAGE]
+        final = read_json(Path(final_config.runs_dir) / final_config.run_name / ckpt.FINAL_EVAL_FILE)
+        peaks = [read_json(Path(c.runs_dir) / c.run_name / ckpt.FINAL_EVAL_FILE)["peak_rss_mb"] for c in stages.values()]
+        run = {"seed": seed, "exact_match": final["exact_match"], "f1": final["f1"], "count": final["count"],
+               "params": final["params"]["total"], "train_tokens_per_s": final["train_tokens_per_s"],
+               "eval_questions_per_s": final["questions_per_s"], "train_peak_mb": max(peaks), "steps": final["step"],
+               "wall_minutes": (time.perf_counter() - started) / 60,
+               "run_dir": str(Path(final_config.runs_dir) / final_config.run_name)}
+        results.setdefault(name, []).append(run)
+        record["protocol"]["questions"] = final["count"]
+        record["rows"] = [_row(n, VARIANTS[n], rs, budget) for n, rs in results.items()]
+        write_json(out_path.with_suffix(".json"), record)
+        out_path.with_suffix(".md").write_text(markdown(record), "utf-8")
+        if not quiet:
+            print(f"[nami] {name} seed {seed}: EM {run['exact_match']:.2f} F1 {run['f1']:.2f} "
+                  f"({run['train_tokens_per_s']:,.0f} train tok/s, {run['steps']} steps)", flush=True)
+    return record
