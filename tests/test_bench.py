@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from nami.models.registry import ARCHITECTURES
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from nami.models.registry import ARCHITECTURES
 from nami.bench.roofline import forward_flops_per_token, training_flops_per_token
 from nami.bench.scaling import CaseFailed, loglog_slope, run_isolated, slopes
 from nami.models import QAModel, preset_config
@@ -99,3 +98,18 @@ def test_provenance_lines_name_command_commit_machine_and_date_in_one_form():
     assert provenance_lines(record, machine_note="2 threads")[2] == "- machine: CPU, 2 CPUs; 2 threads"
     with pytest.raises(KeyError, match="lacks commit, date"):
         provenance_lines({"command": "c", "machine": "m"})
+
+
+def test_generation_bench_measures_both_decoders(tmp_path):
+    from nami.bench.generation import run_generation_bench
+
+    result = run_generation_bench(prompt_lens=(16, 48), new_tokens=4, preset="tiny", precision="fp32", threads=1,
+                                  out=str(tmp_path / "generation.json"), quiet=True, time_limit_s=120)
+    assert not result["skipped"]
+    by = {(r["model"], r["prompt_len"]): r for r in result["records"]}
+    assert set(by) == {(m, p) for m in ("wave", "transformer") for p in (16, 48)}
+    assert by["wave", 16]["state_mb"] == by["wave", 48]["state_mb"]  # a constant decoding state
+    assert by["transformer", 48]["state_mb"] > by["transformer", 16]["state_mb"]
+    assert all(r["tokens_per_s"] > 0 for r in result["records"]) and len(result["ratios"]) == 2
+    for suffix in (".json", ".md", ".png"):
+        assert (tmp_path / f"generation{suffix}").stat().st_size > 0

@@ -12,7 +12,7 @@ from nami.models.fourier import FFTGate
 from nami.models.local import LocalAttention
 from nami.models.wave import rope_angles, rotate_waves
 
-BRANCHES = ["conv", "local_attention", "fft_gate", "cross_wave", "question_attention"]
+BRANCHES = ["conv", "local_attention", "fft_gate", "cross_wave", "question_attention", "sentence_wave", "segment_wave"]
 VARIANTS = {
     **{f"branch-{b}": dict(branches=[b]) for b in BRANCHES},
     "rope": dict(wave_rope=True, position_embedding="none"),
@@ -20,12 +20,14 @@ VARIANTS = {
     "no-positions": dict(position_embedding="none"),
     "hybrid-local": dict(mixers=["wave", "local_attention"]),
     "hybrid-fft": dict(mixers=["fft_gate", "wave"]),
+    "proxy": dict(proxy_tokens=3),
+    "proxy+qattn+sentence": dict(proxy_tokens=2, branches=["question_attention", "sentence_wave"]),
 }
 
 
 def config(**overrides) -> ModelConfig:
     return ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=64, type_vocab_size=2,
-                                 local_window=4, conv_kernel=5, **overrides)
+                                 local_window=4, conv_kernel=5, sentence_boundary_ids=[8], **overrides)
 
 
 def window(length: int, question: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,3 +166,53 @@ def test_bad_extension_options_are_refused():
                          ("local_window", 0), ("rope_base", 1.0), ("wave_rope", "yes")]:
         with pytest.raises(ValueError, match=field):
             ModelConfig.from_name("tiny", "wave", **{field: value})
+
+
+def test_hierarchy_groups_and_grouped_waves():
+    from nami.models.hierarchy import group_ids, grouped_wave_mix
+    from nami.models.wave import wave_mix
+
+    ids = torch.tensor([[2, 10, 11, 3, 12, 8, 13, 14, 8, 3, 0]])  # [CLS] q q [SEP] a 。 b c 。 [SEP] pad
+    sentence, segment = group_ids(ids, [8])
+    assert segment.tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2]]
+    assert sentence.tolist() == [[0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 4]]
+    # one group for every token = the plain Wave maths
+    torch.manual_seed(8)
+    w = torch.randn(2, 7, 8, dtype=torch.float64)
+    mask = torch.ones(2, 7, 1, dtype=torch.float64)
+    torch.testing.assert_close(grouped_wave_mix(w, mask, torch.zeros(2, 7, dtype=torch.long), 1e-6, "modulation"),
+                               wave_mix(w, mask, 1e-6, "modulation"))
+    # two groups = the plain maths on each group alone
+    groups = torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2)
+    out = grouped_wave_mix(w, mask, groups, 1e-6, "interference")
+    torch.testing.assert_close(out[:, 3:], wave_mix(w[:, 3:], mask[:, 3:], 1e-6, "interference"))
+
+
+def test_proxy_tokens_take_part_but_never_reach_the_head():
+    torch.manual_seed(9)
+    model = QAModel(config(proxy_tokens=3)).eval()
+    ids, types = window(10)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    out = model(ids, mask, types)
+    assert out.start.shape == (1, 10)  # stripped before the span head
+    with torch.no_grad():
+        model.encoder.proxies.add_(torch.randn_like(model.encoder.proxies))  # (a constant shift LayerNorm would remove)
+    assert not torch.allclose(model(ids, mask, types).start, out.start)  # they take part in the mixing
+    with pytest.raises(ValueError, match="proxy_tokens"):
+        ModelConfig.from_name("tiny", "wave", proxy_tokens=2, causal=True)
+
+
+def test_stage_wise_training_switches_branches_on_in_order():
+    from nami.models.block import set_branches
+
+    model = QAModel(config(branches=["sentence_wave", "segment_wave"]))
+    schedule = {"sentence_wave": 0.33, "segment_wave": 0.66}
+    states = []
+    for progress in (0.0, 0.4, 0.7):
+        set_branches(model, progress, schedule)
+        states.append(model.encoder.blocks[0].branch_on)
+    assert states == [[False, False], [True, False], [True, True]]
+    from nami.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="branch_schedule"):
+        TrainConfig.from_dict({"preset": "tiny", "branches": ["conv"], "branch_schedule": {"segment_wave": 0.5}})

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from nami.models.registry import ARCHITECTURES
 import torch
 
+from nami.models.registry import ARCHITECTURES
 from nami.cli import main
 from nami.pipelines import predict_file
 from nami.training import checkpoint as ckpt

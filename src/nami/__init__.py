@@ -26,6 +26,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "pipeline": "nami.pipelines",
     "QuestionAnsweringPipeline": "nami.pipelines",
+    "TextGenerationPipeline": "nami.pipelines",
+    "CausalLMModel": "nami.models",
+    "generate": "nami.models",
     "ModelConfig": "nami.models",
     "QAModel": "nami.models",
     "MaskedLMModel": "nami.models",

@@ -109,6 +109,10 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from nami.data.corpus import read_corpus
     from nami.text import train_tokenizer
 
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {args.out}: already exists and is not an empty directory (a tokenizer or a run's "
+                        "tokenizer/ would be overwritten); choose a new directory")
     texts = read_corpus(args.corpus)
     tokenizer = train_tokenizer(texts, args.out, vocab_size=args.vocab_size, model_type=args.model_type,
                                 show_progress=not args.quiet)
@@ -140,9 +144,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    """``nami pretrain`` = ``nami train --task mlm`` with pretraining defaults."""
-    args.task = "mlm"
+    """``nami pretrain`` = ``nami train --task mlm`` (``--objective clm``: ``--task clm``, a causal decoder)."""
+    args.task = args.objective
     return cmd_train(args)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from nami.pipelines import pipeline
+
+    generator = pipeline("text-generation", model=args.checkpoint, threads=args.threads)
+    stream = None if args.no_stream or args.json else (lambda piece: print(piece, end="", flush=True))
+    result = generator(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_text=stream)
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+    elif stream is None:
+        print(result["generated_text"])
+    else:
+        print(flush=True)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -171,11 +191,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from nami.io import check_output_path
     from nami.pipelines import predict_file
     from nami.resources import peak_rss_mb
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size={args.batch_size}: expected >= 1")
+    check_output_path(args.output, "--output", inputs=args.data, protected=[args.checkpoint])
+
     result = predict_file(args.checkpoint, args.data, args.output, batch_size=args.batch_size,
-                          threads=args.threads, answer_boundaries=args.answer_boundaries, quiet=args.quiet)
+                          threads=args.threads, answer_boundaries=args.answer_boundaries, quiet=args.quiet,
+                          num_beams=args.num_beams)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)  # this process did nothing but predict
     print(json.dumps(result, ensure_ascii=False))
     return 0
@@ -198,9 +224,14 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from nami.data.squad import load_squad
     from nami.evaluation import lexical
     from nami.evaluation.metric import evaluate_predictions
+    from nami.io import check_output_path, write_json
     from nami.reports.environment import git_commit, machine_description, now_iso
-    from nami.training.checkpoint import write_json
 
+    if args.window < 1:
+        raise UserError(f"--window={args.window}: expected >= 1")
+    for option, value in (("--output", args.output), ("--results", args.results)):
+        if value:
+            check_output_path(value, option, inputs=args.data)
     examples = load_squad(args.data, on_bad_record=args.on_bad_record)
     predictions = lexical.predict(examples, window=args.window, show_progress=not args.quiet)
     scores = evaluate_predictions(examples, predictions)
@@ -231,6 +262,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         command=" ".join(["nami", *sys.argv[1:]]),
         results_path=args.results,
+        models=tuple(args.models),
     )
     return 0
 
@@ -272,6 +304,18 @@ def cmd_bench_scaling(args: argparse.Namespace) -> int:
     if not args.quiet:
         from nami.bench.scaling import markdown
 
+        print(markdown(result))
+    return 0
+
+
+def cmd_bench_generation(args: argparse.Namespace) -> int:
+    from nami.bench.generation import markdown, run_generation_bench
+
+    result = run_generation_bench(prompt_lens=tuple(args.prompt_lens), new_tokens=args.new_tokens, preset=args.preset,
+                                  precision=args.precision, threads=args.threads, memory_cap_mb=args.memory_cap_mb,
+                                  time_limit_s=args.time_limit_s, out=args.out, quiet=args.quiet,
+                                  command=" ".join(["nami", *sys.argv[1:]]))
+    if not args.quiet:
         print(markdown(result))
     return 0
 
@@ -319,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("pretrain", help="masked-LM pretraining (default corpus: JaQuAD train contexts)")
+    p = sub.add_parser("pretrain", help="masked-LM (or causal-LM) pretraining (default corpus: JaQuAD train contexts)")
+    p.add_argument("--objective", choices=["mlm", "clm"], default="mlm",
+                   help="mlm: masked LM (an encoder); clm: causal LM (a decoder that generates, nami generate)")
     p.add_argument("--config", help="JSON file of training options (command-line options override it)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -335,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-boundaries", choices=ANSWER_BOUNDARIES, default=None,
                    help="where answers may begin/end: MeCab word boundaries or any token (default: the run's "
                         "answer_boundaries; runs saved before the option existed: token)")
+    p.add_argument("--num-beams", type=int, default=None,
+                   help="generative-QA runs: beam search width (default: the run's num_beams, 1 = greedy)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -345,6 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-best", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("generate", help="continue a prompt with a causal-LM run (nami pretrain --objective clm)")
+    p.add_argument("--checkpoint", required=True, help="run directory of a causal-LM run")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (sampling is reproducible)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-stream", action="store_true", help="print the text at the end, not token by token")
+    p.add_argument("--json", action="store_true", help="one JSON object: generated_text, token_ids, ...")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("baseline", help="non-neural reference answers (lexical-overlap heuristic)")
     p.add_argument("kind", choices=["lexical"])
@@ -372,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", default=None)
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the cached default tokenizer)")
     p.add_argument("--no-lexical", action="store_true", help="skip scoring the lexical-overlap heuristic")
+    p.add_argument("--models", nargs="+", default=["wave", "transformer"], metavar="NAME",
+                   help="models to train (nami.reports.compare.COMPARE_MODELS; default: wave transformer)")
     p.add_argument("--results", default=None, metavar="JSON",
                    help="also write the results JSON here (e.g. results/compare.json)")
     p.add_argument("--quiet", action="store_true")
@@ -411,6 +474,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/scaling.json", help="JSON (and .md / .png beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_scaling)
+    p = bench.add_parser("generation", help="decoding speed and memory of the Wave and Transformer decoders "
+                                            "against prompt length")
+    p.add_argument("--prompt-lens", type=int, nargs="+", default=[256, 1024, 4096, 16384])
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--memory-cap-mb", type=float, default=16000.0)
+    p.add_argument("--time-limit-s", type=float, default=600.0)
+    p.add_argument("--out", default="results/generation.json", help="JSON (and .md / .png beside it)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_generation)
     p = bench.add_parser("roofline", help="GEMM roof of this machine and the models' training FLOP utilisation")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--tokens", type=int, default=16384)

@@ -33,10 +33,44 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would give, not mkstemp's 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_output_path(output: str | Path, option: str, *, inputs: Iterable[str | Path] = (),
+                      protected: Iterable[str | Path] = ()) -> Path:
+    """Refuse, before any work, an output path that would destroy what the command reads.
+
+    ``inputs``: files (or directories of files) the command reads: the output may be none of them
+    and not inside such a directory. ``protected``: directories (a run directory) the output may not
+    be written into. A directory, or a file standing where a parent directory should be, is refused
+    too. Raises ``ValueError`` naming ``option``; returns the path.
+    """
+    path = Path(output)
+    if path.is_dir():
+        raise ValueError(f"{option} {output}: is a directory (expected a file path)")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{option} {output}: {blocking} is a file, not a directory")
+    resolved = path.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if resolved == source or (source.is_dir() and source in resolved.parents):
+            raise ValueError(f"{option} {output}: would overwrite the input {item}; write the output elsewhere")
+    for directory in protected:
+        root = Path(directory).resolve()
+        if root == resolved or root in resolved.parents:
+            raise ValueError(f"{option} {output}: is inside the run directory {directory}; write the output elsewhere")
+    return path
 
 
 def write_json(path: Path, data: Any) -> None:

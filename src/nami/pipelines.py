@@ -26,7 +26,6 @@ from nami.evaluation.predict import PredictionOutput, predict_answers
 from nami.io import read_json, write_json
 from nami.training import checkpoint as ckpt
 
-PIPELINE_TASKS = ("question-answering",)
 
 
 def check_text(option: str, text: Any) -> None:
@@ -167,13 +166,78 @@ class QuestionAnsweringPipeline:
         return summary
 
 
-PIPELINES = {"question-answering": QuestionAnsweringPipeline}
+class TextGenerationPipeline:
+    """Continue prompts with a causal-LM run (``nami pretrain --objective clm``), loaded once.
+
+    ``gen("梅雨は", max_new_tokens=16)`` → ``{"generated_text", "prompt", "token_ids", "stopped"}``;
+    a list of prompts gives a list (decoded as one batch). ``generated_text`` is the continuation
+    only, in the tokenizer's normalised form (NFKC + lower case). Greedy by default; ``temperature``,
+    ``top_k``, ``top_p`` and ``seed`` sample reproducibly. Generation stops at ``[SEP]`` (the
+    end-of-document token of causal-LM pretraining; ``stopped: "eos"``) or after ``max_new_tokens``.
+    """
+
+    task = "text-generation"
+
+    def __init__(self, model: str | Path, *, device: str | torch.device = "cpu", threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.run_dir = Path(model)
+        self.device = torch.device(device)
+        self.model, self.tokenizer, self.config = ckpt.load_run(self.run_dir, device=self.device)
+        if self.config.task != "clm":
+            raise ValueError(f"{self.run_dir}: a {self.config.task!r} run; text-generation needs a causal-LM run "
+                             "(nami pretrain --objective clm)")
+
+    def __call__(self, prompts: str | Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
+                 on_text: Any = None) -> dict[str, Any] | list[dict[str, Any]]:
+        """``on_text(piece)``: called with each new piece of text of the first prompt (streaming)."""
+        from nami.models.generation import generate
+
+        single = isinstance(prompts, str)
+        texts = [prompts] if single else list(prompts)
+        for i, text in enumerate(texts):
+            check_text("prompt" if single else f"prompts[{i}]", text)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
+        eos = self.tokenizer.sep_id
+        encoded = [[self.tokenizer.cls_id, *self.tokenizer.encode(t).ids] for t in texts]
+        shown: list[int] = []
+        printed, done = "", False
+
+        def stream(next_ids: torch.Tensor) -> None:  # the first prompt's text, piece by piece
+            nonlocal printed, done
+            token = int(next_ids[0])
+            if on_text is None or done:
+                return
+            if token == eos:
+                done = True
+                return
+            shown.append(token)
+            text = self.tokenizer.decode(shown)
+            on_text(text[len(printed):])
+            printed = text
+
+        outputs, _ = generate(self.model, encoded, max_new_tokens=max_new_tokens, eos_id=eos,
+                              pad_id=self.tokenizer.pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
+                              seed=seed, on_token=stream)
+        results = []
+        for text, ids in zip(texts, outputs):
+            stopped = "eos" if ids and ids[-1] == eos else "length"
+            body = ids[:-1] if stopped == "eos" else ids
+            results.append({"generated_text": self.tokenizer.decode(body), "prompt": text, "token_ids": ids,
+                            "stopped": stopped})
+        return results[0] if single else results
 
 
-def pipeline(task: str, model: str | Path, **kwargs: Any) -> QuestionAnsweringPipeline:
+PIPELINES = {"question-answering": QuestionAnsweringPipeline, "text-generation": TextGenerationPipeline}
+
+
+def pipeline(task: str, model: str | Path, **kwargs: Any):
     """A ready pipeline for ``task`` over the trained run directory ``model`` (loaded once).
 
-    ``task``: ``"question-answering"``. Keyword arguments: ``device`` (default ``"cpu"``), ``threads``.
+    ``task``: ``"question-answering"`` (:class:`QuestionAnsweringPipeline`) or ``"text-generation"``
+    (:class:`TextGenerationPipeline`). Keyword arguments: ``device`` (default ``"cpu"``), ``threads``.
     """
     if task not in PIPELINES:
         raise ValueError(f"unknown pipeline task {task!r}: expected one of {', '.join(PIPELINES)}")
@@ -182,8 +246,16 @@ def pipeline(task: str, model: str | Path, **kwargs: Any) -> QuestionAnsweringPi
 
 def predict_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
                  batch_size: int | None = None, threads: int | None = None, answer_boundaries: str | None = None,
-                 quiet: bool = False) -> dict[str, Any]:
-    """``nami predict``: :meth:`QuestionAnsweringPipeline.predict_file` with a fresh pipeline."""
+                 quiet: bool = False, num_beams: int | None = None) -> dict[str, Any]:
+    """``nami predict``: :meth:`QuestionAnsweringPipeline.predict_file` with a fresh pipeline, or, for a
+    generative-QA run, generated answers (:func:`predict_generative_file`)."""
+    if ckpt.read_run_config(run_dir)[0].task == "generative-qa":
+        if answer_boundaries is not None:
+            raise ValueError("--answer-boundaries applies to extractive QA runs, not generative-QA runs")
+        return predict_generative_file(run_dir, data, output, batch_size=batch_size, threads=threads, quiet=quiet,
+                                       num_beams=num_beams)
+    if num_beams is not None:
+        raise ValueError("--num-beams applies to generative-QA runs (nami train --task generative-qa)")
     return pipeline("question-answering", run_dir, threads=threads).predict_file(
         data, output, batch_size=batch_size, answer_boundaries=answer_boundaries, quiet=quiet)
 
@@ -209,3 +281,45 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) ->
     (cands,), (windows,) = qa.answer_spans([{"question": question, "context": context}], top_k=n_best)
     candidates = [{"text": c["answer"], "score": c["score"], "start": c["start"], "end": c["end"]} for c in cands]
     return {"answer": candidates[0]["text"] if candidates else "", "candidates": candidates, "windows": windows}
+
+
+def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
+                            batch_size: int | None = None, threads: int | None = None,
+                            quiet: bool = False, num_beams: int | None = None) -> dict[str, Any]:
+    """``{question_id: answer}`` written by a generative-QA run (greedy, or beam search with
+    ``num_beams``; default: the run's), scored when answers exist."""
+    import time
+
+    from nami.data.generative import build_generative
+    from nami.training.tasks import generate_answers
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, tokenizer, config = ckpt.load_run(run_dir)
+    examples = load_squad(data, require_answers=False, on_bad_record=config.on_bad_record)
+    items = build_generative(examples, tokenizer, config.max_length, max_question_tokens=config.max_question_tokens,
+                             max_answer_tokens=config.max_answer_tokens, training=False)
+    started = time.perf_counter()
+    if num_beams is not None and num_beams < 1:
+        raise ValueError(f"--num-beams={num_beams}: expected >= 1")
+    beams = num_beams or config.num_beams
+    answers, located = generate_answers(model, tokenizer, examples, items, max_answer_tokens=config.max_answer_tokens,
+                                        batch_size=batch_size or config.eval_batch_size, precision=config.precision,
+                                        show=not quiet, num_beams=beams)
+    seconds = time.perf_counter() - started
+    write_json(Path(output), answers)
+    summary: dict[str, Any] = {"output": str(output), "count": len(examples), "located": located / len(examples),
+                               "num_beams": beams,
+                               "questions_per_s": round(len(examples) / seconds, 2)}
+    if all(ex.answers for ex in examples):
+        scores = evaluate_predictions(examples, answers)
+        summary.update(exact_match=scores["exact_match"], f1=scores["f1"])
+        recorded = Path(run_dir) / ckpt.FINAL_EVAL_FILE
+        data_paths = [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data)]
+        if recorded.is_file() and beams == config.num_beams:
+            final = read_json(recorded)
+            if [str(Path(final["data"]).resolve())] == data_paths:
+                summary["recorded_f1"] = final["f1"]
+                summary["matches_recorded"] = (final["f1"], final["exact_match"]) == (scores["f1"],
+                                                                                      scores["exact_match"])
+    return summary

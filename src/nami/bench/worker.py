@@ -35,7 +35,40 @@ def current_rss_mb() -> float:
     return resident_pages * resource.getpagesize() / 2**20
 
 
+def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
+    """Generation from a random prompt of ``prompt_len`` tokens (batch 1): prefill time, decoding
+    tokens/s for ``new_tokens`` greedy tokens, the decoding state's size and the process's peak memory."""
+    from nami.models import CausalLMModel, ModelConfig, generate
+
+    torch.manual_seed(0)
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    prompt_len, new_tokens = spec["prompt_len"], spec["new_tokens"]
+    config = ModelConfig.from_name(spec.get("preset", "small"), spec["model"], vocab_size=spec.get("vocab_size", 32000),
+                                   max_len=prompt_len + new_tokens + 1)
+    model = CausalLMModel(config).eval()
+    prompt = torch.randint(5, config.vocab_size, (prompt_len,)).tolist()
+    bf16 = spec.get("precision", "bf16") == "bf16"
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    with context:
+        generate(model, [prompt[:16]], max_new_tokens=2, eos_id=None)  # warm-up (kernel creation)
+        rss_before = current_rss_mb()
+        tick = time.perf_counter()
+        _, cache = generate(model, [prompt], max_new_tokens=1, eos_id=None)
+        prefill_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        out, cache = generate(model, [prompt], max_new_tokens=new_tokens, eos_id=None)
+        total_s = time.perf_counter() - tick
+    decode_s = max(total_s - prefill_s, 1e-9)  # the same prefill again, then new_tokens − 1 steps
+    return {**spec, "params": count_parameters(model)["total"], "prefill_seconds": prefill_s,
+            "decode_seconds": decode_s, "tokens_per_s": (len(out[0]) - 1) / decode_s,
+            "state_mb": round(cache.nbytes() / 2**20, 3), "peak_mb": round(peak_rss_mb(), 1),
+            "added_mb": round(peak_rss_mb() - rss_before, 1), "threads_used": torch.get_num_threads()}
+
+
 def run_case(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("mode") == "generate":
+        return run_generation_case(spec)
     torch.manual_seed(0)
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])

@@ -12,10 +12,13 @@ from nami.models import attention as _attention  # noqa: F401  (registers "atten
 from nami.models import local as _local  # noqa: F401  (branch / hybrid mixers "conv", "local_attention")
 from nami.models import fourier as _fourier  # noqa: F401  ("fft_gate")
 from nami.models import cross as _cross  # noqa: F401  ("cross_wave", "question_attention")
+from nami.models import hierarchy as _hierarchy  # noqa: F401  ("sentence_wave", "segment_wave")
 # isort: on
 from nami.models.block import Block, Encoder, build_encoder
 from nami.models.config import PRESETS, WAVE_MODES, ModelConfig, preset_config
-from nami.models.inputs import MixerInputs
+from nami.models.clm import CausalLMModel
+from nami.models.generation import beam_search, generate, sample_next
+from nami.models.inputs import DecodingCache, MixerInputs
 from nami.models.mlm import MaskedLMModel
 from nami.models.qa import QAModel, SpanHead, SpanLogits, count_parameters
 from nami.models.attention import SelfAttention
@@ -28,6 +31,8 @@ __all__ = [
     "PRESETS",
     "WAVE_MODES",
     "Block",
+    "CausalLMModel",
+    "DecodingCache",
     "Encoder",
     "MaskedLMModel",
     "MixerInputs",
@@ -37,8 +42,11 @@ __all__ = [
     "SpanHead",
     "SpanLogits",
     "WaveLayer",
+    "beam_search",
     "build_encoder",
     "count_parameters",
+    "generate",
+    "sample_next",
     "preset_config",
     "register_mixer",
     "to_complex",

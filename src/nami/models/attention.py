@@ -20,8 +20,12 @@ from nami.models.registry import register_mixer
 class SelfAttention(nn.Module):
     """Multi-head self-attention over real tokens: ``(B, S, D) -> (B, S, D)``."""
 
+    supports_causal = True  # causal mask + a key/value cache that grows with the prompt
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.causal = config.causal
+        self.layer_index = 0  # set by the Encoder: this layer's slot in a DecodingCache
         self.n_heads = config.n_heads
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.out = nn.Linear(config.d_model, config.d_model)
@@ -32,8 +36,35 @@ class SelfAttention(nn.Module):
         q, k, v = (
             self.qkv(x).view(batch, seq_len, 3, self.n_heads, width // self.n_heads).permute(2, 0, 3, 1, 4)
         )  # each (B, H, S, D/H)
-        keys_allowed = inputs.padding_mask[:, None, None, :]  # (B, 1, 1, S): padding keys are never attended to
+        if self.causal and inputs.cache is None and bool(inputs.padding_mask.all()):
+            # A full causal forward without padding: the fused causal kernel, memory linear in S.
+            keys_allowed = None
+        elif self.causal and inputs.cache is not None and inputs.cache.get(self.layer_index) is None \
+                and bool(inputs.padding_mask.all()):
+            inputs.cache.set(self.layer_index, (k, v, inputs.padding_mask))  # prefill without padding
+            keys_allowed = None
+        elif self.causal:
+            keys_allowed, k, v = self._causal_keys(k, v, inputs)
+        else:
+            keys_allowed = inputs.padding_mask[:, None, None, :]  # (B, 1, 1, S): padding keys are never attended to
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=keys_allowed, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=keys_allowed, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and keys_allowed is None,
         )
         return self.out(y.transpose(1, 2).reshape(batch, seq_len, width))
+
+    def _causal_keys(self, k: torch.Tensor, v: torch.Tensor, inputs: MixerInputs):
+        """Keys/values with the cached past prepended, and the mask ``(B, 1, S, L)``: a query sees real
+        keys at or before its own position (and always itself, so padded rows are never empty)."""
+        valid = inputs.padding_mask
+        cache = inputs.cache
+        if cache is not None:
+            past = cache.get(self.layer_index)
+            if past is not None:
+                k, v, valid = (torch.cat([p, n], dim=d) for p, n, d in zip(past, (k, v, valid), (2, 2, 1)))
+            cache.set(self.layer_index, (k, v, valid))
+        seq_len, total = inputs.padding_mask.shape[1], k.shape[2]
+        query_at = torch.arange(total - seq_len, total, device=k.device)[:, None]  # (S, 1) key-axis positions
+        key_at = torch.arange(total, device=k.device)[None, :]
+        allowed = ((key_at <= query_at)[None] & valid[:, None, :]) | (key_at == query_at)[None]
+        return allowed[:, None], k, v

@@ -20,7 +20,8 @@ from torch import nn
 
 from nami.models.common import Embeddings, FeedForward, init_weights
 from nami.models.config import ModelConfig
-from nami.models.inputs import MixerInputs
+from nami.models.inputs import DecodingCache, MixerInputs
+from nami.models.hierarchy import group_ids
 from nami.models.registry import mixer_class
 
 _LEGACY_MIXER_NAMES = ("wave.", "attn.")  # WaveBlock.wave / TransformerBlock.attn before the registry
@@ -40,14 +41,17 @@ class Block(nn.Module):
         # initialised exactly as before they existed.
         self.branches = nn.ModuleList(mixer_class(name)(config) for name in config.branches) \
             if config.branches else None
+        self.branch_names = list(config.branches or ())
+        self.branch_on = [True] * len(self.branch_names)  # stage-wise training switches branches on (set_branches)
         self._register_load_state_dict_pre_hook(self._rename_legacy)
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         h = self.norm1(x)
         mixed = self.mixer(h, inputs)
         if self.branches is not None:
-            for branch in self.branches:
-                mixed = mixed + branch(h, inputs)
+            for branch, on in zip(self.branches, self.branch_on):
+                if on:
+                    mixed = mixed + branch(h, inputs)
         x = x + self.dropout(mixed)
         return x + self.ffn(self.norm2(x))
 
@@ -69,20 +73,60 @@ class Encoder(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)
         self.blocks = nn.ModuleList(Block(config, mixer_class(name)) for name in config.layer_mixers())
+        for index, block in enumerate(self.blocks):
+            block.mixer.layer_index = index  # its slot in a DecodingCache
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.apply(init_weights)
+        # Proxy tokens (created last: a model without them initialises exactly as before they existed).
+        self.proxies = nn.Parameter(torch.randn(config.proxy_tokens, config.d_model) * 0.02) \
+            if config.proxy_tokens else None
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+        *, positions: torch.Tensor | None = None, cache: DecodingCache | None = None,
     ) -> torch.Tensor:
-        x = self.embeddings(input_ids, token_type_ids)
+        """``positions (B, S)`` and ``cache``: causal decoding (prefill, then one token per step)."""
+        x = self.embeddings(input_ids, token_type_ids, positions)
+        if cache is not None and not self.config.causal:
+            raise ValueError("a DecodingCache needs a causal model (ModelConfig.causal=true)")
         inputs = MixerInputs(padding_mask=attention_mask, token_type_ids=token_type_ids,
-                             positions=torch.arange(input_ids.shape[1], device=input_ids.device))
+                             positions=positions if positions is not None
+                             else torch.arange(input_ids.shape[1], device=input_ids.device), cache=cache)
+        if self.config.uses_hierarchy():
+            inputs.sentence_ids, inputs.segment_ids = group_ids(input_ids, self.config.sentence_boundary_ids)
+        k = self.config.proxy_tokens
+        if k:
+            x, inputs = self._with_proxies(x, inputs)
         for block in self.blocks:
             x = block(x, inputs)
-        return self.final_norm(x)
+        return self.final_norm(x[:, k:] if k else x)
+
+    def _with_proxies(self, x: torch.Tensor, inputs: MixerInputs) -> tuple[torch.Tensor, MixerInputs]:
+        """Prepend the K proxy tokens: real (mask True), position 0, token type / group −1."""
+        batch, k = x.shape[0], self.config.proxy_tokens
+
+        def front(t: torch.Tensor | None, value) -> torch.Tensor | None:
+            if t is None:
+                return None
+            if t.dim() == 1:  # (S,) positions
+                return torch.cat([t.new_full((k,), value), t])
+            return torch.cat([t.new_full((batch, k), value), t], dim=1)
+
+        x = torch.cat([self.proxies.to(x.dtype).expand(batch, k, -1), x], dim=1)
+        return x, MixerInputs(padding_mask=front(inputs.padding_mask, True),
+                              token_type_ids=front(inputs.token_type_ids, -1), positions=front(inputs.positions, 0),
+                              sentence_ids=front(inputs.sentence_ids, -1), segment_ids=front(inputs.segment_ids, -1))
 
 
 def build_encoder(config: ModelConfig) -> Encoder:
     """The encoder ``config`` describes (kept for callers of the pre-registry API)."""
     return Encoder(config)
+
+
+def set_branches(model: nn.Module, progress: float, schedule: dict[str, float]) -> None:
+    """Stage-wise training: a branch named in ``schedule`` is on once training ``progress`` (0 … 1)
+    reaches its value (e.g. ``{"sentence_wave": 0.33, "segment_wave": 0.66}``: token level first,
+    then sentences, then paragraphs); branches not named stay on. Off branches are skipped."""
+    for block in model.modules():
+        if isinstance(block, Block) and block.branches is not None:
+            block.branch_on = [progress >= schedule.get(name, 0.0) for name in block.branch_names]

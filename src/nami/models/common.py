@@ -23,13 +23,21 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.max_len = config.max_len
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``positions``: ``(B, S)`` per-row position ids (decoding), or None = ``0 … S−1``."""
         seq_len = input_ids.shape[1]
-        if seq_len > self.max_len:
-            raise ValueError(f"sequence length {seq_len} exceeds the model's max_len {self.max_len}")
         x = self.token(input_ids)
         if self.position is not None:
-            x = x + self.position(torch.arange(seq_len, device=input_ids.device))
+            if positions is None:
+                if seq_len > self.max_len:
+                    raise ValueError(f"sequence length {seq_len} exceeds the model's max_len {self.max_len}")
+                x = x + self.position(torch.arange(seq_len, device=input_ids.device))
+            else:
+                if positions.numel() and int(positions.max()) >= self.max_len:
+                    raise ValueError(f"position {int(positions.max())} exceeds the model's learned positions "
+                                     f"(max_len {self.max_len})")
+                x = x + self.position(positions)
         if self.segment is not None and token_type_ids is not None:
             x = x + self.segment(token_type_ids)
         return self.dropout(x)

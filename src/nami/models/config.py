@@ -25,7 +25,8 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 POSITION_EMBEDDINGS: tuple[str, ...] = ("learned", "none")
 # Fields that training fills from the tokenizer and the task (not chosen by the user).
-DATA_FIELDS: tuple[str, ...] = ("vocab_size", "max_len", "pad_id", "type_vocab_size")
+DATA_FIELDS: tuple[str, ...] = ("vocab_size", "max_len", "pad_id", "type_vocab_size", "sentence_boundary_ids")
+HIERARCHY_MIXERS: tuple[str, ...] = ("sentence_wave", "segment_wave")
 
 
 @dataclass
@@ -67,6 +68,13 @@ class ModelConfig:
             angles ``θ_{j,k} = j · rope_scale · rope_base^(−k/D)``.
         conv_kernel: width of the depthwise convolution mixer ``conv`` (odd).
         local_window: tokens each side a ``local_attention`` query sees (window ``2W + 1``).
+        proxy_tokens: K learned tokens prepended inside the encoder: they take part in every layer's
+            mixing (carrying global state) and are stripped before any head.
+        sentence_boundary_ids: token ids that end a sentence (``。``, ``!``, ``?`` pieces), filled
+            from the tokenizer by training when a hierarchical mixer is used.
+        causal: a decoder: every token sees only itself and earlier tokens (Wave: prefix norms;
+            attention: a causal mask), with a streaming ``DecodingCache``. Mixers that cannot be
+            causal are refused.
         name: the size preset this config came from (``from_name``), ``None`` for a custom one.
             Informational: it names run directories and never changes the maths.
     """
@@ -93,6 +101,9 @@ class ModelConfig:
     rope_scale: float = 1.0
     conv_kernel: int = 9
     local_window: int = 32
+    proxy_tokens: int = 0
+    sentence_boundary_ids: list[int] | None = None
+    causal: bool = False
     name: str | None = None
 
     def __post_init__(self) -> None:
@@ -140,6 +151,17 @@ class ModelConfig:
         if isinstance(self.local_window, bool) or not isinstance(self.local_window, int) or self.local_window < 1:
             raise ValueError(f"model option local_window={self.local_window!r}: expected a positive integer")
         uses = set(self.layer_mixers()) | set(self.branches or ())
+        if isinstance(self.proxy_tokens, bool) or not isinstance(self.proxy_tokens, int) or self.proxy_tokens < 0:
+            raise ValueError(f"model option proxy_tokens={self.proxy_tokens!r}: expected an integer >= 0")
+        if self.causal and self.proxy_tokens:
+            raise ValueError("model option proxy_tokens: not supported by a causal decoder (set proxy_tokens=0)")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"model option causal={self.causal!r}: expected true or false")
+        if self.causal:
+            cannot = sorted(m for m in uses if not getattr(MIXERS[m], "supports_causal", False))
+            if cannot:
+                raise ValueError(f"model option causal=true: mixer(s) {', '.join(cannot)} cannot run causally "
+                                 "(a causal decoder takes wave and attention layers)")
         if uses & {"attention", "local_attention"} and self.d_model % self.n_heads:
             raise ValueError(f"model option d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
@@ -154,6 +176,10 @@ class ModelConfig:
             raise ValueError(f"model option type_vocab_size={self.type_vocab_size!r}: expected an integer >= 0")
         if self.norm_eps <= 0 or self.wave_eps <= 0:
             raise ValueError("model options norm_eps and wave_eps must be > 0")
+
+    def uses_hierarchy(self) -> bool:
+        """Whether a sentence/segment-level mixer needs group ids."""
+        return bool((set(self.layer_mixers()) | set(self.branches or ())) & set(HIERARCHY_MIXERS))
 
     def layer_mixers(self) -> list[str]:
         """The mixer name of each layer."""

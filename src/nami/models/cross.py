@@ -87,9 +87,10 @@ class QuestionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         question, _ = _segments(inputs, "question_attention")
-        q_len = max(int(question.sum(1).max()), 1)
-        # The question side comes first in every window, so its tokens are among the first q_len positions.
-        span = min(q_len + int((~question[:, :q_len]).sum(1).max()), x.shape[1])
+        # The question side comes first in every window (after any proxy tokens): keys are the
+        # positions up to the last question token of the batch.
+        last = (question * torch.arange(1, x.shape[1] + 1, device=x.device)).max()
+        span = max(int(last), 1)
         keys_allowed = question[:, :span]  # (B, Qs)
         keys_allowed = keys_allowed | ~keys_allowed.any(1, keepdim=True)  # no question token: attend uniformly
         a = F.relu(self.align(x))  # (B, S, D)

@@ -17,13 +17,57 @@ class MixerInputs:
             the outputs of real tokens.
         token_type_ids: ``(B, S)`` long or None (question / context / question-matched context).
         positions: ``(S,)`` or ``(B, S)`` long token positions (for position-aware mixers).
-        sentence_ids: ``(B, S)`` long or None: which sentence each token belongs to (hierarchical
-            mixers; not produced by any task yet).
-        cache: per-layer decoding state of a streaming decoder, or None (full-sequence forward).
+        sentence_ids: ``(B, S)`` long or None: which sentence each token belongs to (−1: none,
+            e.g. a proxy token); built by the Encoder when a hierarchical mixer is used.
+        segment_ids: ``(B, S)`` long or None: which ``[SEP]``-delimited segment (title, paragraph,
+            question) each token belongs to; the paragraph level.
+        cache: a :class:`DecodingCache` (causal decoders: each causal mixer reads and extends its
+            layer's state), or None (a plain full-sequence forward).
     """
 
     padding_mask: torch.Tensor
     token_type_ids: torch.Tensor | None = None
     positions: torch.Tensor | None = None
     sentence_ids: torch.Tensor | None = None
+    segment_ids: torch.Tensor | None = None
     cache: Any = None
+
+
+class DecodingCache:
+    """Per-layer decoding state of a causal decoder, filled by a prefill forward and extended by steps.
+
+    A Wave layer keeps its running sum of squares ``(B, 1, 2D)`` (constant size); an attention
+    layer keeps its keys / values ``(B, H, L, D/H)`` and which of them are real ``(B, L)`` (growing
+    with the prompt). ``nbytes()`` measures it.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[int, Any] = {}
+
+    def get(self, layer: int) -> Any:
+        return self.states.get(layer)
+
+    def set(self, layer: int, state: Any) -> None:
+        self.states[layer] = state
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep rows ``rows`` (B',) of every state, in that order (beam search: beams that survive)."""
+
+        def pick(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return x.index_select(0, rows)
+            if isinstance(x, tuple):
+                return tuple(pick(v) for v in x)
+            return x
+
+        self.states = {layer: pick(state) for layer, state in self.states.items()}
+
+    def nbytes(self) -> int:
+        def size(x: Any) -> int:
+            if isinstance(x, torch.Tensor):
+                return x.numel() * x.element_size()
+            if isinstance(x, (tuple, list)):
+                return sum(size(v) for v in x)
+            return 0
+
+        return sum(size(v) for v in self.states.values())

@@ -66,6 +66,7 @@ class PreTrainedMixin:
     """Adds ``save_pretrained`` / ``from_pretrained`` to a model with a ``config: ModelConfig``."""
 
     task: ClassVar[str]  # the training task whose runs hold this model ("qa", "mlm", ...)
+    tasks: ClassVar[tuple[str, ...]]  # optional: every task whose runs hold this model class
     config: ModelConfig
 
     def save_pretrained(self, directory: str | Path, *, tokenizer: Any = None,
@@ -107,7 +108,7 @@ class PreTrainedMixin:
             model_config = ModelConfig.from_dict(saved["model"])
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config ({err})") from err
-        if task != cls.task:
+        if task not in getattr(cls, "tasks", (cls.task,)):
             raise CheckpointError(f"{directory}: holds a {task!r} model, not {cls.__name__} (task {cls.task!r})")
         weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():

@@ -55,12 +55,36 @@ def wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torc
     dimension, so this is the same maths with half the kernel launches); ``mask (B, S, 1)``.
     """
     real, imag = to_complex(w, mask, eps)
+    return combine_waves(real, imag, mode)
+
+
+def combine_waves(real: torch.Tensor, imag: torch.Tensor, mode: str) -> torch.Tensor:
+    """``[w1, w2]`` real and imaginary parts ``(B, S, 2D)`` → ``[Re Z, Im Z]`` of ``Z1 + Z2`` or ``Z1 · Z2``."""
     re1, re2 = real.chunk(2, dim=-1)
     im1, im2 = imag.chunk(2, dim=-1)
     if mode == "interference":
         return torch.cat([re1 + re2, im1 + im2], dim=-1)
     # modulation: (a + ib)(c + id) = (ac − bd) + i(ad + bc)
     return torch.cat([re1 * re2 - im1 * im2, re1 * im2 + im1 * re2], dim=-1)
+
+
+def causal_wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
+                    past_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`wave_mix` with *prefix* norms: token t sees ``G_t² = Σ_{s≤t} w_s²`` (a causal Wave layer).
+
+    ``past_sq (B, 1, 2D)``: the sum of squares of the tokens before this chunk (a decoding
+    cache), or None at the start. Returns the mixed waves ``(B, S, 2D)`` and the running sum after
+    the chunk ``(B, 1, 2D)`` — the layer's whole decoding state, whatever the prompt length.
+    Padding (``mask`` 0) adds nothing to the sums, so right-padded prompts of different lengths
+    end with the state of their own last real token.
+    """
+    w = w * mask
+    squares = w * w
+    running = squares.cumsum(dim=1)
+    if past_sq is not None:
+        running = running + past_sq
+    imag = torch.sqrt((running + eps - squares).clamp_min(0.0) + eps)
+    return combine_waves(w, imag, mode), running[:, -1:]
 
 
 def rope_angles(positions: torch.Tensor, dim: int, base: float, scale: float) -> torch.Tensor:
@@ -96,9 +120,13 @@ class WaveLayer(nn.Module):
     ``torch.compile``-d version of it (same maths, fused element-wise kernels).
     """
 
+    supports_causal = True  # prefix norms (causal_wave_mix), constant-size decoding state
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d = config.d_model
+        self.causal = config.causal
+        self.layer_index = 0  # set by the Encoder: this layer's slot in a DecodingCache
         self.mode = config.wave_mode
         self.eps = config.wave_eps
         self.to_waves = nn.Linear(d, 2 * d)  # the two real vectors that become Z1 and Z2
@@ -110,7 +138,15 @@ class WaveLayer(nn.Module):
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         w = self.to_waves(x)
         w = w.to(torch.promote_types(w.dtype, torch.float32))  # >= fp32 even under bf16 autocast (module docstring)
-        mixed = self.mix(w, inputs.padding_mask.to(w.dtype).unsqueeze(-1), self.eps, self.mode)
+        mask = inputs.padding_mask.to(w.dtype).unsqueeze(-1)
+        if self.causal:
+            cache = inputs.cache
+            past = cache.get(self.layer_index) if cache is not None else None
+            mixed, running = causal_wave_mix(w, mask, self.eps, self.mode, past)
+            if cache is not None:
+                cache.set(self.layer_index, running)
+        else:
+            mixed = self.mix(w, mask, self.eps, self.mode)
         if self.rope is not None:
             positions = inputs.positions if inputs.positions is not None else torch.arange(x.shape[1], device=x.device)
             mixed = rotate_waves(mixed, rope_angles(positions, mixed.shape[-1] // 2, *self.rope))

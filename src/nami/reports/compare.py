@@ -37,7 +37,17 @@ from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 from nami.training.tasks import resolve_eval_data, resolve_train_data
 
-MODELS = ("wave", "transformer")  # the architectures a comparison trains, in report order
+MODELS = ("wave", "transformer")  # the models a comparison trains by default, in report order
+# Every model `nami compare --models` can train: an architecture and the model options that make it.
+COMPARE_MODELS: dict[str, dict[str, Any]] = {
+    "wave": dict(arch="wave", options={}),
+    "transformer": dict(arch="transformer", options={}),
+    # The best Wave-family model of the 8-minute screen (results/ablations-screen.md): Wave with a
+    # depthwise-convolution branch (kernel 9) in every block — F1 61.3 vs the Transformer's 32.5 at
+    # 1.20x its training tokens/s; the rope+conv+question-attention combination scored the same
+    # (61.7) at 0.89x the Transformer's speed. Not yet confirmed under the standard preset.
+    "wave_plus": dict(arch="wave", options={"branches": ["conv"]}),
+}
 
 _SMOKE_QA = dict(preset="tiny", max_length=128, doc_stride=64, batch_size=16, lr=2e-3, eval_subset=50,
                  eval_every_minutes=None, epochs=1.0)
@@ -56,6 +66,13 @@ _STANDARD_QA = dict(preset="small", max_length=256, doc_stride=128, batch_size=3
 # Masked-LM pretraining on JaQuAD train contexts (nami pretrain's default corpus), same encoder shape.
 _STANDARD_MLM = dict(preset="small", max_length=256, batch_size=32, lr=1e-3, warmup=0.05, epochs=50.0,
                      eval_every_minutes=None, eval_subset=200, pppl_sequences=32)
+
+# Causal-LM pretraining (a decoder) and generative QA fine-tuning; the same shape and corpus.
+_STANDARD_CLM = dict(preset="small", max_length=256, batch_size=32, lr=1e-3, warmup=0.05, epochs=50.0,
+                     eval_every_minutes=2.0, eval_subset=200)  # held-out perplexity against time
+_GENERATIVE_QA = dict(preset="small", max_length=320, batch_size=32, lr=1e-3, warmup=0.05, title_prefix=True,
+                      max_answer_tokens=16, dropout=0.1, attention_dropout=0.0, eval_subset=300,
+                      eval_every_minutes=10.0, epochs=20.0)
 
 # Wave only: torch.compile of the Wave layer's element-wise maths (same maths, ~1.3x per step; a
 # compile failure falls back to eager with a warning and is recorded in final_eval.json).
@@ -83,6 +100,13 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
         data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
         stages=[dict(name="pretrain", task="mlm", minutes=20.0, train=_STANDARD_MLM),
                 dict(name="finetune", task="qa", minutes=35.0, train=_STANDARD_QA, init_from="pretrain")],
+    ),
+    # Generative QA with decoders: causal-LM pretraining on JaQuAD train contexts, then generative
+    # QA fine-tuning from it (answers written token by token, mapped back to the context's characters).
+    "generative": dict(
+        data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV],
+        stages=[dict(name="pretrain", task="clm", minutes=20.0, train=_STANDARD_CLM),
+                dict(name="finetune", task="generative-qa", minutes=35.0, train=_GENERATIVE_QA, init_from="pretrain")],
     ),
     # The same 55 minutes spent on QA training from scratch (the control for pretraining).
     "scratch": dict(data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
@@ -176,21 +200,24 @@ def _run_chain(commands: list[list[str]], log: Path | None) -> tuple[int, float]
 def _rescore(run_dir: Path, eval_path: str) -> dict[str, Any]:
     """``nami predict`` in a fresh process with all threads: inference speed, peak memory, F1 check."""
     cmd = [sys.executable, "-m", "nami", "predict", "--checkpoint", str(run_dir), "--data", eval_path,
-           "--output", str(run_dir / "predictions.rescored.json"), "--quiet"]
+           "--output", str(run_dir.parent / f"{run_dir.name}.predictions.rescored.json"), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"re-scoring {run_dir} failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _pretrain_summary(run_dir: Path) -> dict[str, Any]:
+def _pretrain_summary(run_dir: Path, task: str = "mlm") -> dict[str, Any]:
     final = read_json(run_dir / ckpt.FINAL_EVAL_FILE)
-    return {
-        "run_dir": str(run_dir), "train_minutes": final["train_seconds"] / 60, "steps": final["step"],
-        "train_tokens_per_s": final["train_tokens_per_s"], "masked_accuracy": final["masked_accuracy"],
-        "masked_loss": final["masked_loss"], "pseudo_perplexity": final.get("pseudo_perplexity"),
-        "peak_mb": final.get("peak_rss_mb"), "eval_data": final.get("data"),
+    summary = {
+        "task": task, "run_dir": str(run_dir), "train_minutes": final["train_seconds"] / 60, "steps": final["step"],
+        "train_tokens_per_s": final["train_tokens_per_s"], "peak_mb": final.get("peak_rss_mb"),
+        "eval_data": final.get("data"),
     }
+    if task == "clm":
+        return {**summary, "loss": final["loss"], "perplexity": final["perplexity"]}
+    return {**summary, "masked_accuracy": final["masked_accuracy"], "masked_loss": final["masked_loss"],
+            "pseudo_perplexity": final.get("pseudo_perplexity")}
 
 
 def check_results_path(results_path: str | Path) -> None:
@@ -225,11 +252,18 @@ def run_compare(
     quiet: bool = False,
     command: str = "nami compare",
     results_path: str | None = None,
+    models: tuple[str, ...] = MODELS,
 ) -> dict[str, Any]:
-    """Train both models, score them, write ``out_dir`` (default ``reports/<date-time>-compare-<preset>``).
+    """Train the models, score them, write ``out_dir`` (default ``reports/<date-time>-compare-<preset>``).
 
     ``results_path``: also write the results JSON there (``--results results/compare.json``).
+    ``models``: names of :data:`COMPARE_MODELS` (default: Wave and the Transformer).
     """
+    unknown = [m for m in models if m not in COMPARE_MODELS]
+    if unknown or not models:
+        raise ValueError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; expected some of "
+                         f"{', '.join(COMPARE_MODELS)}")
+    MODELS = tuple(models)  # noqa: N806  (this comparison's models, in report order)
     if results_path is not None:
         check_results_path(results_path)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -237,12 +271,15 @@ def run_compare(
     out = Path(out_dir) if out_dir else Path("reports") / f"{stamp}-compare-{preset}"
     runs_dir = out / "runs"
     plans = {
-        arch: stage_configs(preset, arch, minutes=minutes, pretrain_minutes=pretrain_minutes, runs_dir=str(runs_dir),
-                            stamp=stamp, train_data=train_data, eval_data=eval_data, tokenizer=tokenizer)
-        for arch in MODELS
+        name: stage_configs(preset, COMPARE_MODELS[name]["arch"], minutes=minutes, pretrain_minutes=pretrain_minutes,
+                            runs_dir=str(runs_dir), stamp=stamp, train_data=train_data, eval_data=eval_data,
+                            tokenizer=tokenizer, options=COMPARE_MODELS[name]["options"] or None,
+                            name=None if name == COMPARE_MODELS[name]["arch"] else name)
+        for name in MODELS
     }
-    eval_path = resolve_eval_data(plans["wave"]["finetune"])
-    resolved_train = resolve_train_data(plans["wave"]["finetune"])
+    first = plans[MODELS[0]]
+    eval_path = resolve_eval_data(first["finetune"])
+    resolved_train = resolve_train_data(first["finetune"])
     runs_dir.mkdir(parents=True, exist_ok=True)
     chains: dict[str, list[list[str]]] = {}
     for arch, stages in plans.items():
@@ -276,8 +313,8 @@ def run_compare(
         if not quiet:
             print(f"[nami] re-scoring {arch} with `nami predict` (all threads)", flush=True)
         check = _rescore(run_dir, eval_path)
-        pretrain = _pretrain_summary(Path(stages["pretrain"].runs_dir) / stages["pretrain"].run_name) \
-            if "pretrain" in stages else None
+        pretrain = _pretrain_summary(Path(stages["pretrain"].runs_dir) / stages["pretrain"].run_name,
+                                     stages["pretrain"].task) if "pretrain" in stages else None
         train_minutes = final["train_seconds"] / 60
         models[arch] = {
             "exact_match": final["exact_match"],
@@ -299,7 +336,8 @@ def run_compare(
             "chain_wall_minutes": outcomes[arch][1],
             "compile_wave": config.compile_wave,
             "compile_wave_failure": final.get("compile_wave_failure"),
-            "answer_boundaries": config.answer_boundaries,
+            "task": config.task,
+            "answer_boundaries": config.answer_boundaries if config.task == "qa" else None,
             "question_match": config.question_match,
             "pretrain": pretrain,
             "run_dir": str(run_dir),
@@ -309,7 +347,6 @@ def run_compare(
         examples = load_squad(eval_path)
         scores = evaluate_predictions(examples, lexical.predict(examples, show_progress=not quiet))
         baselines["lexical"] = {k: scores[k] for k in ("exact_match", "f1", "count")} | {"window": 8}
-    first = plans["wave"]
     result = {
         "command": command,
         "commit": commit,

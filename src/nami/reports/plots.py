@@ -147,3 +147,33 @@ def plot_scaling(result: dict, out_png: str | Path) -> Path:
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
     return out_png
+
+
+def plot_generation(result: dict, out_png: str | Path) -> Path:
+    """Two log–log panels against prompt length: decoding tokens/s, and memory (decoding state and
+    process peak) for both decoders."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = {"wave": "tab:blue", "transformer": "tab:orange"}
+    for model in ("wave", "transformer"):
+        rs = [r for r in result["records"] if r["model"] == model]
+        if not rs:
+            continue
+        xs = [r["prompt_len"] for r in rs]
+        axes[0].plot(xs, [r["tokens_per_s"] for r in rs], marker="o", color=colours[model], label=model)
+        axes[1].plot(xs, [r["peak_mb"] for r in rs], marker="o", color=colours[model], label=f"{model}: process peak")
+        axes[1].plot(xs, [max(r["state_mb"], 1e-3) for r in rs], marker="s", linestyle="--", color=colours[model],
+                     label=f"{model}: decoding state")
+    for ax, ylabel in zip(axes, ("decoding tokens/s (batch 1)", "MB")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set(xlabel="prompt tokens", ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[0].set_title("generation speed")
+    axes[1].set_title("memory while generating")
+    fig.suptitle(f"Wave vs Transformer decoders ({result['settings']['preset']}, {result['settings']['precision']})")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png

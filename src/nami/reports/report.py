@@ -36,7 +36,13 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
         reference_f1=result.get("baselines", {}).get("lexical", {}).get("f1"),
     ).name)}
     pretrained = {arch: m["pretrain"]["run_dir"] for arch, m in models.items() if m.get("pretrain")}
-    if pretrained:
+    causal = any(m["pretrain"].get("task") == "clm" for m in models.values() if m.get("pretrain"))
+    if pretrained and causal:
+        plots["pretrain"] = str(plot_training_curves(
+            pretrained, out / "pretrain.png", title="causal-LM pretraining (JaQuAD train contexts)",
+            loss_label="causal-LM loss", score_key="perplexity", score_label="held-out perplexity",
+        ).name)
+    elif pretrained:
         plots["pretrain"] = str(plot_training_curves(
             pretrained, out / "pretrain.png", title="masked-LM pretraining (JaQuAD train contexts)",
             loss_label="masked-LM loss", score_key="masked_accuracy", score_label="masked-token accuracy %",
@@ -93,6 +99,14 @@ def pretrain_table(result: dict[str, Any]) -> str | None:
     pretrained = {arch: m["pretrain"] for arch, m in result["models"].items() if m.get("pretrain")}
     if not pretrained:
         return None
+    if any(p.get("task") == "clm" for p in pretrained.values()):
+        rows = [_row(["model", "pretraining minutes", "steps", "train tok/s", "held-out loss", "held-out perplexity",
+                      "peak MB"]), _row(["---"] * 7)]
+        for arch, p in pretrained.items():
+            rows.append(_row([arch, f"{p['train_minutes']:.1f}", f"{p['steps']:,}", f"{p['train_tokens_per_s']:,.0f}",
+                              f"{p['loss']:.3f}", f"{p['perplexity']:,.1f}",
+                              f"{p['peak_mb']:,.0f}" if p.get("peak_mb") is not None else "–"]))
+        return "\n".join(rows)
     rows = [_row(["model", "pretraining minutes", "steps", "train tok/s", "masked-token acc. (%)", "masked-LM loss",
                   "pseudo-perplexity", "peak MB"]), _row(["---"] * 8)]
     for arch, p in pretrained.items():
@@ -122,7 +136,8 @@ def render_markdown(result: dict[str, Any]) -> str:
               "## Cost", "", cost_table(result), ""]
     pretrain = pretrain_table(result)
     if pretrain:
-        lines += ["## Masked-LM pretraining", "", pretrain, "",
+        kind = "Causal-LM" if "perplexity |" in pretrain.splitlines()[0] else "Masked-LM"
+        lines += [f"## {kind} pretraining", "", pretrain, "",
                   f"Held-out text: {next(iter(result['models'].values()))['pretrain'].get('eval_data')}.", ""]
     plots = result.get("plots", {})
     if plots:
@@ -130,13 +145,14 @@ def render_markdown(result: dict[str, Any]) -> str:
         if "curves" in plots:
             lines += [f"![QA training loss and dev F1]({plots['curves']})", ""]
         if "pretrain" in plots:
-            lines += [f"![masked-LM pretraining]({plots['pretrain']})", ""]
+            lines += [f"![pretraining]({plots['pretrain']})", ""]
     per_model = next(iter(result["models"].values()))
     lines += [
         "## How this was measured", "",
         *provenance_lines(result),
-        f"- training budget per model: {budget['total']:g} minutes ({budget['pretrain']:g} masked-LM pretraining + "
-        f"{budget['finetune']:g} QA fine-tuning), {mode}; wall clock {result['wall_minutes']:.1f} minutes",
+        f"- training budget per model: {budget['total']:g} minutes ({budget['pretrain']:g} pretraining + "
+        f"{budget['finetune']:g} {per_model.get('task', 'qa')} fine-tuning), {mode}; wall clock "
+        f"{result['wall_minutes']:.1f} minutes",
         f"- QA train data: {', '.join(result['train_data'])} (JaQuAD; the official JSQuAD train split is not "
         "available here)",
         f"- eval data: {result['eval_data']} (all {per_model['count']:,} questions, JGLUE's EM / F1)",
@@ -149,10 +165,14 @@ def render_markdown(result: dict[str, Any]) -> str:
         "- training min. to final F1: training-step time of all stages (evaluation pauses excluded)",
     ]
     # Reports of runs made before the option existed have no field: those decoded on token boundaries.
-    boundaries = {a: m.get("answer_boundaries", "token") for a, m in result["models"].items()}
-    lines.append("- answers begin and end on: " + ", ".join(
-        f"{a} {'MeCab word boundaries' if b == 'word' else 'any token (no word-boundary constraint)'}"
-        for a, b in boundaries.items()))
+    if any(m.get("task") == "generative-qa" for m in result["models"].values()):
+        lines.append("- answers are generated (greedy, up to 16 tokens + [SEP]) and mapped back to the context's "
+                     "original characters where the generated tokens occur in it (otherwise the normalised text)")
+    else:
+        boundaries = {a: m.get("answer_boundaries", "token") for a, m in result["models"].items()}
+        lines.append("- answers begin and end on: " + ", ".join(
+            f"{a} {'MeCab word boundaries' if b == 'word' else 'any token (no word-boundary constraint)'}"
+            for a, b in boundaries.items()))
     # Recorded since the option existed; older results say nothing (their runs did not use it).
     if any("question_match" in m for m in result["models"].values()):
         lines.append("- question-match token type (context words found in the question get segment id 2): " + ", ".join(

@@ -288,11 +288,15 @@ class JapaneseTokenizer:
 
     def save(self, directory: str | os.PathLike[str]) -> None:
         """Write ``spm.model`` and ``tokenizer.json`` into ``directory`` (created if needed)."""
+        from nami.io import atomic_write
+
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        (path / MODEL_FILE).write_bytes(self._model)
+        # Each file written to a temporary name and renamed: a full disk or a crash never leaves a
+        # truncated spm.model under its real name.
+        atomic_write(path / MODEL_FILE, lambda tmp: tmp.write_bytes(self._model))
         text = json.dumps(self._config, ensure_ascii=False, indent=2, sort_keys=True)
-        (path / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
+        atomic_write(path / CONFIG_FILE, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> JapaneseTokenizer:

@@ -61,6 +61,7 @@ PREDICTIONS_FILE = "predictions.json"
 CHECKPOINTS_DIR = "checkpoints"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
 
 
 # --- run directory -------------------------------------------------------------------------------
@@ -130,6 +131,30 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[A
         raise CheckpointError(f"{weights}: missing (the run has not saved weights yet)")
     model = TASKS[train_config.task].model_class.from_pretrained(run_dir, device=device, verify=False)
     return model, tokenizer, train_config
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN/.lock`` while a process trains the run (released on exit, even
+    after SIGKILL, by the kernel): a second ``nami train --resume`` of a run being trained is refused."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import fcntl
+
+        self.path = Path(run_dir) / LOCK_FILE
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            self.handle.close()
+            raise CheckpointError(f"{run_dir}: another process is training this run (it holds {self.path}); "
+                                  "wait for it to finish or stop it first") from err
+
+    def release(self) -> None:
+        import fcntl
+
+        if not self.handle.closed:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
 
 
 # --- resumable checkpoints -----------------------------------------------------------------------

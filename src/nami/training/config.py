@@ -68,6 +68,7 @@ class TrainConfig:
     eval_subset: int = 500  # questions used by periodic evaluation (final evaluation uses all)
     eval_batch_size: int = 64
     max_answer_tokens: int = 16  # ~24 characters; JaQuAD train answers: median 5, p99 19 characters
+    num_beams: int = 1  # generative QA: beam search width when answers are generated (1 = greedy)
     answer_boundaries: str = "word"  # decoded answers begin/end on MeCab word boundaries ("token": anywhere)
     precision: str = "bf16"
     seed: int = 0
@@ -90,6 +91,9 @@ class TrainConfig:
     loss_vocab_order: str = "none"
     tie_embeddings: bool = True  # MLM output matrix = input token embedding
     pppl_sequences: int = 64  # held-out sequences scored by pseudo-perplexity in the final MLM evaluation
+    # Stage-wise training: {branch mixer: training progress (0-1) at which it switches on}, e.g.
+    # {"sentence_wave": 0.33, "segment_wave": 0.66}; branches not named are on from the start.
+    branch_schedule: dict[str, float] | None = None
     compile_wave: bool = False  # torch.compile the Wave layer's element-wise maths (nami.models.speed)
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -142,7 +146,7 @@ class TrainConfig:
         choice("schedule", SCHEDULES)
         choice("on_bad_record", BAD_RECORD_POLICIES)
         choice("answer_boundaries", ANSWER_BOUNDARIES)
-        for name in ("vocab_size", "max_length", "doc_stride", "max_question_tokens", "batch_size", "grad_accum",
+        for name in ("vocab_size", "max_length", "doc_stride", "max_question_tokens", "batch_size", "grad_accum", "num_beams",
                      "eval_subset", "eval_batch_size", "max_answer_tokens", "log_every"):
             positive(name)
         positive("max_steps", allow_none=True)
@@ -165,6 +169,15 @@ class TrainConfig:
         for name in ("tie_embeddings", "segment_embeddings", "question_match", "title_prefix", "compile_wave"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"option {name}={getattr(self, name)!r}: expected true or false")
+        if self.branch_schedule is not None:
+            if not isinstance(self.branch_schedule, dict):
+                raise ValueError(f"option branch_schedule={self.branch_schedule!r}: expected {{branch: fraction}}")
+            for name, at in self.branch_schedule.items():
+                if name not in (self.model.branches or ()):
+                    raise ValueError(f"option branch_schedule: {name!r} is not one of the model's branches "
+                                     f"({self.model.branches})")
+                if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0.0 <= at < 1.0:
+                    raise ValueError(f"option branch_schedule[{name!r}]={at!r}: expected a fraction 0 <= value < 1")
         if self.question_match and not self.segment_embeddings:
             raise ValueError("option question_match=true needs segment_embeddings=true (it is a token type)")
         if not 0.0 <= self.negative_fraction <= 1.0:

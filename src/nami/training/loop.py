@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from nami import resources
 from nami.data.batching import BucketBatchSampler, WindowDataset
 from nami.models import count_parameters
+from nami.models.block import set_branches
 from nami.models.speed import compile_wave_layers
 from nami.resources import peak_rss_mb
 from nami.text import JapaneseTokenizer, default_tokenizer
@@ -125,11 +126,20 @@ def load_tokenizer(config: TrainConfig) -> JapaneseTokenizer:
 
 
 def new_run_dir(config: TrainConfig) -> Path:
+    """Claim a new run directory: ``mkdir`` fails if it exists, so two runs never share one."""
     name = config.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{config.arch}-{config.preset}-{config.short_hash()}"
     run_dir = Path(config.runs_dir) / name
     if (run_dir / ckpt.CONFIG_FILE).exists():
         raise FileExistsError(f"run directory {run_dir} already holds a run; choose another --run-name or --resume it")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists():
+        raise FileExistsError(f"run directory {run_dir} exists but holds no run (no {ckpt.CONFIG_FILE}: a start that "
+                              f"crashed?); remove it (rm -r {run_dir}) or choose another --run-name")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+    except FileExistsError as err:
+        raise FileExistsError(f"run directory {run_dir} was just created by another process; choose another "
+                              "--run-name") from err
     return run_dir
 
 
@@ -213,6 +223,17 @@ def resume(run_dir: str | Path, *, quiet: bool = False, threads: int | None = No
 
 
 def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResult:
+    locks: list[ckpt.RunLock] = []  # the run directory's lock, held while this process writes to it
+    try:
+        return _fit_locked(config, run_dir=run_dir, quiet=quiet, locks=locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks: list) -> TrainResult:
+    if run_dir is not None:
+        locks.append(ckpt.RunLock(run_dir))  # before anything slow: a second writer is refused at once
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
@@ -263,6 +284,7 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
         truncate_metrics(run_dir / ckpt.METRICS_FILE, progress.step)
     else:
         run_dir = new_run_dir(config)
+        locks.append(ckpt.RunLock(run_dir))
         ckpt.save_run_config(run_dir, config, model_config, tokenizer)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
@@ -311,6 +333,8 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
             for batch in batches:
                 tick = time.perf_counter()
                 progress.batch_in_epoch += 1
+                if config.branch_schedule:  # stage-wise training: which branches this batch uses
+                    set_branches(model, fraction_done(), config.branch_schedule)
                 with accelerator.accumulate(model):
                     loss = task.loss(model, batch)
                     problem = None if torch.isfinite(loss) else f"non-finite loss ({loss.item()})"
@@ -438,7 +462,7 @@ def init_tokenizer(config: TrainConfig, init: tuple[TrainConfig, Any, str]) -> J
 
 def compatible_init_config(config: TrainConfig, model_config: Any, init_model: Any) -> Any:
     """This run's model config with the pretrained encoder's shape; mismatches are errors."""
-    fields = ("arch", "mixers", "d_model", "n_layers", "d_ff", "n_heads", "wave_mode", "vocab_size", "pad_id")
+    fields = ("arch", "mixers", "d_model", "n_layers", "d_ff", "n_heads", "wave_mode", "vocab_size", "pad_id", "causal")
     different = [f"{f} ({getattr(model_config, f)} here, {getattr(init_model, f)} in --init-from)"
                  for f in fields if getattr(model_config, f) != getattr(init_model, f)]
     if different:

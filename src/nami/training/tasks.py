@@ -10,6 +10,9 @@ through the task's ``model_class``. A new task is a class with the attributes be
 * :class:`QATask` — extractive QA on SQuAD-format data (JSQuAD EM / F1).
 * :class:`MLMTask` — masked-LM pretraining on a text corpus, with the loss computed by
   :func:`nami.losses.linear_cross_entropy` (no full-vocabulary logits in training).
+* :class:`GenerativeQATask` — generative QA with a decoder: the answer is written, not pointed at.
+* :class:`CLMTask` — causal-LM pretraining (a Wave or Transformer *decoder*) on the same corpus,
+  the loss over every position through the same function; held-out perplexity.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from tqdm.auto import tqdm
 
 from nami import paths
 from nami.data.batching import QACollator, sorted_batches, token_type_count
+from nami.data.clm import CLMCollator, pack_causal_sequences
+from nami.data.generative import GenerativeCollator, build_generative, locate_answer
 from nami.data.corpus import text_lines
 from nami.data.features import FeatureConfig, QAFeatures, build_features
 from nami.data.mlm import MLMCollator, pack_sequences
 from nami.data.squad import load_squad, with_title_prefix
 from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import autocast_context, predict_answers
-from nami.models import MaskedLMModel, ModelConfig, QAModel
+from nami.models import CausalLMModel, MaskedLMModel, ModelConfig, QAModel
 from nami.training.config import TrainConfig
 
 
@@ -56,8 +61,10 @@ class Task:
 
     def model_config(self, tokenizer) -> ModelConfig:
         """``config.model`` with the fields the tokenizer and the task decide filled in."""
+        boundaries = sentence_boundary_ids(tokenizer) if self.config.model.uses_hierarchy() else None
         return dataclasses.replace(self.config.model, vocab_size=tokenizer.vocab_size, max_len=self.config.max_length,
-                                   pad_id=tokenizer.pad_id, type_vocab_size=self.token_types())
+                                   pad_id=tokenizer.pad_id, type_vocab_size=self.token_types(),
+                                   sentence_boundary_ids=boundaries)
 
     def token_types(self) -> int:
         """Segment embeddings the model needs (0 = none)."""
@@ -71,6 +78,16 @@ class Task:
 
 
 TASKS: dict[str, type[Task]] = {}
+
+
+def sentence_boundary_ids(tokenizer) -> list[int]:
+    """Ids of the tokenizer's sentence-ending pieces (``。``, and ``！？`` as NFKC makes them: ``!?``)."""
+    ids = []
+    for mark in ("。", "!", "?"):
+        encoded = tokenizer.encode(mark).ids
+        if len(encoded) == 1 and encoded[0] != tokenizer.unk_id:
+            ids.append(int(encoded[0]))
+    return ids
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -299,3 +316,168 @@ class MLMTask(Task):
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP / Accelerate wrapper (``.module``), or the model itself."""
     return model.module if hasattr(model, "module") else model
+
+
+@register_task
+class CLMTask(Task):
+    """Causal-LM pretraining: next-token loss at every position; evaluation: held-out perplexity.
+
+    The loss multiplies hidden states with the vocabulary matrix inside
+    :func:`nami.losses.linear_cross_entropy` (``loss_impl``), so the ``(B·S, V)`` logits — largest
+    here, where every position carries a target — are never materialised.
+    """
+
+    name = "clm"
+    model_class = CausalLMModel
+    default_eval = paths.JAQUAD_DEV
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.train_paths = resolve_train_data(config)
+        self.eval_path = resolve_eval_data(config)
+        self.train_docs = corpus_documents(self.train_paths)
+        self.eval_docs = corpus_documents([self.eval_path])
+
+    def model_config(self, tokenizer) -> ModelConfig:
+        return dataclasses.replace(super().model_config(tokenizer), causal=True)
+
+    def prepare(self, tokenizer, show: bool) -> None:
+        config = self.config
+        self.tokenizer = tokenizer
+        self.train_sequences = pack_causal_sequences(self.train_docs, tokenizer, config.max_length,
+                                                     show_progress=show, desc="train sequences")
+        self.eval_sequences = pack_causal_sequences(self.eval_docs, tokenizer, config.max_length,
+                                                    show_progress=show, desc="eval sequences")
+        self.train_lengths = np.fromiter(map(len, self.train_sequences), dtype=np.int64)
+        self.collate = CLMCollator(self.train_sequences, pad_id=tokenizer.pad_id)
+
+    def summary(self) -> dict[str, Any]:
+        return {"train_documents": len(self.train_docs), "train_sequences": len(self.train_sequences),
+                "eval_sequences": len(self.eval_sequences)}
+
+    def _nll(self, model: nn.Module, batch: dict[str, torch.Tensor], reduction: str) -> tuple[torch.Tensor, int]:
+        from nami.losses import linear_cross_entropy
+
+        targets = batch["targets"].reshape(-1)
+        keep = (targets != -100).nonzero().squeeze(1)
+        hidden = model(batch["input_ids"], batch["attention_mask"])
+        hidden = hidden.reshape(-1, hidden.shape[-1])[keep]
+        loss = linear_cross_entropy(hidden, unwrap(model).output_weight, targets[keep], impl=self.config.loss_impl,
+                                    reduction=reduction)
+        return loss, len(keep)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._nll(model, batch, "mean")[0]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device, *, full: bool, show: bool) -> dict[str, Any]:
+        """Perplexity ``exp(mean NLL)`` of the held-out sequences' next tokens."""
+        was_training = model.training
+        model.eval()
+        sequences = self.eval_sequences if full else self.eval_sequences[: self.config.eval_subset]
+        collate = CLMCollator(sequences, pad_id=self.tokenizer.pad_id)
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64)
+        total, count = 0.0, 0
+        for indices in tqdm(sorted_batches(lengths, self.config.eval_batch_size), desc="clm eval", disable=not show):
+            batch = {k: v.to(device) for k, v in collate(indices).items()}
+            with autocast_context(device, self.config.precision):
+                nll, n = self._nll(model, batch, "sum")
+            total += float(nll)
+            count += n
+        model.train(was_training)
+        loss = total / count
+        return {"data": self.eval_path, "loss": loss, "perplexity": math.exp(loss), "tokens": count,
+                "sequences": len(sequences)}
+
+    def describe(self, scores: dict[str, Any]) -> str:
+        return f"held-out loss {scores['loss']:.3f} perplexity {scores['perplexity']:.1f} ({scores['tokens']:,} tokens)"
+
+
+@register_task
+class GenerativeQATask(CLMTask):
+    """Generative QA: ``[CLS] context [SEP] question [SEP]`` → the answer's tokens + ``[SEP]``, loss on
+    those only; scored with the JSQuAD metric after mapping each generated answer back to the
+    context's original characters (:func:`nami.data.generative.locate_answer`; the share found there
+    is reported as ``located``, the rest are the detokenised — normalised — text)."""
+
+    name = "generative-qa"
+    default_eval = paths.JSQUAD_DEV
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.train_paths = resolve_train_data(config)
+        self.eval_path = resolve_eval_data(config)
+        self.train_examples = load_squad(self.train_paths, on_bad_record=config.on_bad_record)
+        if config.title_prefix:
+            self.train_examples = [with_title_prefix(ex) for ex in self.train_examples]
+        self.eval_examples = load_squad(self.eval_path, on_bad_record=config.on_bad_record)
+
+    def prepare(self, tokenizer, show: bool) -> None:
+        config = self.config
+        self.tokenizer = tokenizer
+        options = dict(max_question_tokens=config.max_question_tokens, max_answer_tokens=config.max_answer_tokens)
+        self.train_items = build_generative(self.train_examples, tokenizer, config.max_length, training=True,
+                                            **options)
+        self.eval_items = build_generative(self.eval_examples, tokenizer, config.max_length, training=False, **options)
+        rng = np.random.default_rng([config.seed, 2])
+        self.subset = sorted(rng.permutation(len(self.eval_examples))[: config.eval_subset].tolist())
+        self.train_lengths = np.fromiter((len(e.prompt) + len(e.target) for e in self.train_items), dtype=np.int64)
+        self.collate = GenerativeCollator(self.train_items, pad_id=tokenizer.pad_id)
+
+    def summary(self) -> dict[str, Any]:
+        return {"train_examples": len(self.train_items), "eval_examples": len(self.eval_examples)}
+
+    def generate_answers(self, model: nn.Module, indices: list[int], device: torch.device,
+                         show: bool) -> tuple[dict[str, str], int]:
+        return generate_answers(model, self.tokenizer, [self.eval_examples[i] for i in indices],
+                                [self.eval_items[i] for i in indices], max_answer_tokens=self.config.max_answer_tokens,
+                                batch_size=self.config.eval_batch_size, precision=self.config.precision,
+                                device=device, show=show, num_beams=self.config.num_beams)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device, *, full: bool, show: bool) -> dict[str, Any]:
+        import time
+
+        indices = list(range(len(self.eval_examples))) if full else self.subset
+        started = time.perf_counter()
+        answers, located = self.generate_answers(model, indices, device, show)
+        seconds = time.perf_counter() - started
+        examples = [self.eval_examples[i] for i in indices]
+        scores = evaluate_predictions(examples, answers)
+        return {"data": self.eval_path, "exact_match": scores["exact_match"], "f1": scores["f1"],
+                "count": scores["count"], "missing": len(scores["missing"]), "located": located / max(len(indices), 1),
+                "questions_per_s": len(indices) / seconds if seconds else float("nan"), "predictions": answers}
+
+    def describe(self, scores: dict[str, Any]) -> str:
+        return (f"EM {scores['exact_match']:.2f} F1 {scores['f1']:.2f} on {scores['count']} questions "
+                f"({100 * scores['located']:.1f} % found in their context)")
+
+
+@torch.no_grad()
+def generate_answers(model: nn.Module, tokenizer, examples: list, items: list, *, max_answer_tokens: int,
+                     batch_size: int, precision: str, device: torch.device | str = "cpu",
+                     show: bool = False, num_beams: int = 1) -> tuple[dict[str, str], int]:
+    """Generated answers ``{id: text}`` of ``examples`` (their prompts ``items``; greedy in batches by
+    length, or beam search one example at a time) and how many were found verbatim in their context
+    (the rest: detokenised text)."""
+    from nami.models.generation import beam_search, generate
+
+    device = torch.device(device)
+    answers: dict[str, str] = {}
+    located = 0
+    lengths = np.array([len(item.prompt) for item in items])
+    for batch in tqdm(sorted_batches(lengths, batch_size), desc="generate answers", disable=not show):
+        with autocast_context(device, precision):
+            if num_beams > 1:
+                outputs = [beam_search(unwrap(model), items[b].prompt, num_beams=num_beams,
+                                       max_new_tokens=max_answer_tokens + 1, eos_id=tokenizer.sep_id) for b in batch]
+            else:
+                outputs, _ = generate(unwrap(model), [items[b].prompt for b in batch],
+                                      max_new_tokens=max_answer_tokens + 1, eos_id=tokenizer.sep_id,
+                                      pad_id=tokenizer.pad_id)
+        for b, ids in zip(batch, outputs):
+            ids = ids[:-1] if ids and ids[-1] == tokenizer.sep_id else ids
+            text, found = locate_answer(ids, items[b], examples[b].context)
+            located += found
+            answers[examples[b].id] = text if found else tokenizer.decode(ids)
+    return answers, located

@@ -1,0 +1,162 @@
+"""Streaming generation with a causal model (:class:`~nami.models.clm.CausalLMModel`).
+
+Prompts of different lengths are right-padded and prefilled in one forward that fills a
+:class:`~nami.models.inputs.DecodingCache`; then each step feeds one new token per row at that
+row's own position. Greedy decoding (``temperature=0``) or sampling with temperature / top-k /
+top-p from a seeded generator. A row stops at ``eos_id``; finished rows are fed padding, which
+changes no state.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from nami.models.inputs import DecodingCache
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token ids ``(B,)`` from logits ``(B, V)``: argmax when ``temperature == 0``, else a sample
+    from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens and to the
+    smallest set whose probability reaches ``top_p``."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # tokens after the set already reaching top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_id: int | None,
+    pad_id: int = 0,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    prefill: bool = True,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+) -> tuple[list[list[int]], DecodingCache]:
+    """New token ids for every prompt (``eos_id`` included when reached) and the final cache.
+
+    ``prefill=False`` feeds the prompts one token per step instead of in one forward (the same
+    result: a test checks it). ``on_token(ids (B,))`` is called after each step (streaming).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+    if temperature < 0 or (top_p is not None and not 0.0 < top_p <= 1.0) or (top_k is not None and top_k < 1):
+        raise ValueError("generate: expected temperature >= 0, 0 < top_p <= 1 and top_k >= 1")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    batch, longest = len(prompts), int(lengths.max())
+    ids = torch.full((batch, longest), pad_id, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = torch.as_tensor(list(prompt), device=device)
+    mask = torch.arange(longest, device=device)[None] < lengths[:, None]
+    cache = DecodingCache()
+    rows = torch.arange(batch, device=device)
+    if prefill:
+        positions = torch.arange(longest, device=device).expand(batch, longest)
+        hidden = model(ids, mask, positions=positions, cache=cache)
+        last = hidden[rows, lengths - 1]
+    else:
+        last = torch.zeros(batch, model.config.d_model, device=device)
+        for t in range(longest):
+            real = mask[:, t : t + 1]
+            hidden = model(ids[:, t : t + 1], real, positions=torch.full((batch, 1), t, device=device), cache=cache)
+            last = torch.where(real, hidden[:, 0], last)
+    position = lengths.clone()
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in prompts]
+    for step in range(max_new_tokens):
+        next_ids = sample_next(model.logits(last), temperature=temperature, top_k=top_k, top_p=top_p,
+                               generator=generator)
+        next_ids = next_ids.masked_fill(finished, pad_id)
+        for row in range(batch):
+            if not finished[row]:
+                out[row].append(int(next_ids[row]))
+        if on_token is not None:
+            on_token(next_ids)
+        if eos_id is not None:
+            finished = finished | (next_ids == eos_id)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break  # no forward for a token that will not be sampled
+        hidden = model(next_ids[:, None], ~finished[:, None], positions=position[:, None], cache=cache)
+        last = hidden[:, 0]
+        position = position + 1
+    model.train(was_training)
+    return out, cache
+
+
+@torch.no_grad()
+def beam_search(model: torch.nn.Module, prompt: Sequence[int], *, num_beams: int, max_new_tokens: int,
+                eos_id: int, length_penalty: float = 1.0, return_score: bool = False):
+    """The most likely continuation of one prompt under beam search (ids, ``eos_id`` included if reached).
+
+    ``num_beams`` hypotheses advance together as one batch through a :class:`DecodingCache`, which is
+    reordered after each step to follow the surviving beams. A finished hypothesis scores
+    ``log p / length ** length_penalty``; the search stops when ``num_beams`` are finished or after
+    ``max_new_tokens``. ``num_beams=1`` is greedy decoding. ``return_score``: also return the
+    chosen sequence's summed log-probability.
+    """
+    if num_beams < 1 or max_new_tokens < 1:
+        raise ValueError("beam_search: expected num_beams >= 1 and max_new_tokens >= 1")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    cache = DecodingCache()
+    ids = torch.as_tensor([list(prompt)], device=device)
+    hidden = model(ids, torch.ones_like(ids, dtype=torch.bool), positions=torch.arange(len(prompt), device=device)[None],
+                   cache=cache)
+    last = hidden[:, -1]  # (1, D): one live beam to start with
+    scores = torch.zeros(1, device=device)
+    beams: list[list[int]] = [[]]
+    finished: list[tuple[float, list[int], float]] = []
+    for step in range(max_new_tokens):
+        logp = torch.log_softmax(model.logits(last), dim=-1)  # (beams, V)
+        vocab = logp.shape[-1]
+        total = (scores[:, None] + logp).view(-1)
+        top_scores, top = total.topk(min(2 * num_beams, total.numel()))
+        rows, tokens, new_scores, new_beams = [], [], [], []
+        for score, flat in zip(top_scores.tolist(), top.tolist()):
+            row, token = divmod(flat, vocab)
+            sequence = beams[row] + [token]
+            if token == eos_id:
+                finished.append((score / len(sequence) ** length_penalty, sequence, score))
+            else:
+                rows.append(row)
+                tokens.append(token)
+                new_scores.append(score)
+                new_beams.append(sequence)
+            if len(new_beams) == num_beams:
+                break
+        beams, scores = new_beams, torch.tensor(new_scores, device=device)
+        if len(finished) >= num_beams or not beams or step == max_new_tokens - 1:
+            break
+        cache.reorder(torch.tensor(rows, device=device))
+        ids = torch.tensor(tokens, device=device)[:, None]
+        position = torch.full((len(beams), 1), len(prompt) + step, device=device)
+        last = model(ids, torch.ones_like(ids, dtype=torch.bool), positions=position, cache=cache)[:, 0]
+    model.train(was_training)
+    if len(finished) < num_beams:  # hypotheses still open after max_new_tokens compete too
+        finished += [(sc / len(seq) ** length_penalty, seq, sc) for sc, seq in zip(scores.tolist(), beams)]
+    _, best, logprob = max(finished, key=lambda item: item[0])
+    return (best, logprob) if return_score else best

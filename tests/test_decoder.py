@@ -1,0 +1,224 @@
+"""The causal decoders: streaming state equals the full causal forward, generation, CLM training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nami.cli import main
+from nami.data.clm import CLMCollator, pack_causal_sequences
+from nami.models import ARCHITECTURES, CausalLMModel, DecodingCache, ModelConfig, generate, sample_next
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DECODERS = {**{arch: dict(arch=arch) for arch in ARCHITECTURES},
+            "wave-rope": dict(arch="wave", wave_rope=True, position_embedding="none"),
+            "wave-interference": dict(arch="wave", wave_mode="interference"),
+            "hybrid": dict(arch="wave", mixers=["wave", "attention"])}
+
+
+def decoder(name: str) -> CausalLMModel:
+    torch.manual_seed(0)
+    spec = dict(DECODERS[name])
+    return CausalLMModel(ModelConfig.from_name("tiny", spec.pop("arch"), vocab_size=60, max_len=64, **spec)).eval()
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_streaming_steps_equal_the_full_causal_forward(name):
+    model = decoder(name)
+    torch.manual_seed(1)
+    ids = torch.randint(5, 60, (3, 11))
+    lengths = torch.tensor([11, 4, 8])  # prompts of different lengths, right-padded
+    mask = torch.arange(11)[None] < lengths[:, None]
+    with torch.no_grad():
+        full = model(ids, mask)
+        cache = DecodingCache()
+        steps = torch.cat([model(ids[:, t:t + 1], mask[:, t:t + 1], positions=torch.full((3, 1), t), cache=cache)
+                           for t in range(11)], dim=1)
+        # prefill the first 6 tokens at once, then step: the same again
+        cache2 = DecodingCache()
+        head = model(ids[:, :6], mask[:, :6], positions=torch.arange(6).expand(3, 6), cache=cache2)
+        tail = torch.cat([model(ids[:, t:t + 1], mask[:, t:t + 1], positions=torch.full((3, 1), t), cache=cache2)
+                          for t in range(6, 11)], dim=1)
+    torch.testing.assert_close(steps[mask], full[mask], rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.cat([head, tail], 1)[mask], full[mask], rtol=0, atol=1e-5)
+    # causality: changing a later token never changes earlier outputs
+    changed = ids.clone()
+    changed[:, 7] = 5 if int(ids[0, 7]) != 5 else 6
+    with torch.no_grad():
+        torch.testing.assert_close(model(changed, mask)[:, :7], full[:, :7], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
+def test_generation_is_the_same_with_the_prompt_at_once_or_token_by_token(name):
+    model = decoder(name)
+    prompts = [[2, 7, 9, 11, 13, 17], [2, 8], [2, 30, 31, 32]]
+    at_once, _ = generate(model, prompts, max_new_tokens=7, eos_id=None)
+    stepwise, _ = generate(model, prompts, max_new_tokens=7, eos_id=None, prefill=False)
+    alone = [generate(model, [p], max_new_tokens=7, eos_id=None)[0][0] for p in prompts]
+    assert at_once == stepwise == alone and all(len(o) == 7 for o in at_once)
+
+
+def test_wave_decoding_state_is_constant_while_attention_grows():
+    sizes = {}
+    for name in ("wave", "transformer"):
+        model = decoder(name)
+        sizes[name] = [generate(model, [[2] + [9] * n], max_new_tokens=1, eos_id=None)[1].nbytes() for n in (4, 40)]
+    assert sizes["wave"][0] == sizes["wave"][1] == 2 * 1 * 2 * 64 * 4  # layers × batch × 2D floats
+    assert sizes["transformer"][1] > 5 * sizes["transformer"][0]
+
+
+def test_generation_stops_at_eos_and_samples_reproducibly():
+    model = decoder("wave")
+    greedy, _ = generate(model, [[2, 7]], max_new_tokens=12, eos_id=None)
+    eos = greedy[0][3]
+    stopped, _ = generate(model, [[2, 7]], max_new_tokens=12, eos_id=eos)
+    assert stopped[0] == greedy[0][: greedy[0].index(eos) + 1]
+    a, _ = generate(model, [[2, 7]] * 2, max_new_tokens=10, eos_id=None, temperature=1.0, top_k=20, seed=3)
+    b, _ = generate(model, [[2, 7]] * 2, max_new_tokens=10, eos_id=None, temperature=1.0, top_k=20, seed=3)
+    assert a == b and a[0] != a[1]  # seeded, and rows draw different samples
+
+
+def test_sample_next_filters():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    assert sample_next(logits).tolist() == [1]
+    g = torch.Generator().manual_seed(0)
+    assert {int(sample_next(logits, temperature=1.0, top_k=1, generator=g)) for _ in range(20)} == {1}
+    assert {int(sample_next(logits, temperature=1.0, top_p=0.01, generator=g)) for _ in range(20)} == {1}
+    drawn = {int(sample_next(logits, temperature=1.0, top_k=2, generator=g)) for _ in range(200)}
+    assert drawn == {1, 3}
+
+
+def test_causal_models_refuse_mixers_that_cannot_be_causal():
+    with pytest.raises(ValueError, match="cannot run causally"):
+        ModelConfig.from_name("tiny", "wave", causal=True, branches=["fft_gate"])
+    with pytest.raises(ValueError, match="causal"):
+        from nami.models import QAModel
+
+        QAModel(ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=32)).encoder(
+            torch.ones(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool), cache=DecodingCache())
+
+
+def test_clm_sequences_and_targets():
+    class Tok:
+        cls_id, sep_id, pad_id = 2, 3, 0
+
+        def encode(self, text):
+            return type("E", (), {"ids": [10 + i for i in range(len(text))]})()
+
+    seqs = pack_causal_sequences(["abcdefghijklmnopq"], Tok(), 8, show_progress=False)
+    assert [s.tolist() for s in seqs] == [[2, 10, 11, 12, 13, 14, 15, 16], [2, 17, 18, 19, 20, 21, 22, 23],
+                                          [2, 24, 25, 26, 3]]  # [SEP] only at the document's end
+    batch = CLMCollator(seqs, pad_id=0)([2, 0])
+    assert batch["input_ids"].shape == (2, 16)
+    assert batch["targets"][0, :5].tolist() == [24, 25, 26, 3, -100] and (batch["targets"][0, 4:] == -100).all()
+    assert batch["targets"][1, :8].tolist() == [10, 11, 12, 13, 14, 15, 16, -100]
+
+
+def test_a_tiny_causal_lm_trains_and_generates_from_the_command_line(tmp_path, capsys):
+    data = str(FIXTURES / "tiny_qa.json")
+    args = ["pretrain", "--objective", "clm", "--preset", "tiny", "--tokenizer", str(FIXTURES / "runs/wave/tokenizer"),
+            "--train-data", data, "--eval-data", data, "--max-length", "64", "--batch-size", "4", "--max-steps", "3",
+            "--eval-every-minutes", "1000", "--runs-dir", str(tmp_path), "--run-name", "clm", "--quiet"]
+    assert main([*args, "--arch", "wave"]) == 0
+    run = tmp_path / "clm"
+    final = json.loads((run / "final_eval.json").read_text())
+    assert final["perplexity"] > 1 and np.isfinite(final["perplexity"])
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "富士山は", "--max-new-tokens", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["prompt"] == "富士山は" and 1 <= len(result["token_ids"]) <= 8
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "富士山は", "--max-new-tokens", "8"]) == 0
+    streamed = capsys.readouterr().out
+    assert streamed.strip() == result["generated_text"].strip()
+    from nami.pipelines import pipeline
+
+    gen = pipeline("text-generation", model=run)
+    assert gen("富士山は", max_new_tokens=8) == result
+    with pytest.raises(ValueError, match="question-answering needs a QA run"):
+        pipeline("question-answering", model=run)
+    with pytest.raises(ValueError, match="text-generation needs a causal-LM run"):
+        pipeline("text-generation", model=FIXTURES / "runs" / "wave")
+
+
+def test_clm_loss_equals_cross_entropy_over_full_logits():
+    from nami.training.tasks import CLMTask
+
+    model = decoder("transformer")
+    seqs = [np.array([2, 9, 10, 11, 12, 3]), np.array([2, 20, 21])]
+    batch = CLMCollator(seqs, pad_id=0)([0, 1])
+    task = CLMTask.__new__(CLMTask)
+    task.config = type("C", (), {"loss_impl": "blockwise"})()
+    with torch.no_grad():
+        loss = task.loss(model, batch)
+        logits = model.logits(model(batch["input_ids"], batch["attention_mask"]))
+        ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 60), batch["targets"].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_generative_examples_targets_and_answer_location():
+    from nami.data.generative import GenerativeCollator, build_generative, locate_answer
+    from nami.data.squad import load_squad
+    from nami.text import JapaneseTokenizer
+
+    tokenizer = JapaneseTokenizer.load(FIXTURES / "runs" / "wave" / "tokenizer")
+    examples = load_squad(FIXTURES / "tiny_qa.json")[:3]
+    items = build_generative(examples, tokenizer, 64, training=True)
+    item, ex = items[0], examples[0]
+    assert item.prompt[0] == tokenizer.cls_id and item.target[-1] == tokenizer.sep_id
+    assert item.target[:-1] == tokenizer.encode(ex.answers[0].text).ids
+    batch = GenerativeCollator(items, pad_id=0)([0])
+    p = len(item.prompt)
+    assert batch["targets"][0, p - 1 : p - 1 + len(item.target)].tolist() == item.target
+    assert (batch["targets"][0, : p - 1] == -100).all() and (batch["targets"][0, p - 1 + len(item.target):] == -100).all()
+    # the answer's own tokens are found in the context and give back its original characters
+    text, found = locate_answer(item.target[:-1], item, ex.context)
+    assert found and text == ex.answers[0].text
+    assert locate_answer([9999], item, ex.context) == ("", False)
+    short = build_generative(examples, tokenizer, 24, training=False)  # prediction never drops an example
+    assert len(short) == len(examples)
+
+
+def test_generative_qa_trains_from_a_causal_lm_and_predict_reproduces_it(tmp_path, capsys):
+    data = str(FIXTURES / "tiny_qa.json")
+    common = ["--preset", "tiny", "--train-data", data, "--eval-data", data, "--max-length", "96",
+              "--batch-size", "8", "--eval-every-minutes", "1000", "--runs-dir", str(tmp_path), "--quiet",
+              "--precision", "fp32"]
+    assert main(["pretrain", "--objective", "clm", "--arch", "transformer", "--max-steps", "3", "--run-name", "lm",
+                 "--tokenizer", str(FIXTURES / "runs/wave/tokenizer"), *common]) == 0
+    assert main(["train", "--task", "generative-qa", "--arch", "transformer", "--init-from", str(tmp_path / "lm"),
+                 "--max-steps", "20", "--lr", "3e-3", "--run-name", "gqa", *common]) == 0
+    final = json.loads((tmp_path / "gqa" / "final_eval.json").read_text())
+    assert final["count"] == 24 and 0.0 <= final["located"] <= 1.0
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "gqa"), "--data", data, "--output",
+                 str(tmp_path / "pred.json"), "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["matches_recorded"] is True and summary["f1"] == final["f1"]
+    assert json.loads((tmp_path / "pred.json").read_text()) == json.loads(
+        (tmp_path / "gqa" / "predictions.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["wave", "transformer"])
+def test_beam_search_follows_its_beams_through_the_cache(name):
+    from nami.models import beam_search
+
+    model = decoder(name)
+    prompt = [2, 7, 9, 11]
+    greedy, _ = generate(model, [prompt], max_new_tokens=6, eos_id=None)
+    assert beam_search(model, prompt, num_beams=1, max_new_tokens=6, eos_id=-1) == greedy[0]
+    best, score = beam_search(model, prompt, num_beams=4, max_new_tokens=6, eos_id=-1, length_penalty=0.0,
+                              return_score=True)
+    ids = torch.tensor([prompt + best])
+    with torch.no_grad():
+        logp = torch.log_softmax(model.logits(model(ids, torch.ones_like(ids, dtype=torch.bool))), -1)[0]
+    recomputed = sum(float(logp[len(prompt) - 1 + i, tok]) for i, tok in enumerate(best))
+    assert len(best) == 6 and recomputed == pytest.approx(score, abs=1e-4)  # the reordered cache is the beam's own
+    ids_g = torch.tensor([prompt + greedy[0]])
+    with torch.no_grad():
+        lg = torch.log_softmax(model.logits(model(ids_g, torch.ones_like(ids_g, dtype=torch.bool))), -1)[0]
+    greedy_logp = sum(float(lg[len(prompt) - 1 + i, tok]) for i, tok in enumerate(greedy[0]))
+    assert score >= greedy_logp - 1e-4

@@ -1,0 +1,118 @@
+"""Outputs never destroy inputs, run directories are claimed once and locked while trained."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nami.cli import main
+from nami.io import check_output_path, write_json
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RUN = FIXTURES / "runs" / "wave"
+DATA = FIXTURES / "tiny_qa.json"
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_error_line(capsys, *fragments: str) -> None:
+    err = capsys.readouterr().err
+    assert err.startswith("nami: error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def test_predict_refuses_to_overwrite_its_data_or_its_run(tmp_path, capsys):
+    data = tmp_path / "v.json"
+    shutil.copy(DATA, data)
+    before = digest(data)
+    assert main(["predict", "--checkpoint", str(RUN), "--data", str(data), "--output", str(data), "--quiet"]) == 2
+    one_error_line(capsys, "--output", "would overwrite the input")
+    assert digest(data) == before
+    config_before = digest(RUN / "config.json")
+    assert main(["predict", "--checkpoint", str(RUN), "--data", str(DATA), "--output", str(RUN / "config.json"),
+                 "--quiet"]) == 2
+    one_error_line(capsys, "inside the run directory")
+    assert digest(RUN / "config.json") == config_before
+    for size in ("0", "-1"):
+        assert main(["predict", "--checkpoint", str(RUN), "--data", str(DATA), "--output", str(tmp_path / "p.json"),
+                     "--batch-size", size, "--quiet"]) == 2
+        one_error_line(capsys, "--batch-size")
+    assert main(["predict", "--checkpoint", str(RUN), "--data", str(DATA), "--output", str(tmp_path), "--quiet"]) == 2
+    one_error_line(capsys, "is a directory")
+
+
+def test_baseline_refuses_to_overwrite_its_data(tmp_path, capsys):
+    data = tmp_path / "v.json"
+    shutil.copy(DATA, data)
+    before = digest(data)
+    assert main(["baseline", "lexical", "--data", str(data), "--output", str(data), "--quiet"]) == 2
+    one_error_line(capsys, "would overwrite the input")
+    assert main(["baseline", "lexical", "--data", str(data), "--window", "-5", "--quiet"]) == 2
+    one_error_line(capsys, "--window")
+    assert digest(data) == before
+
+
+def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    write_json(tmp_path / "out.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_output_path_checks(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        check_output_path(tmp_path / "file" / "sub.json", "--output")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with pytest.raises(ValueError, match="would overwrite the input"):
+        check_output_path(shards / "new.json", "--output", inputs=[shards])
+    assert check_output_path(tmp_path / "new.json", "--output", inputs=[shards]) == tmp_path / "new.json"
+
+
+def test_tokenizer_train_never_overwrites_a_directory(tmp_path, capsys):
+    out = tmp_path / "tok"
+    shutil.copytree(RUN / "tokenizer", out)
+    before = digest(out / "spm.model")
+    assert main(["tokenizer", "train", "--corpus", str(DATA), "--out", str(out), "--vocab-size", "300",
+                 "--quiet"]) == 2
+    one_error_line(capsys, "--out", "not an empty directory")
+    assert digest(out / "spm.model") == before
+
+
+def test_a_run_directory_without_config_is_reported_not_reused(tmp_path, capsys):
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "metrics.jsonl").write_text('{"type": "start"}\n')
+    args = ["train", "--preset", "tiny", "--tokenizer", str(RUN / "tokenizer"), "--train-data", str(DATA),
+            "--eval-data", str(DATA), "--max-length", "64", "--max-steps", "1", "--runs-dir", str(tmp_path),
+            "--run-name", "r1", "--quiet"]
+    assert main(args) == 2
+    one_error_line(capsys, "holds no run", "rm -r")
+    assert (tmp_path / "r1" / "metrics.jsonl").read_text() == '{"type": "start"}\n'
+    assert sorted(p.name for p in (tmp_path / "r1").iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_run_being_trained_cannot_be_resumed_by_a_second_process(tmp_path):
+    from nami.training import checkpoint as ckpt
+    from nami.training.config import TrainConfig
+    from nami.training.loop import resume, train
+
+    config = TrainConfig.from_dict(dict(
+        preset="tiny", tokenizer=str(RUN / "tokenizer"), train_data=[str(DATA)], eval_data=str(DATA), max_length=64,
+        max_steps=4, checkpoint_every_steps=2, eval_every_minutes=None, runs_dir=str(tmp_path), run_name="r",
+        precision="fp32"))
+    run = train(config, quiet=True).run_dir
+    lock = ckpt.RunLock(run)  # as if another process were training it
+    try:
+        with pytest.raises(ckpt.CheckpointError, match="another process is training this run"):
+            resume(run, quiet=True)
+    finally:
+        lock.release()
+    assert ckpt.RunLock(run).release() is None  # released: the run can be locked again
