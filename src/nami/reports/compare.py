@@ -68,7 +68,7 @@ _STANDARD_MLM = dict(preset="small", max_length=256, batch_size=32, lr=1e-3, war
                      eval_every_minutes=None, eval_subset=200, pppl_sequences=32)
 
 # Causal-LM pretraining (a decoder) and generative QA fine-tuning; the same shape and corpus.
-_STANDARD_CLM = dict(preset="small", max_length=256, batch_size=32, lr=1e-3, warmup=0.05, epochs=50.0,
+_STANDARD_CLM = dict(preset="small", max_length=320, batch_size=32, lr=1e-3, warmup=0.05, epochs=50.0,
                      eval_every_minutes=2.0, eval_subset=200)  # held-out perplexity against time
 _GENERATIVE_QA = dict(preset="small", max_length=320, batch_size=32, lr=1e-3, warmup=0.05, title_prefix=True,
                       max_answer_tokens=16, dropout=0.1, attention_dropout=0.0, eval_subset=300,
