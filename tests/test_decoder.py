@@ -222,3 +222,18 @@ def test_beam_search_follows_its_beams_through_the_cache(name):
         lg = torch.log_softmax(model.logits(model(ids_g, torch.ones_like(ids_g, dtype=torch.bool))), -1)[0]
     greedy_logp = sum(float(lg[len(prompt) - 1 + i, tok]) for i, tok in enumerate(greedy[0]))
     assert score >= greedy_logp - 1e-4
+
+
+def test_bf16_decoding_logits_follow_the_weights():
+    model = decoder("wave")
+    hidden = torch.randn(3, 64)
+    with torch.no_grad():
+        exact = model.logits(hidden)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model.logits(hidden)
+        assert fast.dtype == torch.float32
+        torch.testing.assert_close(fast, exact, rtol=0.05, atol=0.05)
+        model.output_weight.mul_(2.0)  # training changed the weights: the cached bf16 copy must follow
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            again = model.logits(hidden)
+    torch.testing.assert_close(again, 2 * fast, rtol=0.05, atol=0.05)

@@ -47,5 +47,20 @@ class CausalLMModel(PreTrainedMixin, nn.Module):
         return self.encoder(input_ids, attention_mask, positions=positions, cache=cache)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits of a few positions ``(..., D) -> (..., V)`` in float32 (decoding only)."""
-        return hidden.float() @ self.output_weight.float().T
+        """Vocabulary logits of a few positions ``(..., D) -> (..., V)``, returned in float32 (decoding only).
+
+        Under bf16 autocast the product reads a cached bf16 copy of the output matrix: at batch 1
+        decoding is bound by reading that ``(V, D)`` matrix once per token (32 MB in fp32 for
+        V = 32k, D = 256), so half the bytes is nearly half the step. The copy is remade whenever
+        the weights change (their version counter). Outside autocast: fp32 throughout.
+        """
+        weight = self.output_weight
+        if torch.is_autocast_enabled(hidden.device.type) and \
+                torch.get_autocast_dtype(hidden.device.type) == torch.bfloat16:
+            key = (weight._version, weight.data_ptr(), weight.device)
+            cached = getattr(self, "_bf16_output", None)
+            if cached is None or cached[0] != key:
+                cached = (key, weight.detach().to(torch.bfloat16))
+                self._bf16_output = cached
+            return torch.nn.functional.linear(hidden.to(torch.bfloat16), cached[1]).float()
+        return hidden.float() @ weight.float().T
