@@ -53,13 +53,12 @@ def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
     with context:
         generate(model, [prompt[:16]], max_new_tokens=2, eos_id=None)  # warm-up (kernel creation)
         rss_before = current_rss_mb()
+        stamps: list[float] = []
         tick = time.perf_counter()
-        _, cache = generate(model, [prompt], max_new_tokens=1, eos_id=None)
-        prefill_s = time.perf_counter() - tick
-        tick = time.perf_counter()
-        out, cache = generate(model, [prompt], max_new_tokens=new_tokens, eos_id=None)
-        total_s = time.perf_counter() - tick
-    decode_s = max(total_s - prefill_s, 1e-9)  # the same prefill again, then new_tokens − 1 steps
+        out, cache = generate(model, [prompt], max_new_tokens=new_tokens, eos_id=None,
+                              on_token=lambda _: stamps.append(time.perf_counter()))
+    prefill_s = stamps[0] - tick  # prefill + the first token
+    decode_s = max(stamps[-1] - stamps[0], 1e-9)  # the new_tokens − 1 decoding steps after it, timed directly
     return {**spec, "params": count_parameters(model)["total"], "prefill_seconds": prefill_s,
             "decode_seconds": decode_s, "tokens_per_s": (len(out[0]) - 1) / decode_s,
             "state_mb": round(cache.nbytes() / 2**20, 3), "peak_mb": round(peak_rss_mb(), 1),
