@@ -130,8 +130,9 @@ def test_ablate_writes_one_row_per_variant_with_every_field(tmp_path):
     assert [row["name"] for row in saved["rows"]] == ["wave", "wave+conv"]
     for row in saved["rows"]:
         assert {"name", "options", "params", "train_tokens_per_s", "eval_questions_per_s", "train_peak_mb",
-                "exact_match", "f1", "runs", "budget_minutes"} <= set(row)
-        assert row["runs"][0]["count"] == 24 and row["options"] == VARIANTS[row["name"]]["options"]
+                "exact_match", "f1", "runs", "budget_minutes"} == set(row)  # exactly the keys
+        assert row["runs"][0]["count"] == 24 and row["runs"][0]["steps"] >= 1
+        assert row["options"] == {"arch": VARIANTS[row["name"]]["arch"], **VARIANTS[row["name"]]["options"]}
     conv_run = json.loads((Path(saved["rows"][1]["runs"][0]["run_dir"]) / "config.json").read_text())
     assert conv_run["model"]["branches"] == ["conv"]  # the variant's options reached the trained model
     assert saved["rows"][1]["params"] > saved["rows"][0]["params"]

@@ -52,7 +52,37 @@ def check_text(option: str, text: Any) -> None:
         raise ValueError(f"{option} has no visible text (only whitespace, control or format characters)")
 
 
-class QuestionAnsweringPipeline:
+class _RunPipeline:
+    """Loads one trained run (verified) for a pipeline; ``task`` names it, ``run_task`` the run it needs."""
+
+    task: str
+    run_task: str
+    how_to_train: str
+
+    def __init__(self, model: str | Path, *, device: str | torch.device = "cpu", threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.run_dir = Path(model)
+        self.device = torch.device(device)
+        self.model, self.tokenizer, self.config = ckpt.load_run(self.run_dir, device=self.device)
+        if self.config.task != self.run_task:
+            raise ValueError(f"{self.run_dir}: a {self.config.task!r} run; {self.task} needs {self.how_to_train}")
+
+
+def _recorded_match(run_dir: Path, data, scores: dict[str, Any]) -> dict[str, Any]:
+    """``recorded_f1`` / ``matches_recorded`` when the run's final evaluation scored the same data file."""
+    recorded = Path(run_dir) / ckpt.FINAL_EVAL_FILE
+    if not recorded.is_file():
+        return {}
+    final = read_json(recorded)
+    data_paths = [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data)]
+    if [str(Path(final["data"]).resolve())] != data_paths:
+        return {}
+    return {"recorded_f1": final["f1"],
+            "matches_recorded": (final["f1"], final["exact_match"]) == (scores["f1"], scores["exact_match"])}
+
+
+class QuestionAnsweringPipeline(_RunPipeline):
     """Extractive QA with one trained run, loaded once.
 
     Call it with ``question=`` and ``context=`` (one answer) or with a list of
@@ -65,17 +95,10 @@ class QuestionAnsweringPipeline:
     one is cut into overlapping windows whose best spans compete.
     """
 
-    task = "question-answering"
+    task, run_task, how_to_train = "question-answering", "qa", "a QA run (nami train)"
 
-    def __init__(self, model: str | Path, *, device: str | torch.device = "cpu", threads: int | None = None) -> None:
-        if threads:
-            torch.set_num_threads(threads)
-        self.run_dir = Path(model)
-        self.device = torch.device(device)
-        self.model, self.tokenizer, self.config = ckpt.load_run(self.run_dir, device=self.device)
-        if self.config.task != "qa":
-            raise ValueError(f"{self.run_dir}: a {self.config.task!r} run; question-answering needs a QA run "
-                             "(nami train)")
+    def __init__(self, model: str | Path, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
         self.feature_config = FeatureConfig.from_config(self.config)
 
     def __call__(self, inputs: dict[str, str] | Sequence[dict[str, str]] | None = None, *,
@@ -155,18 +178,12 @@ class QuestionAnsweringPipeline:
         if all(ex.answers for ex in examples):
             scores = evaluate_predictions(examples, result.answers)
             summary.update(exact_match=scores["exact_match"], f1=scores["f1"])
-            recorded = self.run_dir / ckpt.FINAL_EVAL_FILE
-            data_paths = [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data)]
-            if recorded.is_file() and boundaries == self.config.answer_boundaries:
-                final = read_json(recorded)
-                if [str(Path(final["data"]).resolve())] == data_paths:
-                    summary["recorded_f1"] = final["f1"]
-                    summary["matches_recorded"] = (final["f1"], final["exact_match"]) == (scores["f1"],
-                                                                                          scores["exact_match"])
+            if boundaries == self.config.answer_boundaries:
+                summary.update(_recorded_match(self.run_dir, data, scores))
         return summary
 
 
-class TextGenerationPipeline:
+class TextGenerationPipeline(_RunPipeline):
     """Continue prompts with a causal-LM run (``nami pretrain --objective clm``), loaded once.
 
     ``gen("梅雨は", max_new_tokens=16)`` → ``{"generated_text", "prompt", "token_ids", "stopped"}``;
@@ -176,17 +193,7 @@ class TextGenerationPipeline:
     end-of-document token of causal-LM pretraining; ``stopped: "eos"``) or after ``max_new_tokens``.
     """
 
-    task = "text-generation"
-
-    def __init__(self, model: str | Path, *, device: str | torch.device = "cpu", threads: int | None = None) -> None:
-        if threads:
-            torch.set_num_threads(threads)
-        self.run_dir = Path(model)
-        self.device = torch.device(device)
-        self.model, self.tokenizer, self.config = ckpt.load_run(self.run_dir, device=self.device)
-        if self.config.task != "clm":
-            raise ValueError(f"{self.run_dir}: a {self.config.task!r} run; text-generation needs a causal-LM run "
-                             "(nami pretrain --objective clm)")
+    task, run_task, how_to_train = "text-generation", "clm", "a causal-LM run (nami pretrain --objective clm)"
 
     def __call__(self, prompts: str | Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
@@ -314,12 +321,6 @@ def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], outp
     if all(ex.answers for ex in examples):
         scores = evaluate_predictions(examples, answers)
         summary.update(exact_match=scores["exact_match"], f1=scores["f1"])
-        recorded = Path(run_dir) / ckpt.FINAL_EVAL_FILE
-        data_paths = [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data)]
-        if recorded.is_file() and beams == config.num_beams:
-            final = read_json(recorded)
-            if [str(Path(final["data"]).resolve())] == data_paths:
-                summary["recorded_f1"] = final["f1"]
-                summary["matches_recorded"] = (final["f1"], final["exact_match"]) == (scores["f1"],
-                                                                                      scores["exact_match"])
+        if beams == config.num_beams:
+            summary.update(_recorded_match(Path(run_dir), data, scores))
     return summary

@@ -62,12 +62,11 @@ def _row(name: str, spec: dict[str, Any], runs: list[dict[str, Any]], budget: fl
     def mean(key: str) -> float:
         return statistics.fmean(r[key] for r in runs)
 
-    f1s = [r["f1"] for r in runs]
-    return {"name": name, "arch": spec["arch"], "options": spec["options"], "params": runs[0]["params"],
+    # Exactly the keys; the architecture, steps and tokens/s of each seed are in "runs".
+    return {"name": name, "options": {"arch": spec["arch"], **spec["options"]}, "params": runs[0]["params"],
             "train_tokens_per_s": mean("train_tokens_per_s"), "eval_questions_per_s": mean("eval_questions_per_s"),
             "train_peak_mb": max(r["train_peak_mb"] for r in runs), "exact_match": mean("exact_match"),
-            "f1": mean("f1"), "f1_spread": max(f1s) - min(f1s), "steps": mean("steps"), "runs": runs,
-            "budget_minutes": budget}
+            "f1": mean("f1"), "runs": runs, "budget_minutes": budget}
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -80,10 +79,12 @@ def markdown(record: dict[str, Any]) -> str:
              "| variant | options | params | train tok/s | steps | eval q/s | train peak MB | EM | F1 | F1 spread |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in record["rows"]:
-        options = ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "–"
-        spread = f"{row['f1_spread']:.2f}" if len(row["runs"]) > 1 else "–"
+        options = ", ".join(f"{k}={v}" for k, v in row["options"].items() if k != "arch") or "–"
+        f1s = [r["f1"] for r in row["runs"]]
+        spread = f"{max(f1s) - min(f1s):.2f}" if len(f1s) > 1 else "–"
+        steps = sum(r["steps"] for r in row["runs"]) / len(row["runs"])
         lines.append(f"| {row['name']} | {options} | {row['params']:,} | {row['train_tokens_per_s']:,.0f} | "
-                     f"{row['steps']:,.0f} | {row['eval_questions_per_s']:,.0f} | {row['train_peak_mb']:,.0f} | "
+                     f"{steps:,.0f} | {row['eval_questions_per_s']:,.0f} | {row['train_peak_mb']:,.0f} | "
                      f"{row['exact_match']:.2f} | {row['f1']:.2f} | {spread} |")
     lines += [""] + provenance_lines(record)
     return "\n".join(lines) + "\n"

@@ -30,7 +30,7 @@ from nami import paths
 from nami.data.squad import load_squad
 from nami.evaluation import lexical
 from nami.evaluation.metric import evaluate_predictions
-from nami.io import read_json, write_json
+from nami.io import check_output_path, read_json, write_json
 from nami.reports.environment import git_commit, machine_description, now_iso
 from nami.reports.report import write_report
 from nami.training import checkpoint as ckpt
@@ -222,12 +222,7 @@ def _pretrain_summary(run_dir: Path, task: str = "mlm") -> dict[str, Any]:
 
 def check_results_path(results_path: str | Path) -> None:
     """Refuse a ``--results`` path that cannot become a JSON file, before any slow work starts."""
-    path = Path(results_path)
-    if path.is_dir():
-        raise ValueError(f"--results {results_path}: is a directory (expected a JSON file path)")
-    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"--results {results_path}: {blocking} is a file, not a directory")
+    check_output_path(results_path, "--results")
 
 
 def copy_results(out_dir: str | Path, results_path: str | Path) -> Path:

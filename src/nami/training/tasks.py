@@ -117,6 +117,14 @@ def select_windows(features: QAFeatures, negative_fraction: float, seed: int) ->
     return features.subset(np.flatnonzero(keep).tolist())
 
 
+def load_qa_examples(config: TrainConfig, train_paths: list[str], eval_path: str) -> tuple[list, list]:
+    """Validated QA train / eval examples; training contexts in JSQuAD's title format when asked."""
+    train = load_squad(train_paths, on_bad_record=config.on_bad_record)
+    if config.title_prefix:
+        train = [with_title_prefix(ex) for ex in train]
+    return train, load_squad(eval_path, on_bad_record=config.on_bad_record)
+
+
 @register_task
 class QATask(Task):
     """Extractive QA: windows → span logits → cross-entropy on start/end; scored with EM / F1."""
@@ -129,10 +137,7 @@ class QATask(Task):
         self.config = config
         self.train_paths = resolve_train_data(config)
         self.eval_path = resolve_eval_data(config)
-        self.train_examples = load_squad(self.train_paths, on_bad_record=config.on_bad_record)
-        if config.title_prefix:
-            self.train_examples = [with_title_prefix(ex) for ex in self.train_examples]
-        self.eval_examples = load_squad(self.eval_path, on_bad_record=config.on_bad_record)
+        self.train_examples, self.eval_examples = load_qa_examples(config, self.train_paths, self.eval_path)
 
     def prepare(self, tokenizer, show: bool) -> None:
         config, fconfig = self.config, FeatureConfig.from_config(self.config)
@@ -407,10 +412,7 @@ class GenerativeQATask(CLMTask):
         self.config = config
         self.train_paths = resolve_train_data(config)
         self.eval_path = resolve_eval_data(config)
-        self.train_examples = load_squad(self.train_paths, on_bad_record=config.on_bad_record)
-        if config.title_prefix:
-            self.train_examples = [with_title_prefix(ex) for ex in self.train_examples]
-        self.eval_examples = load_squad(self.eval_path, on_bad_record=config.on_bad_record)
+        self.train_examples, self.eval_examples = load_qa_examples(config, self.train_paths, self.eval_path)
 
     def prepare(self, tokenizer, show: bool) -> None:
         config = self.config
