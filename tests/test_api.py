@@ -245,3 +245,34 @@ def test_import_nami_does_not_import_torch():
     code = "import sys, nami; assert 'torch' not in sys.modules, 'torch imported'; print(nami.__version__)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_command_line_parses_and_answers_help_without_torch():
+    """`nami --help`, `--version` and argument errors must be fast: torch is imported only when a
+    command runs (the CLI, nami.models and the config dataclasses are torch-free at import)."""
+    code = ("import sys, contextlib, io\n"
+            "from nami.cli import build_parser, main\n"
+            "import nami.models, nami.models.config, nami.training.config\n"
+            "parser = build_parser()\n"
+            "for argv in (['--help'], ['train', '--help'], ['--version'], ['train', '--lr', 'x']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "from nami.models import ARCHITECTURES\n"
+            "assert list(ARCHITECTURES)[:2] == ['wave', 'transformer'], ARCHITECTURES\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_builtin_mixers_keep_their_order_whichever_module_is_imported_first():
+    for first in ("nami.models.hierarchy", "nami.models.wave", "nami.models.attention", "nami.models.block"):
+        code = (f"import {first}\n"
+                "from nami.models import ARCHITECTURES, MIXERS, ModelConfig\n"
+                "ModelConfig.from_name('tiny', arch='transformer')\n"
+                "print(list(ARCHITECTURES), list(MIXERS)[:2])\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, (first, proc.stderr)
+        assert proc.stdout.startswith("['wave', 'transformer'] ['wave', 'attention']"), (first, proc.stdout)

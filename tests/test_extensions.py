@@ -216,3 +216,82 @@ def test_stage_wise_training_switches_branches_on_in_order():
 
     with pytest.raises(ValueError, match="branch_schedule"):
         TrainConfig.from_dict({"preset": "tiny", "branches": ["conv"], "branch_schedule": {"segment_wave": 0.5}})
+
+
+# --- self-distillation: early-exit heads taught by the last layer (seed plan 6) ---------------------------
+
+
+def test_exit_heads_off_is_the_plain_model_and_on_adds_only_heads():
+    torch.manual_seed(0)
+    plain = QAModel(config(n_layers=4))
+    torch.manual_seed(0)
+    exits = QAModel(config(n_layers=4, exit_layers=[2, 1]))
+    assert plain.exit_heads is None and exits.config.exit_layers == [1, 2]
+    extra = set(exits.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("exit_heads.") for k in extra)
+    ids = torch.randint(5, 50, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 8:] = False
+    for model in (plain, exits):
+        model.eval()
+    assert torch.equal(plain(ids, mask).start, exits(ids, mask).start)  # same initialisation, same last layer
+    final, heads = exits(ids, mask, with_exits=True)
+    assert torch.equal(final.start, plain(ids, mask).start) and len(heads) == 2
+    assert heads[0].start.shape == (2, 12) and torch.isinf(heads[0].start[1, 8:]).all()
+
+
+def test_distillation_loss_is_zero_for_equal_distributions_and_teaches_only_the_student():
+    torch.manual_seed(0)
+    mask = torch.ones(3, 10, dtype=torch.bool)
+    mask[2, 6:] = False
+    teacher_start = torch.randn(3, 10).masked_fill(~mask, float("-inf")).requires_grad_()
+    teacher_end = torch.randn(3, 10).masked_fill(~mask, float("-inf")).requires_grad_()
+    from nami.models.qa import SpanLogits
+
+    teacher = SpanLogits(teacher_start, teacher_end)
+    same = QAModel.distillation_loss(SpanLogits(teacher_start.detach(), teacher_end.detach()), teacher)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    student_start = torch.randn(3, 10).masked_fill(~mask, float("-inf")).requires_grad_()
+    student = SpanLogits(student_start, teacher_end.detach().clone().requires_grad_())
+    loss = QAModel.distillation_loss(student, teacher, temperature=2.0)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert teacher_start.grad is None  # the teacher only teaches
+    assert torch.isfinite(student_start.grad).all() and student_start.grad[2, 6:].abs().sum() == 0
+    # The reference: T² · mean over the batch of Σ p_t (log p_t − log p_s), start and end averaged.
+    p_t = F.softmax(teacher_start.detach().masked_fill(~mask, -1e4) / 2, dim=-1)
+    log_s = F.log_softmax(student_start.detach().masked_fill(~mask, -1e4) / 2, dim=-1)
+    ref_start = (p_t * (p_t.clamp_min(1e-30).log() - log_s)).sum(-1).mean()
+    assert loss.item() == pytest.approx(4 * 0.5 * ref_start.item(), rel=1e-5)
+
+
+def test_self_distillation_training_loss_reaches_every_exit_head():
+    from nami.training.config import TrainConfig
+    from nami.training.tasks import QATask
+
+    model = QAModel(config(n_layers=3, exit_layers=[0, 1]))
+    train_config = TrainConfig.from_dict({"preset": "tiny", "n_layers": 3, "exit_layers": [0, 1],
+                                          "self_distill": 0.5, "distill_temperature": 2.0})
+    task = QATask.__new__(QATask)
+    task.config = train_config
+    batch = {"input_ids": torch.randint(5, 50, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.bool),
+             "token_type_ids": torch.zeros(2, 16, dtype=torch.long), "start_positions": torch.tensor([3, 5]),
+             "end_positions": torch.tensor([4, 7])}
+    loss = task.loss(model, batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for head in model.exit_heads:
+        assert head.head.proj.weight.grad is not None and head.head.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"self_distill": 0.5}, "needs early-exit heads"),
+    ({"exit_layers": [3]}, "exit_layers=[3]"),
+    ({"exit_layers": [0], "task": "mlm"}, "for extractive QA"),
+    ({"exit_layers": [0], "self_distill": 1.5}, "self_distill=1.5"),
+])
+def test_self_distillation_options_are_checked(options, fragment):
+    from nami.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        TrainConfig.from_dict({"preset": "tiny", "n_layers": 4, **options})

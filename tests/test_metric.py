@@ -218,7 +218,8 @@ def test_load_predictions(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"q1": "東京",', r"malformed JSON at line 1 column \d+"),
+        ('{"q1": "東京",', r"not valid JSON \(line 1 column \d+"),
+        ("[" * 100_000, r"nested too deeply"),
         ('["東京"]', r"must be a JSON object .* got list"),
         (
             '{"q1": "東京", "q2": 3}',
@@ -237,14 +238,29 @@ def test_load_predictions_errors_name_the_file(tmp_path: Path, content: str, mes
 
 
 def test_load_predictions_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="absent.json"):
+    with pytest.raises(ValueError, match="absent.json: file not found"):
         load_predictions(tmp_path / "absent.json")
+
+
+def test_load_predictions_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    import os
+
+    with pytest.raises(ValueError, match="is a directory"):
+        load_predictions(tmp_path)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # reading it would block forever
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_predictions(fifo)
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop)
+    with pytest.raises(ValueError, match="symlink loop"):
+        load_predictions(loop)
 
 
 def test_load_predictions_non_utf8(tmp_path: Path) -> None:
     path = tmp_path / "sjis.json"
     path.write_bytes('{"q1": "東京"}'.encode("shift_jis"))
-    with pytest.raises(ValueError, match="sjis.json: predictions file is not valid UTF-8"):
+    with pytest.raises(ValueError, match="sjis.json: not valid UTF-8"):
         load_predictions(path)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from nami.models.registry import ARCHITECTURES
+from nami.models import ARCHITECTURES
 from nami.cli import main
 from nami.pipelines import predict_file
 from nami.training import checkpoint as ckpt

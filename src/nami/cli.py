@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import typing
@@ -35,6 +36,64 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
             FileExistsError, ValueError)
 
 
+# --- option values: checked when parsed, so bad values never reach a command -------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors as one ``nami: error:`` line (the contract of every other user error)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"nami: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(text: str, kind: type, low: float, *, low_open: bool = False, high: float = math.inf) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+    if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        bound += f" and <= {high:g}" if high != math.inf else ""
+        raise argparse.ArgumentTypeError(f"expected a finite {'integer' if kind is int else 'number'} {bound}, "
+                                         f"got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    """A torch device string, checked when parsed (``cuda`` on a machine without CUDA is refused here)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no MPS device is available here")
+    return text
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _number(text, int, 0)
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, 0.0, low_open=True)
+
+
+def nonnegative_float(text: str) -> float:
+    return _number(text, float, 0.0)
+
+
+def probability(text: str) -> float:
+    return _number(text, float, 0.0, low_open=True, high=1.0)
+
+
 # --- train options generated from TrainConfig -------------------------------------------------
 
 _HIDDEN_TRAIN_FIELDS = {"notes", "model"}
@@ -43,16 +102,17 @@ _HIDDEN_TRAIN_FIELDS = {"notes", "model"}
 def _option_fields() -> list[tuple[str, Any, Any]]:
     """(name, type hint, default) of every training option: the :class:`TrainConfig` fields and the
     user-facing :class:`ModelConfig` fields (``TrainConfig.model``, given flat; ``--preset`` picks the size)."""
-    from nami.models import ModelConfig
+    from nami.models.config import PRESETS, ModelConfig  # dataclasses only: no torch before a command runs
     from nami.training.config import MODEL_SHORTCUTS
 
     train_hints = typing.get_type_hints(TrainConfig)
     model_hints = typing.get_type_hints(ModelConfig)
-    model_defaults = ModelConfig.from_name("small")
+    # The defaults of the "small" preset, read without building (validating) a config.
+    model_defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)} | PRESETS["small"]
     options = [(f.name, train_hints[f.name], f.default) for f in dataclasses.fields(TrainConfig)
                if f.name not in _HIDDEN_TRAIN_FIELDS]
     options.append(("preset", str, "small"))
-    options += [(name, model_hints[name], getattr(model_defaults, name)) for name in MODEL_SHORTCUTS
+    options += [(name, model_hints[name], model_defaults.get(name)) for name in MODEL_SHORTCUTS
                 if name != "preset"]
     return options
 
@@ -61,31 +121,88 @@ def option_names() -> list[str]:
     return [name for name, _, _ in _option_fields()]
 
 
-def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = frozenset()) -> None:
-    """One ``--option`` per training option (the dataclasses are the single source of truth)."""
+def _model_field_help() -> dict[str, str]:
+    """The model options' help: the ``Attributes:`` section of :class:`ModelConfig`'s docstring."""
+    from nami.models.config import ModelConfig
+
+    helps: dict[str, str] = {}
+    name = None
+    for line in (ModelConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        stripped = line.strip()
+        if line.startswith(" " * 8) and not line.startswith(" " * 9) and ":" in stripped:
+            name, text = stripped.split(":", 1)
+            helps[name] = text.strip()
+        elif name and stripped:
+            helps[name] += " " + stripped
+    return {k: v.replace("``", "'") for k, v in helps.items()}
+
+
+def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = frozenset(),
+                      tasks: tuple[str, ...] | None = None) -> None:
+    """One ``--option`` per training option (the dataclasses are the single source of truth), with its
+    help text and default; ``tasks``: offer only the options those tasks read (``OPTION_TASKS``)."""
+    from nami.training.config import OPTION_HELP, OPTION_TASKS
+
+    helps = {**_model_field_help(), **OPTION_HELP}
+    choices = _choice_lists()
     for name, hint, default in _option_fields():
-        if name in exclude:
+        if name in exclude or (tasks and name in OPTION_TASKS and not set(OPTION_TASKS[name]) & set(tasks)):
             continue
         flag = "--" + name.replace("_", "-")
+        text = helps.get(name, "").replace("%", "%%")
+        default_text = f"(default: {default})"
         args = typing.get_args(hint) if typing.get_origin(hint) is not typing.Literal else ()
         base = next((a for a in args if a is not type(None)), hint) if args else hint
         if typing.get_origin(base) is list or typing.get_origin(hint) is list:
             item = (typing.get_args(base) or (str,))[0]
             parser.add_argument(flag, nargs="+", default=None, metavar="PATH" if name.endswith("data") else "NAME",
-                                type=item, help=f"(default: {default})")
+                                type=item, help=f"{text} {default_text}")
         elif base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default: {default})")
+                                help=f"{text} {default_text}")
         elif typing.get_origin(base) is typing.Literal:
-            parser.add_argument(flag, choices=typing.get_args(base), default=None, help=f"(default: {default})")
+            parser.add_argument(flag, choices=typing.get_args(base), default=None, help=f"{text} {default_text}")
+        elif name in choices:
+            parser.add_argument(flag, choices=choices[name](), default=None, help=f"{text} {default_text}")
         else:
-            parser.add_argument(flag, type=base, default=None, metavar=name.upper(), help=f"(default: {default})")
+            parser.add_argument(flag, type=base, default=None, metavar=name.upper(), help=f"{text} {default_text}")
+
+
+def _choice_lists() -> dict[str, Any]:
+    """Options whose values are a fixed list (shown in --help; argparse refuses others at once)."""
+    from nami.models.config import POSITION_EMBEDDINGS, PRESETS
+    from nami.training import config as train_config
+
+    return {
+        "preset": lambda: tuple(PRESETS),
+        "precision": lambda: train_config.PRECISIONS,
+        "schedule": lambda: train_config.SCHEDULES,
+        "loss_impl": lambda: train_config.LOSS_IMPLS,
+        "loss_filter": lambda: train_config.LOSS_FILTERS,
+        "loss_vocab_order": lambda: train_config.VOCAB_ORDERS,
+        "on_bad_record": lambda: train_config.BAD_RECORD_POLICIES,
+        "answer_boundaries": lambda: ANSWER_BOUNDARIES,
+        "position_embedding": lambda: POSITION_EMBEDDINGS,
+        "log_with": lambda: train_config.LOG_WITH,
+    }
 
 
 def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
     values = dict(base or {})
+    if getattr(args, "recipe", None):  # a compare preset's stage: the reported settings; options override it
+        from nami.reports.presets import recipe
+
+        stage = getattr(args, "recipe_stage", "finetune")
+        values.update(recipe(args.recipe, stage, arch=getattr(args, "arch", None) or "wave"))
+        if getattr(args, "objective", None) and values["task"] != args.objective:
+            raise UserError(f"--recipe {args.recipe}: its pretraining objective is {values['task']}, not "
+                            f"--objective {args.objective}")
     if getattr(args, "config", None):
-        values.update(_read_json(args.config, "--config"))
+        loaded = _read_json(args.config, "--config")
+        if not isinstance(loaded, dict):
+            raise UserError(f"--config {args.config}: training config: expected a JSON object, got "
+                            f"{type(loaded).__name__}")
+        values.update(loaded)
     for name in option_names():
         value = getattr(args, name, None)
         if value is not None:
@@ -94,12 +211,9 @@ def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None
 
 
 def _read_json(path: str, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text("utf-8"))
-    except FileNotFoundError as err:
-        raise UserError(f"{what} {path}: file not found") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{what} {path}: not valid JSON ({err})") from err
+    from nami.io import read_input_json
+
+    return read_input_json(path, what)  # InputFileError (a ValueError) names the option and the file
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -109,14 +223,20 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from nami.data.corpus import read_corpus
     from nami.text import train_tokenizer
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    from nami.io import check_output_dir
+
+    out = check_output_dir(args.out, "--out")
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {args.out}: already exists and is not an empty directory (a tokenizer or a run's "
                         "tokenizer/ would be overwritten); choose a new directory")
     texts = read_corpus(args.corpus)
     tokenizer = train_tokenizer(texts, args.out, vocab_size=args.vocab_size, model_type=args.model_type,
                                 show_progress=not args.quiet)
-    print(f"tokenizer with {tokenizer.vocab_size:,} pieces saved to {args.out}")
+    note = ""
+    if tokenizer.vocab_size < args.vocab_size:  # --vocab-size is an upper bound (hard_vocab_limit=False)
+        note = (f" ({args.vocab_size:,} asked: the corpus has too few distinct words for more; a larger corpus "
+                "gives more pieces)")
+    print(f"tokenizer with {tokenizer.vocab_size:,} pieces saved to {args.out}{note}")
     return 0
 
 
@@ -126,7 +246,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     _, report = check_squad(args.paths, require_answers=not args.allow_unanswered)
     for bad in report.bad:
         print(f"{bad.file}: {bad.id}: {bad.reason}")
-    print(format_report(report), file=sys.stderr if report.bad else sys.stdout)
+    # The bad records once each, on stdout (above); the summary counts them.
+    print(format_report(report, list_bad=False), file=sys.stderr if report.bad else sys.stdout)
     return 1 if report.bad else 0
 
 
@@ -145,14 +266,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """``nami pretrain`` = ``nami train --task mlm`` (``--objective clm``: ``--task clm``, a causal decoder)."""
-    args.task = args.objective
+    args.task = args.objective or (None if args.recipe else "mlm")  # the recipe's objective, else masked LM
     return cmd_train(args)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from nami.pipelines import pipeline
 
-    generator = pipeline("text-generation", model=args.checkpoint, threads=args.threads)
+    generator = pipeline("text-generation", model=args.checkpoint, threads=args.threads, device=args.device)
     stream = None if args.no_stream or args.json else (lambda piece: print(piece, end="", flush=True))
     result = generator(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_text=stream)
@@ -172,6 +293,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             given = [f"--{name.replace('_', '-')}" for name in option_names()
                      if name not in ("threads", "task") and getattr(args, name, None) is not None]
+            given += ["--recipe"] if getattr(args, "recipe", None) else []
             if given or args.config:
                 dropped = ", ".join(given) or "--config"
                 raise UserError(f"--resume continues the run with its saved config; drop {dropped}")
@@ -201,7 +323,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict_file(args.checkpoint, args.data, args.output, batch_size=args.batch_size,
                           threads=args.threads, answer_boundaries=args.answer_boundaries, quiet=args.quiet,
-                          num_beams=args.num_beams)
+                          num_beams=args.num_beams, device=args.device)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)  # this process did nothing but predict
     print(json.dumps(result, ensure_ascii=False))
     return 0
@@ -210,7 +332,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_ask(args: argparse.Namespace) -> int:
     from nami.pipelines import ask
 
-    answer = ask(args.checkpoint, context=args.context, question=args.question, n_best=args.n_best)
+    answer = ask(args.checkpoint, context=args.context, question=args.question, n_best=args.n_best,
+                 device=args.device)
     if args.json:
         print(json.dumps(answer, ensure_ascii=False))
     else:
@@ -268,8 +391,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from nami.reports.ablate import run_ablation
+    from nami.reports.ablate import merge_ablations, run_ablation
 
+    if args.merge:
+        if args.variants:
+            raise UserError("--merge tabulates existing ablation files; drop --variants")
+        record = merge_ablations(args.merge, args.out, command=" ".join(["nami", *sys.argv[1:]]))
+        print(f"[nami] wrote {args.out}.json and {args.out}.md ({len(record['rows'])} rows)")
+        return 0
+    if not args.variants:
+        raise UserError("--variants: expected the variants to train (or --merge FILE... to tabulate earlier runs)")
     record = run_ablation(variants=args.variants, preset=args.preset, minutes=args.minutes,
                           pretrain_minutes=args.pretrain_minutes, seeds=args.seeds, out=args.out,
                           train_data=args.train_data, eval_data=args.eval_data, tokenizer=args.tokenizer,
@@ -296,10 +427,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_bench_scaling(args: argparse.Namespace) -> int:
     from nami.bench.scaling import run_scaling
 
+    _check_results_out(args.out)  # before the benchmark runs, not after
+
     result = run_scaling(seq_lens=tuple(args.seq_lens), tokens=args.tokens, preset=args.preset,
                          precision=args.precision, repeats=args.repeats, threads=args.threads,
                          memory_cap_mb=args.memory_cap_mb, time_limit_s=args.time_limit_s,
-                         compile_wave=not args.no_compile_wave, out=args.out,
+                         compile_wave=not args.no_compile_wave, recompute_wave=args.recompute_wave, out=args.out,
                          quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
     if not args.quiet:
         from nami.bench.scaling import markdown
@@ -310,6 +443,8 @@ def cmd_bench_scaling(args: argparse.Namespace) -> int:
 
 def cmd_bench_generation(args: argparse.Namespace) -> int:
     from nami.bench.generation import markdown, run_generation_bench
+
+    _check_results_out(args.out)  # before the benchmark runs, not after
 
     result = run_generation_bench(prompt_lens=tuple(args.prompt_lens), new_tokens=args.new_tokens, preset=args.preset,
                                   precision=args.precision, threads=args.threads, memory_cap_mb=args.memory_cap_mb,
@@ -323,6 +458,8 @@ def cmd_bench_generation(args: argparse.Namespace) -> int:
 def cmd_bench_roofline(args: argparse.Namespace) -> int:
     from nami.bench.roofline import markdown, run_roofline
 
+    _check_results_out(args.out)  # before the benchmark runs, not after
+
     result = run_roofline(seq_len=args.seq_len, tokens=args.tokens, preset=args.preset, repeats=args.repeats,
                           threads=args.threads, out=args.out, command=" ".join(["nami", *sys.argv[1:]]))
     if not args.quiet:
@@ -330,8 +467,31 @@ def cmd_bench_roofline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preset_names() -> list[str]:
+    from nami.reports.presets import COMPARE_PRESETS
+
+    return [name for name in COMPARE_PRESETS if not name.startswith("smoke")]
+
+
+def _compare_presets_help() -> str:
+    from nami.reports.presets import describe_presets  # no torch: the presets are data
+
+    return describe_presets()
+
+
+def _check_results_out(out: str) -> None:
+    """A benchmark's ``--out`` JSON and the ``.md`` / ``.png`` written beside it must be writable files."""
+    from nami.io import check_output_path
+
+    for suffix in (".json", ".md", ".png"):
+        check_output_path(Path(out).with_suffix(suffix) if suffix != ".json" else Path(out), "--out")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nami", description="nami (波): Japanese Wave Network toolkit")
+    from nami import __version__
+
+    parser = _Parser(prog="nami", description="nami (波): Japanese Wave Network toolkit")
+    parser.add_argument("--version", action="version", version=f"nami {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
@@ -339,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", nargs="+", required=True,
                    help="text files (one document per line), SQuAD JSON files or directories of shards")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--vocab-size", type=positive_int, default=32000)
     p.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_tokenizer_train)
@@ -358,31 +518,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an extractive QA model")
     p.add_argument("--config", help="JSON file of training options (command-line options override it)")
+    p.add_argument("--recipe", choices=_preset_names(), default=None,
+                   help="start from the settings of a compare preset's stage (e.g. standard: the reported runs); "
+                        "--config and other options override them")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_train_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the run directory and final scores "
+                                                           "are still printed, one line each)")
+    add_train_options(p, tasks=("qa", "generative-qa"))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pretrain", help="masked-LM (or causal-LM) pretraining (default corpus: JaQuAD train contexts)")
-    p.add_argument("--objective", choices=["mlm", "clm"], default="mlm",
+    p.add_argument("--objective", choices=["mlm", "clm"], default=None,
                    help="mlm: masked LM (an encoder); clm: causal LM (a decoder that generates, nami generate)")
     p.add_argument("--config", help="JSON file of training options (command-line options override it)")
+    p.add_argument("--recipe", choices=_preset_names(), default=None,
+                   help="start from the settings of a compare preset's stage (e.g. standard: the reported runs); "
+                        "--config and other options override them")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_train_options(p, exclude={"task"})
-    p.set_defaults(func=cmd_pretrain)
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the run directory and final scores "
+                                                           "are still printed, one line each)")
+    add_train_options(p, exclude={"task"}, tasks=("mlm", "clm"))
+    p.set_defaults(func=cmd_pretrain, recipe_stage="pretrain")
 
     p = sub.add_parser("predict", help="answer every question of a SQuAD file with a trained run")
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("--data", required=True, nargs="+")
     p.add_argument("--output", required=True, help="PRED.json to write ({question_id: answer})")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's eval_batch_size")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--answer-boundaries", choices=ANSWER_BOUNDARIES, default=None,
                    help="where answers may begin/end: MeCab word boundaries or any token (default: the run's "
                         "answer_boundaries; runs saved before the option existed: token)")
-    p.add_argument("--num-beams", type=int, default=None,
+    p.add_argument("--num-beams", type=positive_int, default=None,
                    help="generative-QA runs: beam search width (default: the run's num_beams, 1 = greedy)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps, ... (default: cpu)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -390,20 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("--context", required=True)
     p.add_argument("--question", required=True)
-    p.add_argument("--n-best", type=int, default=3)
+    p.add_argument("--n-best", type=positive_int, default=3)
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps, ... (default: cpu)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("generate", help="continue a prompt with a causal-LM run (nami pretrain --objective clm)")
     p.add_argument("--checkpoint", required=True, help="run directory of a causal-LM run")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (sampling is reproducible)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=probability, default=None)
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the sampler (sampling is reproducible)")
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-stream", action="store_true", help="print the text at the end, not token by token")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps, ... (default: cpu)")
     p.add_argument("--json", action="store_true", help="one JSON object: generated_text, token_ids, ...")
     p.set_defaults(func=cmd_generate)
 
@@ -418,10 +589,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("compare", help="train Wave and Transformer under one budget and write a report")
-    p.add_argument("--preset", default="standard", help="compare preset (see nami.reports.compare.COMPARE_PRESETS)")
-    p.add_argument("--minutes", type=float, default=None,
+    p.add_argument("--preset", default="standard", help=f"compare preset: {_compare_presets_help()}")
+    p.add_argument("--minutes", type=positive_float, default=None,
                    help="QA training minutes per model (overrides the preset)")
-    p.add_argument("--pretrain-minutes", type=float, default=None,
+    p.add_argument("--pretrain-minutes", type=nonnegative_float, default=None,
                    help="masked-LM pretraining minutes per model before QA training (overrides the preset; 0 = none)")
     p.add_argument("--parallel", action="store_true",
                    help="train both models at once, one thread each: half the wall time, half the cores per model "
@@ -441,15 +612,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ablate", help="train model variants under one protocol → OUT.json / OUT.md table")
-    p.add_argument("--variants", nargs="+", required=True, metavar="NAME",
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="tabulate earlier ablation files of one protocol into --out (no training)")
+    p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                    help="variants of nami.reports.ablate.VARIANTS (wave, transformer, wave+rope, wave+conv, "
                         "wave+local, wave+fft, wave+crosswave, wave+qattn, hybrid-local, combinations)")
     p.add_argument("--preset", default=None,
                    help="compare preset whose recipe every run follows (default: screening = the scratch "
                         "preset's QA recipe for --minutes, default 8)")
-    p.add_argument("--minutes", type=float, default=None, help="QA training minutes per run")
-    p.add_argument("--pretrain-minutes", type=float, default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--minutes", type=positive_float, default=None, help="QA training minutes per run")
+    p.add_argument("--pretrain-minutes", type=nonnegative_float, default=None)
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0])
     p.add_argument("--out", default="results/ablations", help="OUT.json and OUT.md (runs under OUT-runs/)")
     p.add_argument("--train-data", nargs="+", default=None)
     p.add_argument("--eval-data", default=None)
@@ -460,38 +633,40 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (not tests): scaling with sequence length, roofline")
     bench = bench.add_subparsers(dest="bench_command", required=True)
     p = bench.add_parser("scaling", help="time and memory of Wave vs Transformer against sequence length")
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--tokens", type=int, default=16384, help="tokens per step (batch = tokens / S, at least 1)")
+    p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--tokens", type=positive_int, default=16384, help="tokens per step (batch = tokens / S, at least 1)")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per case (median reported)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--memory-cap-mb", type=float, default=16000.0,
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed steps per case (median reported)")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--memory-cap-mb", type=positive_float, default=16000.0,
                    help="a case whose process passes this resident memory is stopped and listed as skipped")
-    p.add_argument("--time-limit-s", type=float, default=600.0, help="per case")
+    p.add_argument("--time-limit-s", type=positive_float, default=600.0, help="per case")
     p.add_argument("--no-compile-wave", action="store_true",
                    help="skip the wave-compiled variant (Wave with its element-wise maths through torch.compile)")
+    p.add_argument("--recompute-wave", action="store_true",
+                   help="also measure wave-recompute (Wave with the memory-light backward, --wave-recompute)")
     p.add_argument("--out", default="results/scaling.json", help="JSON (and .md / .png beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_scaling)
     p = bench.add_parser("generation", help="decoding speed and memory of the Wave and Transformer decoders "
                                             "against prompt length")
-    p.add_argument("--prompt-lens", type=int, nargs="+", default=[256, 1024, 4096, 16384])
-    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--prompt-lens", type=positive_int, nargs="+", default=[256, 1024, 4096, 16384])
+    p.add_argument("--new-tokens", type=positive_int, default=64)
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--memory-cap-mb", type=float, default=16000.0)
-    p.add_argument("--time-limit-s", type=float, default=600.0)
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--memory-cap-mb", type=positive_float, default=16000.0)
+    p.add_argument("--time-limit-s", type=positive_float, default=600.0)
     p.add_argument("--out", default="results/generation.json", help="JSON (and .md / .png beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_generation)
     p = bench.add_parser("roofline", help="GEMM roof of this machine and the models' training FLOP utilisation")
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--seq-len", type=positive_int, default=512)
+    p.add_argument("--tokens", type=positive_int, default=16384)
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out", default="results/roofline.json", help="JSON (and .md beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_roofline)
@@ -509,13 +684,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tune_malloc()  # CPU steps reuse their pages instead of re-faulting them (see nami.resources)
+    from nami.io import CommandFailed, describe_os_error
+
     try:
         return args.func(args)
     except _user_error_types() as err:
         if os.environ.get("NAMI_DEBUG"):
             raise
-        print(f"nami: error: {err}", file=sys.stderr)
+        message = describe_os_error(err) if isinstance(err, OSError) and err.errno is not None else str(err)
+        print(f"nami: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (OSError, CommandFailed) as err:  # the machine, not the input: a full disk, a failed child run
+        if os.environ.get("NAMI_DEBUG"):
+            raise
+        message = describe_os_error(err) if isinstance(err, OSError) and err.errno is not None else str(err)
+        print(f"nami: error: {message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("nami: interrupted", file=sys.stderr)
         return 130

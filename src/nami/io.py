@@ -7,13 +7,18 @@ The lowest layer (no torch, no other nami module): every layer above — models'
   so a crash (even SIGKILL) never leaves a half-written file under the real name.
 * A *manifest* (``manifest.json``) records the sha256 of the files of a directory; loading verifies
   it and names the first file that is missing or modified.
+* :func:`read_input_bytes` / :func:`read_input_json` read what a user names as input: regular files
+  only (a FIFO would hang, ``/dev/zero`` would fill memory), a size limit, symlink loops named as such.
+* :func:`read_jsonl` reads an append-only log and tolerates the torn last line a crash leaves.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -23,6 +28,102 @@ MANIFEST_FILE = "manifest.json"
 
 class CheckpointError(RuntimeError):
     """A run directory is missing files, is corrupt, or does not match what is asked of it."""
+
+
+class InputFileError(ValueError):
+    """A file the user named cannot be read as what it should be: ``"LABEL: REASON"`` (``.reason``)."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(f"{label}: {reason}")
+        self.reason = reason
+
+
+class CommandFailed(RuntimeError):
+    """A child process of a multi-run command (compare, ablate) failed; the message says where to look."""
+
+
+# Inputs larger than this are refused rather than read into memory (the JaQuAD train split is ~40 MB).
+MAX_INPUT_BYTES = 2 << 30
+
+
+def describe_os_error(err: OSError, path: str | Path | None = None) -> str:
+    """``"PATH: reason"`` for an ``OSError``, with a hint where one helps (disk full, symlink loop)."""
+    name = path if path is not None else (err.filename if err.filename is not None else "")
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        reason += " (disk full: free some space and run the command again; no existing output was replaced)"
+    elif err.errno == errno.ELOOP:
+        reason = "symlink loop (the path's symbolic links point at each other)"
+    return f"{name}: {reason}" if name != "" else reason
+
+
+def read_input_bytes(path: str | Path, what: str = "", max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of a regular file ``path``; :class:`InputFileError` naming ``what path`` otherwise.
+
+    Refuses directories, FIFOs, devices and sockets (reading them hangs or never ends), files over
+    ``max_bytes``, and names a missing file or a symlink loop as such.
+    """
+    label = f"{what} {path}".strip()
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise InputFileError(label, "file not found") from None
+    except OSError as err:
+        raise InputFileError(label, describe_os_error(err, "")) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputFileError(label, "is a directory (expected a file)")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputFileError(label, "not a regular file (a FIFO, device or socket cannot be read as input)")
+    if info.st_size > max_bytes:
+        raise InputFileError(label, f"{info.st_size / 2**20:,.0f} MB, more than the {max_bytes / 2**20:,.0f} MB "
+                             "an input file may have")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(max_bytes + 1)
+    except OSError as err:
+        raise InputFileError(label, f"cannot read ({err.strerror or err})") from None
+
+
+def read_input_json(path: str | Path, what: str = "", max_bytes: int = MAX_INPUT_BYTES) -> Any:
+    """Parsed JSON of a user-named file (UTF-8, a byte-order mark allowed); errors name the file."""
+    label = f"{what} {path}".strip()
+    raw = read_input_bytes(path, what, max_bytes)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputFileError(label, f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputFileError(label, f"not valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise InputFileError(label, "not readable JSON (arrays/objects nested too deeply)") from None
+    except ValueError as err:  # e.g. an integer literal over Python's digit limit
+        raise InputFileError(label, f"not readable JSON ({err})") from None
+
+
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The JSON objects of an append-only log, and the numbers of the lines that are not one.
+
+    A crash mid-write leaves a torn last line; callers tolerate it (and say so) instead of refusing
+    the whole log.
+    """
+    records: list[dict[str, Any]] = []
+    bad: list[int] = []
+    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+            bad.append(number)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad.append(number)
+    return records, bad
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -35,6 +136,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would give, not mkstemp's 0600
         os.replace(tmp, path)
+    except OSError as err:  # e.g. a full disk: name the real target, not the temporary file
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -73,6 +176,17 @@ def check_output_path(output: str | Path, option: str, *, inputs: Iterable[str |
     return path
 
 
+def check_output_dir(output: str | Path, option: str) -> Path:
+    """Refuse, before any work, a directory path that is a file or lies below a file."""
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {output}: is a file (expected a directory)")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{option} {output}: {blocking} is a file, not a directory")
+    return path
+
+
 def write_json(path: Path, data: Any) -> None:
     """``data`` as indented UTF-8 JSON (non-ASCII kept readable), written atomically."""
     atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", "utf-8"))
@@ -81,8 +195,10 @@ def write_json(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     """Parsed JSON; an unreadable or invalid file raises :class:`CheckpointError` naming it."""
     try:
-        return json.loads(Path(path).read_text("utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        return json.loads(read_input_bytes(path).decode("utf-8"))
+    except InputFileError as err:
+        raise CheckpointError(str(err)) from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise CheckpointError(f"{path}: unreadable ({err})") from err
 
 

@@ -253,21 +253,21 @@ def pipeline(task: str, model: str | Path, **kwargs: Any):
 
 def predict_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
                  batch_size: int | None = None, threads: int | None = None, answer_boundaries: str | None = None,
-                 quiet: bool = False, num_beams: int | None = None) -> dict[str, Any]:
+                 quiet: bool = False, num_beams: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """``nami predict``: :meth:`QuestionAnsweringPipeline.predict_file` with a fresh pipeline, or, for a
     generative-QA run, generated answers (:func:`predict_generative_file`)."""
     if ckpt.read_run_config(run_dir)[0].task == "generative-qa":
         if answer_boundaries is not None:
             raise ValueError("--answer-boundaries applies to extractive QA runs, not generative-QA runs")
         return predict_generative_file(run_dir, data, output, batch_size=batch_size, threads=threads, quiet=quiet,
-                                       num_beams=num_beams)
+                                       num_beams=num_beams, device=device)
     if num_beams is not None:
         raise ValueError("--num-beams applies to generative-QA runs (nami train --task generative-qa)")
-    return pipeline("question-answering", run_dir, threads=threads).predict_file(
+    return pipeline("question-answering", run_dir, threads=threads, device=device).predict_file(
         data, output, batch_size=batch_size, answer_boundaries=answer_boundaries, quiet=quiet)
 
 
-def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) -> dict[str, Any]:
+def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3, device: str = "cpu") -> dict[str, Any]:
     """``nami ask``: the ``n_best`` answer spans of ``context`` for ``question``.
 
     Returns ``{"answer", "candidates": [{"text", "score", "start", "end"}], "windows"}`` with
@@ -284,7 +284,7 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) ->
     check_text("--question", question)
     if n_best < 1:
         raise ValueError(f"--n-best={n_best}: expected >= 1")
-    qa = pipeline("question-answering", run_dir)
+    qa = pipeline("question-answering", run_dir, device=device)
     (cands,), (windows,) = qa.answer_spans([{"question": question, "context": context}], top_k=n_best)
     candidates = [{"text": c["answer"], "score": c["score"], "start": c["start"], "end": c["end"]} for c in cands]
     return {"answer": candidates[0]["text"] if candidates else "", "candidates": candidates, "windows": windows}
@@ -292,7 +292,7 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3) ->
 
 def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
                             batch_size: int | None = None, threads: int | None = None,
-                            quiet: bool = False, num_beams: int | None = None) -> dict[str, Any]:
+                            quiet: bool = False, num_beams: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """``{question_id: answer}`` written by a generative-QA run (greedy, or beam search with
     ``num_beams``; default: the run's), scored when answers exist."""
     import time
@@ -302,7 +302,7 @@ def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], outp
 
     if threads:
         torch.set_num_threads(threads)
-    model, tokenizer, config = ckpt.load_run(run_dir)
+    model, tokenizer, config = ckpt.load_run(run_dir, device=device)
     examples = load_squad(data, require_answers=False, on_bad_record=config.on_bad_record)
     items = build_generative(examples, tokenizer, config.max_length, max_question_tokens=config.max_question_tokens,
                              max_answer_tokens=config.max_answer_tokens, training=False)
@@ -312,7 +312,7 @@ def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], outp
     beams = num_beams or config.num_beams
     answers, located = generate_answers(model, tokenizer, examples, items, max_answer_tokens=config.max_answer_tokens,
                                         batch_size=batch_size or config.eval_batch_size, precision=config.precision,
-                                        show=not quiet, num_beams=beams)
+                                        show=not quiet, num_beams=beams, device=device)
     seconds = time.perf_counter() - started
     write_json(Path(output), answers)
     summary: dict[str, Any] = {"output": str(output), "count": len(examples), "located": located / len(examples),

@@ -28,12 +28,14 @@ from tqdm.auto import tqdm
 
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 
-from nami.models.registry import ARCHITECTURES  # noqa: E402
+from nami.models import ARCHITECTURES  # noqa: E402  (the registry with the built-in mixers)
 
 MODELS = tuple(ARCHITECTURES)
 # What is measured: (model, compiled). "wave-compiled" is the Wave encoder with --compile-wave
-# (nami.models.speed); same maths, fused element-wise kernels.
-VARIANTS = {"wave": ("wave", False), "wave-compiled": ("wave", True), "transformer": ("transformer", False)}
+# (nami.models.speed); same maths, fused element-wise kernels. "wave-recompute" (--recompute-wave)
+# is the Wave encoder with the memory-light backward (nami.models.wave.wave_mix_recompute).
+VARIANTS = {"wave": ("wave", False), "wave-compiled": ("wave", True), "wave-recompute": ("wave", False),
+            "transformer": ("transformer", False)}
 DEFAULT_SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
@@ -95,6 +97,7 @@ def run_scaling(
     memory_cap_mb: float = 16000.0,
     time_limit_s: float = 600.0,
     compile_wave: bool = True,
+    recompute_wave: bool = False,
     out: str | None = "results/scaling.json",
     quiet: bool = False,
     command: str = "nami bench scaling",
@@ -104,7 +107,7 @@ def run_scaling(
     max_len = max(seq_lens)  # one position table for every case: parameter counts do not change with S
     commit = git_commit()
     base = dict(preset=preset, precision=precision, repeats=repeats, warmup=1, threads=threads, max_len=max_len)
-    variants = [v for v in VARIANTS if compile_wave or v != "wave-compiled"]
+    variants = [v for v in VARIANTS if (compile_wave or v != "wave-compiled") and (recompute_wave or v != "wave-recompute")]
     cases = [(variant, s, mode, sweep) for sweep in ("tokens", "batch1") for variant in variants
              for s in sorted(seq_lens) for mode in ("train", "infer") if sweep == "tokens" or tokens // s > 1]
     measured: dict[tuple[str, int, str, str], dict[str, Any]] = {}
@@ -119,7 +122,8 @@ def run_scaling(
             skipped.append({"model": VARIANTS[model][0], "variant": model, "seq_len": s, "batch": batch,
                             "mode": mode, "sweep": sweep, "reason": f"not run: {blocked[key]}"})
             continue
-        spec = {**base, "model": VARIANTS[model][0], "compile": VARIANTS[model][1], "seq_len": s, "batch": batch,
+        spec = {**base, "model": VARIANTS[model][0], "compile": VARIANTS[model][1],
+                "recompute": model == "wave-recompute", "seq_len": s, "batch": batch,
                 "mode": mode, "repeats": 1 if sweep == "batch1" else repeats}
         try:
             measured[(model, s, mode, sweep)] = run_isolated(spec, memory_cap_mb=memory_cap_mb,
@@ -163,7 +167,7 @@ def run_scaling(
         "slopes": slopes(records, memory_records),
         "ratios": ratios(records),
         "settings": {"tokens_per_step": tokens, "preset": preset, "precision": precision, "repeats": repeats,
-                     "compile_wave": compile_wave,
+                     "compile_wave": compile_wave, "recompute_wave": recompute_wave,
                      "threads": threads, "memory_cap_mb": memory_cap_mb, "time_limit_s": time_limit_s,
                      "max_len": max_len},
         "command": command, "commit": commit, "machine": machine_description(), "date": now_iso(),

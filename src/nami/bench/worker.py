@@ -78,6 +78,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         from nami.models.speed import compile_wave_layers
 
         compile_wave_layers(model)
+    if spec.get("recompute") and spec["model"] == "wave":
+        from nami.models.speed import recompute_wave_layers
+
+        recompute_wave_layers(model)
     batch, seq_len = spec["batch"], spec["seq_len"]
     ids = torch.randint(5, config.vocab_size, (batch, seq_len))
     mask = torch.ones(batch, seq_len, dtype=torch.bool)

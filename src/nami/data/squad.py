@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
+from nami.io import InputFileError, read_input_bytes
+
 __all__ = [
     "Answer",
     "BadRecord",
@@ -179,8 +181,13 @@ def _expand(path: Path) -> list[Path]:
             raise SquadFileNotFoundError(f"no *.json files in directory {path}")
         return files
     if not path.exists():
+        if path.is_symlink():
+            raise SquadFileNotFoundError(f"SQuAD file {path}: {_BROKEN_LINK}")
         raise SquadFileNotFoundError(f"SQuAD file or directory not found: {path}")
     return [path]
+
+
+_BROKEN_LINK = "a symbolic link that leads nowhere (a symlink loop or a missing target)"
 
 
 def _dedupe(files: list[Path]) -> list[Path]:
@@ -242,11 +249,9 @@ class _Invalid(Exception):
 def _read_json(path: Path) -> Any:
     """Read and parse one file; raise :class:`_Invalid` with a precise reason on failure."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise _Invalid("file not found") from None
-    except OSError as exc:
-        raise _Invalid(f"cannot read file: {exc.strerror or exc}") from None
+        raw = read_input_bytes(path)  # regular files only: a FIFO or /dev/zero is refused, not read
+    except InputFileError as exc:
+        raise _Invalid(exc.reason) from None
     try:
         text = raw.decode("utf-8-sig")  # tolerates (and drops) a UTF-8 byte-order mark
     except UnicodeDecodeError as exc:
@@ -434,7 +439,8 @@ def _resolve_collecting(paths: SquadPaths) -> tuple[list[Path], list[BadRecord]]
         try:
             files.extend(_expand(path))
         except SquadFileNotFoundError:
-            reason = "directory has no *.json files" if path.is_dir() else "file not found"
+            reason = ("directory has no *.json files" if path.is_dir()
+                      else _BROKEN_LINK if path.is_symlink() else "file not found")
             bad.append(BadRecord(file=str(path), id=FILE_LEVEL_ID, reason=reason))
     return _dedupe(files), bad
 
@@ -503,8 +509,9 @@ def _skip_warning(bad: Sequence[BadRecord]) -> str:
     return f"warning: skipped {_plural(len(bad), 'bad SQuAD record')} ({shown}{more})"
 
 
-def format_report(report: SquadReport) -> str:
-    """A short human-readable summary of a :class:`SquadReport`, one item per line."""
+def format_report(report: SquadReport, *, list_bad: bool = True) -> str:
+    """A short human-readable summary of a :class:`SquadReport`, one item per line (``list_bad``:
+    followed by the bad records)."""
     files = report.files
     if len(files) <= 3:
         file_list = ", ".join(files)
@@ -517,7 +524,7 @@ def format_report(report: SquadReport) -> str:
         f"questions:   {report.questions:,}",
         f"bad records: {len(report.bad):,}",
     ]
-    if report.bad:
+    if report.bad and list_bad:
         lines.append(_list_bad(report.bad))
     return "\n".join(lines)
 

@@ -40,10 +40,10 @@ import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from nami.data.squad import QAExample
+from nami.io import read_input_json
 
 __all__ = [
     "evaluate_predictions",
@@ -146,20 +146,11 @@ def load_predictions(path: str | os.PathLike[str]) -> dict[str, str]:
     """Read a predictions file: a JSON object ``{question_id: answer_text}``.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not UTF-8, not valid JSON, not an object, or maps some id to
-            a non-string; the message names the file (and the first offending id).
+        ValueError: the file is missing, not a regular file, not UTF-8, not valid JSON, not an
+            object, or maps some id to a non-string; the message names the file (and the first
+            offending id).
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: predictions file is not valid UTF-8 ({exc.reason})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+    data = read_input_json(path)  # regular files only; every failure names the file
     if not isinstance(data, dict):
         raise ValueError(
             f"{path}: predictions must be a JSON object {{question_id: answer_text}}, "

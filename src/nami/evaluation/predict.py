@@ -87,6 +87,11 @@ def predict_answers(
         token_types = batch["token_type_ids"].to(device) if "token_type_ids" in batch else None
         with autocast_context(device, precision):
             logits = model(input_ids, mask, token_types)
+        real = mask.bool()
+        if not (torch.isfinite(logits.start[real]).all() and torch.isfinite(logits.end[real]).all()):
+            # Otherwise every span scores NaN and every answer comes back empty, with exit status 0.
+            raise ValueError("the model's span scores are non-finite (NaN or inf) on real tokens; no answer would be "
+                             "meaningful (a diverged run? check its weights and training log)")
         can_start = torch.zeros(mask.shape, dtype=torch.bool)
         can_end = torch.zeros(mask.shape, dtype=torch.bool)
         for row, w in enumerate(batch_indices):

@@ -2,28 +2,46 @@
 :class:`ModelConfig`, and the task heads (extractive QA, masked LM) with ``save_pretrained`` /
 ``from_pretrained``.
 
-Importing this package registers the built-in mixers (``wave``, ``attention``).
+The public names are imported lazily (module ``__getattr__``, as in ``nami/__init__``): the
+configuration code (``nami.models.config``) and the command line's ``--help`` never import torch.
+The built-in mixers are registered on first use of the registry (``load_builtin_mixers``).
 """
 
-# isort: off
-# Registration order is the order of ARCHITECTURES: the seed's Wave first, then its baseline.
-from nami.models import wave as _wave  # noqa: F401  (registers the "wave" mixer)
-from nami.models import attention as _attention  # noqa: F401  (registers "attention" / arch "transformer")
-from nami.models import local as _local  # noqa: F401  (branch / hybrid mixers "conv", "local_attention")
-from nami.models import fourier as _fourier  # noqa: F401  ("fft_gate")
-from nami.models import cross as _cross  # noqa: F401  ("cross_wave", "question_attention")
-from nami.models import hierarchy as _hierarchy  # noqa: F401  ("sentence_wave", "segment_wave")
-# isort: on
-from nami.models.block import Block, Encoder, build_encoder
-from nami.models.config import PRESETS, WAVE_MODES, ModelConfig, preset_config
-from nami.models.clm import CausalLMModel
-from nami.models.generation import beam_search, generate, sample_next
-from nami.models.inputs import DecodingCache, MixerInputs
-from nami.models.mlm import MaskedLMModel
-from nami.models.qa import QAModel, SpanHead, SpanLogits, count_parameters
-from nami.models.attention import SelfAttention
-from nami.models.registry import ARCHITECTURES, MIXERS, register_mixer, unregister_mixer
-from nami.models.wave import WaveLayer, to_complex, wave_mix
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the module that defines it (imported on first use: importing a submodule such as
+# nami.models.config, or this package, does not import torch)
+_EXPORTS = {
+    "Block": "nami.models.block",
+    "Encoder": "nami.models.block",
+    "build_encoder": "nami.models.block",
+    "PRESETS": "nami.models.config",
+    "WAVE_MODES": "nami.models.config",
+    "ModelConfig": "nami.models.config",
+    "preset_config": "nami.models.config",
+    "CausalLMModel": "nami.models.clm",
+    "beam_search": "nami.models.generation",
+    "generate": "nami.models.generation",
+    "sample_next": "nami.models.generation",
+    "DecodingCache": "nami.models.inputs",
+    "MixerInputs": "nami.models.inputs",
+    "MaskedLMModel": "nami.models.mlm",
+    "QAModel": "nami.models.qa",
+    "SpanHead": "nami.models.qa",
+    "SpanLogits": "nami.models.qa",
+    "count_parameters": "nami.models.qa",
+    "SelfAttention": "nami.models.attention",
+    "ARCHITECTURES": "nami.models.registry",
+    "MIXERS": "nami.models.registry",
+    "register_mixer": "nami.models.registry",
+    "unregister_mixer": "nami.models.registry",
+    "WaveLayer": "nami.models.wave",
+    "to_complex": "nami.models.wave",
+    "wave_mix": "nami.models.wave",
+}
 
 __all__ = [
     "ARCHITECTURES",
@@ -53,3 +71,18 @@ __all__ = [
     "unregister_mixer",
     "wave_mix",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name])
+        if name in ("ARCHITECTURES", "MIXERS"):
+            module.load_builtin_mixers()  # the registry as users expect it: built-in mixers included
+        value = getattr(module, name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'nami.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

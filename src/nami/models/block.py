@@ -84,8 +84,10 @@ class Encoder(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
         *, positions: torch.Tensor | None = None, cache: DecodingCache | None = None,
-    ) -> torch.Tensor:
-        """``positions (B, S)`` and ``cache``: causal decoding (prefill, then one token per step)."""
+        keep_layers: list[int] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """``positions (B, S)`` and ``cache``: causal decoding (prefill, then one token per step).
+        ``keep_layers``: also return the hidden states ``(B, S, D)`` after those blocks (early exits)."""
         x = self.embeddings(input_ids, token_type_ids, positions)
         if cache is not None and not self.config.causal:
             raise ValueError("a DecodingCache needs a causal model (ModelConfig.causal=true)")
@@ -97,9 +99,13 @@ class Encoder(nn.Module):
         k = self.config.proxy_tokens
         if k:
             x, inputs = self._with_proxies(x, inputs)
-        for block in self.blocks:
+        kept = []
+        for index, block in enumerate(self.blocks):
             x = block(x, inputs)
-        return self.final_norm(x[:, k:] if k else x)
+            if keep_layers and index in keep_layers:
+                kept.append(x[:, k:] if k else x)
+        out = self.final_norm(x[:, k:] if k else x)
+        return (out, kept) if keep_layers else out
 
     def _with_proxies(self, x: torch.Tensor, inputs: MixerInputs) -> tuple[torch.Tensor, MixerInputs]:
         """Prepend the K proxy tokens: real (mask True), position 0, token type / group −1."""

@@ -9,10 +9,10 @@ counts within a few percent: a Wave layer has 4·D² projection weights, attenti
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nami.models.registry import ARCHITECTURES, MIXERS
 
 WaveMode = Literal["interference", "modulation"]
 WAVE_MODES: tuple[str, ...] = ("interference", "modulation")
@@ -72,6 +72,10 @@ class ModelConfig:
             mixing (carrying global state) and are stripped before any head.
         sentence_boundary_ids: token ids that end a sentence (``。``, ``!``, ``?`` pieces), filled
             from the tokenizer by training when a hierarchical mixer is used.
+        exit_layers: extractive QA: blocks (0-based, before the last) that get an early-exit span head
+            of their own (LayerNorm + Linear(D, 2)); trained on the answers and, with
+            ``TrainConfig.self_distill``, taught by the last layer's span distribution
+            (self-distillation, seed plan 6). ``None`` = none; decoding always uses the last layer.
         causal: a decoder: every token sees only itself and earlier tokens (Wave: prefix norms;
             attention: a causal mask), with a streaming ``DecodingCache``. Mixers that cannot be
             causal are refused.
@@ -103,6 +107,7 @@ class ModelConfig:
     local_window: int = 32
     proxy_tokens: int = 0
     sentence_boundary_ids: list[int] | None = None
+    exit_layers: list[int] | None = None
     causal: bool = False
     name: str | None = None
 
@@ -111,6 +116,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
+        from nami.models.registry import ARCHITECTURES, MIXERS, load_builtin_mixers
+
+        load_builtin_mixers()  # imports torch: validation is where a config meets the models
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"model option arch={self.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
         if self.mixers is not None:
@@ -141,9 +149,9 @@ class ModelConfig:
                              f"{', '.join(POSITION_EMBEDDINGS)}")
         if not isinstance(self.wave_rope, bool):
             raise ValueError(f"model option wave_rope={self.wave_rope!r}: expected true or false")
-        if not (isinstance(self.rope_base, (int, float)) and self.rope_base > 1.0):
+        if not _number_in(self.rope_base, 1.0, math.inf, low_open=True):
             raise ValueError(f"model option rope_base={self.rope_base!r}: expected a number > 1")
-        if not (isinstance(self.rope_scale, (int, float)) and self.rope_scale > 0.0):
+        if not _number_in(self.rope_scale, 0.0, math.inf, low_open=True):
             raise ValueError(f"model option rope_scale={self.rope_scale!r}: expected a number > 0")
         if isinstance(self.conv_kernel, bool) or not isinstance(self.conv_kernel, int) or self.conv_kernel < 1 \
                 or self.conv_kernel % 2 == 0:
@@ -151,6 +159,14 @@ class ModelConfig:
         if isinstance(self.local_window, bool) or not isinstance(self.local_window, int) or self.local_window < 1:
             raise ValueError(f"model option local_window={self.local_window!r}: expected a positive integer")
         uses = set(self.layer_mixers()) | set(self.branches or ())
+        if self.exit_layers is not None:
+            layers = self.exit_layers
+            if (not isinstance(layers, (list, tuple)) or not layers
+                    or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.n_layers - 1
+                           for i in layers) or len(set(layers)) != len(layers)):
+                raise ValueError(f"model option exit_layers={layers!r}: expected distinct block indices 0 <= i < "
+                                 f"n_layers - 1 = {self.n_layers - 1} (the last block has the main head)")
+            self.exit_layers = sorted(layers)
         if isinstance(self.proxy_tokens, bool) or not isinstance(self.proxy_tokens, int) or self.proxy_tokens < 0:
             raise ValueError(f"model option proxy_tokens={self.proxy_tokens!r}: expected an integer >= 0")
         if self.causal and self.proxy_tokens:
@@ -164,18 +180,19 @@ class ModelConfig:
                                  "(a causal decoder takes wave and attention layers)")
         if uses & {"attention", "local_attention"} and self.d_model % self.n_heads:
             raise ValueError(f"model option d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model option dropout={self.dropout!r}: expected 0 <= dropout < 1")
-        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
-            raise ValueError(f"model option attention_dropout={self.attention_dropout!r}: expected 0 <= value < 1 "
-                             "(or null = same as dropout)")
-        if not 0 <= self.pad_id < self.vocab_size:
+        if not _number_in(self.dropout, 0.0, 1.0):
+            raise ValueError(f"model option dropout={self.dropout!r}: expected a number 0 <= dropout < 1")
+        if self.attention_dropout is not None and not _number_in(self.attention_dropout, 0.0, 1.0):
+            raise ValueError(f"model option attention_dropout={self.attention_dropout!r}: expected a number "
+                             "0 <= value < 1 (or null = same as dropout)")
+        if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int) or not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"model option pad_id={self.pad_id} outside the vocabulary (size {self.vocab_size})")
         value = self.type_vocab_size
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"model option type_vocab_size={self.type_vocab_size!r}: expected an integer >= 0")
-        if self.norm_eps <= 0 or self.wave_eps <= 0:
-            raise ValueError("model options norm_eps and wave_eps must be > 0")
+        for name in ("norm_eps", "wave_eps"):
+            if not _number_in(getattr(self, name), 0.0, 1.0, low_open=True):
+                raise ValueError(f"model option {name}={getattr(self, name)!r}: expected a number 0 < value < 1")
 
     def uses_hierarchy(self) -> bool:
         """Whether a sentence/segment-level mixer needs group ids."""
@@ -183,6 +200,9 @@ class ModelConfig:
 
     def layer_mixers(self) -> list[str]:
         """The mixer name of each layer."""
+        from nami.models.registry import ARCHITECTURES, load_builtin_mixers
+
+        load_builtin_mixers()
         return list(self.mixers) if self.mixers is not None else [ARCHITECTURES.get(self.arch, self.arch)] * self.n_layers
 
     def to_dict(self) -> dict[str, Any]:
@@ -212,3 +232,10 @@ class ModelConfig:
 def preset_config(name: str, arch: str, **overrides: Any) -> ModelConfig:
     """``ModelConfig.from_name(name, arch, **overrides)`` (the name older scripts use)."""
     return ModelConfig.from_name(name, arch, **overrides)
+
+
+def _number_in(value: Any, low: float, high: float, *, low_open: bool = False) -> bool:
+    """A finite int/float (not a bool) with ``low <= value < high`` (``low < value`` if ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return (low < value if low_open else low <= value) and value < high

@@ -55,6 +55,14 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: cannot read weights ({err})") from err
 
 
+def check_finite_weights(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or inf: such a model answers nothing (every score NaN) without an error."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {name} holds non-finite values (NaN or inf); the model cannot be "
+                                  "used (a diverged run? evaluate an earlier checkpoint)")
+
+
 def load_weights_into(model: torch.nn.Module, path: Path) -> None:
     """Load ``path`` into ``model``; every tensor must fit (names and shapes)."""
     missing, unexpected = model.load_state_dict(read_weights(path), strict=False)
@@ -114,8 +122,13 @@ class PreTrainedMixin:
         if not weights_path.is_file():
             raise CheckpointError(f"{weights_path}: missing (the run has not saved weights yet)")
         weights = read_weights(weights_path)
+        check_finite_weights(weights, weights_path)
         model = cls(model_config, **cls.model_kwargs(saved, weights))  # type: ignore[call-arg]
-        missing, unexpected = model.load_state_dict(weights, strict=False)  # type: ignore[attr-defined]
+        try:
+            missing, unexpected = model.load_state_dict(weights, strict=False)  # type: ignore[attr-defined]
+        except RuntimeError as err:  # a shape differs: config.json and the weights disagree
+            raise CheckpointError(f"{weights_path}: weights do not fit the model of {directory / CONFIG_FILE} "
+                                  f"({' '.join(str(err).split())[:400]})") from err
         if missing or unexpected:
             raise CheckpointError(f"{weights_path}: weights do not fit the model "
                                   f"(missing {missing}, unexpected {unexpected})")

@@ -18,12 +18,28 @@ parametrisation) reads :data:`ARCHITECTURES` / :data:`MIXERS` from here.
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # this module is imported by configuration code that must not need torch
+    from torch import nn
 
 MIXERS: dict[str, type[nn.Module]] = {}
 ARCHITECTURES: dict[str, str] = {}  # architecture name -> the mixer of every layer
+# The built-in mixer modules (load_builtin_mixers). Whatever module is imported first, the registry
+# keeps them in this order (the order of ARCHITECTURES: the seed's Wave first, then its baseline).
+BUILTIN_MIXER_MODULES = ("wave", "attention", "local", "fourier", "cross", "hierarchy")
+_BUILTIN_ORDER = ("wave", "attention", "conv", "local_attention", "fft_gate", "cross_wave", "question_attention",
+                  "sentence_wave", "segment_wave")
+
+
+def _reorder() -> None:
+    """Built-in mixers first in their fixed order, then others in registration order."""
+    rank = {name: i for i, name in enumerate(_BUILTIN_ORDER)}
+    for table, key in ((MIXERS, lambda item: item[0]), (ARCHITECTURES, lambda item: item[1])):
+        items = sorted(table.items(), key=lambda item: rank.get(key(item), len(rank)))
+        table.clear()
+        table.update(items)
 
 
 def register_mixer(name: str, cls: type[nn.Module] | None = None, *, arch: str | None = None,
@@ -45,6 +61,7 @@ def register_mixer(name: str, cls: type[nn.Module] | None = None, *, arch: str |
         MIXERS[name] = mixer_cls
         if as_architecture:
             ARCHITECTURES[arch_name] = name
+        _reorder()
         return mixer_cls
 
     return add(cls) if cls is not None else add
@@ -58,6 +75,19 @@ def unregister_mixer(name: str) -> None:
 
 
 def mixer_class(name: str) -> type[nn.Module]:
+    load_builtin_mixers()
     if name not in MIXERS:
         raise ValueError(f"unknown mixer {name!r}: expected one of {', '.join(MIXERS)}")
     return MIXERS[name]
+
+
+
+def load_builtin_mixers() -> None:
+    """Import (and so register) the built-in mixer modules; cheap after the first call.
+
+    Called by whatever reads the registry (``ModelConfig.validate``, :func:`mixer_class`, the
+    package's ``ARCHITECTURES`` / ``MIXERS``), not when this module is imported: the mixer modules
+    import ``register_mixer`` from here, and configuration code must not need torch.
+    """
+    for module in BUILTIN_MIXER_MODULES:
+        importlib.import_module(f"nami.models.{module}")

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from nami.models.wave import WaveLayer, wave_mix
+from nami.models.wave import WaveLayer, wave_mix, wave_mix_recompute
 
 
 class CompiledWaveMix:
@@ -54,3 +54,15 @@ def compile_wave_layers(model: nn.Module, compiled: Callable[..., torch.Tensor] 
     for layer in layers:
         layer.mix = mix
     return mix
+
+
+def recompute_wave_layers(model: nn.Module) -> int:
+    """Give every non-causal :class:`WaveLayer` the memory-light backward
+    (:func:`~nami.models.wave.wave_mix_recompute`: same forward values, ``w`` kept in its autocast
+    dtype, the rest recomputed in backward); returns how many layers use it."""
+    layers = [m for m in model.modules() if isinstance(m, WaveLayer) and not m.causal]
+    if not layers:
+        raise ValueError("recompute_wave_layers: the model has no (non-causal) Wave layers")
+    for layer in layers:
+        layer.mix = wave_mix_recompute
+    return len(layers)

@@ -58,6 +58,63 @@ def wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torc
     return combine_waves(real, imag, mode)
 
 
+class _WaveMixRecompute(torch.autograd.Function):
+    """:func:`wave_mix` with a hand-written backward that keeps only ``w`` (in its own dtype: bf16
+    under autocast) and ``G²`` ``(B, 1, 2D)``, and recomputes the rest. Autograd through the eager
+    maths keeps several fp32 ``(B, S, 2D)`` tensors (``w·mask``, its squares, ``G² − w²``, the clamp
+    and square-root outputs, the products) — the Wave layer's training memory (issue: a Wave layer
+    lighter than attention). Forward values are bit-identical to :func:`wave_mix` (same operations
+    in the same order); gradients agree to rounding (tested against autograd and ``gradcheck``).
+
+    Backward, with ``r = G² − s`` (``s = w²`` masked), ``im = sqrt(max(r, 0) + ε)`` and the
+    upstream gradients ``g_re``, ``g_im`` of the real and imaginary parts::
+
+        t      = g_im · 0.5 / im · [r ≥ 0]          (through the square root and the clamp)
+        ∂L/∂s  = −t + Σ_tokens t                     (s enters r directly and through G² = Σ s + ε)
+        ∂L/∂w  = (g_re + 2·w·∂L/∂s) · mask
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
+        wf = w.to(torch.promote_types(w.dtype, torch.float32))
+        real = wf * mask
+        squares = real * real
+        global_sq = squares.sum(dim=1, keepdim=True) + eps
+        imag = torch.sqrt((global_sq - squares).clamp_min(0.0) + eps)
+        ctx.save_for_backward(w, mask, global_sq)
+        ctx.eps, ctx.mode = eps, mode
+        return combine_waves(real, imag, mode)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, mask, global_sq = ctx.saved_tensors
+        real = w.to(global_sq.dtype) * mask
+        squares = real * real
+        raw = global_sq - squares
+        imag = torch.sqrt(raw.clamp_min(0.0) + ctx.eps)
+        g_a, g_b = grad.to(global_sq.dtype).chunk(2, dim=-1)  # gradients of Re Z and Im Z, (B, S, D) each
+        if ctx.mode == "interference":  # Z = Z1 + Z2
+            g_real, g_imag = torch.cat([g_a, g_a], dim=-1), torch.cat([g_b, g_b], dim=-1)
+        else:  # Z = Z1 · Z2: Re = re1·re2 − im1·im2, Im = re1·im2 + im1·re2
+            re1, re2 = real.chunk(2, dim=-1)
+            im1, im2 = imag.chunk(2, dim=-1)
+            g_real = torch.cat([g_a * re2 + g_b * im2, g_a * re1 + g_b * im1], dim=-1)
+            g_imag = torch.cat([g_b * re2 - g_a * im2, g_b * re1 - g_a * im1], dim=-1)
+        t = g_imag * 0.5 / imag * (raw >= 0)
+        g_squares = t.sum(dim=1, keepdim=True) - t
+        g_w = (g_real + 2.0 * real * g_squares) * mask
+        return g_w.to(w.dtype), None, None, None
+
+
+def wave_mix_recompute(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
+    """:func:`wave_mix` (``w`` in any float dtype, promoted to >= fp32 inside) with the
+    memory-light backward of :class:`_WaveMixRecompute`; ``mask (B, S, 1)`` >= fp32."""
+    return _WaveMixRecompute.apply(w, mask, eps, mode)
+
+
+wave_mix_recompute.takes_low_precision = True  # WaveLayer hands it w before the fp32 promotion
+
+
 def combine_waves(real: torch.Tensor, imag: torch.Tensor, mode: str) -> torch.Tensor:
     """``[w1, w2]`` real and imaginary parts ``(B, S, 2D)`` → ``[Re Z, Im Z]`` of ``Z1 + Z2`` or ``Z1 · Z2``."""
     re1, re2 = real.chunk(2, dim=-1)
@@ -137,8 +194,12 @@ class WaveLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         w = self.to_waves(x)
-        w = w.to(torch.promote_types(w.dtype, torch.float32))  # >= fp32 even under bf16 autocast (module docstring)
-        mask = inputs.padding_mask.to(w.dtype).unsqueeze(-1)
+        wave_dtype = torch.promote_types(w.dtype, torch.float32)  # >= fp32 even under bf16 autocast (module docstring)
+        mask = inputs.padding_mask.to(wave_dtype).unsqueeze(-1)
+        if getattr(self.mix, "takes_low_precision", False) and not self.causal:
+            mixed = self.mix(w, mask, self.eps, self.mode)  # promotes inside; keeps w in its own dtype for backward
+            return self._finish(mixed, x, inputs)
+        w = w.to(wave_dtype)
         if self.causal:
             cache = inputs.cache
             past = cache.get(self.layer_index) if cache is not None else None
@@ -147,6 +208,10 @@ class WaveLayer(nn.Module):
                 cache.set(self.layer_index, running)
         else:
             mixed = self.mix(w, mask, self.eps, self.mode)
+        return self._finish(mixed, x, inputs)
+
+    def _finish(self, mixed: torch.Tensor, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
+        """Optional RoPE phase rotation, then ``Linear(LayerNorm(mixed))`` back to width D."""
         if self.rope is not None:
             positions = inputs.positions if inputs.positions is not None else torch.arange(x.shape[1], device=x.device)
             mixed = rotate_waves(mixed, rope_angles(positions, mixed.shape[-1] // 2, *self.rope))

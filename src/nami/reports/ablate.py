@@ -12,6 +12,11 @@ finished. Format of ``OUT.json``::
                "budget_minutes"}]}
 
 ``exact_match`` / ``f1`` of a row are the mean over its seeds (``f1_spread``: max − min).
+
+An existing ``OUT.json`` of the same protocol is *added to*: its runs are kept, (variant, seed) pairs
+it already holds are skipped, so the seeds of a long protocol can be trained in several sessions
+(each run records its own machine, commit and date). ``OUT.json`` of another protocol is refused,
+never overwritten.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nami.io import read_json, write_json
+from nami.io import CommandFailed, check_output_path, read_json, write_json
 from nami.reports.compare import COMPARE_PRESETS, FINAL_STAGE, _run_chain, _stage_command, stage_configs
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 from nami.training import checkpoint as ckpt
@@ -48,6 +53,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wave+hierarchy-staged": dict(arch="wave", options=dict(branches=["sentence_wave", "segment_wave"],
                                                             branch_schedule={"sentence_wave": 0.33,
                                                                              "segment_wave": 0.66})),
+    # Early-exit span heads after blocks 1 and 2 (of 4): trained on the answers only, or also taught
+    # by the last layer's span distribution (self-distillation, seed plan 6).
+    "wave+exits": dict(arch="wave", options=dict(exit_layers=[1, 2])),
+    "wave+selfdistill": dict(arch="wave", options=dict(exit_layers=[1, 2], self_distill=0.5)),
     "hybrid-local": dict(arch="wave", options=dict(mixers=["wave", "local_attention", "wave", "local_attention"])),
     "wave+conv+qattn": dict(arch="wave", options=dict(branches=["conv", "question_attention"])),
     "wave+conv+crosswave": dict(arch="wave", options=dict(branches=["conv", "cross_wave"])),
@@ -69,13 +78,32 @@ def _row(name: str, spec: dict[str, Any], runs: list[dict[str, Any]], budget: fl
             "f1": mean("f1"), "runs": runs, "budget_minutes": budget}
 
 
+_PROTOCOL_KEYS = ("preset", "budget_minutes", "stages", "eval_data")
+
+
+def _earlier_runs(path: Path, protocol: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The runs of an existing ``OUT.json`` by variant, if it has this protocol; refuse another one."""
+    if not path.exists():
+        return {}
+    earlier = read_json(path)
+    theirs = earlier.get("protocol", {}) if isinstance(earlier, dict) else {}
+    differs = [k for k in _PROTOCOL_KEYS if theirs.get(k) != protocol.get(k)]
+    if differs:
+        raise ValueError(f"--out {path}: already holds an ablation of another protocol ({', '.join(differs)} "
+                         "differ); choose another --out (it is never overwritten)")
+    provenance = {k: earlier.get(k) for k in ("machine", "commit", "date")}
+    return {row["name"]: [{**provenance, **run} for run in row["runs"]]  # runs recorded before per-run provenance
+            for row in earlier.get("rows", []) if row.get("name") in VARIANTS}
+
+
 def markdown(record: dict[str, Any]) -> str:
     protocol = record["protocol"]
     lines = ["# Ablations: Wave extensions against plain Wave and the Transformer", "",
              f"Protocol: compare preset `{protocol['preset']}` ({protocol['description']}), "
              f"{protocol['budget_minutes']:g} training minutes per run, seeds {protocol['seeds']}; EM / F1 on all "
              f"{protocol.get('questions', '')} questions of {protocol['eval_data']} (official metric). "
-             "Speeds are from each run's own training / final evaluation on this machine.", "",
+             "Speeds are from each run's own training / final evaluation, on the machine recorded with it "
+             "(compare speeds only between runs of one machine).", "",
              "| variant | options | params | train tok/s | steps | eval q/s | train peak MB | EM | F1 | F1 spread |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in record["rows"]:
@@ -86,7 +114,18 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append(f"| {row['name']} | {options} | {row['params']:,} | {row['train_tokens_per_s']:,.0f} | "
                      f"{steps:,.0f} | {row['eval_questions_per_s']:,.0f} | {row['train_peak_mb']:,.0f} | "
                      f"{row['exact_match']:.2f} | {row['f1']:.2f} | {spread} |")
+    if any(len(row["runs"]) > 1 for row in record["rows"]) or record.get("earlier_commands"):
+        # Every run on its own line, with where and when it ran: seeds may come from several sessions.
+        lines += ["", "Runs:", "", "| variant | seed | EM | F1 | train tok/s | steps | machine | commit | date |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in record["rows"]:
+            for r in row["runs"]:
+                lines.append(f"| {row['name']} | {r['seed']} | {r['exact_match']:.2f} | {r['f1']:.2f} | "
+                             f"{r['train_tokens_per_s']:,.0f} | {r['steps']:,} | {r.get('machine', '?')} | "
+                             f"{str(r.get('commit', '?'))[:7]} | {str(r.get('date', '?'))[:10]} |")
     lines += [""] + provenance_lines(record)
+    for command in record.get("earlier_commands", []):
+        lines.append(f"- earlier command adding to this table: `{command}`")
     return "\n".join(lines) + "\n"
 
 
@@ -105,6 +144,8 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
         raise ValueError(f"unknown compare preset {preset!r}: expected one of {', '.join(COMPARE_PRESETS)}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out_path = Path(out)
+    for suffix in (".json", ".md"):
+        check_output_path(out_path.with_suffix(suffix), "--out")
     runs_dir = out_path.parent / f"{out_path.name}-runs"
     commit = git_commit()
     plans = {(name, seed): stage_configs(preset, VARIANTS[name]["arch"], minutes=minutes,
@@ -124,9 +165,16 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
                      "eval_data": resolve_eval_data(first[FINAL_STAGE])},
         "rows": [],
     }
+    results = _earlier_runs(out_path.with_suffix(".json"), record["protocol"])
+    if results:
+        earlier = read_json(out_path.with_suffix(".json"))
+        record["earlier_commands"] = [*earlier.get("earlier_commands", []), earlier.get("command")]
     runs_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[dict[str, Any]]] = {}
     for (name, seed), stages in plans.items():
+        if any(run["seed"] == seed for run in results.get(name, [])):
+            if not quiet:
+                print(f"[nami] ablate {name} seed {seed}: already in {out_path.with_suffix('.json')}", flush=True)
+            continue
         chain = []
         for stage, config in stages.items():
             path = runs_dir / f"{name}-s{seed}.{stage}.json"
@@ -137,7 +185,8 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
         started = time.perf_counter()
         code, _ = _run_chain(chain, runs_dir / f"{name}-s{seed}.log")
         if code != 0:
-            raise RuntimeError(f"variant {name} seed {seed} failed (exit {code}); see {runs_dir / f'{name}-s{seed}.log'}")
+            raise CommandFailed(f"variant {name} seed {seed} failed (exit {code}); see {runs_dir / f'{name}-s{seed}.log'}; "
+                                f"the finished rows are in {out_path.with_suffix('.json')}")
         final_config = stages[FINAL_STAGE]
         final = read_json(Path(final_config.runs_dir) / final_config.run_name / ckpt.FINAL_EVAL_FILE)
         peaks = [read_json(Path(c.runs_dir) / c.run_name / ckpt.FINAL_EVAL_FILE)["peak_rss_mb"] for c in stages.values()]
@@ -145,9 +194,11 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
                "params": final["params"]["total"], "train_tokens_per_s": final["train_tokens_per_s"],
                "eval_questions_per_s": final["questions_per_s"], "train_peak_mb": max(peaks), "steps": final["step"],
                "wall_minutes": (time.perf_counter() - started) / 60,
-               "run_dir": str(Path(final_config.runs_dir) / final_config.run_name)}
+               "run_dir": str(Path(final_config.runs_dir) / final_config.run_name),
+               "machine": record["machine"], "commit": commit, "date": now_iso()}
         results.setdefault(name, []).append(run)
         record["protocol"]["questions"] = final["count"]
+        record["protocol"]["seeds"] = sorted({r["seed"] for rs in results.values() for r in rs})
         record["rows"] = [_row(n, VARIANTS[n], rs, budget) for n, rs in results.items()]
         write_json(out_path.with_suffix(".json"), record)
         out_path.with_suffix(".md").write_text(markdown(record), "utf-8")
@@ -155,3 +206,43 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
             print(f"[nami] {name} seed {seed}: EM {run['exact_match']:.2f} F1 {run['f1']:.2f} "
                   f"({run['train_tokens_per_s']:,.0f} train tok/s, {run['steps']} steps)", flush=True)
     return record
+
+
+def merge_ablations(paths: list[str], out: str, *, command: str = "nami ablate --merge") -> dict[str, Any]:
+    """One table from several ablation files of the same protocol (e.g. screens run in different
+    sessions): rows of the same variant pool their runs; each run keeps the machine, commit and
+    date it was measured with, and ``merged_from`` lists the files. A (variant, seed) pair found in
+    two files is refused (it would count twice)."""
+    records = [(path, read_json(Path(path))) for path in paths]
+    if not records:
+        raise ValueError("--merge: expected ablation JSON files")
+    protocol = dict(records[0][1]["protocol"])
+    runs: dict[str, list[dict[str, Any]]] = {}
+    specs: dict[str, dict[str, Any]] = {}
+    for path, record in records:
+        differs = [k for k in _PROTOCOL_KEYS if record["protocol"].get(k) != protocol.get(k)]
+        if differs:
+            raise ValueError(f"--merge {path}: another protocol than {paths[0]} ({', '.join(differs)} differ)")
+        provenance = {k: record.get(k) for k in ("machine", "commit", "date")}
+        for row in record["rows"]:
+            options = dict(row["options"])
+            specs[row["name"]] = {"arch": options.pop("arch", row.get("arch", "wave")), "options": options}
+            for run in row["runs"]:
+                if any(r["seed"] == run["seed"] for r in runs.get(row["name"], [])):
+                    raise ValueError(f"--merge {path}: {row['name']} seed {run['seed']} is already in an earlier "
+                                     "file (it would count twice)")
+                runs.setdefault(row["name"], []).append({**provenance, **run})
+    protocol["seeds"] = sorted({r["seed"] for rs in runs.values() for r in rs})
+    budget = protocol["budget_minutes"]
+    merged = {"command": command, "commit": git_commit(), "machine": "per run (see rows[].runs[].machine)",
+              "date": now_iso(), "protocol": protocol,
+              "rows": [_row(name, specs[name], rs, budget) for name, rs in runs.items()],
+              "merged_from": [{"file": path, "command": r.get("command"), "commit": r.get("commit"),
+                               "machine": r.get("machine"), "date": r.get("date")} for path, r in records],
+              "earlier_commands": [r.get("command") for _, r in records]}
+    out_path = Path(out)
+    for suffix in (".json", ".md"):
+        check_output_path(out_path.with_suffix(suffix), "--out", inputs=paths)
+    write_json(out_path.with_suffix(".json"), merged)
+    out_path.with_suffix(".md").write_text(markdown(merged), "utf-8")
+    return merged

@@ -18,6 +18,7 @@ directory is written (``results.json``, ``report.md``, plots; see :mod:`nami.rep
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -30,8 +31,10 @@ from nami import paths
 from nami.data.squad import load_squad
 from nami.evaluation import lexical
 from nami.evaluation.metric import evaluate_predictions
-from nami.io import check_output_path, read_json, write_json
+from nami.io import CommandFailed, check_output_dir, check_output_path, read_json, write_json
 from nami.reports.environment import git_commit, machine_description, now_iso
+# The presets (their recipes) are data in nami.reports.presets, re-exported here.
+from nami.reports.presets import COMPARE_PRESETS, FINAL_STAGE, PRESET_SUMMARIES, describe_presets  # noqa: F401
 from nami.reports.report import write_report
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
@@ -48,72 +51,6 @@ COMPARE_MODELS: dict[str, dict[str, Any]] = {
     # (61.7) at 0.89x the Transformer's speed. Not yet confirmed under the standard preset.
     "wave_plus": dict(arch="wave", options={"branches": ["conv"]}),
 }
-
-_SMOKE_QA = dict(preset="tiny", max_length=128, doc_stride=64, batch_size=16, lr=2e-3, eval_subset=50,
-                 eval_every_minutes=None, epochs=1.0)
-# The QA fine-tuning settings of the reported comparisons: small models (d=256, 4 layers) on JaQuAD
-# train + dev (JSQuAD's own train split is not available here); JSQuAD dev contexts fit one
-# 256-token window, so few answerless windows are kept. Dropout 0.1 on embeddings and residual
-# branches, none on attention probabilities: without dropout both models stop improving on dev
-# after ~20 QA minutes (3-4 epochs). Attention dropout makes a Transformer step 1.88x instead of
-# 1.18x the no-dropout time (results/dropout_cost.md) and did not reliably add F1
-# (results/exp_transformer_dropout.md). Context words that also occur in the question get their own
-# token type (question_match, DrQA's exact-match feature) for both models.
-_STANDARD_QA = dict(preset="small", max_length=256, doc_stride=128, batch_size=32, lr=1e-3, warmup=0.05,
-                    negative_fraction=0.1, segment_embeddings=True, question_match=True, title_prefix=True,
-                    max_answer_tokens=16,
-                    dropout=0.1, attention_dropout=0.0, eval_subset=500, eval_every_minutes=10.0, epochs=20.0)
-# Masked-LM pretraining on JaQuAD train contexts (nami pretrain's default corpus), same encoder shape.
-_STANDARD_MLM = dict(preset="small", max_length=256, batch_size=32, lr=1e-3, warmup=0.05, epochs=50.0,
-                     eval_every_minutes=None, eval_subset=200, pppl_sequences=32)
-
-# Causal-LM pretraining (a decoder) and generative QA fine-tuning; the same shape and corpus.
-_STANDARD_CLM = dict(preset="small", max_length=320, batch_size=32, lr=1e-3, warmup=0.05, epochs=50.0,
-                     eval_every_minutes=2.0, eval_subset=200)  # held-out perplexity against time
-_GENERATIVE_QA = dict(preset="small", max_length=320, batch_size=32, lr=1e-3, warmup=0.05, title_prefix=True,
-                      max_answer_tokens=16, dropout=0.1, attention_dropout=0.0, eval_subset=300,
-                      eval_every_minutes=10.0, epochs=20.0)
-
-# Wave only: torch.compile of the Wave layer's element-wise maths (same maths, ~1.3x per step; a
-# compile failure falls back to eager with a warning and is recorded in final_eval.json).
-_WAVE_SPEED = dict(compile_wave=True)
-
-# A compare preset is data: the models it trains, and per model a chain of training *stages*, each
-# one `nami train --config` run of a task (nami.training.tasks.TASKS) with its own time budget.
-# A stage may start from an earlier stage's encoder (``init_from``: that stage's name). The last
-# stage is the QA run that is scored; ``--minutes`` sets its budget and ``--pretrain-minutes`` that
-# of the stage named "pretrain" (0 drops it). ``data``: the QA training files (names under the
-# data root); ``arch``: per-architecture extra options (``wave``: compile_wave). A preset's total
-# training budget per model is the sum of its stages' minutes.
-_SMOKE_PRETRAIN = dict(preset="tiny", max_length=128, batch_size=16, lr=2e-3, eval_every_minutes=None,
-                       eval_subset=20, pppl_sequences=2)
-COMPARE_PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds-long end-to-end checks of the whole pipeline (used by the tests).
-    "smoke": dict(stages=[dict(name="finetune", task="qa", minutes=0.3, train=_SMOKE_QA)]),
-    "smoke-pretrain": dict(stages=[
-        dict(name="pretrain", task="mlm", minutes=0.1, train=_SMOKE_PRETRAIN),
-        dict(name="finetune", task="qa", minutes=0.2, train=_SMOKE_QA, init_from="pretrain"),
-    ]),
-    # The reported comparison: 55 training minutes per model on 2 CPU cores = 20 minutes of masked-LM
-    # pretraining + 35 minutes of QA fine-tuning from it.
-    "standard": dict(
-        data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
-        stages=[dict(name="pretrain", task="mlm", minutes=20.0, train=_STANDARD_MLM),
-                dict(name="finetune", task="qa", minutes=35.0, train=_STANDARD_QA, init_from="pretrain")],
-    ),
-    # Generative QA with decoders: causal-LM pretraining on JaQuAD train contexts, then generative
-    # QA fine-tuning from it (answers written token by token, mapped back to the context's characters).
-    "generative": dict(
-        data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV],
-        stages=[dict(name="pretrain", task="clm", minutes=20.0, train=_STANDARD_CLM),
-                dict(name="finetune", task="generative-qa", minutes=35.0, train=_GENERATIVE_QA, init_from="pretrain")],
-    ),
-    # The same 55 minutes spent on QA training from scratch (the control for pretraining).
-    "scratch": dict(data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
-                    stages=[dict(name="finetune", task="qa", minutes=55.0, train=_STANDARD_QA)]),
-}
-FINAL_STAGE = "finetune"  # the scored QA stage of every preset
-
 
 def stage_configs(
     preset: str,
@@ -139,10 +76,10 @@ def stage_configs(
         raise ValueError(f"unknown compare preset {preset!r}: expected one of {', '.join(COMPARE_PRESETS)}")
     spec = COMPARE_PRESETS[preset]
     names = [stage["name"] for stage in spec["stages"]]
-    if minutes is not None and minutes <= 0:
-        raise ValueError(f"--minutes={minutes}: expected > 0")
-    if pretrain_minutes is not None and pretrain_minutes < 0:
-        raise ValueError(f"--pretrain-minutes={pretrain_minutes}: expected >= 0")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"--minutes={minutes}: expected a finite number > 0")
+    if pretrain_minutes is not None and not (math.isfinite(pretrain_minutes) and pretrain_minutes >= 0):
+        raise ValueError(f"--pretrain-minutes={pretrain_minutes}: expected a finite number >= 0")
     if pretrain_minutes and "pretrain" not in names:
         raise ValueError(f"--pretrain-minutes: compare preset {preset!r} has no pretraining stage")
     budgets = {"pretrain": pretrain_minutes, FINAL_STAGE: minutes}
@@ -203,7 +140,8 @@ def _rescore(run_dir: Path, eval_path: str) -> dict[str, Any]:
            "--output", str(run_dir.parent / f"{run_dir.name}.predictions.rescored.json"), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"re-scoring {run_dir} failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise CommandFailed(f"re-scoring {run_dir} failed (exit {proc.returncode}: {last}); command: {' '.join(cmd)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -263,7 +201,7 @@ def run_compare(
         check_results_path(results_path)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     commit = git_commit()  # at the start: the code that trains is the code recorded
-    out = Path(out_dir) if out_dir else Path("reports") / f"{stamp}-compare-{preset}"
+    out = check_output_dir(out_dir, "--out") if out_dir else Path("reports") / f"{stamp}-compare-{preset}"
     runs_dir = out / "runs"
     plans = {
         name: stage_configs(preset, COMPARE_MODELS[name]["arch"], minutes=minutes, pretrain_minutes=pretrain_minutes,
@@ -295,9 +233,11 @@ def run_compare(
             outcomes = {arch: future.result() for arch, future in futures.items()}
     else:
         outcomes = {arch: _run_chain(chains[arch], None) for arch in MODELS}
-    failed = [arch for arch, (code, _) in outcomes.items() if code != 0]
+    failed = [f"{arch} (exit {code})" for arch, (code, _) in outcomes.items() if code != 0]
     if failed:
-        raise RuntimeError(f"training failed for {', '.join(failed)} (see the logs / output above in {runs_dir})")
+        where = f"the logs {runs_dir}/<model>.log" if parallel else "the output above"
+        raise CommandFailed(f"training failed for {', '.join(failed)}: see {where}; the runs it wrote are kept "
+                            f"under {runs_dir}")
     wall_minutes = (time.perf_counter() - started) / 60
 
     models: dict[str, Any] = {}
@@ -336,6 +276,8 @@ def run_compare(
             "question_match": config.question_match,
             "pretrain": pretrain,
             "run_dir": str(run_dir),
+            # Every stage's full training config: the recipe is in the results, not only in the code.
+            "stages": {name: stage.to_dict() for name, stage in stages.items()},
         }
     baselines = {}
     if lexical_baseline:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -10,12 +9,26 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from nami.io import read_jsonl  # noqa: E402
 from nami.training import checkpoint as ckpt  # noqa: E402
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / ckpt.METRICS_FILE
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    """The run's log records; a torn line (a crash mid-write) is left out, not fatal."""
+    records, _ = read_jsonl(Path(run_dir) / ckpt.METRICS_FILE)
+    return records
+
+
+# One colour per model in every plot (matplotlib's default cycle would depend on the order drawn).
+MODEL_COLOURS = {"wave": "tab:blue", "transformer": "tab:orange", "wave_plus": "tab:green", "lexical": "grey"}
+_EXTRA_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def colour_of(label: str) -> str:
+    """The colour of model ``label`` (a stable pick for names outside :data:`MODEL_COLOURS`)."""
+    if label in MODEL_COLOURS:
+        return MODEL_COLOURS[label]
+    return _EXTRA_COLOURS[sum(label.encode()) % len(_EXTRA_COLOURS)]
 
 
 def smooth(values: list[float], window: int = 5) -> list[float]:
@@ -30,7 +43,7 @@ def smooth(values: list[float], window: int = 5) -> list[float]:
 
 
 def plot_training_curves(
-    runs: dict[str, str | Path],
+    runs: dict[str, str | Path | list[dict]],
     out_png: str | Path,
     *,
     title: str = "",
@@ -48,24 +61,27 @@ def plot_training_curves(
     line (the lexical heuristic) on the score panel.
     """
     offsets = offsets or {}
-    metrics = {label: read_metrics(run_dir) for label, run_dir in runs.items()}
+    # A run directory, or its log records already read (a report's curves.json).
+    metrics = {label: run if isinstance(run, list) else read_metrics(run) for label, run in runs.items()}
     if all(sum(r["type"] == "eval" and score_key in r for r in records) == 0 for records in metrics.values()):
         return _plot_loss_only(metrics, out_png, title=title, loss_label=loss_label, score_key=score_key,
                                score_label=score_label)
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
+    top = reference_f1 or 0.0
     for label, records in metrics.items():
         shift = offsets.get(label, 0.0)
         train = [r for r in records if r["type"] == "train"]
         evals = [r for r in records if r["type"] == "eval" and score_key in r]
         final = [r for r in records if r["type"] == "final_eval" and score_key in r]
         line, = ax_loss.plot([shift + r["train_seconds"] / 60 for r in train], smooth([r["loss"] for r in train]),
-                             label=label, linewidth=1)
+                             label=label, linewidth=1, color=colour_of(label))
         xs = [shift + r["train_seconds"] / 60 for r in evals + final]
         ys = [r[score_key] for r in evals + final]
+        top = max([top, *ys])
         ax_score.plot(xs, ys, marker="o", color=line.get_color(), label=label)
-        if final:
+        if final:  # the final score, written left of the last point so it stays inside the axes
             ax_score.annotate(f"{final[-1][score_key]:.1f}", (xs[-1], ys[-1]), textcoords="offset points",
-                              xytext=(4, 4))
+                              xytext=(-6, 6), ha="right", color=line.get_color())
         if shift:
             for ax in (ax_loss, ax_score):
                 ax.axvline(shift, color=line.get_color(), linestyle=":", linewidth=1)
@@ -75,7 +91,7 @@ def plot_training_curves(
     xlabel = "training minutes" + (" (from the start of pretraining; dotted: fine-tuning starts)"
                                    if any(offsets.values()) else "")
     ax_loss.set(xlabel=xlabel, ylabel=loss_label, title="training loss (moving average of 5 log points)")
-    ax_score.set_ylim(bottom=0)
+    ax_score.set_ylim(0, top * 1.18 if top > 0 else 1.0)  # headroom: lines and labels never sit on the border
     ax_score.set(xlabel=xlabel, ylabel=score_label, title=f"{score_label} (subset during training; last: all)")
     return _save(fig, (ax_loss, ax_score), out_png, title)
 
@@ -104,7 +120,8 @@ def _plot_loss_only(metrics: dict[str, list[dict]], out_png: str | Path, *, titl
         final = [r for r in records if r["type"] == "final_eval" and score_key in r]
         if final:
             label = f"{label} (final {score_label}: {final[-1][score_key]:.2f})"
-        ax.plot([r["train_seconds"] / 60 for r in train], smooth([r["loss"] for r in train]), label=label, linewidth=1)
+        ax.plot([r["train_seconds"] / 60 for r in train], smooth([r["loss"] for r in train]), label=label, linewidth=1,
+                color=colour_of(label.split(" (")[0]))
     ax.set(xlabel="training minutes", ylabel=loss_label, title="training loss (moving average of 5 log points)")
     return _save(fig, (ax,), out_png, title)
 
@@ -153,7 +170,7 @@ def plot_generation(result: dict, out_png: str | Path) -> Path:
     """Two log–log panels against prompt length: decoding tokens/s, and memory (decoding state and
     process peak) for both decoders."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = {"wave": "tab:blue", "transformer": "tab:orange"}
+    colours = MODEL_COLOURS
     for model in ("wave", "transformer"):
         rs = [r for r in result["records"] if r["model"] == model]
         if not rs:

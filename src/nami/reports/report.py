@@ -1,7 +1,8 @@
 """The comparison report directory: ``results.json`` (every number), ``report.md`` and its plots.
 
-``report.md`` is rendered from ``results.json`` alone (plus the runs' ``metrics.jsonl`` for the
-curves), so every number in it traces to that file; ``nami report DIR`` renders it again.
+``report.md`` is rendered from ``results.json`` alone (the curves from the runs' ``metrics.jsonl``,
+kept trimmed in ``curves.json`` so that a committed report, without ``runs/``, renders again), so
+every number in it traces to that file; ``nami report DIR`` renders it again.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from nami.reports.environment import provenance_lines
-from nami.reports.plots import plot_training_curves
+from nami.reports.plots import plot_training_curves, read_metrics
 from nami.io import read_json, write_json
 
 RESULTS_FILE = "results.json"
@@ -24,29 +25,69 @@ REFERENCES = [
 ]
 
 
+CURVES_FILE = "curves.json"  # the log records the plots draw, so a report re-renders without runs/
+_CURVE_KEYS = ("type", "step", "train_seconds", "loss", "f1", "exact_match", "masked_accuracy", "perplexity")
+
+
+def _curve_records(run_dir: str | Path) -> list[dict[str, Any]] | None:
+    """The records of a run's ``metrics.jsonl`` the plots use (trimmed), or None without the run."""
+    if not (Path(run_dir) / "metrics.jsonl").is_file():
+        return None
+    return [{k: r[k] for k in _CURVE_KEYS if k in r} for r in read_metrics(run_dir)
+            if r.get("type") in ("train", "eval", "final_eval")]
+
+
+def _curves(result: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]:
+    """Per stage (``finetune`` / ``pretrain``) and model: the records to draw, from the runs when they
+    exist, else from the report directory's ``curves.json`` (committed reports have no ``runs/``)."""
+    stored = read_json(out / CURVES_FILE) if (out / CURVES_FILE).is_file() else {}
+    curves: dict[str, dict[str, Any]] = {"finetune": {}, "pretrain": {}}
+    for arch, m in result["models"].items():
+        dirs = {"finetune": m["run_dir"], "pretrain": m["pretrain"]["run_dir"] if m.get("pretrain") else None}
+        for stage, run_dir in dirs.items():
+            if run_dir is None:
+                continue
+            records = _curve_records(run_dir)
+            curves[stage][arch] = records if records is not None else stored.get(stage, {}).get(arch)
+    return curves
+
+
 def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write ``results.json``, the plots and ``report.md`` into ``out_dir``; returns the report path."""
+    """Write ``results.json``, ``curves.json``, the plots and ``report.md`` into ``out_dir``; returns
+    the report path. A plot whose records are neither in the runs nor in ``curves.json`` (a report
+    written before ``curves.json`` existed, without its ``runs/``) is kept as it is."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     models = result["models"]
+    curves = _curves(result, out)
+    complete = {stage: all(v is not None for v in c.values()) and bool(c) for stage, c in curves.items()}
+    if any(complete.values()):
+        write_json(out / CURVES_FILE, {stage: c for stage, c in curves.items() if complete[stage]})
     offsets = {arch: (m["pretrain"]["train_minutes"] if m.get("pretrain") else 0.0) for arch, m in models.items()}
-    plots = {"curves": str(plot_training_curves(
-        {arch: m["run_dir"] for arch, m in models.items()}, out / "curves.png", offsets=offsets,
-        title=f"nami compare --preset {result['preset']}: QA fine-tuning",
-        reference_f1=result.get("baselines", {}).get("lexical", {}).get("f1"),
-    ).name)}
-    pretrained = {arch: m["pretrain"]["run_dir"] for arch, m in models.items() if m.get("pretrain")}
+    plots: dict[str, str] = {}
+    if complete["finetune"]:
+        plots["curves"] = str(plot_training_curves(
+            curves["finetune"], out / "curves.png", offsets=offsets,
+            title=f"nami compare --preset {result['preset']}: QA fine-tuning",
+            reference_f1=result.get("baselines", {}).get("lexical", {}).get("f1"),
+        ).name)
+    elif (out / "curves.png").is_file():
+        plots["curves"] = "curves.png"  # kept: its records are not available any more
+    pretrained = curves["pretrain"]
     causal = any(m["pretrain"].get("task") == "clm" for m in models.values() if m.get("pretrain"))
-    if pretrained and causal:
-        plots["pretrain"] = str(plot_training_curves(
-            pretrained, out / "pretrain.png", title="causal-LM pretraining (JaQuAD train contexts)",
-            loss_label="causal-LM loss", score_key="perplexity", score_label="held-out perplexity",
-        ).name)
-    elif pretrained:
-        plots["pretrain"] = str(plot_training_curves(
-            pretrained, out / "pretrain.png", title="masked-LM pretraining (JaQuAD train contexts)",
-            loss_label="masked-LM loss", score_key="masked_accuracy", score_label="masked-token accuracy %",
-        ).name)
+    if pretrained and complete["pretrain"]:
+        if causal:
+            plots["pretrain"] = str(plot_training_curves(
+                pretrained, out / "pretrain.png", title="causal-LM pretraining (JaQuAD train contexts)",
+                loss_label="causal-LM loss", score_key="perplexity", score_label="held-out perplexity",
+            ).name)
+        else:
+            plots["pretrain"] = str(plot_training_curves(
+                pretrained, out / "pretrain.png", title="masked-LM pretraining (JaQuAD train contexts)",
+                loss_label="masked-LM loss", score_key="masked_accuracy", score_label="masked-token accuracy %",
+            ).name)
+    elif pretrained and (out / "pretrain.png").is_file():
+        plots["pretrain"] = "pretrain.png"
     result = {**result, "plots": plots, "references": REFERENCES}
     write_json(out / RESULTS_FILE, result)
     path = out / REPORT_FILE
@@ -58,23 +99,38 @@ def rerender(out_dir: str | Path) -> Path:
     """Render ``report.md`` (and plots) again from an existing ``results.json``."""
     out = Path(out_dir)
     result = read_json(out / RESULTS_FILE)
-    return write_report({k: v for k, v in result.items() if k not in ("plots", "references")}, out)
+    models = result.get("models") if isinstance(result, dict) else None
+    if not isinstance(models, dict) or not models or not all(isinstance(m, dict) for m in models.values()):
+        raise ValueError(f"{out / RESULTS_FILE}: not a `nami compare` results record (expected an object whose "
+                         "\"models\" maps model names to their results)")
+    try:
+        return write_report({k: v for k, v in result.items() if k not in ("plots", "references")}, out)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{out / RESULTS_FILE}: incomplete `nami compare` results record (missing or malformed "
+                         f"field {err})") from err
 
 
 def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def eval_label(result: dict[str, Any]) -> str:
+    """``JSQuAD dev`` when the evaluation file is JSQuAD's dev split, else the file's name."""
+    path = str(result.get("eval_data") or "")
+    return "JSQuAD dev" if path.endswith("jsquad/valid-v1.3.json") or not path else Path(path).name
+
+
 def accuracy_table(result: dict[str, Any]) -> str:
     lexical = result.get("baselines", {}).get("lexical")
-    rows = [_row(["model", "JSQuAD dev EM", "JSQuAD dev F1", "F1 − lexical heuristic"]), _row(["---"] * 4)]
+    label = eval_label(result)
+    rows = [_row(["model", f"{label} EM", f"{label} F1", "F1 − lexical heuristic"]), _row(["---"] * 4)]
     for arch, m in result["models"].items():
         gap = f"{m['f1'] - lexical['f1']:+.2f}" if lexical else "–"
         rows.append(_row([f"**{arch}**", f"{m['exact_match']:.2f}", f"{m['f1']:.2f}", gap]))
     if lexical:
         rows.append(_row(["lexical-overlap heuristic (no learning)", f"{lexical['exact_match']:.2f}",
                           f"{lexical['f1']:.2f}", "0"]))
-    for ref in result.get("references", REFERENCES):
+    for ref in result.get("references", REFERENCES) if label == "JSQuAD dev" else ():  # published JSQuAD dev scores
         rows.append(_row([f"*reference:* {ref['name']}", f"{ref['exact_match']:.1f}", f"{ref['f1']:.1f}", "–"]))
     return "\n".join(rows)
 
@@ -123,7 +179,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         budget = {"pretrain": 0.0, "finetune": budget, "total": budget}
     mode = "in parallel, one thread each" if result["parallel"] else "one after the other, all threads"
     lexical = result.get("baselines", {}).get("lexical")
-    lines = [f"# Wave vs Transformer on JSQuAD dev (`{result['preset']}` preset)", "", "## Accuracy", "",
+    lines = [f"# {' vs '.join(result['models'])} on {eval_label(result)} (`{result['preset']}` preset)", "",
+             "## Accuracy", "",
              accuracy_table(result), ""]
     if lexical:
         below = [arch for arch, m in result["models"].items() if m["f1"] <= lexical["f1"]]

@@ -35,6 +35,7 @@ from nami.io import (  # noqa: F401  (re-exported: the run-directory API in one 
     MANIFEST_FILE,
     CheckpointError,
     atomic_write,
+    describe_os_error,
     read_json,
     sha256_file,
     verify_manifest,
@@ -124,7 +125,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[A
 
     run_dir = Path(run_dir)
     train_config, model_config, fingerprint = read_run_config(run_dir)
-    verify_manifest(run_dir)
+    verify_manifest(run_dir, required=root_files(run_dir))  # every file loading reads must be vouched for
     tokenizer = load_tokenizer_checked(run_dir, model_config, fingerprint)
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
@@ -182,11 +183,18 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step:08d}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(weights_of(model), str(tmp / WEIGHTS_FILE))
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / OPTIMIZER_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps(state) + "\n", "utf-8")
-    write_manifest(tmp, [WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE])
+    try:
+        tmp.mkdir(parents=True)
+        save_file(weights_of(model), str(tmp / WEIGHTS_FILE))
+        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / OPTIMIZER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(state) + "\n", "utf-8")
+        write_manifest(tmp, [WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE])
+    except (OSError, RuntimeError) as err:  # a full disk: torch reports it as a RuntimeError ("unexpected pos")
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a partial checkpoint filling the disk
+        previous = checkpoint_dirs(run_dir)
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        reason = describe_os_error(err, "") if isinstance(err, OSError) else " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{final}: cannot save the checkpoint ({reason}); {kept}") from err
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -197,7 +205,7 @@ def save_checkpoint(
 
 def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], torch.Tensor, dict[str, Any]]:
     """(weights, optimizer state, torch RNG state, state.json) of a verified checkpoint."""
-    verify_manifest(directory)
+    verify_manifest(directory, required=(WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE))
     weights = read_weights(directory / WEIGHTS_FILE)
     try:
         blob = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)

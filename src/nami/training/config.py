@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ LOSS_FILTERS = ("none", "paper", "bounded_mass")
 VOCAB_ORDERS = ("none", "frequency")
 SCHEDULES = ("cosine", "linear")
 BAD_RECORD_POLICIES = ("error", "skip")
+LOG_WITH = ("tensorboard",)
 
 
 @dataclass
@@ -95,6 +97,14 @@ class TrainConfig:
     # {"sentence_wave": 0.33, "segment_wave": 0.66}; branches not named are on from the start.
     branch_schedule: dict[str, float] | None = None
     compile_wave: bool = False  # torch.compile the Wave layer's element-wise maths (nami.models.speed)
+    log_with: str | None = None  # "tensorboard": also log to RUN/tensorboard (pip install 'nami[tensorboard]')
+    # Wave layers backpropagate through a hand-written backward that keeps only w and G² and
+    # recomputes the rest (nami.models.wave.wave_mix_recompute): less training memory, same forward.
+    wave_recompute: bool = False
+    # Self-distillation (QA with model.exit_layers): each early-exit head's loss is
+    # (1 − self_distill) · CE(answers) + self_distill · T² · KL(last layer ‖ exit), T = distill_temperature.
+    self_distill: float = 0.0
+    distill_temperature: float = 1.0
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -126,8 +136,26 @@ class TrainConfig:
             if value is None and allow_none:
                 return
             kind = int if integer else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-                raise ValueError(f"option {name}={value!r}: expected a positive {'integer' if integer else 'number'}")
+            # NaN and inf are refused: NaN passes every comparison (a NaN budget never stops) and a
+            # literal NaN in config.json is not valid JSON.
+            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"option {name}={value!r}: expected a positive finite "
+                                 f"{'integer' if integer else 'number'}")
+
+        def fraction(name: str, low: float, high: float, *, high_open: bool = False, low_open: bool = False,
+                     allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+                  and (low < value if low_open else low <= value) and (value < high if high_open else value <= high))
+            if not ok:
+                bounds = f"{low:g} {'<' if low_open else '<='} value {'<' if high_open else '<='} {high:g}"
+                raise ValueError(f"option {name}={value!r}: expected a number with {bounds}")
+
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"option seed={seed!r}: expected an integer 0 <= seed < 2**32")
 
         choice("task", tuple(TASKS))
         choice("loss_impl", LOSS_IMPLS)
@@ -139,13 +167,22 @@ class TrainConfig:
         if self.loss_filter != "none" and self.loss_impl not in ("auto", "blockwise", "cce"):
             raise ValueError(f"option loss_filter={self.loss_filter} needs loss_impl auto, blockwise or cce "
                              f"(got {self.loss_impl}: an exact implementation that cannot filter)")
-        threshold = self.loss_filter_threshold
-        if threshold is not None and not (isinstance(threshold, (int, float)) and 0.0 <= threshold < 1.0):
-            raise ValueError(f"option loss_filter_threshold={threshold!r}: expected 0 <= value < 1")
+        fraction("loss_filter_threshold", 0.0, 1.0, high_open=True, allow_none=True)
+        for name in ("loss_filter", "loss_vocab_order"):  # read by the masked-LM loss only: never silently ignored
+            if getattr(self, name) != "none" and self.task != "mlm":
+                raise ValueError(f"option {name}={getattr(self, name)}: applies to masked-LM pretraining only "
+                                 f"(task mlm, not {self.task})")
         choice("precision", PRECISIONS)
         choice("schedule", SCHEDULES)
         choice("on_bad_record", BAD_RECORD_POLICIES)
         choice("answer_boundaries", ANSWER_BOUNDARIES)
+        if self.log_with is not None:
+            choice("log_with", LOG_WITH)
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+                raise ValueError("option log_with=tensorboard needs the tensorboard package: "
+                                 "pip install 'nami[tensorboard]' (or pip install tensorboard)")
         for name in ("vocab_size", "max_length", "doc_stride", "max_question_tokens", "batch_size", "grad_accum", "num_beams",
                      "eval_subset", "eval_batch_size", "max_answer_tokens", "log_every"):
             positive(name)
@@ -162,11 +199,15 @@ class TrainConfig:
         positive("max_minutes", allow_none=True, integer=False)
         positive("eval_every_minutes", allow_none=True, integer=False)
         positive("pppl_sequences")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"option mlm_probability={self.mlm_probability}: expected 0 < p < 1")
+        fraction("mlm_probability", 0.0, 1.0, low_open=True, high_open=True)
         if self.compile_wave is True and "wave" not in self.model.layer_mixers():
             raise ValueError(f"option compile_wave=true needs Wave layers (arch={self.arch} has none)")
-        for name in ("tie_embeddings", "segment_embeddings", "question_match", "title_prefix", "compile_wave"):
+        if self.wave_recompute is True and self.compile_wave is True:
+            raise ValueError("options compile_wave and wave_recompute both replace the Wave maths: choose one")
+        if self.wave_recompute is True and ("wave" not in self.model.layer_mixers() or self.model.causal):
+            raise ValueError("option wave_recompute=true needs non-causal Wave layers")
+        for name in ("tie_embeddings", "segment_embeddings", "question_match", "title_prefix", "compile_wave",
+                     "wave_recompute"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"option {name}={getattr(self, name)!r}: expected true or false")
         if self.branch_schedule is not None:
@@ -176,20 +217,38 @@ class TrainConfig:
                 if name not in (self.model.branches or ()):
                     raise ValueError(f"option branch_schedule: {name!r} is not one of the model's branches "
                                      f"({self.model.branches})")
-                if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0.0 <= at < 1.0:
+                if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0.0 <= at < 1.0:  # NaN fails too
                     raise ValueError(f"option branch_schedule[{name!r}]={at!r}: expected a fraction 0 <= value < 1")
         if self.question_match and not self.segment_embeddings:
             raise ValueError("option question_match=true needs segment_embeddings=true (it is a token type)")
-        if not 0.0 <= self.negative_fraction <= 1.0:
-            raise ValueError(f"option negative_fraction={self.negative_fraction}: expected 0 <= value <= 1")
-        if not 0.0 <= self.warmup < 1.0:
-            raise ValueError(f"option warmup={self.warmup}: expected a fraction 0 <= warmup < 1")
-        if self.weight_decay < 0 or self.max_grad_norm <= 0:
-            raise ValueError("options weight_decay must be >= 0 and max_grad_norm > 0")
+        fraction("negative_fraction", 0.0, 1.0)
+        fraction("self_distill", 0.0, 1.0)
+        positive("distill_temperature", integer=False)
+        if self.self_distill and not self.model.exit_layers:
+            raise ValueError(f"option self_distill={self.self_distill} needs early-exit heads to teach "
+                             "(model option exit_layers, e.g. [1, 2])")
+        if self.model.exit_layers and self.task != "qa":
+            raise ValueError(f"model option exit_layers: early-exit span heads are for extractive QA (task qa, "
+                             f"not {self.task})")
+        fraction("warmup", 0.0, 1.0, high_open=True)
+        fraction("weight_decay", 0.0, math.inf, high_open=True)
+        positive("max_grad_norm", integer=False)
         if self.max_length > 4096:
             raise ValueError(f"option max_length={self.max_length}: at most 4096 for QA windows")
-        if self.train_data is not None and (not isinstance(self.train_data, list) or not self.train_data):
-            raise ValueError("option train_data: expected a non-empty list of paths")
+        if self.train_data is not None and (not isinstance(self.train_data, list) or not self.train_data
+                                            or not all(isinstance(p, str) and p for p in self.train_data)):
+            raise ValueError(f"option train_data={self.train_data!r}: expected a non-empty list of paths")
+        for name in ("eval_data", "tokenizer", "run_name", "init_from"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"option {name}={value!r}: expected a path (a non-empty string) or null")
+        if not isinstance(self.runs_dir, str) or not self.runs_dir:
+            raise ValueError(f"option runs_dir={self.runs_dir!r}: expected a directory path")
+        if self.run_name is not None and (self.run_name in (".", "..") or "/" in self.run_name):
+            raise ValueError(f"option run_name={self.run_name!r}: expected a plain directory name (no '/'); "
+                             "use runs_dir for the parent directory")
+        if not isinstance(self.notes, dict):
+            raise ValueError(f"option notes={self.notes!r}: expected a JSON object")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,9 +270,91 @@ class TrainConfig:
     def short_hash(self) -> str:
         """8 hex digits identifying the settings (output location excluded)."""
         ignored = ("runs_dir", "run_name", "threads", "checkpoint_every_steps", "checkpoint_every_minutes",
-                   "keep_checkpoints")
+                   "keep_checkpoints", "log_with")
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+# --help text of every training option (the command line is generated from the dataclasses; the
+# model options' texts come from ModelConfig's docstring). ``OPTION_TASKS``: options that only one
+# kind of task reads; the other commands do not offer them.
+OPTION_HELP: dict[str, str] = {
+    "task": "what to train: qa (extractive QA), generative-qa, mlm / clm (pretraining; nami pretrain)",
+    "segment_embeddings": "question / context token-type embeddings (BERT's token_type_ids)",
+    "question_match": "a third token type for context words that also occur in the question (DrQA's exact-match "
+                      "feature); needs --segment-embeddings",
+    "title_prefix": "QA training contexts in JSQuAD's '<title> [SEP] <paragraph>' format",
+    "train_data": "SQuAD-format training files or directories of *.json shards (default: JaQuAD train; "
+                  "pretraining: their contexts)",
+    "eval_data": "SQuAD-format evaluation file (default: JSQuAD dev; pretraining: JaQuAD dev contexts)",
+    "tokenizer": "a saved tokenizer directory (default: the cached default tokenizer, trained once)",
+    "vocab_size": "pieces of the default tokenizer (ignored with --tokenizer)",
+    "max_length": "tokens per window or sequence (rounded up to a multiple of 16 for the model)",
+    "doc_stride": "tokens between the starts of consecutive windows of a long context (NOT the overlap, as in "
+                  "Hugging Face run_qa.py's --doc_stride: overlap = max_length - question - doc_stride)",
+    "max_question_tokens": "questions are cut to this many tokens",
+    "negative_fraction": "share of answerless windows kept for training (0-1)",
+    "batch_size": "windows / sequences per optimizer step (before --grad-accum)",
+    "grad_accum": "batches accumulated per optimizer step",
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay on matrices",
+    "warmup": "fraction of training progress spent warming up the learning rate (0-1)",
+    "schedule": "learning-rate decay after warm-up",
+    "max_grad_norm": "gradient clipping norm",
+    "epochs": "passes over the training data (the run stops at the first of epochs, max steps, max minutes)",
+    "max_steps": "optimizer steps to train (default: from --epochs)",
+    "max_minutes": "training-time budget in minutes (evaluation excluded); the schedule follows it",
+    "eval_every_minutes": "evaluate on --eval-subset questions every N training minutes (default 10; none: only "
+                          "at the end)",
+    "eval_subset": "questions (or sequences) of the periodic evaluations; the final one uses all",
+    "eval_batch_size": "windows per evaluation batch",
+    "max_answer_tokens": "longest answer span (tokens) the decoder considers",
+    "num_beams": "generative QA: beam-search width when answers are generated (1 = greedy)",
+    "answer_boundaries": "answers begin/end on MeCab word boundaries (word) or on any token (token)",
+    "precision": "bf16 autocast (faster on CPU and GPU) or fp32",
+    "seed": "seed of initialisation, data order and dropout (a run without --max-minutes is bitwise reproducible)",
+    "threads": "CPU threads (default: all cores)",
+    "log_every": "optimizer steps between training log records",
+    "checkpoint_every_steps": "save a resumable checkpoint every N steps",
+    "checkpoint_every_minutes": "save a resumable checkpoint every N training minutes",
+    "keep_checkpoints": "resumable checkpoints kept (oldest deleted first)",
+    "nonfinite_skips": "batches with a NaN/inf loss or gradient skipped before training stops",
+    "on_bad_record": "a malformed data record stops the run (error) or is skipped and counted (skip)",
+    "runs_dir": "directory that holds run directories",
+    "run_name": "run directory name (default: date-arch-preset-hash)",
+    "init_from": "a run (e.g. nami pretrain) whose encoder weights start this run",
+    "mlm_probability": "share of tokens masked",
+    "loss_impl": "vocabulary-layer loss: auto (blockwise CCE on CPU, cce on CUDA), blockwise, torch_chunked, "
+                 "naive (materialises the logits), cce",
+    "loss_filter": "CCE gradient filtering: skip vocabulary blocks whose softmax mass is negligible",
+    "loss_filter_threshold": "filtering threshold (default: the policy's)",
+    "loss_vocab_order": "frequency: order the vocabulary by token frequency so filtering skips more blocks",
+    "tie_embeddings": "the output matrix is the input token embedding",
+    "pppl_sequences": "held-out sequences scored by pseudo-perplexity at the end",
+    "branch_schedule": "stage-wise training: {branch: progress 0-1 at which it switches on} (JSON; --config)",
+    "compile_wave": "torch.compile the Wave layer's element-wise maths (same results, ~1.3x per step on CPU)",
+    "self_distill": "weight (0-1) of the last layer's span distribution teaching the early-exit heads "
+                    "(--exit-layers); 0 = exits learn from the answers only",
+    "distill_temperature": "softmax temperature of self-distillation",
+    "wave_recompute": "Wave layers keep only w and G² for backward and recompute the rest (less training memory, "
+                      "same forward values)",
+    "log_with": "tensorboard: also log the training curves to RUN/tensorboard (needs pip install "
+                "'nami[tensorboard]'; view with tensorboard --logdir RUN/tensorboard)",
+    "rope_base": "base of the RoPE phase-rotation angles (with --wave-rope)",
+    "rope_scale": "scale of the positions in the RoPE angles (with --wave-rope)",
+    "preset": "model size: tiny (d=64, 2 layers), small (d=256, 4 layers), base (d=512, 8 layers)",
+}
+_QA = ("qa", "generative-qa")
+OPTION_TASKS: dict[str, tuple[str, ...]] = {
+    **{name: ("qa",) for name in ("self_distill", "distill_temperature", "exit_layers")},
+    **{name: _QA for name in ("segment_embeddings", "question_match", "title_prefix", "doc_stride",
+                              "max_question_tokens", "negative_fraction", "max_answer_tokens",
+                              "answer_boundaries")},
+    "num_beams": ("generative-qa",),
+    **{name: ("mlm",) for name in ("mlm_probability", "tie_embeddings", "pppl_sequences", "loss_filter",
+                                   "loss_filter_threshold", "loss_vocab_order")},
+    "loss_impl": ("mlm", "clm", "generative-qa"),
+}
 
 
 # Model fields a training config (or a command line) may give flat; "preset" picks the size preset.

@@ -26,6 +26,7 @@ import json
 import math
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,9 +43,10 @@ from tqdm.auto import tqdm
 
 from nami import resources
 from nami.data.batching import BucketBatchSampler, WindowDataset
+from nami.io import read_jsonl
 from nami.models import count_parameters
 from nami.models.block import set_branches
-from nami.models.speed import compile_wave_layers
+from nami.models.speed import compile_wave_layers, recompute_wave_layers
 from nami.resources import peak_rss_mb
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
@@ -161,28 +163,47 @@ def first_nonfinite_gradient(model: torch.nn.Module) -> str:
 
 
 class MetricsLog:
-    """Append-only JSONL log, flushed per line so a crash keeps everything logged so far."""
+    """Append-only JSONL log, flushed per line so a crash keeps everything logged so far; with
+    ``tensorboard_dir`` the numbers of train / eval records also go to TensorBoard (Accelerate's
+    ``TensorBoardTracker``; ``tensorboard --logdir RUN/tensorboard``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tensorboard_dir: Path | None = None) -> None:
         self.file = path.open("a", encoding="utf-8")
+        self.tracker = None
+        if tensorboard_dir is not None:
+            from accelerate.tracking import TensorBoardTracker
+
+            self.tracker = TensorBoardTracker(run_name=tensorboard_dir.name, logging_dir=tensorboard_dir.parent)
+            self.tracker.start()  # opens the SummaryWriter (Accelerate's init_trackers does the same)
 
     def write(self, record: dict[str, Any]) -> None:
         self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.file.flush()
+        if self.tracker is not None and record.get("type") in ("train", "eval", "final_eval"):
+            prefix = "train" if record["type"] == "train" else "eval"
+            values = {f"{prefix}/{k}": v for k, v in record.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+            self.tracker.log(values, step=record.get("step"))
 
     def close(self) -> None:
         self.file.close()
+        if self.tracker is not None:
+            self.tracker.finish()
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop what a killed run logged after the checkpoint it is resumed from."""
+def truncate_metrics(path: Path, step: int) -> list[int]:
+    """Drop what a killed run logged after the checkpoint it is resumed from (``step``; -1 = all).
+
+    Returns the numbers of the lines that were not JSON objects and were dropped: a crash mid-write
+    leaves a torn last line, which must not block ``--resume``.
+    """
     if not path.is_file():
-        return
-    kept = [
-        line for line in path.read_text("utf-8").splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step and json.loads(line)["type"] != "final_eval"
-    ]
-    ckpt.atomic_write(path, lambda tmp: tmp.write_text("".join(k + "\n" for k in kept), "utf-8"))
+        return []
+    records, torn = read_jsonl(path)
+    kept = [r for r in records if r.get("step", 0) <= step and r.get("type") != "final_eval"]
+    ckpt.atomic_write(path, lambda tmp: tmp.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), "utf-8"))
+    return torn
 
 
 class StopSignals:
@@ -212,13 +233,12 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
 
 def resume(run_dir: str | Path, *, quiet: bool = False, threads: int | None = None) -> TrainResult:
-    """Continue the run in ``run_dir`` from its newest checkpoint."""
+    """Continue the run in ``run_dir`` from its newest checkpoint; a run stopped before its first
+    checkpoint (a crash, SIGKILL) starts again from step 0 with its saved config."""
     run_dir = Path(run_dir)
     config, _, _ = ckpt.read_run_config(run_dir)
     if threads:
         config.threads = threads
-    if not ckpt.checkpoint_dirs(run_dir):
-        raise ckpt.CheckpointError(f"{run_dir}: no checkpoint to resume from (under {ckpt.CHECKPOINTS_DIR}/)")
     return _fit(config, run_dir=run_dir, quiet=quiet)
 
 
@@ -265,47 +285,68 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         model_config = compatible_init_config(config, model_config, init[1])
     config.model = model_config  # the saved config holds the model exactly as built
     model = task.build_model(model_config)
-    if init is not None and run_dir is None:
+    # A run with a checkpoint continues from it; a run stopped before its first one starts again.
+    resumed = run_dir is not None and bool(ckpt.checkpoint_dirs(run_dir))
+    restarted = run_dir is not None and not resumed
+    if init is not None and not resumed:
         load_encoder_from(model, Path(config.init_from))
     params = count_parameters(model)
     compiled = compile_wave_layers(model) if config.compile_wave else None
+    if config.wave_recompute:
+        recompute_wave_layers(model)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
     sampler = BucketBatchSampler(task.train_lengths, config.batch_size, seed=config.seed)
     loader = DataLoader(WindowDataset(task.train_lengths), batch_sampler=sampler, collate_fn=task.collate)
 
     progress = Progress(next_eval_seconds=config.eval_every_minutes * 60 if config.eval_every_minutes else math.inf)
-    resumed = run_dir is not None
+    torn: list[int] = []
     if resumed:
         latest = ckpt.checkpoint_dirs(run_dir)[-1]
         weights, optimizer_state, torch_rng, state = ckpt.load_checkpoint(latest)
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(optimizer_state)
+        try:
+            model.load_state_dict(weights)
+            optimizer.load_state_dict(optimizer_state)
+        except (RuntimeError, ValueError) as err:  # the saved config no longer describes these weights
+            raise ckpt.CheckpointError(f"{latest}: does not fit the model of {run_dir / ckpt.CONFIG_FILE} "
+                                       f"({' '.join(str(err).split())[:300]})") from err
         progress = Progress(**state["progress"])
-        truncate_metrics(run_dir / ckpt.METRICS_FILE, progress.step)
+        torn = truncate_metrics(run_dir / ckpt.METRICS_FILE, progress.step)
+    elif restarted:
+        torn = truncate_metrics(run_dir / ckpt.METRICS_FILE, -1)  # the stopped start logged nothing to keep
     else:
         run_dir = new_run_dir(config)
         locks.append(ckpt.RunLock(run_dir))
         ckpt.save_run_config(run_dir, config, model_config, tokenizer)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    log = MetricsLog(run_dir / ckpt.METRICS_FILE)
+    log = MetricsLog(run_dir / ckpt.METRICS_FILE,
+                     tensorboard_dir=run_dir / "tensorboard" if config.log_with == "tensorboard" else None)
     steps_per_epoch = max(1, len(sampler) // config.grad_accum)
     total_steps = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
     budget_s = config.max_minutes * 60 if config.max_minutes else None
+    if torn:
+        print(f"[nami] {run_dir / ckpt.METRICS_FILE}: dropped {len(torn)} unreadable line(s) (line "
+              f"{', '.join(map(str, torn))}; a crash mid-write tears the last line)", file=sys.stderr, flush=True)
     if resumed:
         set_rng_state(state["rng"], torch_rng)  # last: nothing above may consume randomness after it
-        log.write({"type": "resume", "step": progress.step, "from": latest.name})
+        log.write({"type": "resume", "step": progress.step, "from": latest.name, "dropped_log_lines": torn})
         if show:
             print(f"[nami] resuming {run_dir} at step {progress.step} (epoch {progress.epoch})", flush=True)
     else:
+        if restarted:
+            print(f"[nami] {run_dir} stopped before its first checkpoint: starting it again from step 0 with its "
+                  "saved config", file=sys.stderr, flush=True)
         log.write({
             "type": "start", "task": config.task, "run_dir": str(run_dir), "params": params, **task.summary(),
             "total_steps": total_steps, "budget_minutes": config.max_minutes, "device": str(device),
             "threads": torch.get_num_threads(), "init_from": config.init_from, "malloc_tuning": resources.MALLOC_TUNING,
         })
+        summary = ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v}"
+                            for k, v in task.summary().items())
+        # The run directory is printed even with --quiet: it is what every later command needs.
+        print(f"[nami] {config.task} {config.arch} ({params['total']:,} params) -> {run_dir}", flush=True)
         if show:
-            print(f"[nami] {config.task} {config.arch} ({params['total']:,} params), {task.summary()} -> {run_dir}",
-                  flush=True)
+            print(f"[nami] data: {summary}", flush=True)
 
     def fraction_done() -> float:
         p = progress.step / total_steps
@@ -317,8 +358,16 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                              config.keep_checkpoints)
 
     last_checkpoint_seconds = progress.train_seconds
-    bar = tqdm(total=None if budget_s else total_steps, initial=0 if budget_s else progress.step,
-               disable=not show, desc=f"train {config.arch}", unit="step")
+    # With a time budget the bar counts training seconds (its total is the budget, so it has an ETA);
+    # otherwise it counts optimizer steps.
+    if budget_s:
+        bar = tqdm(total=round(budget_s), initial=round(progress.train_seconds), disable=not show,
+                   desc=f"train {config.arch}", unit="s",
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training "
+                              "[{elapsed}<{remaining}{postfix}]")
+    else:
+        bar = tqdm(total=total_steps, initial=progress.step, disable=not show, desc=f"train {config.arch}",
+                   unit="step")
     model.train()
     finished = fraction_done() >= 1.0
     with StopSignals() as stop:
@@ -376,7 +425,7 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                 if not accelerator.sync_gradients:
                     continue
                 progress.step += 1
-                bar.update(1)
+                bar.update(min(elapsed, max(bar.total - bar.n, 0)) if budget_s else 1)
                 if progress.step % config.log_every == 0:
                     record = {
                         "type": "train", "step": progress.step, "epoch": progress.epoch,
@@ -386,7 +435,8 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                         **task.train_metrics(),
                     }
                     log.write(record)
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                    bar.set_postfix(step=progress.step, loss=f"{record['loss']:.3f}",
+                                    tok_s=f"{record['tokens_per_s']:.0f}")
                     progress.window = {"loss": 0.0, "tokens": 0, "seconds": 0.0, "batches": 0}
                 if fraction_done() >= 1.0:
                     finished = True
@@ -434,9 +484,9 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
     ckpt.write_json(run_dir / ckpt.FINAL_EVAL_FILE, final)
     log.write({"type": "final_eval", **final})
     log.close()
-    if show:
-        print(f"[nami] {config.task} {config.arch}: {task.describe(scores)} ({train_tokens_per_s:,.0f} train tok/s) "
-              f"-> {run_dir}", flush=True)
+    # One line even with --quiet: the final scores and where they are.
+    print(f"[nami] {config.task} {config.arch}: {task.describe(scores)} ({train_tokens_per_s:,.0f} train tok/s, "
+          f"{progress.step:,} steps) -> {run_dir}", flush=True)
     return TrainResult(run_dir, final, params, train_tokens_per_s, progress.step)
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nami import paths
-from nami.data.batching import QACollator, sorted_batches, token_type_count
+from nami.data.batching import PAD_MULTIPLE, QACollator, sorted_batches, token_type_count
 from nami.data.clm import CLMCollator, pack_causal_sequences
 from nami.data.generative import GenerativeCollator, build_generative, locate_answer
 from nami.data.corpus import text_lines
@@ -62,7 +62,10 @@ class Task:
     def model_config(self, tokenizer) -> ModelConfig:
         """``config.model`` with the fields the tokenizer and the task decide filled in."""
         boundaries = sentence_boundary_ids(tokenizer) if self.config.model.uses_hierarchy() else None
-        return dataclasses.replace(self.config.model, vocab_size=tokenizer.vocab_size, max_len=self.config.max_length,
+        # Batches are padded to a multiple of PAD_MULTIPLE tokens, so the model must take the padded
+        # length (max_length=100 gives batches of 112; max_len=100 would fail at the first long batch).
+        max_len = -(-self.config.max_length // PAD_MULTIPLE) * PAD_MULTIPLE
+        return dataclasses.replace(self.config.model, vocab_size=tokenizer.vocab_size, max_len=max_len,
                                    pad_id=tokenizer.pad_id, type_vocab_size=self.token_types(),
                                    sentence_boundary_ids=boundaries)
 
@@ -164,8 +167,17 @@ class QATask(Task):
         return token_type_count(self.config.question_match) if self.config.segment_embeddings else 0
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        return QAModel.loss(logits, batch["start_positions"], batch["end_positions"])
+        if not self.config.model.exit_layers:
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            return QAModel.loss(logits, batch["start_positions"], batch["end_positions"])
+        # Early exits: each exit learns from the answers and (self_distill) from the last layer.
+        logits, exits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], with_exits=True)
+        answers = (batch["start_positions"], batch["end_positions"])
+        alpha, temperature = self.config.self_distill, self.config.distill_temperature
+        exit_losses = [(1 - alpha) * QAModel.loss(e, *answers)
+                       + (alpha * QAModel.distillation_loss(e, logits, temperature) if alpha else 0.0)
+                       for e in exits]
+        return QAModel.loss(logits, *answers) + sum(exit_losses) / len(exit_losses)
 
     def evaluate(self, model: nn.Module, device: torch.device, *, full: bool, show: bool) -> dict[str, Any]:
         examples = self.eval_examples if full else self.subset_examples

@@ -1,0 +1,99 @@
+"""The Wave maths with a hand-written, memory-light backward (nami.models.wave.wave_mix_recompute):
+same forward values, the same gradients, fewer bytes kept for backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nami.models import MixerInputs, ModelConfig, WaveLayer
+from nami.models.speed import recompute_wave_layers
+from nami.models.wave import wave_mix, wave_mix_recompute
+
+MODES = ("modulation", "interference")
+
+
+def batch(dtype=torch.float64, seed=0):
+    """``w (3, 6, 8)`` with padding in row 1, a one-token row 2 and all-equal tokens in row 0."""
+    torch.manual_seed(seed)
+    w = torch.randn(3, 6, 8, dtype=dtype)
+    w[0] = w[0, :1]  # all tokens equal
+    mask = torch.ones(3, 6, 1, dtype=dtype)
+    mask[1, 4:] = 0
+    mask[2, 1:] = 0  # one real token
+    return w, mask
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_is_bit_identical_to_the_eager_maths(mode):
+    w, mask = batch(torch.float32)
+    assert torch.equal(wave_mix_recompute(w, mask, 1e-6, mode), wave_mix(w, mask, 1e-6, mode))
+    low = w.to(torch.bfloat16)  # promoted inside, exactly as WaveLayer promotes before wave_mix
+    assert torch.equal(wave_mix_recompute(low, mask.float(), 1e-6, mode), wave_mix(low.float(), mask.float(), 1e-6,
+                                                                                 mode))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck_in_float64_on_padding_one_token_and_equal_tokens(mode):
+    w, mask = batch()
+    w.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: wave_mix_recompute(x, mask, 1e-6, mode), (w,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_equal_autograd_through_the_eager_maths(mode):
+    w, mask = batch(torch.float32, seed=1)
+    upstream = torch.randn(3, 6, 8)
+    grads = []
+    for mix in (wave_mix, wave_mix_recompute):
+        x = w.clone().requires_grad_()
+        (mix(x, mask, 1e-6, mode) * upstream).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+    assert grads[1][1, 4:].abs().sum() == 0  # padding gets no gradient
+
+
+def _saved_bytes(layer: WaveLayer, x: torch.Tensor, inputs: MixerInputs) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x, inputs).float().sum().backward()
+    return total
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_wave_layer_keeps_less_for_backward_and_trains_the_same(mode):
+    config = ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=64, wave_mode=mode)
+    torch.manual_seed(0)
+    eager = WaveLayer(config)
+    light = WaveLayer(config)
+    light.load_state_dict(eager.state_dict())
+    model = torch.nn.ModuleList([light])
+    assert recompute_wave_layers(model) == 1
+    x = torch.randn(4, 32, config.d_model)
+    mask = torch.ones(4, 32, dtype=torch.bool)
+    mask[3, 20:] = False
+    inputs = MixerInputs(padding_mask=mask)
+    eager_bytes = _saved_bytes(eager, x, inputs)
+    light_bytes = _saved_bytes(light, x, inputs)
+    # The wave maths kept several fp32 (B, S, 2D) tensors; now w in bf16 and G² (B, 1, 2D).
+    assert light_bytes < 0.6 * eager_bytes, (light_bytes, eager_bytes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(light(x, inputs), eager(x, inputs))
+    for a, b in zip(light.parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=2e-2, atol=1e-4)  # bf16 autocast: rounding only
+
+
+def test_wave_recompute_option_is_checked():
+    from nami.training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="choose one"):
+        TrainConfig.from_dict({"wave_recompute": True, "compile_wave": True})
+    with pytest.raises(ValueError, match="needs non-causal Wave layers"):
+        TrainConfig.from_dict({"wave_recompute": True, "arch": "transformer"})
