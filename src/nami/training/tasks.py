@@ -210,13 +210,8 @@ def corpus_documents(paths_: list[str]) -> list[str]:
     return docs
 
 
-@register_task
-class MLMTask(Task):
-    """Masked-LM pretraining; evaluation: masked-token accuracy, loss and pseudo-perplexity."""
-
-    name = "mlm"
-    model_class = MaskedLMModel
-    default_eval = paths.JAQUAD_DEV
+class _CorpusTask(Task):
+    """A pretraining task on the contexts of SQuAD-format files (or text files): its documents."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -224,6 +219,15 @@ class MLMTask(Task):
         self.eval_path = resolve_eval_data(config)
         self.train_docs = corpus_documents(self.train_paths)
         self.eval_docs = corpus_documents([self.eval_path])
+
+
+@register_task
+class MLMTask(_CorpusTask):
+    """Masked-LM pretraining; evaluation: masked-token accuracy, loss and pseudo-perplexity."""
+
+    name = "mlm"
+    model_class = MaskedLMModel
+    default_eval = paths.JAQUAD_DEV
 
     def prepare(self, tokenizer, show: bool) -> None:
         config = self.config
@@ -336,7 +340,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 @register_task
-class CLMTask(Task):
+class CLMTask(_CorpusTask):
     """Causal-LM pretraining: next-token loss at every position; evaluation: held-out perplexity.
 
     The loss multiplies hidden states with the vocabulary matrix inside
@@ -347,13 +351,6 @@ class CLMTask(Task):
     name = "clm"
     model_class = CausalLMModel
     default_eval = paths.JAQUAD_DEV
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-        self.train_paths = resolve_train_data(config)
-        self.eval_path = resolve_eval_data(config)
-        self.train_docs = corpus_documents(self.train_paths)
-        self.eval_docs = corpus_documents([self.eval_path])
 
     def model_config(self, tokenizer) -> ModelConfig:
         return dataclasses.replace(super().model_config(tokenizer), causal=True)
