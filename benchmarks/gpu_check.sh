@@ -10,7 +10,10 @@
 #    blockwise fp32 parity on CUDA,
 # 3. runs benchmarks/linear_cross_entropy.py on CUDA, bf16 autocast, every implementation, in one
 #    process (peak = CUDA allocator max_memory_allocated delta), GPU_CASES cases (default below).
-# Writes OUT_DIR/{env.txt,install.log,pytest.txt,pytest.xml,linear_cross_entropy.json,.md,summary.txt}.
+# 4. times bf16 QA training steps of both encoders (benchmarks/gpu_train_check.py steps),
+# 5. checks FSDP2 sharding on one GPU against an unsharded copy (gpu_train_check.py fsdp2, torchrun).
+# Writes OUT_DIR/{env.txt,install.log,pytest.txt,pytest.xml,linear_cross_entropy.json,.md,
+# train_steps.json,fsdp2.json,gpu_check.json,summary.txt}; copy gpu_check.json to results/.
 # Exit status 0 only when the cce tests ran (not skipped) and passed.
 set -uo pipefail
 
@@ -74,11 +77,39 @@ cce_ran=${cce_ran:-0}
 [ "$cce_ran" -gt 0 ] || status=1
 
 # 3. benchmark on CUDA
-timeout 330 "$PY" benchmarks/linear_cross_entropy.py --device cuda --dtypes bf16 --in-process --repeats 5 \
+timeout 240 "$PY" benchmarks/linear_cross_entropy.py --device cuda --dtypes bf16 --in-process --repeats 5 \
     --cases "$GPU_CASES" --case-timeout-s 120 --out-dir "$OUT" 2>&1 | tee "$OUT/benchmark.txt"
 bench_rc=${PIPESTATUS[0]}
 
+# 4. bf16 QA training steps of both encoders (tokens/s, peak memory), 5. a 1-GPU FSDP2 parity run
+timeout 100 "$PY" benchmarks/gpu_train_check.py steps --device cuda --out "$OUT/train_steps.json" \
+    2>&1 | tee "$OUT/train_steps.txt"
+steps_rc=${PIPESTATUS[0]}
+timeout 60 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/gpu_train_check.py fsdp2 \
+    --device cuda --out "$OUT/fsdp2.json" 2>&1 | tee "$OUT/fsdp2.txt"
+fsdp_rc=${PIPESTATUS[0]}
+[ "$steps_rc" -eq 0 ] && [ "$fsdp_rc" -eq 0 ] || status=1
+
+# results/gpu_check.json: everything above in one record (copy it into results/ and commit)
+"$PY" - "$OUT" "$test_rc" "$cce_ran" "$bench_rc" "$steps_rc" "$fsdp_rc" <<'EOF'
+import json, subprocess, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def load(name):
+    path = out / name
+    return json.loads(path.read_text()) if path.is_file() else None
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+record = {"command": "bash benchmarks/gpu_check.sh", "commit": commit,
+          "machine": (out / "env.txt").read_text().splitlines()[:3],
+          "cce_tests": {"exit_status": int(sys.argv[2]), "gpu_tests_ran": int(sys.argv[3])},
+          "cce_benchmark": {"exit_status": int(sys.argv[4]), "results": load("linear_cross_entropy.json")},
+          "train_steps": {"exit_status": int(sys.argv[5]), "results": load("train_steps.json")},
+          "fsdp2": {"exit_status": int(sys.argv[6]), "results": load("fsdp2.json")}}
+(out / "gpu_check.json").write_text(json.dumps(record, indent=2) + "\n")
+EOF
+
 {
+    echo "train steps exit status: $steps_rc; fsdp2 smoke exit status: $fsdp_rc"
     echo "pytest exit status: $test_rc; cce GPU tests that ran: $cce_ran"
     echo "benchmark exit status: $bench_rc (124 = hit the time limit; partial results are still written)"
     if [ "$status" -eq 0 ]; then echo "cce: VERIFIED on this GPU"; else echo "cce: NOT verified"; fi

@@ -183,3 +183,27 @@ def test_report_keeps_the_curves_it_draws_so_it_renders_without_runs(tmp_path):
     (out / "curves.png").unlink()
     rerender(out)
     assert (out / "curves.png").is_file()  # redrawn from curves.json
+
+
+def test_a_continued_compare_trains_only_the_models_it_lacks(tiny_squad, tiny_tokenizer_dir, tmp_path):
+    """A comparison longer than one sitting is finished model by model into the same --out."""
+    out = tmp_path / "report"
+    base = [sys.executable, "-m", "nami", "compare", "--preset", "smoke", "--out", str(out), "--train-data",
+            str(tiny_squad), "--eval-data", str(tiny_squad), "--tokenizer", str(tiny_tokenizer_dir), "--quiet"]
+    first = subprocess.run([*base, "--models", "wave"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    wave_run = json.loads((out / "results.json").read_text("utf-8"))["models"]["wave"]["run_dir"]
+    second = subprocess.run([*base, "--models", "wave", "transformer"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text("utf-8"))
+    wave, transformer = result["models"]["wave"], result["models"]["transformer"]
+    assert wave["run_dir"] == wave_run and wave["trained"]["reused"] is True  # not trained again
+    assert transformer["trained"]["reused"] is False
+    assert wave["trained"]["date"] != "unknown" and wave["trained"]["commit"] == transformer["trained"]["commit"]
+    assert len([p for p in (out / "runs").iterdir() if p.is_dir()]) == 2  # one run per model
+    assert "separate invocations" in (out / "report.md").read_text("utf-8")
+    # A different plan (another budget) is not a continuation: the model is trained again.
+    third = subprocess.run([*base, "--models", "wave", "--minutes", "0.2"], capture_output=True, text=True,
+                           timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text("utf-8"))["models"]["wave"]["trained"]["reused"] is False

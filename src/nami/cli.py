@@ -184,6 +184,7 @@ def _choice_lists() -> dict[str, Any]:
         "answer_boundaries": lambda: ANSWER_BOUNDARIES,
         "position_embedding": lambda: POSITION_EMBEDDINGS,
         "log_with": lambda: train_config.LOG_WITH,
+        "sharding": lambda: train_config.SHARDINGS,
     }
 
 

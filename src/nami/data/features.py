@@ -123,6 +123,14 @@ class QAFeatures:
             out.example_index.append(self.example_index[i])
         return out
 
+    def for_examples(self, examples: Sequence[int]) -> "QAFeatures":
+        """The windows of the given examples, re-indexed to their positions in ``examples`` (the
+        features of ``[all_examples[i] for i in examples]``: a shard for distributed evaluation)."""
+        position = {e: p for p, e in enumerate(examples)}
+        out = self.subset([i for i, e in enumerate(self.example_index) if e in position])
+        out.example_index = [position[e] for e in out.example_index]
+        return out
+
 
 def answer_token_span(offsets: np.ndarray, char_start: int, char_end: int) -> tuple[int, int] | None:
     """Indices (first, last) of the context tokens covering ``[char_start, char_end)``.

@@ -13,6 +13,13 @@ Afterwards every QA run is re-scored by a ``nami predict`` subprocess with all t
 questions/s and peak memory under equal conditions; also checks that the recorded F1 is
 reproduced), the lexical-overlap heuristic is scored on the same questions, and the report
 directory is written (``results.json``, ``report.md``, plots; see :mod:`nami.reports.report`).
+
+**Continuing a comparison.** Run again with the same ``--out`` (and preset, data and options), a
+model whose chain already finished there is not trained again: its runs are reused and its
+``trained`` record (commit, machine, date of the invocation that trained it) says so. A
+comparison longer than one sitting can be finished model by model (``--models wave`` today,
+``--models wave transformer wave_plus`` tomorrow); the report warns when the models were trained
+on different machines, whose speeds do not compare.
 """
 
 from __future__ import annotations
@@ -107,6 +114,40 @@ def stage_configs(
             **stage["train"], **arch_options, **(options or {}),
         })
     return stages
+
+
+_VOLATILE = ("run_name", "init_from", "runs_dir")  # differ between invocations of the same plan
+
+
+def _same_plan(saved: dict[str, Any], planned: TrainConfig) -> bool:
+    """Whether a stage config saved by an earlier invocation trains what ``planned`` would (fields
+    added since then take their defaults, as the run itself would read them)."""
+    try:
+        theirs = TrainConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError):
+        return False
+    ours = planned.to_dict()
+    return {k: v for k, v in theirs.items() if k not in _VOLATILE} == {k: v for k, v in ours.items()
+                                                                        if k not in _VOLATILE}
+
+
+def finished_chain(runs_dir: Path, name: str, stages: dict[str, TrainConfig]) -> dict[str, TrainConfig] | None:
+    """The stage configs of model ``name`` as an earlier invocation into ``runs_dir`` trained them, if
+    that chain finished with the same plan (every stage's config equal up to run names, and the final
+    run has its final evaluation); otherwise None (the model is trained)."""
+    saved: dict[str, TrainConfig] = {}
+    for stage, planned in stages.items():
+        path = runs_dir / f"{name}.{stage}.json"
+        if not path.is_file():
+            return None
+        data = read_json(path)
+        if not isinstance(data, dict) or not _same_plan(data, planned):
+            return None
+        saved[stage] = TrainConfig.from_dict(data)
+    final = saved[FINAL_STAGE]
+    if not (Path(final.runs_dir) / final.run_name / ckpt.FINAL_EVAL_FILE).is_file():
+        return None
+    return saved
 
 
 def _stage_command(config_path: Path, threads: int | None, quiet: bool) -> list[str]:
@@ -214,9 +255,22 @@ def run_compare(
     eval_path = resolve_eval_data(first["finetune"])
     resolved_train = resolve_train_data(first["finetune"])
     runs_dir.mkdir(parents=True, exist_ok=True)
+    this_invocation = {"commit": commit, "machine": machine_description(), "date": now_iso(), "reused": False}
+    trained: dict[str, dict[str, Any]] = {}
     chains: dict[str, list[list[str]]] = {}
     for arch, stages in plans.items():
         chains[arch] = []
+        earlier = finished_chain(runs_dir, arch, stages)
+        if earlier is not None:  # trained by an earlier invocation into this --out: reuse it
+            plans[arch] = earlier
+            provenance = runs_dir / f"{arch}.trained.json"
+            trained[arch] = {**(read_json(provenance) if provenance.is_file() else
+                                {"commit": "unknown", "machine": "unknown", "date": "unknown"}), "reused": True}
+            if not quiet:
+                print(f"[nami] {arch}: reusing the finished runs under {runs_dir} (trained {trained[arch]['date']})",
+                      flush=True)
+            continue
+        trained[arch] = this_invocation
         for stage, config in stages.items():
             path = runs_dir / f"{arch}.{stage}.json"
             path.write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2), "utf-8")
@@ -239,6 +293,9 @@ def run_compare(
         raise CommandFailed(f"training failed for {', '.join(failed)}: see {where}; the runs it wrote are kept "
                             f"under {runs_dir}")
     wall_minutes = (time.perf_counter() - started) / 60
+    for arch in MODELS:
+        if not trained[arch]["reused"]:
+            write_json(runs_dir / f"{arch}.trained.json", {k: v for k, v in this_invocation.items() if k != "reused"})
 
     models: dict[str, Any] = {}
     for arch, stages in plans.items():
@@ -268,7 +325,7 @@ def run_compare(
             "infer_peak_mb": check["peak_rss_mb"],
             # Training time (pretraining included) until the reported F1; evaluations excluded.
             "minutes_to_final_f1": train_minutes + (pretrain["train_minutes"] if pretrain else 0.0),
-            "chain_wall_minutes": outcomes[arch][1],
+            "chain_wall_minutes": None if trained[arch]["reused"] else outcomes[arch][1],
             "compile_wave": config.compile_wave,
             "compile_wave_failure": final.get("compile_wave_failure"),
             "task": config.task,
@@ -278,6 +335,7 @@ def run_compare(
             "run_dir": str(run_dir),
             # Every stage's full training config: the recipe is in the results, not only in the code.
             "stages": {name: stage.to_dict() for name, stage in stages.items()},
+            "trained": trained[arch],  # which invocation trained it (continued comparisons reuse runs)
         }
     baselines = {}
     if lexical_baseline:

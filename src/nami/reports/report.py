@@ -120,6 +120,19 @@ def eval_label(result: dict[str, Any]) -> str:
     return "JSQuAD dev" if path.endswith("jsquad/valid-v1.3.json") or not path else Path(path).name
 
 
+def trained_lines(result: dict[str, Any]) -> list[str]:
+    """Which invocation trained each model, when a continued comparison reused earlier runs."""
+    trained = {arch: m.get("trained") for arch, m in result["models"].items()}
+    if not any(t and t.get("reused") for t in trained.values()):
+        return []
+    lines = ["- models trained by separate invocations into this directory (the others' runs were reused): "
+             + "; ".join(f"{arch}: commit `{str(t['commit'])[:7]}`, {t['date']}" for arch, t in trained.items() if t)]
+    if len({t["machine"] for t in trained.values() if t}) > 1:
+        lines.append("- **the models were trained on different machines: their speeds (tok/s, q/s) do not compare**: "
+                     + "; ".join(f"{arch}: {t['machine']}" for arch, t in trained.items() if t))
+    return lines
+
+
 def accuracy_table(result: dict[str, Any]) -> str:
     lexical = result.get("baselines", {}).get("lexical")
     label = eval_label(result)
@@ -207,6 +220,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += [
         "## How this was measured", "",
         *provenance_lines(result),
+        *trained_lines(result),
         f"- training budget per model: {budget['total']:g} minutes ({budget['pretrain']:g} pretraining + "
         f"{budget['finetune']:g} {per_model.get('task', 'qa')} fine-tuning), {mode}; wall clock "
         f"{result['wall_minutes']:.1f} minutes",

@@ -173,11 +173,12 @@ def save_checkpoint(
     run_dir: Path,
     step: int,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | dict[str, Any],
     state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write a complete resumable checkpoint for ``step`` and keep only the newest ``keep``."""
+    """Write a complete resumable checkpoint for ``step`` and keep only the newest ``keep``
+    (``optimizer``: the optimizer, or its state dict as already gathered from a sharded run)."""
     root = run_dir / CHECKPOINTS_DIR
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
@@ -186,7 +187,8 @@ def save_checkpoint(
     try:
         tmp.mkdir(parents=True)
         save_file(weights_of(model), str(tmp / WEIGHTS_FILE))
-        torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / OPTIMIZER_FILE)
+        optimizer_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        torch.save({"optimizer": optimizer_state, "torch_rng": torch.get_rng_state()}, tmp / OPTIMIZER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(state) + "\n", "utf-8")
         write_manifest(tmp, [WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE])
     except (OSError, RuntimeError) as err:  # a full disk: torch reports it as a RuntimeError ("unexpected pos")

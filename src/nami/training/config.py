@@ -26,6 +26,7 @@ VOCAB_ORDERS = ("none", "frequency")
 SCHEDULES = ("cosine", "linear")
 BAD_RECORD_POLICIES = ("error", "skip")
 LOG_WITH = ("tensorboard",)
+SHARDINGS = ("none", "fsdp2")
 
 
 @dataclass
@@ -101,6 +102,9 @@ class TrainConfig:
     # Wave layers backpropagate through a hand-written backward that keeps only w and G² and
     # recomputes the rest (nami.models.wave.wave_mix_recompute): less training memory, same forward.
     wave_recompute: bool = False
+    # Multi-process training (torchrun / accelerate launch): "none" replicates the model on every
+    # process (DDP); "fsdp2" shards parameters, gradients and optimizer state (nami.training.distributed).
+    sharding: str = "none"
     # Self-distillation (QA with model.exit_layers): each early-exit head's loss is
     # (1 − self_distill) · CE(answers) + self_distill · T² · KL(last layer ‖ exit), T = distill_temperature.
     self_distill: float = 0.0
@@ -176,6 +180,7 @@ class TrainConfig:
         choice("schedule", SCHEDULES)
         choice("on_bad_record", BAD_RECORD_POLICIES)
         choice("answer_boundaries", ANSWER_BOUNDARIES)
+        choice("sharding", SHARDINGS)
         if self.log_with is not None:
             choice("log_with", LOG_WITH)
             import importlib.util
@@ -270,7 +275,7 @@ class TrainConfig:
     def short_hash(self) -> str:
         """8 hex digits identifying the settings (output location excluded)."""
         ignored = ("runs_dir", "run_name", "threads", "checkpoint_every_steps", "checkpoint_every_minutes",
-                   "keep_checkpoints", "log_with")
+                   "keep_checkpoints", "log_with", "sharding")
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -338,6 +343,8 @@ OPTION_HELP: dict[str, str] = {
     "distill_temperature": "softmax temperature of self-distillation",
     "wave_recompute": "Wave layers keep only w and G² for backward and recompute the rest (less training memory, "
                       "same forward values)",
+    "sharding": "with several processes (torchrun / accelerate launch): none = a full model per process (DDP), "
+                "fsdp2 = parameters, gradients and optimizer state sharded across them",
     "log_with": "tensorboard: also log the training curves to RUN/tensorboard (needs pip install "
                 "'nami[tensorboard]'; view with tensorboard --logdir RUN/tensorboard)",
     "rope_base": "base of the RoPE phase-rotation angles (with --wave-rope)",

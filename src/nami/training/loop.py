@@ -1,14 +1,15 @@
 """The training loop of every task (:mod:`nami.training.tasks`), on ``accelerate.Accelerator``,
 resumable bit for bit.
 
-Accelerate owns device placement, mixed precision (bf16 autocast on CPU and CUDA) and gradient
-accumulation, so multi-process and DeepSpeed training can be switched on later through its
-launcher without touching this loop.
+Accelerate owns device placement, mixed precision (bf16 autocast on CPU and CUDA), gradient
+accumulation and DDP. Under ``torchrun`` / ``accelerate launch`` the loop trains with N processes
+by the rules of :mod:`nami.training.distributed`: ``--batch-size`` is the global batch, one clock
+(the main process's) for every decision, one writer, every rank's RNG in the checkpoint.
 
 Reliability:
 
 * **Exact resume.** A checkpoint holds the weights, optimizer state, the Python, NumPy and torch
-  CPU RNG states (the only generators a CPU run draws from), the epoch and how many batches of it were consumed, and the logging window. The batch
+  RNG states (CPU, and CUDA when used; of every process), the epoch and how many batches of it were consumed, and the logging window. The batch
   order is a pure function of (seed, epoch), so ``nami train --resume RUN`` continues with the
   very next batch: a run killed at any step and resumed ends with the same weights and metrics
   as an uninterrupted one (for step/epoch-limited runs; a ``max_minutes`` budget depends on the
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -36,8 +38,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import convert_outputs_to_fp32
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -51,6 +55,15 @@ from nami.resources import peak_rss_mb
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
+from nami.training.distributed import (
+    Ranks,
+    ShardedBatches,
+    full_optimizer_state,
+    full_weights,
+    load_full_optimizer_state,
+    local,
+    shard_model,
+)
 from nami.training.tasks import TASKS
 
 
@@ -99,10 +112,14 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Python and NumPy global RNG states as JSON (torch's goes into the checkpoint's tensors)."""
+    """Python and NumPy global RNG states as JSON (torch's CPU state goes into the checkpoint's
+    tensors); the CUDA generators' states too when CUDA is in use."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": json.loads(json.dumps(random.getstate())),
-            "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+    state = {"python": json.loads(json.dumps(random.getstate())),
+             "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
 
 
 def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
@@ -111,6 +128,17 @@ def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(torch_state)
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def rank_rng_state() -> dict[str, Any]:
+    """Every RNG state of this process as JSON (what ranks other than the main one save)."""
+    return {**rng_state(), "torch": torch.get_rng_state().tolist()}
+
+
+def set_rank_rng_state(state: dict[str, Any]) -> None:
+    set_rng_state(state, torch.tensor(state["torch"], dtype=torch.uint8))
 
 
 def lr_factor(progress: float, warmup: float, schedule: str) -> float:
@@ -157,9 +185,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 def first_nonfinite_gradient(model: torch.nn.Module) -> str:
     for name, param in model.named_parameters():
-        if param.grad is not None and not torch.isfinite(param.grad).all():
+        if param.grad is not None and not torch.isfinite(local(param.grad)).all():
             return name
     return "<none found>"
+
+
+class NullLog:
+    """The metrics log of ranks other than the main process: they write nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class MetricsLog:
@@ -252,32 +290,42 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
 
 
 def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks: list) -> TrainResult:
-    if run_dir is not None:
-        locks.append(ckpt.RunLock(run_dir))  # before anything slow: a second writer is refused at once
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    show = not quiet
     # Accelerate keeps a process-wide singleton; drop its mixed-precision settings so that a second
     # run in the same process (notebooks, tests) can choose another precision. The process-group
     # state (PartialState) is kept.
     AcceleratorState._reset_state()
+    # Several processes without a GPU (torchrun on CPU): Accelerate sets up gloo only when told cpu=True.
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=multi_cpu,
         mixed_precision="bf16" if config.precision == "bf16" else "no",
         gradient_accumulation_steps=config.grad_accum,
+        # Stage-wise training switches branches off: their parameters get no gradient in that stage.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(config.branch_schedule))],
     )
     device = accelerator.device
+    ranks = Ranks(accelerator)
+    if ranks.distributed and config.batch_size < ranks.world:
+        raise ValueError(f"--batch-size {config.batch_size} is the global batch; with {ranks.world} processes it "
+                         f"must be at least {ranks.world}")
+    if run_dir is not None and ranks.is_main:
+        locks.append(ckpt.RunLock(run_dir))  # before anything slow: a second writer is refused at once
+    show = not quiet and ranks.is_main
 
     # The task validates its data first, before anything slow (the default tokenizer may need training).
     task = TASKS[config.task](config)
     init = ckpt.read_run_config(config.init_from) if config.init_from else None
-    if run_dir is not None:
-        _, saved_model_config, fingerprint = ckpt.read_run_config(run_dir)
-        tokenizer = ckpt.load_tokenizer_checked(run_dir, saved_model_config, fingerprint)
-    elif init is not None:
-        tokenizer = init_tokenizer(config, init)
-    else:
-        tokenizer = load_tokenizer(config)
+    with accelerator.main_process_first():  # a tokenizer trained on first use is trained once, by the main process
+        if run_dir is not None:
+            _, saved_model_config, fingerprint = ckpt.read_run_config(run_dir)
+            tokenizer = ckpt.load_tokenizer_checked(run_dir, saved_model_config, fingerprint)
+        elif init is not None:
+            tokenizer = init_tokenizer(config, init)
+        else:
+            tokenizer = load_tokenizer(config)
     task.prepare(tokenizer, show)
 
     model_config = task.model_config(tokenizer)
@@ -290,61 +338,104 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
     restarted = run_dir is not None and not resumed
     if init is not None and not resumed:
         load_encoder_from(model, Path(config.init_from))
+    if ranks.rank > 0:  # the same initial weights everywhere, then each rank its own dropout/masking stream
+        seed_everything((config.seed + 7919 * ranks.rank) % 2**32)
     params = count_parameters(model)
     compiled = compile_wave_layers(model) if config.compile_wave else None
     if config.wave_recompute:
         recompute_wave_layers(model)
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    sampler = BucketBatchSampler(task.train_lengths, config.batch_size, seed=config.seed)
-    loader = DataLoader(WindowDataset(task.train_lengths), batch_sampler=sampler, collate_fn=task.collate)
-
     progress = Progress(next_eval_seconds=config.eval_every_minutes * 60 if config.eval_every_minutes else math.inf)
     torn: list[int] = []
     if resumed:
         latest = ckpt.checkpoint_dirs(run_dir)[-1]
         weights, optimizer_state, torch_rng, state = ckpt.load_checkpoint(latest)
+        saved_world = state.get("world_size", 1)
+        if saved_world != ranks.world:
+            raise ckpt.CheckpointError(f"{latest}: saved by {saved_world} process(es), resumed with {ranks.world}; "
+                                       f"resume with {saved_world} (the data shards and RNG streams are per process)")
         try:
             model.load_state_dict(weights)
-            optimizer.load_state_dict(optimizer_state)
         except (RuntimeError, ValueError) as err:  # the saved config no longer describes these weights
             raise ckpt.CheckpointError(f"{latest}: does not fit the model of {run_dir / ckpt.CONFIG_FILE} "
                                        f"({' '.join(str(err).split())[:300]})") from err
+    sharded = config.sharding == "fsdp2"
+    if sharded:  # after loading full weights, before the optimizer (which must see the shards)
+        model = shard_model(model, device)
+        if config.precision == "bf16":  # what Accelerate's prepare does for an unsharded model
+            model.forward = convert_outputs_to_fp32(torch.autocast(device.type, dtype=torch.bfloat16)(model.forward))
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    if resumed:
+        try:
+            if sharded:
+                load_full_optimizer_state(model, optimizer, optimizer_state)
+            else:
+                optimizer.load_state_dict(optimizer_state)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ckpt.CheckpointError(f"{latest}: optimizer state does not fit the model of "
+                                       f"{run_dir / ckpt.CONFIG_FILE} ({' '.join(str(err).split())[:300]})") from err
         progress = Progress(**state["progress"])
-        torn = truncate_metrics(run_dir / ckpt.METRICS_FILE, progress.step)
-    elif restarted:
-        torn = truncate_metrics(run_dir / ckpt.METRICS_FILE, -1)  # the stopped start logged nothing to keep
-    else:
-        run_dir = new_run_dir(config)
-        locks.append(ckpt.RunLock(run_dir))
-        ckpt.save_run_config(run_dir, config, model_config, tokenizer)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    sampler = BucketBatchSampler(task.train_lengths, config.batch_size, seed=config.seed)
+    shards = ShardedBatches(sampler, ranks.rank, ranks.world)  # this rank's slice of every global batch
+    # Accelerate's loader wrapper for device placement, resume skipping and gradient accumulation's
+    # end-of-epoch sync, told not to shard again (ShardedBatches did) nor to synchronise RNGs.
+    loader = prepare_data_loader(DataLoader(WindowDataset(task.train_lengths), batch_sampler=shards,
+                                            collate_fn=task.collate),
+                                 device, num_processes=1, process_index=0, put_on_device=True, rng_types=[])
 
-    log = MetricsLog(run_dir / ckpt.METRICS_FILE,
-                     tensorboard_dir=run_dir / "tensorboard" if config.log_with == "tensorboard" else None)
-    steps_per_epoch = max(1, len(sampler) // config.grad_accum)
+    if resumed:
+        if ranks.is_main:
+            torn = truncate_metrics(run_dir / ckpt.METRICS_FILE, progress.step)
+    elif restarted:
+        if ranks.is_main:
+            torn = truncate_metrics(run_dir / ckpt.METRICS_FILE, -1)  # the stopped start logged nothing to keep
+    else:
+        if ranks.is_main:
+            run_dir = new_run_dir(config)
+            locks.append(ckpt.RunLock(run_dir))
+            ckpt.save_run_config(run_dir, config, model_config, tokenizer)
+        run_dir = Path(ranks.broadcast(str(run_dir) if ranks.is_main else None))
+    if sharded:
+        optimizer = accelerator.prepare(optimizer)  # FSDP2 is applied above; Accelerate must not wrap the model
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
+
+    if ranks.is_main:
+        log = MetricsLog(run_dir / ckpt.METRICS_FILE,
+                         tensorboard_dir=run_dir / "tensorboard" if config.log_with == "tensorboard" else None)
+    else:
+        log = NullLog()
+    steps_per_epoch = max(1, len(shards) // config.grad_accum)
     total_steps = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
     budget_s = config.max_minutes * 60 if config.max_minutes else None
     if torn:
         print(f"[nami] {run_dir / ckpt.METRICS_FILE}: dropped {len(torn)} unreadable line(s) (line "
               f"{', '.join(map(str, torn))}; a crash mid-write tears the last line)", file=sys.stderr, flush=True)
     if resumed:
-        set_rng_state(state["rng"], torch_rng)  # last: nothing above may consume randomness after it
+        # Last: nothing above may consume randomness after it. Ranks > 0 saved theirs in state.json.
+        if ranks.rank == 0:
+            set_rng_state(state["rng"], torch_rng)
+        else:
+            set_rank_rng_state(state["rank_rng"][ranks.rank - 1])
         log.write({"type": "resume", "step": progress.step, "from": latest.name, "dropped_log_lines": torn})
         if show:
             print(f"[nami] resuming {run_dir} at step {progress.step} (epoch {progress.epoch})", flush=True)
     else:
-        if restarted:
+        if restarted and ranks.is_main:
             print(f"[nami] {run_dir} stopped before its first checkpoint: starting it again from step 0 with its "
                   "saved config", file=sys.stderr, flush=True)
         log.write({
             "type": "start", "task": config.task, "run_dir": str(run_dir), "params": params, **task.summary(),
             "total_steps": total_steps, "budget_minutes": config.max_minutes, "device": str(device),
             "threads": torch.get_num_threads(), "init_from": config.init_from, "malloc_tuning": resources.MALLOC_TUNING,
+            "processes": ranks.world, "global_batch": config.batch_size * config.grad_accum,
         })
         summary = ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v}"
                             for k, v in task.summary().items())
         # The run directory is printed even with --quiet: it is what every later command needs.
-        print(f"[nami] {config.task} {config.arch} ({params['total']:,} params) -> {run_dir}", flush=True)
+        if ranks.is_main:
+            processes = f", {ranks.world} processes" if ranks.distributed else ""
+            print(f"[nami] {config.task} {config.arch} ({params['total']:,} params{processes}) -> {run_dir}",
+                  flush=True)
         if show:
             print(f"[nami] data: {summary}", flush=True)
 
@@ -352,10 +443,30 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         p = progress.step / total_steps
         return max(p, progress.train_seconds / budget_s) if budget_s else p
 
+    def full_model() -> torch.nn.Module:
+        """The model with whole parameters: itself, or under FSDP2 a gathered copy (a collective)."""
+        if not sharded:
+            return accelerator.unwrap_model(model)
+        copy = task.build_model(model_config)
+        copy.load_state_dict(full_weights(model))
+        return copy.to(device)
+
+    def evaluate(full: bool, show_bar: bool) -> dict[str, Any]:
+        return task.evaluate_sharded(full_model(), device, full=full, show=show_bar, ranks=ranks)
+
     def save_checkpoint() -> None:
-        state = {"progress": asdict(progress), "rng": rng_state()}
-        ckpt.save_checkpoint(run_dir, progress.step, accelerator.unwrap_model(model), optimizer, state,
-                             config.keep_checkpoints)
+        # Every rank's RNG states and (FSDP2) the gathered weights and optimizer state: collectives,
+        # so every rank calls this at the same step.
+        others = ranks.gather(rank_rng_state() if ranks.rank > 0 else None)[1:]
+        whole = full_model()
+        optimizer_state = full_optimizer_state(model, optimizer.optimizer) if sharded else optimizer
+        if not ranks.is_main:
+            return
+        state = {"progress": asdict(progress), "rng": rng_state(), "world_size": ranks.world,
+                 "sharding": config.sharding}
+        if others:
+            state["rank_rng"] = others
+        ckpt.save_checkpoint(run_dir, progress.step, whole, optimizer_state, state, config.keep_checkpoints)
 
     last_checkpoint_seconds = progress.train_seconds
     # With a time budget the bar counts training seconds (its total is the budget, so it has an ETA);
@@ -373,7 +484,7 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
     with StopSignals() as stop:
         while not finished:
             batches = loader
-            if progress.batch_in_epoch:
+            if progress.batch_in_epoch:  # exact resume: the epoch continues where it stopped
                 batches = accelerator.skip_first_batches(loader, progress.batch_in_epoch)
             # Accelerate's loaders pass their own epoch counter to the sampler when iterated, so
             # both must be told the epoch (a resumed run starts that counter anew).
@@ -386,14 +497,24 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                     set_branches(model, fraction_done(), config.branch_schedule)
                 with accelerator.accumulate(model):
                     loss = task.loss(model, batch)
+                    units = task.loss_units(batch)
                     problem = None if torch.isfinite(loss) else f"non-finite loss ({loss.item()})"
+                    if ranks.distributed:
+                        # Weight this rank's mean by its share of the global batch (DDP averages over
+                        # ranks), and skip the batch on every rank if any rank's loss is not finite.
+                        total_units, bad = ranks.sum([units, 0.0 if problem is None else 1.0])
+                        if bad and problem is None:
+                            problem = "non-finite loss on another process"
+                        scale = units * ranks.world / total_units
                     if problem is None:
-                        accelerator.backward(loss)
+                        accelerator.backward(loss * scale if ranks.distributed else loss)
                         if accelerator.sync_gradients:
                             # Checked before clipping: a NaN norm would spread NaN into every gradient.
                             grads = [p.grad for p in model.parameters() if p.grad is not None]
-                            if not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+                            if not torch.isfinite(local(torch.nn.utils.get_total_norm(grads))):
                                 problem = f"non-finite gradient in {first_nonfinite_gradient(model)}"
+                            elif sharded:  # DTensor gradients: torch's clipping computes the global norm
+                                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                             else:
                                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                     if problem is not None:
@@ -414,11 +535,14 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 elapsed = time.perf_counter() - tick
-                n_tokens = int(batch["attention_mask"].sum())
+                # One clock, one token count and one stop signal for all ranks (no-op with one process).
+                elapsed, n_tokens, loss_sum, stop.received = ranks.agree(
+                    elapsed, int(batch["attention_mask"].sum()), loss.item(), units, stop.received)
+                batch_loss = loss_sum / total_units if ranks.distributed else loss_sum
                 progress.train_seconds += elapsed
                 progress.tokens_seen += n_tokens
                 window = progress.window
-                window["loss"] += loss.item()
+                window["loss"] += batch_loss
                 window["tokens"] += n_tokens
                 window["seconds"] += elapsed
                 window["batches"] += 1
@@ -443,12 +567,14 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                     break
                 if progress.train_seconds >= progress.next_eval_seconds:
                     progress.next_eval_seconds += config.eval_every_minutes * 60
-                    scores = task.evaluate(model, device, full=False, show=False)
+                    scores = evaluate(full=False, show_bar=False)
                     log.write({"type": "eval", "step": progress.step, "train_seconds": round(progress.train_seconds, 3),
                                **scalars(scores)})
                     if show:
                         tqdm.write(f"[nami] step {progress.step}: subset {task.describe(scores)}")
-                    ckpt.save_weights(run_dir, accelerator.unwrap_model(model))
+                    whole = full_model()
+                    if ranks.is_main:
+                        ckpt.save_weights(run_dir, whole)
                 due_by_steps = config.checkpoint_every_steps and progress.step % config.checkpoint_every_steps == 0
                 since_checkpoint = progress.train_seconds - last_checkpoint_seconds
                 due_by_time = (config.checkpoint_every_minutes
@@ -466,27 +592,32 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                 progress.batch_in_epoch = 0
     bar.close()
 
-    unwrapped = accelerator.unwrap_model(model)
     save_checkpoint()
-    ckpt.save_weights(run_dir, unwrapped)
+    whole = full_model()
+    if ranks.is_main:
+        ckpt.save_weights(run_dir, whole)
     train_tokens_per_s = progress.tokens_seen / progress.train_seconds if progress.train_seconds else float("nan")
-    scores = task.evaluate(unwrapped, device, full=True, show=show)
+    scores = task.evaluate_sharded(whole, device, full=True, show=show, ranks=ranks)
     final = {
         **scalars(scores), "threads": torch.get_num_threads(), "step": progress.step,
         "train_seconds": progress.train_seconds, "train_tokens_per_s": train_tokens_per_s,
         "skipped_batches": progress.skipped_batches, "params": params,
         "peak_rss_mb": round(peak_rss_mb(), 1),  # the whole training process, data and evaluation included
     }
+    if ranks.distributed:
+        final["processes"] = ranks.world  # tokens/s counts every process's tokens over the main one's clock
     if compiled is not None:
         final["compile_wave_failure"] = compiled.failure  # None: the compiled Wave maths ran throughout
-    if "predictions" in scores:
-        ckpt.write_json(run_dir / ckpt.PREDICTIONS_FILE, scores["predictions"])
-    ckpt.write_json(run_dir / ckpt.FINAL_EVAL_FILE, final)
-    log.write({"type": "final_eval", **final})
+    if ranks.is_main:
+        if "predictions" in scores:
+            ckpt.write_json(run_dir / ckpt.PREDICTIONS_FILE, scores["predictions"])
+        ckpt.write_json(run_dir / ckpt.FINAL_EVAL_FILE, final)
+        log.write({"type": "final_eval", **final})
+        # One line even with --quiet: the final scores and where they are.
+        print(f"[nami] {config.task} {config.arch}: {task.describe(scores)} ({train_tokens_per_s:,.0f} train tok/s, "
+              f"{progress.step:,} steps) -> {run_dir}", flush=True)
     log.close()
-    # One line even with --quiet: the final scores and where they are.
-    print(f"[nami] {config.task} {config.arch}: {task.describe(scores)} ({train_tokens_per_s:,.0f} train tok/s, "
-          f"{progress.step:,} steps) -> {run_dir}", flush=True)
+    ranks.barrier()  # no rank leaves before the main process has written the run's results
     return TrainResult(run_dir, final, params, train_tokens_per_s, progress.step)
 
 

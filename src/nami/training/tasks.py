@@ -39,6 +39,7 @@ from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import autocast_context, predict_answers
 from nami.models import CausalLMModel, MaskedLMModel, ModelConfig, QAModel
 from nami.training.config import TrainConfig
+from nami.training.distributed import Ranks, merge_answers, shard_examples
 
 
 class Task:
@@ -78,6 +79,20 @@ class Task:
 
     def train_metrics(self) -> dict[str, Any]:
         return {}
+
+    def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
+        """What :meth:`loss` averages over in ``batch``: its target tokens (language models) or its
+        windows (QA). Multi-process training weights each rank's mean by its share of these."""
+        if "targets" in batch:
+            return int((batch["targets"] != -100).sum())
+        return int(batch["input_ids"].shape[0])
+
+    def evaluate_sharded(self, model: nn.Module, device: torch.device, *, full: bool, show: bool,
+                         ranks: Ranks) -> dict[str, Any]:
+        """:meth:`evaluate` under multi-process training: here the main process evaluates and every
+        rank gets its scores (tasks that can split their evaluation override this)."""
+        scores = self.evaluate(model, device, full=full, show=show) if ranks.is_main else None
+        return ranks.broadcast(scores)
 
 
 TASKS: dict[str, type[Task]] = {}
@@ -182,17 +197,37 @@ class QATask(Task):
     def evaluate(self, model: nn.Module, device: torch.device, *, full: bool, show: bool) -> dict[str, Any]:
         examples = self.eval_examples if full else self.subset_examples
         features = self.eval_features if full else self.subset_features
-        output = predict_answers(
+        output = self._predict(model, device, examples, features, show)
+        return self._scores(examples, output.answers, output.seconds)
+
+    def evaluate_sharded(self, model: nn.Module, device: torch.device, *, full: bool, show: bool,
+                         ranks: Ranks) -> dict[str, Any]:
+        """Each rank answers every ``world``-th question; the answers are gathered and every question
+        is scored exactly once (a duplicate or a missing one is an error)."""
+        if not ranks.distributed:
+            return self.evaluate(model, device, full=full, show=show)
+        examples = self.eval_examples if full else self.subset_examples
+        features = self.eval_features if full else self.subset_features
+        mine = shard_examples(len(examples), ranks.rank, ranks.world)
+        output = self._predict(model, device, [examples[i] for i in mine], features.for_examples(mine), show)
+        parts = ranks.gather((output.answers, output.seconds))
+        answers = merge_answers([answers for answers, _ in parts], expected=len({e.id for e in examples}))
+        return self._scores(examples, answers, max(seconds for _, seconds in parts))
+
+    def _predict(self, model: nn.Module, device: torch.device, examples: list, features: QAFeatures, show: bool):
+        return predict_answers(
             model, examples, features, pad_id=self.tokenizer.pad_id, sep_id=self.tokenizer.sep_id,
             batch_size=self.config.eval_batch_size,
             max_answer_tokens=self.config.max_answer_tokens, answer_boundaries=self.config.answer_boundaries,
             question_match=self.config.question_match, precision=self.config.precision, device=device,
             show_progress=show,
         )
-        scores = evaluate_predictions(examples, output.answers)
+
+    def _scores(self, examples: list, answers: dict[str, str], seconds: float) -> dict[str, Any]:
+        scores = evaluate_predictions(examples, answers)
         return {"data": self.eval_path, "exact_match": scores["exact_match"], "f1": scores["f1"],
                 "count": scores["count"], "missing": len(scores["missing"]),
-                "questions_per_s": output.questions_per_second, "predictions": output.answers}
+                "questions_per_s": len(answers) / seconds if seconds > 0 else float("nan"), "predictions": answers}
 
     def describe(self, scores: dict[str, Any]) -> str:
         return f"EM {scores['exact_match']:.2f} F1 {scores['f1']:.2f} on {scores['count']} questions"

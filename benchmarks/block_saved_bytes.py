@@ -1,0 +1,105 @@
+"""Bytes per token that one residual block keeps for backward: Transformer vs Wave (eager and
+``--wave-recompute``), measured with autograd's saved-tensor hooks under bf16 autocast.
+
+    python benchmarks/block_saved_bytes.py [--preset small] [--out results/block_saved_bytes.json]
+
+Every tensor autograd saves during one block's forward is recorded once (tensors sharing storage
+are counted once). Weights and their bf16 copies do not grow with the sequence, so the per-token
+figure is the difference between two sequence lengths divided by the extra tokens:
+``(bytes(S=1024) − bytes(S=512)) / (B · 512)``, reported also in units of ``D`` (bytes per token
+per model dimension), the unit in which the memory issue counts (a Transformer block ≈ 36·D in
+bf16 with its FFN). Split into the mixer (norm1 + mixer + residual) and the FFN half by measuring
+the mixer alone. This is the per-block count; ``nami bench scaling`` measures whole-model training
+memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from nami.models import MixerInputs, ModelConfig
+from nami.models.block import Block
+from nami.models.registry import mixer_class
+from nami.models.speed import recompute_wave_layers
+from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
+
+VARIANTS = {"transformer": ("transformer", False), "wave (eager)": ("wave", False),
+            "wave (--wave-recompute)": ("wave", True)}
+
+
+def saved_bytes(fn, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd saves while ``fn(x)`` runs forward."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = max(storages.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fn(x)
+    return sum(storages.values())
+
+
+def per_token(block: Block, part: str, d_model: int, batch: int, lengths: tuple[int, int]) -> float:
+    counts = []
+    for length in lengths:
+        torch.manual_seed(0)
+        x = torch.randn(batch, length, d_model, requires_grad=True)
+        inputs = MixerInputs(padding_mask=torch.ones(batch, length, dtype=torch.bool))
+        if part == "block":
+            counts.append(saved_bytes(lambda t: block(t, inputs), x))
+        else:  # the mixer half: norm1 → mixer → residual
+            counts.append(saved_bytes(lambda t: t + block.mixer(block.norm1(t), inputs), x))
+    return (counts[1] - counts[0]) / (batch * (lengths[1] - lengths[0]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--out", default="results/block_saved_bytes.json")
+    args = parser.parse_args()
+    commit = git_commit()
+    lengths = (512, 1024)
+    rows = {}
+    for name, (arch, recompute) in VARIANTS.items():
+        config = ModelConfig.from_name(args.preset, arch, vocab_size=1000, max_len=max(lengths), dropout=args.dropout)
+        block = Block(config, mixer_class(config.layer_mixers()[0]))
+        if recompute:
+            recompute_wave_layers(torch.nn.ModuleList([block]))
+        whole = per_token(block, "block", config.d_model, args.batch, lengths)
+        mixer = per_token(block, "mixer", config.d_model, args.batch, lengths)
+        rows[name] = {"bytes_per_token": whole, "per_D": whole / config.d_model,
+                      "mixer_half_per_D": mixer / config.d_model, "ffn_half_per_D": (whole - mixer) / config.d_model,
+                      "d_model": config.d_model, "d_ff": config.d_ff}
+        print(name, rows[name], flush=True)
+    result = {"command": "python benchmarks/block_saved_bytes.py " + " ".join(sys.argv[1:]), "commit": commit,
+              "machine": machine_description(), "date": now_iso(), "preset": args.preset, "batch": args.batch,
+              "dropout": args.dropout, "lengths": list(lengths), "precision": "bf16 autocast", "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+    d = next(iter(rows.values()))["d_model"]
+    lines = [f"# Bytes one block keeps for backward, per token (preset {args.preset}: D = {d}, bf16 autocast, "
+             f"dropout {args.dropout})", "",
+             "| block | bytes / token | × D | mixer half (× D) | FFN half (× D) |", "| --- | --- | --- | --- | --- |"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['bytes_per_token']:,.0f} | {row['per_D']:.1f} | {row['mixer_half_per_D']:.1f} "
+                     f"| {row['ffn_half_per_D']:.1f} |")
+    lines += ["", "Per-token bytes = (saved bytes at S = 1024 − at S = 512) / extra tokens, so weights and their "
+              "bf16 copies (which do not grow with S) drop out. Storages shared by several saved tensors count once.",
+              "", *provenance_lines(result)]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n", "utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
