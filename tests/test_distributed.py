@@ -237,6 +237,7 @@ def test_fsdp2_without_a_launcher_is_one_clear_error(tiny_squad, tiny_tokenizer_
                                                sharding="fsdp2"))
     with pytest.raises(ValueError, match="torchrun --nproc_per_node N"):
         train(config, quiet=True)
+    assert not (tmp_path / "runs").exists()  # refused before any run directory was created
 
 
 def test_the_gpu_check_training_script_runs_on_cpu(tmp_path):

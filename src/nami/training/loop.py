@@ -451,22 +451,20 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         copy.load_state_dict(full_weights(model))
         return copy.to(device)
 
-    def evaluate(full: bool, show_bar: bool) -> dict[str, Any]:
-        return task.evaluate_sharded(full_model(), device, full=full, show=show_bar, ranks=ranks)
-
-    def save_checkpoint() -> None:
+    def save_checkpoint() -> torch.nn.Module:
         # Every rank's RNG states and (FSDP2) the gathered weights and optimizer state: collectives,
         # so every rank calls this at the same step.
         others = ranks.gather(rank_rng_state() if ranks.rank > 0 else None)[1:]
         whole = full_model()
         optimizer_state = full_optimizer_state(model, optimizer.optimizer) if sharded else optimizer
         if not ranks.is_main:
-            return
+            return whole
         state = {"progress": asdict(progress), "rng": rng_state(), "world_size": ranks.world,
                  "sharding": config.sharding}
         if others:
             state["rank_rng"] = others
         ckpt.save_checkpoint(run_dir, progress.step, whole, optimizer_state, state, config.keep_checkpoints)
+        return whole  # the whole model (under FSDP2 gathered once for both uses)
 
     last_checkpoint_seconds = progress.train_seconds
     # With a time budget the bar counts training seconds (its total is the budget, so it has an ETA);
@@ -497,7 +495,7 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                     set_branches(model, fraction_done(), config.branch_schedule)
                 with accelerator.accumulate(model):
                     loss = task.loss(model, batch)
-                    units = task.loss_units(batch)
+                    units = task.loss_units(batch) if ranks.distributed else 1
                     problem = None if torch.isfinite(loss) else f"non-finite loss ({loss.item()})"
                     if ranks.distributed:
                         # Weight this rank's mean by its share of the global batch (DDP averages over
@@ -567,12 +565,12 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                     break
                 if progress.train_seconds >= progress.next_eval_seconds:
                     progress.next_eval_seconds += config.eval_every_minutes * 60
-                    scores = evaluate(full=False, show_bar=False)
+                    whole = full_model()  # one gather (FSDP2) for the evaluation and the weights file
+                    scores = task.evaluate_sharded(whole, device, full=False, show=False, ranks=ranks)
                     log.write({"type": "eval", "step": progress.step, "train_seconds": round(progress.train_seconds, 3),
                                **scalars(scores)})
                     if show:
                         tqdm.write(f"[nami] step {progress.step}: subset {task.describe(scores)}")
-                    whole = full_model()
                     if ranks.is_main:
                         ckpt.save_weights(run_dir, whole)
                 due_by_steps = config.checkpoint_every_steps and progress.step % config.checkpoint_every_steps == 0
@@ -592,8 +590,7 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                 progress.batch_in_epoch = 0
     bar.close()
 
-    save_checkpoint()
-    whole = full_model()
+    whole = save_checkpoint()
     if ranks.is_main:
         ckpt.save_weights(run_dir, whole)
     train_tokens_per_s = progress.tokens_seen / progress.train_seconds if progress.train_seconds else float("nan")
