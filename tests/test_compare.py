@@ -207,3 +207,32 @@ def test_a_continued_compare_trains_only_the_models_it_lacks(tiny_squad, tiny_to
                            timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     assert json.loads((out / "results.json").read_text("utf-8"))["models"]["wave"]["trained"]["reused"] is False
+
+
+def test_compare_reuse_adopts_ablation_runs_with_the_same_plan_only(tmp_path):
+    """`nami compare --reuse ABLATION.json` reuses a run `nami ablate` trained with exactly a model's plan
+    (ablate's wave+conv seed 0 is compare's wave_plus), records where it came from, and trains the rest."""
+    from nami.reports.ablate import run_ablation
+    from nami.reports.compare import run_compare
+
+    fixtures = Path(__file__).parent / "fixtures"
+    data = str(fixtures / "tiny_qa.json")
+    common = dict(preset="smoke", minutes=0.03, train_data=[data], eval_data=data,
+                  tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True)
+    ablation = run_ablation(variants=["wave+conv"], seeds=[0], out=str(tmp_path / "abl"), **common)
+    ablated = ablation["rows"][0]["runs"][0]
+    result = run_compare(models=("wave_plus", "transformer"), out_dir=str(tmp_path / "cmp"),
+                         reuse=(str(tmp_path / "abl.json"),), lexical_baseline=False, **common)
+    plus, transformer = result["models"]["wave_plus"], result["models"]["transformer"]
+    assert plus["run_dir"] == ablated["run_dir"] and plus["f1"] == ablated["f1"]  # not trained again
+    assert plus["trained"]["reused"] is True and plus["trained"]["date"] == ablated["date"]
+    assert plus["trained"]["adopted_from"].endswith("abl.json: wave+conv seed 0")
+    assert transformer["trained"]["reused"] is False  # no ablation row has its plan: trained
+    assert "adopted from" in (tmp_path / "cmp" / "report.md").read_text("utf-8")
+    # Another plan (a different budget) is not adopted.
+    again = run_compare(models=("wave_plus",), out_dir=str(tmp_path / "cmp2"), reuse=(str(tmp_path / "abl.json"),),
+                        lexical_baseline=False, **{**common, "minutes": 0.02})
+    assert again["models"]["wave_plus"]["trained"]["reused"] is False
+    with pytest.raises(ValueError, match="--reuse .*no such file"):
+        run_compare(models=("wave",), out_dir=str(tmp_path / "cmp3"), reuse=(str(tmp_path / "none.json"),), **common)
+    assert not (tmp_path / "cmp3").exists()  # refused before anything is written

@@ -30,6 +30,7 @@ def config_dict(tiny_squad, tokenizer_dir, runs_dir, run_name, **overrides) -> d
         tokenizer=str(tokenizer_dir), max_length=64, doc_stride=32, batch_size=4, lr=3e-3, max_steps=40,
         eval_every_minutes=None, checkpoint_every_steps=3, checkpoint_every_minutes=None, keep_checkpoints=2,
         log_every=1, threads=1, runs_dir=str(runs_dir), run_name=run_name, precision="bf16",
+        dropout=0.1,  # a random stream to restore exactly (dropout draws from torch's global RNG)
     )
     values.update(overrides)
     return TrainConfig.from_dict(values).to_dict()

@@ -190,6 +190,13 @@ def test_bad_train_options_name_the_option(option, value):
 
 
 def test_cli_reports_bad_options_without_traceback(capsys):
-    assert main(["train", "--batch-size", "0", "--quiet"]) == 2
+    # Refused while the arguments are parsed (before torch is imported), naming the option.
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--batch-size", "0", "--quiet"])
+    assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert "batch_size" in err and "Traceback" not in err
+    assert "--batch-size" in err and "expected a finite integer >= 1" in err and "Traceback" not in err
+    # A bad value that only the config can judge is refused by validate, also without a traceback.
+    assert main(["train", "--warmup", "1.5", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "warmup" in err and "Traceback" not in err

@@ -141,7 +141,7 @@ def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = froze
                       tasks: tuple[str, ...] | None = None) -> None:
     """One ``--option`` per training option (the dataclasses are the single source of truth), with its
     help text and default; ``tasks``: offer only the options those tasks read (``OPTION_TASKS``)."""
-    from nami.training.config import OPTION_HELP, OPTION_TASKS
+    from nami.training.config import OPTION_HELP, OPTION_TASKS, POSITIVE_INTEGER_OPTIONS, POSITIVE_NUMBER_OPTIONS
 
     helps = {**_model_field_help(), **OPTION_HELP}
     choices = _choice_lists()
@@ -165,7 +165,9 @@ def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = froze
         elif name in choices:
             parser.add_argument(flag, choices=choices[name](), default=None, help=f"{text} {default_text}")
         else:
-            parser.add_argument(flag, type=base, default=None, metavar=name.upper(), help=f"{text} {default_text}")
+            kind = (positive_int if name in POSITIVE_INTEGER_OPTIONS else
+                    positive_float if name in POSITIVE_NUMBER_OPTIONS else base)
+            parser.add_argument(flag, type=kind, default=None, metavar=name.upper(), help=f"{text} {default_text}")
 
 
 def _choice_lists() -> dict[str, Any]:
@@ -288,22 +290,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # Options are checked before torch is imported, so a bad value is refused at once.
+    config = None
+    if args.resume:
+        given = [f"--{name.replace('_', '-')}" for name in option_names()
+                 if name not in ("threads", "task") and getattr(args, name, None) is not None]
+        given += ["--recipe"] if getattr(args, "recipe", None) else []
+        if given or args.config:
+            dropped = ", ".join(given) or "--config"
+            raise UserError(f"--resume continues the run with its saved config; drop {dropped}")
+    else:
+        if args.tokenizer and args.vocab_size is not None:
+            raise UserError("--vocab-size sizes the default tokenizer; with --tokenizer DIR the vocabulary is "
+                            "that tokenizer's (drop one of them)")
+        config = train_config_from_args(args)
     from nami.training.loop import NonFiniteError, TrainingInterrupted, resume, train
 
     try:
-        if args.resume:
-            given = [f"--{name.replace('_', '-')}" for name in option_names()
-                     if name not in ("threads", "task") and getattr(args, name, None) is not None]
-            given += ["--recipe"] if getattr(args, "recipe", None) else []
-            if given or args.config:
-                dropped = ", ".join(given) or "--config"
-                raise UserError(f"--resume continues the run with its saved config; drop {dropped}")
+        if config is None:
             resume(args.resume, quiet=args.quiet, threads=args.threads)
         else:
-            if args.tokenizer and args.vocab_size is not None:
-                raise UserError("--vocab-size sizes the default tokenizer; with --tokenizer DIR the vocabulary is "
-                                "that tokenizer's (drop one of them)")
-            train(train_config_from_args(args), quiet=args.quiet)
+            train(config, quiet=args.quiet)
     except TrainingInterrupted as stopped:
         print(f"nami: {stopped}", file=sys.stderr)
         return 128 + stopped.signum
@@ -387,6 +394,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         command=" ".join(["nami", *sys.argv[1:]]),
         results_path=args.results,
         models=tuple(args.models),
+        reuse=tuple(args.reuse or ()),
     )
     return 0
 
@@ -609,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models to train (nami.reports.compare.COMPARE_MODELS; default: wave transformer)")
     p.add_argument("--results", default=None, metavar="JSON",
                    help="also write the results JSON here (e.g. results/compare.json)")
+    p.add_argument("--reuse", nargs="+", default=None, metavar="ABLATION_JSON",
+                   help="reuse runs `nami ablate` trained with a model's exact plan instead of training it again "
+                        "(e.g. results/ablations-standard.json: its seed-0 wave+conv and transformer runs)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compare)
 
@@ -616,8 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="tabulate earlier ablation files of one protocol into --out (no training)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
-                   help="variants of nami.reports.ablate.VARIANTS (wave, transformer, wave+rope, wave+conv, "
-                        "wave+local, wave+fft, wave+crosswave, wave+qattn, hybrid-local, combinations)")
+                   help="variants of nami.reports.ablate.VARIANTS (wave, transformer, wave+rope, wave-nopos, "
+                        "wave+conv, wave+local, wave+fft, wave+crosswave, wave+qattn, wave+proxy, wave+sentence, "
+                        "wave+hierarchy, wave+hierarchy-staged, wave+exits, wave+selfdistill, hybrid-local, "
+                        "combinations such as wave+conv+hierarchy)")
     p.add_argument("--preset", default=None,
                    help="compare preset whose recipe every run follows (default: screening = the scratch "
                         "preset's QA recipe for --minutes, default 8)")

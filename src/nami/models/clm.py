@@ -10,6 +10,7 @@ stream through :class:`~nami.models.inputs.DecodingCache` (see :mod:`nami.models
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 from torch import nn
@@ -43,8 +44,17 @@ class CausalLMModel(PreTrainedMixin, nn.Module):
         return self.encoder.embeddings.token.weight
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None,
-                cache: DecodingCache | None = None) -> torch.Tensor:
-        return self.encoder(input_ids, attention_mask, positions=positions, cache=cache)
+                cache: DecodingCache | None = None,
+                head_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Hidden states ``(B, S, D)``, or with ``head_loss`` the loss ``head_loss(hidden, output_weight)``
+        computed inside ``forward`` (where a sharded model, FSDP2, has its output matrix gathered)."""
+        hidden = self.encoder(input_ids, attention_mask, positions=positions, cache=cache)
+        if head_loss is None:
+            return hidden
+        # As if computed after forward returned: in fp32, outside the training loop's bf16 autocast
+        # (which wraps forward); the vocabulary-layer losses choose their own precision.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return head_loss(hidden.float(), self.output_weight)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of a few positions ``(..., D) -> (..., V)``, returned in float32 (decoding only).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from typing import Any
+from typing import Any, Callable
 
 from nami.models.block import Encoder
 from nami.models.common import init_weights
@@ -46,7 +46,16 @@ class MaskedLMModel(PreTrainedMixin, nn.Module):
         """The ``(V, D)`` vocabulary matrix the loss multiplies hidden states with."""
         return self.encoder.embeddings.token.weight if self.untied_output is None else self.untied_output
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Hidden states ``(M, D)`` at ``positions`` (flat indices into ``B * S``)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                head_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Hidden states ``(M, D)`` at ``positions`` (flat indices into ``B * S``), or with ``head_loss``
+        the loss ``head_loss(hidden (M, D), output_weight (V, D))``: computed inside ``forward``, where
+        a sharded model (FSDP2) has its output matrix gathered."""
         hidden = self.encoder(input_ids, attention_mask)
-        return self.transform(hidden.reshape(-1, hidden.shape[-1])[positions])
+        hidden = self.transform(hidden.reshape(-1, hidden.shape[-1])[positions])
+        if head_loss is None:
+            return hidden
+        # As if computed after forward returned: in fp32, outside the training loop's bf16 autocast
+        # (which wraps forward); the vocabulary-layer losses choose their own precision.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return head_loss(hidden.float(), self.output_weight)

@@ -57,9 +57,11 @@ def compile_wave_layers(model: nn.Module, compiled: Callable[..., torch.Tensor] 
 
 
 def recompute_wave_layers(model: nn.Module) -> int:
-    """Give every non-causal :class:`WaveLayer` the memory-light backward
-    (:func:`~nami.models.wave.wave_mix_recompute`: same forward values, ``w`` kept in its autocast
-    dtype, the rest recomputed in backward); returns how many layers use it."""
+    """Give every non-causal :class:`WaveLayer` the memory-light backward: the wave maths and the
+    LayerNorm after it run as one autograd node that keeps ``w`` in its autocast dtype and ``G²``
+    and recomputes the rest (:func:`~nami.models.wave.wave_mix_norm_recompute`; with RoPE, whose
+    rotation sits between them, the maths alone: :func:`~nami.models.wave.wave_mix_recompute`).
+    Same forward values; returns how many layers use it."""
     layers = [m for m in model.modules() if isinstance(m, WaveLayer) and not m.causal]
     if not layers:
         raise ValueError("recompute_wave_layers: the model has no (non-causal) Wave layers")

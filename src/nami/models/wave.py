@@ -88,22 +88,86 @@ class _WaveMixRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, mask, global_sq = ctx.saved_tensors
-        real = w.to(global_sq.dtype) * mask
+        real, imag, raw = _recompute_waves(w, mask, global_sq, ctx.eps)
+        return _wave_mix_backward(w, mask, real, imag, raw, grad.to(global_sq.dtype), ctx.mode), None, None, None
+
+
+def _recompute_waves(w: torch.Tensor, mask: torch.Tensor, global_sq: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(real, imag, G² − w²) again from the saved ``w`` and ``G²`` (backward of the recompute paths)."""
+    real = w.to(global_sq.dtype) * mask
+    raw = global_sq - real * real
+    return real, torch.sqrt(raw.clamp_min(0.0) + eps), raw
+
+
+def _wave_mix_backward(w: torch.Tensor, mask: torch.Tensor, real: torch.Tensor, imag: torch.Tensor,
+                       raw: torch.Tensor, grad: torch.Tensor, mode: str) -> torch.Tensor:
+    """∂L/∂w from the gradient ``grad (B, S, 2D)`` of the mixed waves (:class:`_WaveMixRecompute`)."""
+    g_a, g_b = grad.chunk(2, dim=-1)  # gradients of Re Z and Im Z, (B, S, D) each
+    if mode == "interference":  # Z = Z1 + Z2
+        g_real, g_imag = torch.cat([g_a, g_a], dim=-1), torch.cat([g_b, g_b], dim=-1)
+    else:  # Z = Z1 · Z2: Re = re1·re2 − im1·im2, Im = re1·im2 + im1·re2
+        re1, re2 = real.chunk(2, dim=-1)
+        im1, im2 = imag.chunk(2, dim=-1)
+        g_real = torch.cat([g_a * re2 + g_b * im2, g_a * re1 + g_b * im1], dim=-1)
+        g_imag = torch.cat([g_b * re2 - g_a * im2, g_b * re1 - g_a * im1], dim=-1)
+    t = g_imag * 0.5 / imag * (raw >= 0)
+    g_squares = t.sum(dim=1, keepdim=True) - t
+    g_w = (g_real + 2.0 * real * g_squares) * mask
+    return g_w.to(w.dtype)
+
+
+class _WaveMixNormRecompute(torch.autograd.Function):
+    """``LayerNorm(wave_mix(w))`` in one autograd node that keeps only ``w`` (its own dtype), ``G²``
+    and the mask, and recomputes the mixed waves and the normalisation in backward. Apart from the
+    saving of :class:`_WaveMixRecompute`, the LayerNorm no longer keeps its fp32 ``(B, S, 2D)``
+    input: with it a Wave block keeps less per token for backward than a Transformer block
+    (``benchmarks/block_saved_bytes.py``). Forward values are bit-identical to
+    ``F.layer_norm(wave_mix(w))`` (the same operations); gradients agree to rounding (tested).
+
+    LayerNorm backward, with ``x̂ = (x − mean)·rstd`` over the last dimension (size n)::
+
+        ∂L/∂x̂ = g·γ
+        ∂L/∂x = rstd · (∂L/∂x̂ − mean(∂L/∂x̂) − x̂ · mean(∂L/∂x̂ · x̂))
+        ∂L/∂γ = Σ g·x̂,   ∂L/∂β = Σ g
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, weight: torch.Tensor,
+                bias: torch.Tensor, norm_eps: float) -> torch.Tensor:
+        wf = w.to(torch.promote_types(w.dtype, torch.float32))
+        real = wf * mask
         squares = real * real
-        raw = global_sq - squares
-        imag = torch.sqrt(raw.clamp_min(0.0) + ctx.eps)
-        g_a, g_b = grad.to(global_sq.dtype).chunk(2, dim=-1)  # gradients of Re Z and Im Z, (B, S, D) each
-        if ctx.mode == "interference":  # Z = Z1 + Z2
-            g_real, g_imag = torch.cat([g_a, g_a], dim=-1), torch.cat([g_b, g_b], dim=-1)
-        else:  # Z = Z1 · Z2: Re = re1·re2 − im1·im2, Im = re1·im2 + im1·re2
-            re1, re2 = real.chunk(2, dim=-1)
-            im1, im2 = imag.chunk(2, dim=-1)
-            g_real = torch.cat([g_a * re2 + g_b * im2, g_a * re1 + g_b * im1], dim=-1)
-            g_imag = torch.cat([g_b * re2 - g_a * im2, g_b * re1 - g_a * im1], dim=-1)
-        t = g_imag * 0.5 / imag * (raw >= 0)
-        g_squares = t.sum(dim=1, keepdim=True) - t
-        g_w = (g_real + 2.0 * real * g_squares) * mask
-        return g_w.to(w.dtype), None, None, None
+        global_sq = squares.sum(dim=1, keepdim=True) + eps
+        imag = torch.sqrt((global_sq - squares).clamp_min(0.0) + eps)
+        mixed = combine_waves(real, imag, mode)
+        ctx.save_for_backward(w, mask, global_sq, weight, bias)
+        ctx.eps, ctx.mode, ctx.norm_eps = eps, mode, norm_eps
+        return nn.functional.layer_norm(mixed, (mixed.shape[-1],), weight, bias, norm_eps)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, mask, global_sq, weight, bias = ctx.saved_tensors
+        real, imag, raw = _recompute_waves(w, mask, global_sq, ctx.eps)
+        mixed = combine_waves(real, imag, ctx.mode)
+        mean = mixed.mean(dim=-1, keepdim=True)
+        centred = mixed - mean
+        rstd = torch.rsqrt((centred * centred).mean(dim=-1, keepdim=True) + ctx.norm_eps)
+        x_hat = centred * rstd
+        g = grad.to(global_sq.dtype)
+        dims = tuple(range(g.dim() - 1))
+        g_weight = (g * x_hat).sum(dim=dims).to(weight.dtype) if ctx.needs_input_grad[4] else None
+        g_bias = g.sum(dim=dims).to(bias.dtype) if ctx.needs_input_grad[5] else None
+        g_hat = g * weight.to(g.dtype)
+        g_mixed = rstd * (g_hat - g_hat.mean(dim=-1, keepdim=True) - x_hat * (g_hat * x_hat).mean(dim=-1, keepdim=True))
+        g_w = _wave_mix_backward(w, mask, real, imag, raw, g_mixed, ctx.mode)
+        return g_w, None, None, None, g_weight, g_bias, None
+
+
+def wave_mix_norm_recompute(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(wave_mix(w))`` with the memory-light backward of :class:`_WaveMixNormRecompute`
+    (``w`` in any float dtype, promoted to >= fp32 inside; ``mask (B, S, 1)`` >= fp32)."""
+    return _WaveMixNormRecompute.apply(w, mask, eps, mode, norm.weight, norm.bias, norm.eps)
 
 
 def wave_mix_recompute(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
@@ -197,6 +261,8 @@ class WaveLayer(nn.Module):
         wave_dtype = torch.promote_types(w.dtype, torch.float32)  # >= fp32 even under bf16 autocast (module docstring)
         mask = inputs.padding_mask.to(wave_dtype).unsqueeze(-1)
         if getattr(self.mix, "takes_low_precision", False) and not self.causal:
+            if self.rope is None:  # mixing and LayerNorm in one memory-light node (recompute_wave_layers)
+                return self.out(wave_mix_norm_recompute(w, mask, self.eps, self.mode, self.norm))
             mixed = self.mix(w, mask, self.eps, self.mode)  # promotes inside; keeps w in its own dtype for backward
             return self._finish(mixed, x, inputs)
         w = w.to(wave_dtype)

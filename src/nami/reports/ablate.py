@@ -60,6 +60,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hybrid-local": dict(arch="wave", options=dict(mixers=["wave", "local_attention", "wave", "local_attention"])),
     "wave+conv+qattn": dict(arch="wave", options=dict(branches=["conv", "question_attention"])),
     "wave+conv+crosswave": dict(arch="wave", options=dict(branches=["conv", "cross_wave"])),
+    # The two strongest single additions of the screens together: local (conv) and hierarchical
+    # (sentence / segment wave) mixing.
+    "wave+conv+hierarchy": dict(arch="wave", options=dict(branches=["conv", "sentence_wave", "segment_wave"])),
     "wave+rope+conv+qattn": dict(arch="wave", options=dict(wave_rope=True, position_embedding="none",
                                                            branches=["conv", "question_attention"])),
 }

@@ -19,7 +19,8 @@ model whose chain already finished there is not trained again: its runs are reus
 ``trained`` record (commit, machine, date of the invocation that trained it) says so. A
 comparison longer than one sitting can be finished model by model (``--models wave`` today,
 ``--models wave transformer wave_plus`` tomorrow); the report warns when the models were trained
-on different machines, whose speeds do not compare.
+on different machines, whose speeds do not compare. ``--reuse ABLATION.json`` does the same with
+runs that ``nami ablate`` trained under the same preset and options (e.g. its seed-0 runs).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ COMPARE_MODELS: dict[str, dict[str, Any]] = {
     # The best Wave-family model of the 8-minute screen (results/ablations-screen.md): Wave with a
     # depthwise-convolution branch (kernel 9) in every block — F1 61.3 vs the Transformer's 32.5 at
     # 1.20x its training tokens/s; the rope+conv+question-attention combination scored the same
-    # (61.7) at 0.89x the Transformer's speed. Not yet confirmed under the standard preset.
+    # (61.7) at 0.89x the Transformer's speed. Confirmed under the standard preset with two seeds
+    # (results/ablations-standard.md): mean F1 68.9 vs the Transformer's 33.1 at 1.21x its tokens/s.
     "wave_plus": dict(arch="wave", options={"branches": ["conv"]}),
 }
 
@@ -150,6 +152,61 @@ def finished_chain(runs_dir: Path, name: str, stages: dict[str, TrainConfig]) ->
     return saved
 
 
+def adopt_ablation_runs(sources: list[str], runs_dir: Path, plans: dict[str, dict[str, TrainConfig]],
+                        *, quiet: bool = False) -> dict[str, str]:
+    """Let models of this comparison reuse runs that ``nami ablate`` already trained with exactly
+    their plan (``--reuse results/ablations-standard.json``: the standard preset's seed-0 runs of
+    ``wave+conv`` and ``transformer`` are ``wave_plus`` and ``transformer`` of a standard compare).
+
+    For every model without a finished chain in ``runs_dir``, the runs of every ablation file are
+    searched (rows in file order, seeds ascending) for one whose stage configs equal the model's
+    plan up to run names and whose final evaluation exists; its stage configs and provenance
+    (commit, machine, date of that ablation run, and where it came from) are written into
+    ``runs_dir`` as if this comparison had trained it, so the usual reuse picks it up. Returns
+    ``{model: "FILE: VARIANT seed N"}`` for the models adopted.
+    """
+    adopted: dict[str, str] = {}
+    for source in sources:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"--reuse {source}: no such file (expected a results JSON written by `nami ablate`)")
+        record = read_json(path)
+        if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+            raise ValueError(f"--reuse {source}: not an ablation results file (no \"rows\" list)")
+        for arch, stages in plans.items():
+            if arch in adopted or finished_chain(runs_dir, arch, stages) is not None:
+                continue
+            for row in record["rows"]:
+                for run in sorted(row.get("runs", []), key=lambda r: r.get("seed", 0)):
+                    if "run_dir" not in run:
+                        continue
+                    base = Path(run["run_dir"]).parent / f"{row['name']}-s{run['seed']}"
+                    configs = {stage: base.parent / f"{base.name}.{stage}.json" for stage in stages}
+                    if not all(c.is_file() for c in configs.values()):
+                        continue
+                    saved = {stage: read_json(c) for stage, c in configs.items()}
+                    if not all(_same_plan(saved[stage], planned) for stage, planned in stages.items()):
+                        continue
+                    final = TrainConfig.from_dict(saved[FINAL_STAGE])
+                    if not (Path(final.runs_dir) / final.run_name / ckpt.FINAL_EVAL_FILE).is_file():
+                        continue
+                    runs_dir.mkdir(parents=True, exist_ok=True)
+                    for stage, data in saved.items():
+                        write_json(runs_dir / f"{arch}.{stage}.json", data)
+                    origin = f"{source}: {row['name']} seed {run['seed']}"
+                    write_json(runs_dir / f"{arch}.trained.json",
+                               {"commit": run.get("commit", record.get("commit", "unknown")),
+                                "machine": run.get("machine", record.get("machine", "unknown")),
+                                "date": run.get("date", record.get("date", "unknown")), "adopted_from": origin})
+                    adopted[arch] = origin
+                    if not quiet:
+                        print(f"[nami] {arch}: adopting the finished runs of {origin}", flush=True)
+                    break
+                if arch in adopted:
+                    break
+    return adopted
+
+
 def _stage_command(config_path: Path, threads: int | None, quiet: bool) -> list[str]:
     cmd = [sys.executable, "-m", "nami", "train", "--config", str(config_path)]
     if threads:
@@ -227,11 +284,14 @@ def run_compare(
     command: str = "nami compare",
     results_path: str | None = None,
     models: tuple[str, ...] = MODELS,
+    reuse: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train the models, score them, write ``out_dir`` (default ``reports/<date-time>-compare-<preset>``).
 
     ``results_path``: also write the results JSON there (``--results results/compare.json``).
     ``models``: names of :data:`COMPARE_MODELS` (default: Wave and the Transformer).
+    ``reuse``: ablation results files whose runs trained with a model's exact plan are reused
+    (:func:`adopt_ablation_runs`).
     """
     unknown = [m for m in models if m not in COMPARE_MODELS]
     if unknown or not models:
@@ -240,6 +300,9 @@ def run_compare(
     MODELS = tuple(models)  # noqa: N806  (this comparison's models, in report order)
     if results_path is not None:
         check_results_path(results_path)
+    for source in reuse:
+        if not Path(source).is_file():
+            raise ValueError(f"--reuse {source}: no such file (expected a results JSON written by `nami ablate`)")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     commit = git_commit()  # at the start: the code that trains is the code recorded
     out = check_output_dir(out_dir, "--out") if out_dir else Path("reports") / f"{stamp}-compare-{preset}"
@@ -255,6 +318,8 @@ def run_compare(
     eval_path = resolve_eval_data(first["finetune"])
     resolved_train = resolve_train_data(first["finetune"])
     runs_dir.mkdir(parents=True, exist_ok=True)
+    if reuse:
+        adopt_ablation_runs(list(reuse), runs_dir, plans, quiet=quiet)
     this_invocation = {"commit": commit, "machine": machine_description(), "date": now_iso(), "reused": False}
     trained: dict[str, dict[str, Any]] = {}
     chains: dict[str, list[list[str]]] = {}

@@ -126,7 +126,9 @@ def trained_lines(result: dict[str, Any]) -> list[str]:
     if not any(t and t.get("reused") for t in trained.values()):
         return []
     lines = ["- models trained by separate invocations into this directory (the others' runs were reused): "
-             + "; ".join(f"{arch}: commit `{str(t['commit'])[:7]}`, {t['date']}" for arch, t in trained.items() if t)]
+             + "; ".join(f"{arch}: commit `{str(t['commit'])[:7]}`, {t['date']}"
+                         + (f" (adopted from {t['adopted_from']})" if t.get("adopted_from") else "")
+                         for arch, t in trained.items() if t)]
     if len({t["machine"] for t in trained.values() if t}) > 1:
         lines.append("- **the models were trained on different machines: their speeds (tok/s, q/s) do not compare**: "
                      + "; ".join(f"{arch}: {t['machine']}" for arch, t in trained.items() if t))

@@ -19,6 +19,17 @@ from typing import Any
 from nami.data.features import ANSWER_BOUNDARIES
 from nami.models.config import DATA_FIELDS, PRESETS, ModelConfig
 
+# Options that must be > 0 (checked by ``validate`` and, on the command line, when parsed: a bad
+# value is refused before torch is imported); those in OPTIONAL_OPTIONS may also be null.
+POSITIVE_INTEGER_OPTIONS = ("vocab_size", "max_length", "doc_stride", "max_question_tokens", "batch_size",
+                            "grad_accum", "num_beams", "eval_subset", "eval_batch_size", "max_answer_tokens",
+                            "log_every", "max_steps", "checkpoint_every_steps", "keep_checkpoints", "threads",
+                            "pppl_sequences")
+POSITIVE_NUMBER_OPTIONS = ("lr", "epochs", "max_minutes", "eval_every_minutes", "checkpoint_every_minutes",
+                           "distill_temperature", "max_grad_norm")
+OPTIONAL_OPTIONS = ("max_steps", "checkpoint_every_steps", "threads", "max_minutes", "eval_every_minutes",
+                    "checkpoint_every_minutes")
+
 PRECISIONS = ("bf16", "fp32")
 LOSS_IMPLS = ("auto", "blockwise", "torch_chunked", "naive", "cce")
 LOSS_FILTERS = ("none", "paper", "bounded_mass")
@@ -100,7 +111,8 @@ class TrainConfig:
     compile_wave: bool = False  # torch.compile the Wave layer's element-wise maths (nami.models.speed)
     log_with: str | None = None  # "tensorboard": also log to RUN/tensorboard (pip install 'nami[tensorboard]')
     # Wave layers backpropagate through a hand-written backward that keeps only w and G² and
-    # recomputes the rest (nami.models.wave.wave_mix_recompute): less training memory, same forward.
+    # recomputes the rest, LayerNorm included (nami.models.wave.wave_mix_norm_recompute): less
+    # training memory, same forward.
     wave_recompute: bool = False
     # Multi-process training (torchrun / accelerate launch): "none" replicates the model on every
     # process (DDP); "fsdp2" shards parameters, gradients and optimizer state (nami.training.distributed).
@@ -188,22 +200,13 @@ class TrainConfig:
             if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
                 raise ValueError("option log_with=tensorboard needs the tensorboard package: "
                                  "pip install 'nami[tensorboard]' (or pip install tensorboard)")
-        for name in ("vocab_size", "max_length", "doc_stride", "max_question_tokens", "batch_size", "grad_accum", "num_beams",
-                     "eval_subset", "eval_batch_size", "max_answer_tokens", "log_every"):
-            positive(name)
-        positive("max_steps", allow_none=True)
-        positive("checkpoint_every_steps", allow_none=True)
-        positive("keep_checkpoints")
-        positive("checkpoint_every_minutes", allow_none=True, integer=False)
+        for name in POSITIVE_INTEGER_OPTIONS:
+            positive(name, allow_none=name in OPTIONAL_OPTIONS)
+        for name in POSITIVE_NUMBER_OPTIONS:
+            positive(name, allow_none=name in OPTIONAL_OPTIONS, integer=False)
         skips = self.nonfinite_skips
         if isinstance(skips, bool) or not isinstance(skips, int) or skips < 0:
             raise ValueError(f"option nonfinite_skips={self.nonfinite_skips!r}: expected an integer >= 0")
-        positive("threads", allow_none=True)
-        for name in ("lr", "epochs"):
-            positive(name, integer=False)
-        positive("max_minutes", allow_none=True, integer=False)
-        positive("eval_every_minutes", allow_none=True, integer=False)
-        positive("pppl_sequences")
         fraction("mlm_probability", 0.0, 1.0, low_open=True, high_open=True)
         if self.compile_wave is True and "wave" not in self.model.layer_mixers():
             raise ValueError(f"option compile_wave=true needs Wave layers (arch={self.arch} has none)")
@@ -228,7 +231,6 @@ class TrainConfig:
             raise ValueError("option question_match=true needs segment_embeddings=true (it is a token type)")
         fraction("negative_fraction", 0.0, 1.0)
         fraction("self_distill", 0.0, 1.0)
-        positive("distill_temperature", integer=False)
         if self.self_distill and not self.model.exit_layers:
             raise ValueError(f"option self_distill={self.self_distill} needs early-exit heads to teach "
                              "(model option exit_layers, e.g. [1, 2])")
@@ -237,7 +239,6 @@ class TrainConfig:
                              f"not {self.task})")
         fraction("warmup", 0.0, 1.0, high_open=True)
         fraction("weight_decay", 0.0, math.inf, high_open=True)
-        positive("max_grad_norm", integer=False)
         if self.max_length > 4096:
             raise ValueError(f"option max_length={self.max_length}: at most 4096 for QA windows")
         if self.train_data is not None and (not isinstance(self.train_data, list) or not self.train_data
@@ -341,8 +342,8 @@ OPTION_HELP: dict[str, str] = {
     "self_distill": "weight (0-1) of the last layer's span distribution teaching the early-exit heads "
                     "(--exit-layers); 0 = exits learn from the answers only",
     "distill_temperature": "softmax temperature of self-distillation",
-    "wave_recompute": "Wave layers keep only w and G² for backward and recompute the rest (less training memory, "
-                      "same forward values)",
+    "wave_recompute": "Wave layers keep only w and G² for backward and recompute the wave maths and its LayerNorm "
+                      "(less training memory, same forward values)",
     "sharding": "with several processes (torchrun / accelerate launch): none = a full model per process (DDP), "
                 "fsdp2 = parameters, gradients and optimizer state sharded across them",
     "log_with": "tensorboard: also log the training curves to RUN/tensorboard (needs pip install "

@@ -378,8 +378,12 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
     shards = ShardedBatches(sampler, ranks.rank, ranks.world)  # this rank's slice of every global batch
     # Accelerate's loader wrapper for device placement, resume skipping and gradient accumulation's
     # end-of-epoch sync, told not to shard again (ShardedBatches did) nor to synchronise RNGs.
+    # Its own generator: every DataLoader iterator draws a worker base seed, and drawn from torch's
+    # global RNG that draw would shift the dropout stream of a resumed run (which makes a new
+    # iterator right after restoring the RNG) against the uninterrupted one.
     loader = prepare_data_loader(DataLoader(WindowDataset(task.train_lengths), batch_sampler=shards,
-                                            collate_fn=task.collate),
+                                            collate_fn=task.collate,
+                                            generator=torch.Generator().manual_seed(config.seed)),
                                  device, num_processes=1, process_index=0, put_on_device=True, rng_types=[])
 
     if resumed:

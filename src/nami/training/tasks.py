@@ -293,16 +293,19 @@ class MLMTask(_CorpusTask):
 
         targets = batch["targets"].reshape(-1)
         positions = (targets != -100).nonzero().squeeze(1)
-        hidden = model(batch["input_ids"], batch["attention_mask"], positions)
-        weight = unwrap(model).output_weight
         filtering = self.config.loss_filter != "none"
         if filtering:
             self.filter_stats = {}  # filled by the backward pass
-        return linear_cross_entropy(hidden, weight, targets[positions], impl=self.config.loss_impl,
-                                    filter_policy=self.config.loss_filter,
-                                    filter_threshold=self.config.loss_filter_threshold,
-                                    vocab_order=None if self.vocab_order is None else self.vocab_order.to(weight.device),
-                                    stats=self.filter_stats if filtering else None)
+
+        def head_loss(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # inside the model's forward
+            return linear_cross_entropy(hidden, weight, targets[positions], impl=self.config.loss_impl,
+                                        filter_policy=self.config.loss_filter,
+                                        filter_threshold=self.config.loss_filter_threshold,
+                                        vocab_order=None if self.vocab_order is None
+                                        else self.vocab_order.to(weight.device),
+                                        stats=self.filter_stats if filtering else None)
+
+        return model(batch["input_ids"], batch["attention_mask"], positions, head_loss=head_loss)
 
     def train_metrics(self) -> dict[str, Any]:
         """Gradient-filter figures of the latest batch (logged with each training record)."""
@@ -409,11 +412,12 @@ class CLMTask(_CorpusTask):
 
         targets = batch["targets"].reshape(-1)
         keep = (targets != -100).nonzero().squeeze(1)
-        hidden = model(batch["input_ids"], batch["attention_mask"])
-        hidden = hidden.reshape(-1, hidden.shape[-1])[keep]
-        loss = linear_cross_entropy(hidden, unwrap(model).output_weight, targets[keep], impl=self.config.loss_impl,
-                                    reduction=reduction)
-        return loss, len(keep)
+
+        def head_loss(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # inside the model's forward
+            return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1])[keep], weight, targets[keep],
+                                        impl=self.config.loss_impl, reduction=reduction)
+
+        return model(batch["input_ids"], batch["attention_mask"], head_loss=head_loss), len(keep)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._nll(model, batch, "mean")[0]
