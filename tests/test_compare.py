@@ -236,3 +236,34 @@ def test_compare_reuse_adopts_ablation_runs_with_the_same_plan_only(tmp_path):
     with pytest.raises(ValueError, match="--reuse .*no such file"):
         run_compare(models=("wave",), out_dir=str(tmp_path / "cmp3"), reuse=(str(tmp_path / "none.json"),), **common)
     assert not (tmp_path / "cmp3").exists()  # refused before anything is written
+
+
+def test_a_compare_continues_in_a_fresh_checkout_from_its_recorded_results(tmp_path):
+    """A later session has the committed results.json and curves.json but not runs/ (ignored by git):
+    models recorded there with the same plan are reported as recorded, the others are trained."""
+    import shutil
+
+    from nami.reports.compare import run_compare
+
+    fixtures = Path(__file__).parent / "fixtures"
+    data = str(fixtures / "tiny_qa.json")
+    common = dict(preset="smoke", minutes=0.03, train_data=[data], eval_data=data,
+                  tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True, lexical_baseline=False)
+    out = tmp_path / "cmp"
+    first = run_compare(models=("wave",), out_dir=str(out), **common)["models"]["wave"]
+    assert first["trained"]["host_gflops"] > 0  # every invocation stamps its host's speed
+    shutil.rmtree(out / "runs")  # a fresh clone: runs/ is not committed
+    result = run_compare(models=("wave", "transformer"), out_dir=str(out), **common)
+    wave, transformer = result["models"]["wave"], result["models"]["transformer"]
+    assert wave["trained"]["from_results"] is True and wave["trained"]["reused"] is True
+    assert {k: wave[k] for k in ("f1", "exact_match", "train_tokens_per_s", "run_dir", "stages")} == \
+        {k: first[k] for k in ("f1", "exact_match", "train_tokens_per_s", "run_dir", "stages")}
+    assert wave["trained"]["date"] == first["trained"]["date"]
+    assert transformer["trained"]["reused"] is False
+    report = (out / "report.md").read_text("utf-8")
+    assert "its recorded results" in report and "measured speeds" in report
+    assert (out / "curves.png").is_file()  # drawn from curves.json for the model without runs
+    # Another plan (a different budget) is not a continuation: the model is trained again.
+    again = run_compare(models=("wave",), out_dir=str(out), **{**common, "minutes": 0.02})
+    assert again["models"]["wave"]["trained"].get("from_results") is None
+    assert again["models"]["wave"]["trained"]["reused"] is False

@@ -21,6 +21,10 @@ comparison longer than one sitting can be finished model by model (``--models wa
 ``--models wave transformer wave_plus`` tomorrow); the report warns when the models were trained
 on different machines, whose speeds do not compare. ``--reuse ABLATION.json`` does the same with
 runs that ``nami ablate`` trained under the same preset and options (e.g. its seed-0 runs).
+A later session on a fresh checkout, without ``runs/``, continues the same ``--out`` from its
+committed ``results.json``: models recorded there with the same plan are reported as recorded
+(:func:`recorded_models`). Each invocation stamps its host's measured matrix-multiply speed, and
+the report says when the models' hosts differ by more than 10 %.
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ from nami.data.squad import load_squad
 from nami.evaluation import lexical
 from nami.evaluation.metric import evaluate_predictions
 from nami.io import CommandFailed, check_output_dir, check_output_path, read_json, write_json
-from nami.reports.environment import git_commit, machine_description, now_iso
+from nami.reports.environment import git_commit, host_speed_gflops, machine_description, now_iso
 # The presets (their recipes) are data in nami.reports.presets, re-exported here.
 from nami.reports.presets import COMPARE_PRESETS, FINAL_STAGE, PRESET_SUMMARIES, describe_presets  # noqa: F401
-from nami.reports.report import write_report
+from nami.reports.report import RESULTS_FILE, write_report
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 from nami.training.tasks import resolve_eval_data, resolve_train_data
@@ -207,6 +211,30 @@ def adopt_ablation_runs(sources: list[str], runs_dir: Path, plans: dict[str, dic
     return adopted
 
 
+def recorded_models(results_file: Path, plans: dict[str, dict[str, TrainConfig]]) -> dict[str, dict[str, Any]]:
+    """Models that an earlier invocation into the same ``--out`` trained and scored with exactly
+    their plan, read from its ``results.json``: ``{model: its entry}``.
+
+    A comparison longer than one sitting continues in a later session on a fresh checkout, where
+    ``runs/`` (ignored by git) is gone but the committed ``results.json`` (every stage's config and
+    every number) and ``curves.json`` (the plotted records) remain. Such a model is reported from
+    its recorded entry (scores, speeds, memory; not re-scored), marked ``from_results`` in its
+    ``trained`` record.
+    """
+    if not results_file.is_file():
+        return {}
+    record = read_json(results_file)
+    found: dict[str, dict[str, Any]] = {}
+    for arch, stages in plans.items():
+        entry = record.get("models", {}).get(arch) if isinstance(record, dict) else None
+        saved = entry.get("stages") if isinstance(entry, dict) else None
+        if not isinstance(saved, dict) or set(saved) != set(stages):
+            continue
+        if all(_same_plan(saved[stage], planned) for stage, planned in stages.items()):
+            found[arch] = entry
+    return found
+
+
 def _stage_command(config_path: Path, threads: int | None, quiet: bool) -> list[str]:
     cmd = [sys.executable, "-m", "nami", "train", "--config", str(config_path)]
     if threads:
@@ -320,12 +348,21 @@ def run_compare(
     runs_dir.mkdir(parents=True, exist_ok=True)
     if reuse:
         adopt_ablation_runs(list(reuse), runs_dir, plans, quiet=quiet)
-    this_invocation = {"commit": commit, "machine": machine_description(), "date": now_iso(), "reused": False}
+    recorded = recorded_models(out / RESULTS_FILE, plans)
+    this_invocation = {"commit": commit, "machine": machine_description(), "host_gflops": host_speed_gflops(),
+                       "date": now_iso(), "reused": False}
     trained: dict[str, dict[str, Any]] = {}
     chains: dict[str, list[list[str]]] = {}
     for arch, stages in plans.items():
         chains[arch] = []
         earlier = finished_chain(runs_dir, arch, stages)
+        if earlier is None and arch in recorded:  # scored by an earlier session; its runs are gone
+            trained[arch] = {**recorded[arch].get("trained", {}), "reused": True, "from_results": True}
+            if not quiet:
+                print(f"[nami] {arch}: taking its recorded results from {out / RESULTS_FILE} (trained "
+                      f"{trained[arch].get('date', 'unknown')}; its runs are not here, so it is not re-scored)",
+                      flush=True)
+            continue
         if earlier is not None:  # trained by an earlier invocation into this --out: reuse it
             plans[arch] = earlier
             provenance = runs_dir / f"{arch}.trained.json"
@@ -364,6 +401,9 @@ def run_compare(
 
     models: dict[str, Any] = {}
     for arch, stages in plans.items():
+        if trained[arch].get("from_results"):
+            models[arch] = {**recorded[arch], "trained": trained[arch]}
+            continue
         config = stages["finetune"]
         run_dir = Path(config.runs_dir) / config.run_name
         final = read_json(run_dir / ckpt.FINAL_EVAL_FILE)
