@@ -13,6 +13,15 @@ from nami.models.wave import _WaveMixNormRecompute, wave_mix, wave_mix_norm_reco
 MODES = ("modulation", "interference")
 
 
+@pytest.fixture(params=[4096, 7, 1], ids=["one-chunk", "chunks-of-2", "chunks-of-1"])
+def chunked(request, monkeypatch):
+    """The recompute backward over positions in one chunk, in chunks of 2 and of 1 (batch of 3)."""
+    import nami.models.wave as wave
+
+    monkeypatch.setattr(wave, "BACKWARD_CHUNK_TOKENS", request.param)
+    return request.param
+
+
 def batch(dtype=torch.float64, seed=0):
     """``w (3, 6, 8)`` with padding in row 1, a one-token row 2 and all-equal tokens in row 0."""
     torch.manual_seed(seed)
@@ -34,23 +43,31 @@ def test_forward_is_bit_identical_to_the_eager_maths(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_gradcheck_in_float64_on_padding_one_token_and_equal_tokens(mode):
+def test_gradcheck_in_float64_on_padding_one_token_and_equal_tokens(mode, chunked):
     w, mask = batch()
     w.requires_grad_()
     assert torch.autograd.gradcheck(lambda x: wave_mix_recompute(x, mask, 1e-6, mode), (w,), eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_gradients_equal_autograd_through_the_eager_maths(mode):
+def test_gradients_equal_autograd_through_the_eager_maths(mode, chunked):
+    """In float32 both paths round (a one-token row has t ≈ T ≈ 1/√eps, so T − t cancels), differently
+    once T is summed in chunks: each is held to a float64 reference, the recompute no worse than eager."""
     w, mask = batch(torch.float32, seed=1)
     upstream = torch.randn(3, 6, 8)
-    grads = []
-    for mix in (wave_mix, wave_mix_recompute):
-        x = w.clone().requires_grad_()
-        (mix(x, mask, 1e-6, mode) * upstream).sum().backward()
-        grads.append(x.grad)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
-    assert grads[1][1, 4:].abs().sum() == 0  # padding gets no gradient
+
+    def grad(mix, dtype):
+        x = w.to(dtype).clone().requires_grad_()
+        (mix(x, mask.to(dtype), 1e-6, mode) * upstream.to(dtype)).sum().backward()
+        return x.grad
+
+    reference = grad(wave_mix, torch.float64)
+    eager, recompute = grad(wave_mix, torch.float32), grad(wave_mix_recompute, torch.float32)
+    eager_error = (eager.double() - reference).abs().max().item()
+    recompute_error = (recompute.double() - reference).abs().max().item()
+    assert recompute_error <= max(1.5 * eager_error, 1e-5), (recompute_error, eager_error)
+    torch.testing.assert_close(recompute.double(), reference, rtol=1e-4, atol=2e-4)
+    assert recompute[1, 4:].abs().sum() == 0  # padding gets no gradient
 
 
 def _norm(dtype=torch.float64, seed=2) -> torch.nn.LayerNorm:
@@ -75,7 +92,7 @@ def test_mixing_and_layernorm_in_one_node_forward_is_bit_identical(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_mixing_and_layernorm_in_one_node_gradcheck_in_float64(mode):
+def test_mixing_and_layernorm_in_one_node_gradcheck_in_float64(mode, chunked):
     w, mask = batch()
     norm = _norm()
     inputs = (w.requires_grad_(), norm.weight, norm.bias)
@@ -84,19 +101,26 @@ def test_mixing_and_layernorm_in_one_node_gradcheck_in_float64(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_mixing_and_layernorm_in_one_node_gradients_equal_autograd(mode):
+def test_mixing_and_layernorm_in_one_node_gradients_equal_autograd(mode, chunked):
+    """Held to a float64 reference like the test above (float32 rounding differs between hosts' kernels)."""
     w, mask = batch(torch.float32, seed=3)
     upstream = torch.randn(3, 6, 8)
-    results = []
-    for fused in (False, True):
-        norm = _norm(torch.float32)
-        x = w.clone().requires_grad_()
-        out = wave_mix_norm_recompute(x, mask, 1e-6, mode, norm) if fused else norm(wave_mix(x, mask, 1e-6, mode))
-        (out * upstream).sum().backward()
-        results.append((x.grad, norm.weight.grad, norm.bias.grad))
-    for fused, eager in zip(results[1], results[0]):
-        torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
-    assert results[1][0][1, 4:].abs().sum() == 0  # padding gets no gradient
+
+    def grads(fused: bool, dtype):
+        norm = _norm(dtype)
+        x = w.to(dtype).clone().requires_grad_()
+        m = mask.to(dtype)
+        out = wave_mix_norm_recompute(x, m, 1e-6, mode, norm) if fused else norm(wave_mix(x, m, 1e-6, mode))
+        (out * upstream.to(dtype)).sum().backward()
+        return [g.double() for g in (x.grad, norm.weight.grad, norm.bias.grad)]
+
+    reference = grads(False, torch.float64)
+    eager, fused = grads(False, torch.float32), grads(True, torch.float32)
+    for f, e, r in zip(fused, eager, reference):
+        fused_error, eager_error = (f - r).abs().max().item(), (e - r).abs().max().item()
+        assert fused_error <= max(1.5 * eager_error, 1e-5), (fused_error, eager_error)
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=2e-4)
+    assert fused[0][1, 4:].abs().sum() == 0  # padding gets no gradient
 
 
 def _saved_bytes(layer: WaveLayer, x: torch.Tensor, inputs: MixerInputs) -> int:

@@ -88,8 +88,15 @@ class _WaveMixRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, mask, global_sq = ctx.saved_tensors
-        real, imag, raw = _recompute_waves(w, mask, global_sq, ctx.eps)
-        return _wave_mix_backward(w, mask, real, imag, raw, grad.to(global_sq.dtype), ctx.mode), None, None, None
+        g_w = _chunked_wave_backward(w, mask, global_sq, ctx.eps, ctx.mode,
+                                     lambda rows, real, imag: grad[:, rows].to(global_sq.dtype))
+        return g_w, None, None, None
+
+
+# Tokens (batch × sequence positions) per chunk of the recompute backward: its fp32 (rows, 2D)
+# temporaries (recomputed waves, their gradients) are then bounded whatever B and S are, instead of
+# a dozen (B, S, 2D) tensors alive at once at the step's memory peak.
+BACKWARD_CHUNK_TOKENS = 4096
 
 
 def _recompute_waves(w: torch.Tensor, mask: torch.Tensor, global_sq: torch.Tensor,
@@ -100,21 +107,50 @@ def _recompute_waves(w: torch.Tensor, mask: torch.Tensor, global_sq: torch.Tenso
     return real, torch.sqrt(raw.clamp_min(0.0) + eps), raw
 
 
-def _wave_mix_backward(w: torch.Tensor, mask: torch.Tensor, real: torch.Tensor, imag: torch.Tensor,
-                       raw: torch.Tensor, grad: torch.Tensor, mode: str) -> torch.Tensor:
-    """∂L/∂w from the gradient ``grad (B, S, 2D)`` of the mixed waves (:class:`_WaveMixRecompute`)."""
+def _chunked_wave_backward(w: torch.Tensor, mask: torch.Tensor, global_sq: torch.Tensor, eps: float, mode: str,
+                           mixed_grad) -> torch.Tensor:
+    """∂L/∂w of the recompute paths, a chunk of sequence positions at a time.
+
+    ``mixed_grad(rows, real, imag)`` gives the gradient ``(B, rows, 2D)`` of the mixed waves of
+    positions ``rows`` (a slice), from their recomputed parts. With ``T = Σ_tokens t`` (see
+    :class:`_WaveMixRecompute`), ``∂L/∂w = (g_re + 2·w·(T − t))·mask``. Pass 1 writes ``g_re`` and
+    keeps ``t`` while ``T`` accumulates; pass 2 adds the second term. ``T − t`` is formed before the
+    product (as autograd through the eager maths does): a one-token row, where ``t = T`` is large,
+    then gets exactly ``g_re`` instead of the difference of two large products.
+    """
+    batch, seq = w.shape[0], w.shape[1]
+    step = max(1, BACKWARD_CHUNK_TOKENS // max(batch, 1))
+    g_w = torch.empty(w.shape, dtype=global_sq.dtype, device=w.device)
+    kept_t = torch.empty_like(g_w)
+    total = torch.zeros_like(global_sq)  # Σ_tokens t, (B, 1, 2D)
+    for start in range(0, seq, step):
+        rows = slice(start, start + step)
+        m = mask[:, rows] if mask.shape[1] == seq else mask
+        real, imag, raw = _recompute_waves(w[:, rows], m, global_sq, eps)
+        g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
+        t = g_imag * 0.5 / imag * (raw >= 0)
+        total += t.sum(dim=1, keepdim=True)
+        kept_t[:, rows] = t
+        g_w[:, rows] = g_real
+    for start in range(0, seq, step):
+        rows = slice(start, start + step)
+        m = mask[:, rows] if mask.shape[1] == seq else mask
+        real = w[:, rows].to(global_sq.dtype) * m
+        g_w[:, rows] = (g_w[:, rows] + 2.0 * real * (total - kept_t[:, rows])) * m
+    return g_w.to(w.dtype)
+
+
+def _wave_part_grads(real: torch.Tensor, imag: torch.Tensor, grad: torch.Tensor,
+                     mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the real and imaginary parts ``(B, S, 2D)`` from that of the mixed waves ``grad``."""
     g_a, g_b = grad.chunk(2, dim=-1)  # gradients of Re Z and Im Z, (B, S, D) each
     if mode == "interference":  # Z = Z1 + Z2
-        g_real, g_imag = torch.cat([g_a, g_a], dim=-1), torch.cat([g_b, g_b], dim=-1)
-    else:  # Z = Z1 · Z2: Re = re1·re2 − im1·im2, Im = re1·im2 + im1·re2
-        re1, re2 = real.chunk(2, dim=-1)
-        im1, im2 = imag.chunk(2, dim=-1)
-        g_real = torch.cat([g_a * re2 + g_b * im2, g_a * re1 + g_b * im1], dim=-1)
-        g_imag = torch.cat([g_b * re2 - g_a * im2, g_b * re1 - g_a * im1], dim=-1)
-    t = g_imag * 0.5 / imag * (raw >= 0)
-    g_squares = t.sum(dim=1, keepdim=True) - t
-    g_w = (g_real + 2.0 * real * g_squares) * mask
-    return g_w.to(w.dtype)
+        return torch.cat([g_a, g_a], dim=-1), torch.cat([g_b, g_b], dim=-1)
+    # Z = Z1 · Z2: Re = re1·re2 − im1·im2, Im = re1·im2 + im1·re2
+    re1, re2 = real.chunk(2, dim=-1)
+    im1, im2 = imag.chunk(2, dim=-1)
+    return (torch.cat([g_a * re2 + g_b * im2, g_a * re1 + g_b * im1], dim=-1),
+            torch.cat([g_b * re2 - g_a * im2, g_b * re1 - g_a * im1], dim=-1))
 
 
 class _WaveMixNormRecompute(torch.autograd.Function):
@@ -148,19 +184,26 @@ class _WaveMixNormRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, mask, global_sq, weight, bias = ctx.saved_tensors
-        real, imag, raw = _recompute_waves(w, mask, global_sq, ctx.eps)
-        mixed = combine_waves(real, imag, ctx.mode)
-        mean = mixed.mean(dim=-1, keepdim=True)
-        centred = mixed - mean
-        rstd = torch.rsqrt((centred * centred).mean(dim=-1, keepdim=True) + ctx.norm_eps)
-        x_hat = centred * rstd
-        g = grad.to(global_sq.dtype)
-        dims = tuple(range(g.dim() - 1))
-        g_weight = (g * x_hat).sum(dim=dims).to(weight.dtype) if ctx.needs_input_grad[4] else None
-        g_bias = g.sum(dim=dims).to(bias.dtype) if ctx.needs_input_grad[5] else None
-        g_hat = g * weight.to(g.dtype)
-        g_mixed = rstd * (g_hat - g_hat.mean(dim=-1, keepdim=True) - x_hat * (g_hat * x_hat).mean(dim=-1, keepdim=True))
-        g_w = _wave_mix_backward(w, mask, real, imag, raw, g_mixed, ctx.mode)
+        dims = tuple(range(grad.dim() - 1))
+        sums = {"weight": torch.zeros(weight.shape, dtype=global_sq.dtype, device=weight.device),
+                "bias": torch.zeros(bias.shape, dtype=global_sq.dtype, device=bias.device)}
+
+        def layer_norm_grad(rows: slice, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+            mixed = combine_waves(real, imag, ctx.mode)
+            mean = mixed.mean(dim=-1, keepdim=True)
+            centred = mixed - mean
+            rstd = torch.rsqrt((centred * centred).mean(dim=-1, keepdim=True) + ctx.norm_eps)
+            x_hat = centred * rstd
+            g = grad[:, rows].to(global_sq.dtype)
+            sums["weight"] += (g * x_hat).sum(dim=dims)
+            sums["bias"] += g.sum(dim=dims)
+            g_hat = g * weight.to(g.dtype)
+            return rstd * (g_hat - g_hat.mean(dim=-1, keepdim=True)
+                           - x_hat * (g_hat * x_hat).mean(dim=-1, keepdim=True))
+
+        g_w = _chunked_wave_backward(w, mask, global_sq, ctx.eps, ctx.mode, layer_norm_grad)
+        g_weight = sums["weight"].to(weight.dtype) if ctx.needs_input_grad[4] else None
+        g_bias = sums["bias"].to(bias.dtype) if ctx.needs_input_grad[5] else None
         return g_w, None, None, None, g_weight, g_bias, None
 
 
@@ -201,9 +244,12 @@ def causal_wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
     """
     w = w * mask
     squares = w * w
-    running = squares.cumsum(dim=1)
-    if past_sq is not None:
-        running = running + past_sq
+    if past_sq is not None and w.shape[1] == 1:  # a decoding step: the running sum is one addition
+        running = squares + past_sq
+    else:
+        running = squares.cumsum(dim=1)
+        if past_sq is not None:
+            running = running + past_sq
     imag = torch.sqrt((running + eps - squares).clamp_min(0.0) + eps)
     return combine_waves(w, imag, mode), running[:, -1:]
 
