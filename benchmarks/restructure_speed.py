@@ -10,6 +10,9 @@ and the ratio new / old is taken from those medians.
 
     git worktree add /tmp/nami-old d069830
     python benchmarks/restructure_speed.py --old-src /tmp/nami-old/src --repeats 5
+
+The same protocol checks any later change that must not slow plain Wave (the Wave extensions,
+every option off: ``--old-src`` at b7bf22a, ``--out results/extensions_speed.json``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="results/restructure_speed.json")
+    parser.add_argument("--title", default="Training step time before and after the mixer-registry restructure",
+                        help="heading of the markdown table (what the change was)")
     args = parser.parse_args()
     trees = {"old": Path(args.old_src).resolve(), "new": ROOT / "src"}
     old_commit = args.old_commit or git_commit(trees["old"].parent)
@@ -69,14 +74,15 @@ def main() -> None:
         summary.append({"variant": variant, "old_seconds_per_step": med["old"], "new_seconds_per_step": med["new"],
                         "new_over_old": med["new"] / med["old"],
                         "old_tokens_per_s": 16384 / med["old"], "new_tokens_per_s": 16384 / med["new"]})
-    record = {"command": "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:]), "commit": git_commit(ROOT),
+    record = {"command": "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:]), "title": args.title,
+              "commit": git_commit(ROOT),
               "old_commit": old_commit, "machine": machine_description(), "date": now_iso(),
               "protocol": {"preset": "small", "seq_len": 512, "batch": 32, "precision": "bf16",
                            "steps_per_case": args.steps, "repeats": args.repeats, "warmup": 2},
               "summary": summary, "cases": cases}
     out = Path(args.out)
     write_json(out, record)
-    lines = ["# Training step time before and after the mixer-registry restructure", "",
+    lines = [f"# {args.title}", "",
              f"Old code: commit `{old_commit}`; new code: the commit below. Preset `small`, S = 512, 32 × 512 tokens "
              f"per step, bf16, forward + backward; one fresh process per case, old and new alternating, "
              f"{args.repeats} repeats × {args.steps} timed steps; medians.", "",
