@@ -11,7 +11,8 @@
 # 3. runs benchmarks/linear_cross_entropy.py on CUDA, bf16 autocast, every implementation, in one
 #    process (peak = CUDA allocator max_memory_allocated delta), GPU_CASES cases (default below).
 # 4. times bf16 QA training steps of both encoders (benchmarks/gpu_train_check.py steps),
-# 5. checks FSDP2 sharding on one GPU against an unsharded copy (gpu_train_check.py fsdp2, torchrun).
+# 5. checks FSDP2 sharding on one GPU against an unsharded copy (gpu_train_check.py fsdp2, torchrun),
+#    and DeepSpeed ZeRO-3 the same way when DeepSpeed is installed (gpu_train_check.py zero3).
 # Writes OUT_DIR/{env.txt,install.log,pytest.txt,pytest.xml,linear_cross_entropy.json,.md,
 # train_steps.json,fsdp2.json,gpu_check.json,summary.txt}; copy gpu_check.json to results/.
 # Exit status 0 only when the cce tests ran (not skipped) and passed.
@@ -88,10 +89,16 @@ steps_rc=${PIPESTATUS[0]}
 timeout 60 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/gpu_train_check.py fsdp2 \
     --device cuda --out "$OUT/fsdp2.json" 2>&1 | tee "$OUT/fsdp2.txt"
 fsdp_rc=${PIPESTATUS[0]}
-[ "$steps_rc" -eq 0 ] && [ "$fsdp_rc" -eq 0 ] || status=1
+zero_rc=-1  # not run: DeepSpeed missing
+if "$PY" -c "import deepspeed" 2>/dev/null; then
+    timeout 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 benchmarks/gpu_train_check.py zero3 \
+        --device cuda --out "$OUT/zero3.json" 2>&1 | tee "$OUT/zero3.txt"
+    zero_rc=${PIPESTATUS[0]}
+fi
+[ "$steps_rc" -eq 0 ] && [ "$fsdp_rc" -eq 0 ] && [ "$zero_rc" -le 0 ] || status=1
 
 # results/gpu_check.json: everything above in one record (copy it into results/ and commit)
-"$PY" - "$OUT" "$test_rc" "$cce_ran" "$bench_rc" "$steps_rc" "$fsdp_rc" <<'EOF'
+"$PY" - "$OUT" "$test_rc" "$cce_ran" "$bench_rc" "$steps_rc" "$fsdp_rc" "$zero_rc" <<'EOF'
 import json, subprocess, sys
 from pathlib import Path
 out = Path(sys.argv[1])
@@ -104,12 +111,13 @@ record = {"command": "bash benchmarks/gpu_check.sh", "commit": commit,
           "cce_tests": {"exit_status": int(sys.argv[2]), "gpu_tests_ran": int(sys.argv[3])},
           "cce_benchmark": {"exit_status": int(sys.argv[4]), "results": load("linear_cross_entropy.json")},
           "train_steps": {"exit_status": int(sys.argv[5]), "results": load("train_steps.json")},
-          "fsdp2": {"exit_status": int(sys.argv[6]), "results": load("fsdp2.json")}}
+          "fsdp2": {"exit_status": int(sys.argv[6]), "results": load("fsdp2.json")},
+          "deepspeed_zero3": {"exit_status": int(sys.argv[7]), "results": load("zero3.json")}}
 (out / "gpu_check.json").write_text(json.dumps(record, indent=2) + "\n")
 EOF
 
 {
-    echo "train steps exit status: $steps_rc; fsdp2 smoke exit status: $fsdp_rc"
+    echo "train steps exit status: $steps_rc; fsdp2 smoke exit status: $fsdp_rc; zero3 smoke: $zero_rc (-1 = no DeepSpeed)"
     echo "pytest exit status: $test_rc; cce GPU tests that ran: $cce_ran"
     echo "benchmark exit status: $bench_rc (124 = hit the time limit; partial results are still written)"
     if [ "$status" -eq 0 ]; then echo "cce: VERIFIED on this GPU"; else echo "cce: NOT verified"; fi

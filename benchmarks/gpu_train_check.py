@@ -2,11 +2,14 @@
 
     python benchmarks/gpu_train_check.py steps --device cuda --out OUT/train_steps.json
     torchrun --standalone --nproc_per_node 1 benchmarks/gpu_train_check.py fsdp2 --device cuda --out OUT/fsdp2.json
+    torchrun --standalone --nproc_per_node 1 benchmarks/gpu_train_check.py zero3 --device cuda --out OUT/zero3.json
 
 ``steps``: QA training steps (AdamW, bf16 autocast) of the Wave and Transformer encoders on random
 token ids — tokens/s (median of ``--repeats`` timed blocks) and peak device memory. ``fsdp2``:
 the same steps with the model sharded by :func:`nami.training.distributed.shard_model` against an
 unsharded copy with the same batches; the largest parameter difference is recorded (fp32).
+``zero2`` / ``zero3``: the same through a DeepSpeed ZeRO engine (:func:`nami.training.distributed.deepspeed_engine`,
+nami's config, needs ``pip install deepspeed``).
 Both run on CPU too (``--device cpu``), which is how the script itself is tested.
 """
 
@@ -102,9 +105,39 @@ def run_fsdp2(args) -> dict:
     return result
 
 
+def run_zero(args) -> dict:
+    import copy
+
+    from nami.training.distributed import deepspeed_config, deepspeed_engine, deepspeed_full_weights, deepspeed_step
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    config = ModelConfig.from_name("tiny", arch="wave", vocab_size=1000, max_len=64, type_vocab_size=2)
+    plain = QAModel(config).to(device)
+    optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-3)
+    shadow = copy.deepcopy(plain)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    engine, _ = deepspeed_engine(shadow, torch.optim.AdamW(shadow.parameters(), lr=1e-3),
+                                 deepspeed_config(args.mode, None, global_batch=8, world=world, max_grad_norm=1.0),
+                                 device)
+    for i in range(3):
+        b = batch(config, 8, 64, device, i)
+        step(plain, optimizer, b, device, "fp32")
+        loss = QAModel.loss(engine(b["input_ids"], b["attention_mask"], b["token_type_ids"]), b["start"], b["end"])
+        problem = deepspeed_step(engine, loss)
+        if problem:
+            raise RuntimeError(problem)
+    gathered = deepspeed_full_weights(engine)
+    reference = plain.state_dict()
+    difference = max(float((gathered[k].to(device) - reference[k]).abs().max()) for k in reference)
+    result = {"world_size": world, "steps": 3, "max_parameter_difference": difference, "ok": difference < 1e-5}
+    print(args.mode, result, flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=("steps", "fsdp2"))
+    parser.add_argument("mode", choices=("steps", "fsdp2", "zero2", "zero3"))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--preset", default="small")
@@ -115,7 +148,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     args = parser.parse_args()
-    result = run_steps(args) if args.mode == "steps" else run_fsdp2(args)
+    result = (run_steps(args) if args.mode == "steps" else run_fsdp2(args) if args.mode == "fsdp2"
+              else run_zero(args))
     if args.mode == "steps" or torch.distributed.get_rank() == 0:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"device": args.device, **vars(args), "out": str(args.out), **result},

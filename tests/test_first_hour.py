@@ -45,7 +45,7 @@ def test_compare_help_lists_every_preset_with_its_duration():
     text = " ".join(help_of("compare").split())
     for name in COMPARE_PRESETS:
         assert f"{name} (" in text, name
-    assert "quick (4 training min/model)" in text
+    assert "quick (3.5 training min/model)" in text
 
 
 def test_loss_filter_outside_masked_lm_pretraining_is_refused():

@@ -458,7 +458,7 @@ def cmd_bench_generation(args: argparse.Namespace) -> int:
     result = run_generation_bench(prompt_lens=tuple(args.prompt_lens), new_tokens=args.new_tokens, preset=args.preset,
                                   precision=args.precision, threads=args.threads, memory_cap_mb=args.memory_cap_mb,
                                   time_limit_s=args.time_limit_s, out=args.out, quiet=args.quiet,
-                                  command=" ".join(["nami", *sys.argv[1:]]))
+                                  compile_step=args.compile, command=" ".join(["nami", *sys.argv[1:]]))
     if not args.quiet:
         print(markdown(result))
     return 0
@@ -672,6 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--memory-cap-mb", type=positive_float, default=16000.0)
     p.add_argument("--time-limit-s", type=positive_float, default=600.0)
+    p.add_argument("--compile", action="store_true",
+                   help="decode through torch.compile(model), both decoders (compiled during the warm-up)")
     p.add_argument("--out", default="results/generation.json", help="JSON (and .md / .png beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_generation)

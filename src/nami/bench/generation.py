@@ -26,7 +26,7 @@ MODELS = ("wave", "transformer")
 def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 64, preset: str = "small",
                          precision: str = "bf16", threads: int | None = None, memory_cap_mb: float = 16000.0,
                          time_limit_s: float = 600.0, out: str = "results/generation.json", quiet: bool = False,
-                         command: str = "nami bench generation") -> dict[str, Any]:
+                         compile_step: bool = False, command: str = "nami bench generation") -> dict[str, Any]:
     if new_tokens < 2:
         raise ValueError(f"--new-tokens={new_tokens}: expected >= 2")
     if any(p < 1 for p in prompt_lens):
@@ -36,7 +36,7 @@ def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 6
     cases = [(model, p) for p in prompt_lens for model in MODELS]
     for model, prompt_len in tqdm(cases, desc="bench generation", disable=quiet):
         spec = {"mode": "generate", "model": model, "preset": preset, "prompt_len": prompt_len,
-                "new_tokens": new_tokens, "precision": precision, "threads": threads}
+                "new_tokens": new_tokens, "precision": precision, "threads": threads, "compile": compile_step}
         try:
             result = run_isolated(spec, memory_cap_mb=memory_cap_mb, time_limit_s=time_limit_s)
         except CaseFailed as err:
@@ -54,7 +54,8 @@ def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 6
                            "wave_over_transformer_tokens_per_s": by["wave"]["tokens_per_s"]
                            / by["transformer"]["tokens_per_s"]})
     result = {"command": command, "commit": commit, "machine": machine_description(), "date": now_iso(),
-              "settings": {"preset": preset, "precision": precision, "batch": 1, "new_tokens": new_tokens},
+              "settings": {"preset": preset, "precision": precision, "batch": 1, "new_tokens": new_tokens,
+                           "compiled": compile_step},
               "records": records, "ratios": ratios, "skipped": skipped}
     path = Path(out)
     write_json(path, result)
@@ -68,7 +69,8 @@ def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 6
 def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = ["# Generation: Wave decoder vs Transformer decoder against prompt length", "",
-             f"Preset `{s['preset']}`, {s['precision']}, batch 1, {s['new_tokens']} greedy new tokens per case, one "
+             f"Preset `{s['preset']}`, {s['precision']}, batch 1, {s['new_tokens']} greedy new tokens per case"
+             f"{', both decoders through torch.compile' if s.get('compiled') else ''}, one "
              "fresh process per case. tokens/s counts decoding steps after the prefill; state = the decoding "
              "cache (Wave: running sums; Transformer: keys and values); peak = the process's resident peak "
              "(prefill activations included).", "",

@@ -50,12 +50,15 @@ def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
     prompt = torch.randint(5, config.vocab_size, (prompt_len,)).tolist()
     bf16 = spec.get("precision", "bf16") == "bf16"
     context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    runner = torch.compile(model) if spec.get("compile") else model
     with context:
-        generate(model, [prompt[:16]], max_new_tokens=2, eos_id=None)  # warm-up (kernel creation)
+        # Warm-up (kernel creation; compiled: the prefill and step graphs, several steps so that a
+        # growing key/value cache has become a dynamic dimension before the timed steps).
+        generate(runner, [prompt[:16]], max_new_tokens=8 if spec.get("compile") else 2, eos_id=None)
         rss_before = current_rss_mb()
         stamps: list[float] = []
         tick = time.perf_counter()
-        out, cache = generate(model, [prompt], max_new_tokens=new_tokens, eos_id=None,
+        out, cache = generate(runner, [prompt], max_new_tokens=new_tokens, eos_id=None,
                               on_token=lambda _: stamps.append(time.perf_counter()))
     prefill_s = stamps[0] - tick  # prefill + the first token
     decode_s = max(stamps[-1] - stamps[0], 1e-9)  # the new_tokens − 1 decoding steps after it, timed directly

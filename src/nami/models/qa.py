@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +13,10 @@ from nami.models.config import ModelConfig
 from nami.models.pretrained import PreTrainedMixin
 
 
-@dataclass
-class SpanLogits:
-    """Start / end scores ``(B, S)`` in float32; padding positions are ``-inf``."""
+class SpanLogits(NamedTuple):
+    """Start / end scores ``(B, S)`` in float32; padding positions are ``-inf``. A named tuple, so
+    that wrappers which look for tensors in a module's outputs (DeepSpeed ZeRO-3's backward hooks,
+    Accelerate's fp32 conversion) find them."""
 
     start: torch.Tensor
     end: torch.Tensor

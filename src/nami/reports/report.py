@@ -218,7 +218,7 @@ def render_markdown(result: dict[str, Any]) -> str:
               "## Cost", "", cost_table(result), ""]
     pretrain = pretrain_table(result)
     if pretrain:
-        kind = "Causal-LM" if "perplexity |" in pretrain.splitlines()[0] else "Masked-LM"
+        kind = "Causal-LM" if "held-out perplexity" in pretrain.splitlines()[0] else "Masked-LM"
         lines += [f"## {kind} pretraining", "", pretrain, "",
                   f"Held-out text: {next(iter(result['models'].values()))['pretrain'].get('eval_data')}.", ""]
     plots = result.get("plots", {})

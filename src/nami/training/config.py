@@ -37,7 +37,7 @@ VOCAB_ORDERS = ("none", "frequency")
 SCHEDULES = ("cosine", "linear")
 BAD_RECORD_POLICIES = ("error", "skip")
 LOG_WITH = ("tensorboard",)
-SHARDINGS = ("none", "fsdp2")
+SHARDINGS = ("none", "fsdp2", "zero2", "zero3")
 
 
 @dataclass
@@ -115,8 +115,11 @@ class TrainConfig:
     # training memory, same forward.
     wave_recompute: bool = False
     # Multi-process training (torchrun / accelerate launch): "none" replicates the model on every
-    # process (DDP); "fsdp2" shards parameters, gradients and optimizer state (nami.training.distributed).
+    # process (DDP); "fsdp2" shards parameters, gradients and optimizer state (nami.training.distributed);
+    # "zero2" / "zero3": DeepSpeed ZeRO stage 2 (gradients and optimizer state) / 3 (parameters too),
+    # with nami's DeepSpeed config or the file ``deepspeed_config``.
     sharding: str = "none"
+    deepspeed_config: str | None = None
     # Self-distillation (QA with model.exit_layers): each early-exit head's loss is
     # (1 − self_distill) · CE(answers) + self_distill · T² · KL(last layer ‖ exit), T = distill_temperature.
     self_distill: float = 0.0
@@ -193,6 +196,13 @@ class TrainConfig:
         choice("on_bad_record", BAD_RECORD_POLICIES)
         choice("answer_boundaries", ANSWER_BOUNDARIES)
         choice("sharding", SHARDINGS)
+        if self.deepspeed_config is not None and not self.sharding.startswith("zero"):
+            raise ValueError(f"option deepspeed_config={self.deepspeed_config}: a DeepSpeed config needs "
+                             f"--sharding zero2 or zero3 (not {self.sharding})")
+        if self.sharding.startswith("zero") and self.grad_accum != 1:
+            raise ValueError(f"option grad_accum={self.grad_accum}: not supported with --sharding {self.sharding} "
+                             "(the DeepSpeed engine would count micro-batches across epoch ends differently); "
+                             "use a larger --batch-size")
         if self.log_with is not None:
             choice("log_with", LOG_WITH)
             import importlib.util
@@ -276,7 +286,7 @@ class TrainConfig:
     def short_hash(self) -> str:
         """8 hex digits identifying the settings (output location excluded)."""
         ignored = ("runs_dir", "run_name", "threads", "checkpoint_every_steps", "checkpoint_every_minutes",
-                   "keep_checkpoints", "log_with", "sharding")
+                   "keep_checkpoints", "log_with", "sharding", "deepspeed_config")
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -345,7 +355,10 @@ OPTION_HELP: dict[str, str] = {
     "wave_recompute": "Wave layers keep only w and G² for backward and recompute the wave maths and its LayerNorm "
                       "(less training memory, same forward values)",
     "sharding": "with several processes (torchrun / accelerate launch): none = a full model per process (DDP), "
-                "fsdp2 = parameters, gradients and optimizer state sharded across them",
+                "fsdp2 = parameters, gradients and optimizer state sharded across them (PyTorch FSDP2), "
+                "zero2 / zero3 = DeepSpeed ZeRO stage 2 / 3 (pip install deepspeed)",
+    "deepspeed_config": "a DeepSpeed config JSON for --sharding zero2/zero3 (default: nami's, the same as "
+                        "configs/deepspeed/zero2.json / zero3.json); \"auto\" values are filled from the run",
     "log_with": "tensorboard: also log the training curves to RUN/tensorboard (needs pip install "
                 "'nami[tensorboard]'; view with tensorboard --logdir RUN/tensorboard)",
     "rope_base": "base of the RoPE phase-rotation angles (with --wave-rope)",

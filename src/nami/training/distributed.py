@@ -191,3 +191,190 @@ def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """A plain tensor: the full value of a ``DTensor`` (a collective), ``tensor`` itself otherwise."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+# --- DeepSpeed ZeRO ------------------------------------------------------------------------------
+# ``sharding="zero2"`` / ``"zero3"``: the model and optimizer go through ``deepspeed.initialize``
+# (applied here, like FSDP2, not through Accelerate's DeepSpeed plugin, which does not run on CPU
+# process groups). Weights and optimizer state stay fp32 and ``--precision bf16`` is the same
+# autocast as on every other path (DeepSpeed's own "bf16" mode would keep bf16 weights: different
+# numbers). Checkpoints hold the *full* weights and a full AdamW state with the unsharded layout,
+# read through DeepSpeed's gathering APIs (``GatheredParameters``, ``safe_get_full_optimizer_state``),
+# so a ZeRO run's files are the files of any other run and resume exactly.
+
+ZERO_STAGES = {"zero2": 2, "zero3": 3}
+
+
+def _zero_template(stage: int) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": "auto",
+        "zero_optimization": zero,
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1_000_000_000,
+        "wall_clock_breakdown": False,
+    }
+
+
+#: nami's DeepSpeed configs, committed as ``configs/deepspeed/zero2.json`` / ``zero3.json`` too (the
+#: starting point of a user's own ``--deepspeed-config``; a test keeps the files equal to these).
+ZERO_CONFIGS: dict[int, dict[str, Any]] = {stage: _zero_template(stage) for stage in (2, 3)}
+
+
+def deepspeed_config(sharding: str, path: str | None, *, global_batch: int, world: int,
+                     max_grad_norm: float) -> dict[str, Any]:
+    """The DeepSpeed config of a ``--sharding zero2/zero3`` run: nami's (:data:`ZERO_CONFIGS`) or the
+    file ``path``, with its ``"auto"`` values filled from the run. Errors name the file and field."""
+    import copy
+    import json
+
+    stage = ZERO_STAGES[sharding]
+    where = f"--deepspeed-config {path}" if path else f"--sharding {sharding}"
+    if path is None:
+        config = copy.deepcopy(ZERO_CONFIGS[stage])
+    else:
+        try:
+            config = json.loads(open(path, encoding="utf-8").read())
+        except OSError as err:
+            raise ValueError(f"{where}: cannot read it ({err.strerror or err})") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON (line {err.lineno}: {err.msg})") from err
+        if not isinstance(config, dict):
+            raise ValueError(f"{where}: expected a JSON object")
+        found = (config.get("zero_optimization") or {}).get("stage")
+        if found != stage:
+            raise ValueError(f"{where}: zero_optimization.stage is {found}, but --sharding {sharding} is stage {stage}")
+    auto = {"train_micro_batch_size_per_gpu": -(-global_batch // world), "gradient_clipping": max_grad_norm,
+            "gradient_accumulation_steps": 1}
+    for key, value in auto.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
+    if config["gradient_accumulation_steps"] != 1:
+        raise ValueError(f"{where}: gradient_accumulation_steps must be 1 (use a larger --batch-size)")
+    for key in ("bf16", "fp16"):
+        if (config.get(key) or {}).get("enabled") is True:
+            raise ValueError(f"{where}: {key}.enabled must be false: nami keeps fp32 weights and trains with "
+                             "autocast (--precision bf16)")
+        config.setdefault(key, {})["enabled"] = False
+    return config
+
+
+def deepspeed_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any],
+                     device: torch.device) -> tuple[Any, Any]:
+    """``(engine, optimizer)`` of ``deepspeed.initialize`` for ``model`` and its AdamW ``optimizer``."""
+    try:
+        import deepspeed
+    except ImportError as err:
+        raise ValueError("option sharding=zero2/zero3 needs DeepSpeed: pip install deepspeed") from err
+    if not torch.distributed.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise ValueError("option sharding=zero2/zero3 shards the model across processes: start training with "
+                             "torchrun --nproc_per_node N -m nami train ... (or accelerate launch -m nami train ...)")
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    # The language models multiply by the token embedding in their own forward (tied output
+    # matrix): ZeRO-3 must gather it there too, not only inside the embedding's forward.
+    tied = getattr(model, "output_weight", None)
+    engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
+                                                     dist_init_required=False)
+    if config["zero_optimization"]["stage"] == 3 and isinstance(tied, torch.nn.Parameter):
+        deepspeed.zero.register_external_parameter(engine.module, tied)
+    return engine, ds_optimizer
+
+
+def deepspeed_step(engine: Any, loss: torch.Tensor) -> str | None:
+    """Backward and optimizer step through the engine (it averages gradients over ranks, clips to
+    ``gradient_clipping`` and skips a step whose gradient norm is not finite). Returns the problem, if any."""
+    engine.backward(loss)
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    if norm is not None and not torch.isfinite(torch.as_tensor(float(norm))):
+        return "non-finite gradient (the DeepSpeed engine skipped the step)"
+    return None
+
+
+def deepspeed_full_weights(engine: Any) -> dict[str, torch.Tensor]:
+    """The whole model's state dict on every rank (ZeRO-3 gathers the parameters: a collective)."""
+    import deepspeed
+
+    module = engine.module
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _link_optimizer_state(engine: Any) -> None:
+    """Point every ZeRO-1/2 parameter's optimizer-state fragments at the AdamW state of its group.
+
+    DeepSpeed links them once, right after the *first* parameter group's first step, when the
+    other groups (nami has two: with and without weight decay) have no state yet, and never again:
+    their fragments stay empty ("exp_avg not found in optimizer state fragment"). Linking again
+    once every group has state fixes that. ZeRO-3 reads its partitions directly (no-op there)."""
+    optimizer = engine.optimizer
+    if hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):
+        optimizer._hp_optimizer_states_linked = False
+        optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def deepspeed_full_optimizer_state(engine: Any, groups: list[list[torch.nn.Parameter]]) -> dict[str, Any]:
+    """A full AdamW ``state_dict()`` (the layout of the unsharded optimizer: parameters numbered in
+    ``groups`` order) from DeepSpeed's partitions (a collective: every rank calls it)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    base = engine.optimizer.optimizer  # the torch AdamW over DeepSpeed's flat partitions
+    steps = [s["step"] for s in base.state.values() if "step" in s]
+    if steps:
+        _link_optimizer_state(engine)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    param_groups, index = [], 0
+    for params, group in zip(groups, base.param_groups):
+        ids = []
+        for p in params:
+            if steps:  # (before the first step AdamW has no state yet, like an unsharded one)
+                moments = {key: safe_get_full_optimizer_state(p, key) for key in ("exp_avg", "exp_avg_sq")}
+                if any(m is None for m in moments.values()):
+                    raise RuntimeError(f"DeepSpeed returned no optimizer state for a parameter of shape "
+                                       f"{tuple(p.shape)}")
+                state[index] = {"step": steps[0].detach().clone().cpu(),
+                                **{k: m.detach().clone().cpu() for k, m in moments.items()}}
+            ids.append(index)
+            index += 1
+        param_groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+    return {"state": state, "param_groups": param_groups}
+
+
+def deepspeed_load_optimizer_state(engine: Any, groups: list[list[torch.nn.Parameter]], saved: dict[str, Any]) -> None:
+    """Put a full AdamW state (:func:`deepspeed_full_optimizer_state`, or an unsharded run's) into
+    DeepSpeed's partitions (every rank reads the same file)."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    base = engine.optimizer.optimizer
+    entries = {int(k): v for k, v in saved["state"].items()}
+    if not entries:
+        return
+    step = next(iter(entries.values()))["step"]
+    # AdamW creates its state at the first step; create it now, so that there is a place to write
+    # into (ZeRO-3 keys it by its fp32 sub-group partitions, ZeRO-1/2 by the groups' flat partitions).
+    flats = getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or \
+        [flat for group in base.param_groups for flat in group["params"]]
+    for flat in flats:
+        base.state[flat] = {"step": step.detach().clone().to(torch.float32),
+                            "exp_avg": torch.zeros_like(flat), "exp_avg_sq": torch.zeros_like(flat)}
+    _link_optimizer_state(engine)
+    index = 0
+    for params in groups:
+        for p in params:
+            entry = entries.get(index)
+            if entry is None:
+                raise KeyError(f"optimizer state of parameter {index} is missing")
+            for key in ("exp_avg", "exp_avg_sq"):
+                safe_set_full_optimizer_state(p, entry[key].to(p.device), key)
+            index += 1
+    for saved_group, group in zip(saved["param_groups"], base.param_groups):
+        for key, value in saved_group.items():
+            if key != "params":
+                group[key] = value

@@ -56,8 +56,15 @@ from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 from nami.training.distributed import (
+    ZERO_STAGES,
     Ranks,
     ShardedBatches,
+    deepspeed_config,
+    deepspeed_engine,
+    deepspeed_full_optimizer_state,
+    deepspeed_full_weights,
+    deepspeed_load_optimizer_state,
+    deepspeed_step,
     full_optimizer_state,
     full_weights,
     load_full_optimizer_state,
@@ -359,15 +366,23 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
             raise ckpt.CheckpointError(f"{latest}: does not fit the model of {run_dir / ckpt.CONFIG_FILE} "
                                        f"({' '.join(str(err).split())[:300]})") from err
     sharded = config.sharding == "fsdp2"
+    zero = config.sharding in ZERO_STAGES  # DeepSpeed ZeRO: the engine does backward and step
     if sharded:  # after loading full weights, before the optimizer (which must see the shards)
         model = shard_model(model, device)
-        if config.precision == "bf16":  # what Accelerate's prepare does for an unsharded model
-            model.forward = convert_outputs_to_fp32(torch.autocast(device.type, dtype=torch.bfloat16)(model.forward))
+    if (sharded or zero) and config.precision == "bf16":  # what Accelerate's prepare does for an unsharded model
+        model.forward = convert_outputs_to_fp32(torch.autocast(device.type, dtype=torch.bfloat16)(model.forward))
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    if zero:  # the parameters in the optimizer's order: the layout of the full optimizer state in checkpoints
+        zero_groups = [list(group["params"]) for group in optimizer.param_groups]
+        model, optimizer = deepspeed_engine(
+            model, optimizer, deepspeed_config(config.sharding, config.deepspeed_config, global_batch=config.batch_size,
+                                               world=ranks.world, max_grad_norm=config.max_grad_norm), device)
     if resumed:
         try:
             if sharded:
                 load_full_optimizer_state(model, optimizer, optimizer_state)
+            elif zero:
+                deepspeed_load_optimizer_state(model, zero_groups, optimizer_state)
             else:
                 optimizer.load_state_dict(optimizer_state)
         except (RuntimeError, ValueError, KeyError) as err:
@@ -400,7 +415,7 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         run_dir = Path(ranks.broadcast(str(run_dir) if ranks.is_main else None))
     if sharded:
         optimizer = accelerator.prepare(optimizer)  # FSDP2 is applied above; Accelerate must not wrap the model
-    else:
+    elif not zero:  # a DeepSpeed engine is not wrapped again
         model, optimizer = accelerator.prepare(model, optimizer)
 
     if ranks.is_main:
@@ -448,11 +463,11 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         return max(p, progress.train_seconds / budget_s) if budget_s else p
 
     def full_model() -> torch.nn.Module:
-        """The model with whole parameters: itself, or under FSDP2 a gathered copy (a collective)."""
-        if not sharded:
+        """The model with whole parameters: itself, or under FSDP2 / ZeRO a gathered copy (a collective)."""
+        if not (sharded or zero):
             return accelerator.unwrap_model(model)
         copy = task.build_model(model_config)
-        copy.load_state_dict(full_weights(model))
+        copy.load_state_dict(deepspeed_full_weights(model) if zero else full_weights(model))
         return copy.to(device)
 
     def save_checkpoint() -> torch.nn.Module:
@@ -460,7 +475,8 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         # so every rank calls this at the same step.
         others = ranks.gather(rank_rng_state() if ranks.rank > 0 else None)[1:]
         whole = full_model()
-        optimizer_state = full_optimizer_state(model, optimizer.optimizer) if sharded else optimizer
+        optimizer_state = (full_optimizer_state(model, optimizer.optimizer) if sharded else
+                           deepspeed_full_optimizer_state(model, zero_groups) if zero else optimizer)
         if not ranks.is_main:
             return whole
         state = {"progress": asdict(progress), "rng": rng_state(), "world_size": ranks.world,
@@ -508,7 +524,13 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                         if bad and problem is None:
                             problem = "non-finite loss on another process"
                         scale = units * ranks.world / total_units
-                    if problem is None:
+                    if problem is None and accelerator.sync_gradients:  # the learning rate of this step
+                        factor = lr_factor(fraction_done(), config.warmup, config.schedule)
+                        for group in optimizer.param_groups:
+                            group["lr"] = config.lr * factor
+                    if problem is None and zero:
+                        problem = deepspeed_step(model, loss * scale if ranks.distributed else loss)
+                    elif problem is None:
                         accelerator.backward(loss * scale if ranks.distributed else loss)
                         if accelerator.sync_gradients:
                             # Checked before clipping: a NaN norm would spread NaN into every gradient.
@@ -530,12 +552,9 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                         log.write({"type": "skipped_batch", "step": progress.step, "reason": f"{problem} {where}"})
                         optimizer.zero_grad(set_to_none=True)
                         continue
-                    if accelerator.sync_gradients:
-                        factor = lr_factor(fraction_done(), config.warmup, config.schedule)
-                        for group in optimizer.param_groups:
-                            group["lr"] = config.lr * factor
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    if not zero:
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
                 elapsed = time.perf_counter() - tick
                 # One clock, one token count and one stop signal for all ranks (no-op with one process).
                 elapsed, n_tokens, loss_sum, stop.received = ranks.agree(
