@@ -42,7 +42,10 @@ def test_fixture_runs_give_the_same_logits_through_from_pretrained(arch):
     expected = load_file(str(run / "expected_logits.safetensors"))
     with torch.no_grad():
         logits = model(expected["input_ids"], expected["attention_mask"].bool(), expected["token_type_ids"])
-    assert torch.equal(logits.start, expected["start"]) and torch.equal(logits.end, expected["end"])
+    # Bit-identical on the host class that made the fixture; other CPUs' kernels round differently
+    # (Intel Xeon vs AMD EPYC: up to 3e-6 here), so the check is to float32 rounding.
+    torch.testing.assert_close(logits.start, expected["start"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits.end, expected["end"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", sorted(FIXTURE_RUNS))
