@@ -111,5 +111,10 @@ def test_generation_bench_measures_both_decoders(tmp_path):
     assert by["wave", 16]["state_mb"] == by["wave", 48]["state_mb"]  # a constant decoding state
     assert by["transformer", 48]["state_mb"] > by["transformer", 16]["state_mb"]
     assert all(r["tokens_per_s"] > 0 for r in result["records"]) and len(result["ratios"]) == 2
+    for r in result["records"]:  # the median step lies within the timed steps: at most their total
+        assert 0 < r["median_step_ms"] <= 1000 * (4 - 1) / r["tokens_per_s"]
+    for ratio in result["ratios"]:
+        a, b = by["wave", ratio["prompt_len"]], by["transformer", ratio["prompt_len"]]
+        assert ratio["wave_over_transformer_median_step"] == pytest.approx(b["median_step_ms"] / a["median_step_ms"])
     for suffix in (".json", ".md", ".png"):
         assert (tmp_path / f"generation{suffix}").stat().st_size > 0

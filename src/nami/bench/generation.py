@@ -43,7 +43,8 @@ def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 6
             skipped.append({"model": model, "prompt_len": prompt_len, "reason": str(err)})
             continue
         records.append({"model": model, "prompt_len": prompt_len, "new_tokens": new_tokens,
-                        "tokens_per_s": result["tokens_per_s"], "peak_mb": result["peak_mb"],
+                        "tokens_per_s": result["tokens_per_s"], "median_step_ms": result["median_step_ms"],
+                        "peak_mb": result["peak_mb"],
                         "state_mb": result["state_mb"], "prefill_seconds": result["prefill_seconds"],
                         "params": result["params"], "threads": result["threads_used"]})
     ratios = []
@@ -52,7 +53,9 @@ def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 6
         if len(by) == 2:
             ratios.append({"prompt_len": prompt_len,
                            "wave_over_transformer_tokens_per_s": by["wave"]["tokens_per_s"]
-                           / by["transformer"]["tokens_per_s"]})
+                           / by["transformer"]["tokens_per_s"],
+                           "wave_over_transformer_median_step": by["transformer"]["median_step_ms"]
+                           / by["wave"]["median_step_ms"]})
     result = {"command": command, "commit": commit, "machine": machine_description(), "date": now_iso(),
               "settings": {"preset": preset, "precision": precision, "batch": 1, "new_tokens": new_tokens,
                            "compiled": compile_step},
@@ -74,13 +77,17 @@ def markdown(result: dict[str, Any]) -> str:
              "fresh process per case. tokens/s counts decoding steps after the prefill; state = the decoding "
              "cache (Wave: running sums; Transformer: keys and values); peak = the process's resident peak "
              "(prefill activations included).", "",
-             "| model | prompt tokens | decode tokens/s | prefill s | state MB | peak MB |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| model | prompt tokens | decode tokens/s | median step ms | prefill s | state MB | peak MB |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["records"]:
-        lines.append(f"| {r['model']} | {r['prompt_len']:,} | {r['tokens_per_s']:,.1f} | {r['prefill_seconds']:.2f} | "
-                     f"{r['state_mb']:,.3f} | {r['peak_mb']:,.0f} |")
-    lines += ["", "| prompt tokens | Wave ÷ Transformer decode tokens/s |", "| --- | --- |"]
-    lines += [f"| {r['prompt_len']:,} | {r['wave_over_transformer_tokens_per_s']:.2f}× |" for r in result["ratios"]]
+        median = f"{r['median_step_ms']:.2f}" if "median_step_ms" in r else "–"
+        lines.append(f"| {r['model']} | {r['prompt_len']:,} | {r['tokens_per_s']:,.1f} | {median} | "
+                     f"{r['prefill_seconds']:.2f} | {r['state_mb']:,.3f} | {r['peak_mb']:,.0f} |")
+    lines += ["", "| prompt tokens | Wave ÷ Transformer decode tokens/s | same, from median step times |",
+              "| --- | --- | --- |"]
+    lines += [f"| {r['prompt_len']:,} | {r['wave_over_transformer_tokens_per_s']:.2f}× | "
+              + (f"{r['wave_over_transformer_median_step']:.2f}× |" if "wave_over_transformer_median_step" in r
+                 else "– |") for r in result["ratios"]]
     if result["skipped"]:
         lines += ["", "Not measured: " + "; ".join(f"{r['model']} at {r['prompt_len']} ({r['reason']})"
                                                    for r in result["skipped"])]

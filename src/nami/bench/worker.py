@@ -62,8 +62,12 @@ def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
                               on_token=lambda _: stamps.append(time.perf_counter()))
     prefill_s = stamps[0] - tick  # prefill + the first token
     decode_s = max(stamps[-1] - stamps[0], 1e-9)  # the new_tokens − 1 decoding steps after it, timed directly
+    # Each step's own time too: its median is not moved by a few steps that another process on a
+    # shared host interrupted, which the mean (tokens_per_s) is.
+    median_step_s = statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
     return {**spec, "params": count_parameters(model)["total"], "prefill_seconds": prefill_s,
             "decode_seconds": decode_s, "tokens_per_s": (len(out[0]) - 1) / decode_s,
+            "median_step_ms": 1000 * median_step_s,
             "state_mb": round(cache.nbytes() / 2**20, 3), "peak_mb": round(peak_rss_mb(), 1),
             "added_mb": round(peak_rss_mb() - rss_before, 1), "threads_used": torch.get_num_threads()}
 
