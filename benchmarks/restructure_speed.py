@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -74,7 +75,7 @@ def main() -> None:
         summary.append({"variant": variant, "old_seconds_per_step": med["old"], "new_seconds_per_step": med["new"],
                         "new_over_old": med["new"] / med["old"],
                         "old_tokens_per_s": 16384 / med["old"], "new_tokens_per_s": 16384 / med["new"]})
-    record = {"command": "python " + " ".join([str(Path(sys.argv[0]))] + sys.argv[1:]), "title": args.title,
+    record = {"command": "python " + shlex.join([str(Path(sys.argv[0]))] + sys.argv[1:]), "title": args.title,
               "commit": git_commit(ROOT),
               "old_commit": old_commit, "machine": machine_description(), "date": now_iso(),
               "protocol": {"preset": "small", "seq_len": 512, "batch": 32, "precision": "bf16",

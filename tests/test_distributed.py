@@ -314,6 +314,13 @@ def test_deepspeed_configs_are_filled_and_bad_ones_name_the_file_and_field(tmp_p
         TrainConfig.from_dict({"sharding": "zero2", "grad_accum": 2}).validate()
     with pytest.raises(ValueError, match="needs --sharding zero2 or zero3"):
         TrainConfig.from_dict({"deepspeed_config": str(mine)}).validate()
+    # checked with the other options, before any data is loaded
+    with pytest.raises(ValueError, match=r"--deepspeed-config .*missing\.json: file not found"):
+        TrainConfig.from_dict({"sharding": "zero3", "deepspeed_config": str(tmp_path / "missing.json")}).validate()
+    with pytest.raises(ValueError, match=r"--deepspeed-config .*: is a directory"):
+        TrainConfig.from_dict({"sharding": "zero3", "deepspeed_config": str(tmp_path)}).validate()
+    with pytest.raises(ValueError, match=r"ds\.json: not valid JSON"):
+        TrainConfig.from_dict({"sharding": "zero2", "deepspeed_config": str(mine)}).validate()
 
 
 @needs_deepspeed

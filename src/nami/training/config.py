@@ -199,6 +199,11 @@ class TrainConfig:
         if self.deepspeed_config is not None and not self.sharding.startswith("zero"):
             raise ValueError(f"option deepspeed_config={self.deepspeed_config}: a DeepSpeed config needs "
                              f"--sharding zero2 or zero3 (not {self.sharding})")
+        if self.deepspeed_config is not None:  # read and checked now, before any data is loaded
+            from nami.training.distributed import deepspeed_config
+
+            deepspeed_config(self.sharding, self.deepspeed_config, global_batch=self.batch_size, world=1,
+                             max_grad_norm=self.max_grad_norm)
         if self.sharding.startswith("zero") and self.grad_accum != 1:
             raise ValueError(f"option grad_accum={self.grad_accum}: not supported with --sharding {self.sharding} "
                              "(the DeepSpeed engine would count micro-batches across epoch ends differently); "

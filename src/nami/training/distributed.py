@@ -29,6 +29,7 @@ files of any other run; evaluation runs on a full copy of the model.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from collections.abc import Iterator
@@ -239,10 +240,12 @@ def deepspeed_config(sharding: str, path: str | None, *, global_batch: int, worl
     if path is None:
         config = copy.deepcopy(ZERO_CONFIGS[stage])
     else:
-        try:
-            config = json.loads(open(path, encoding="utf-8").read())
-        except OSError as err:
-            raise ValueError(f"{where}: cannot read it ({err.strerror or err})") from err
+        from nami.io import read_input_bytes
+
+        try:  # a regular file (a directory or FIFO is named as such), UTF-8, JSON
+            config = json.loads(read_input_bytes(path, "--deepspeed-config").decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{where}: not UTF-8 text") from err
         except json.JSONDecodeError as err:
             raise ValueError(f"{where}: not valid JSON (line {err.lineno}: {err.msg})") from err
         if not isinstance(config, dict):
@@ -293,7 +296,7 @@ def deepspeed_step(engine: Any, loss: torch.Tensor) -> str | None:
     engine.backward(loss)
     engine.step()
     norm = engine.get_global_grad_norm()
-    if norm is not None and not torch.isfinite(torch.as_tensor(float(norm))):
+    if norm is not None and not math.isfinite(float(norm)):
         return "non-finite gradient (the DeepSpeed engine skipped the step)"
     return None
 
