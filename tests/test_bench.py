@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nami.models import ARCHITECTURES
 from nami.bench.roofline import forward_flops_per_token, training_flops_per_token
 from nami.bench.scaling import CaseFailed, loglog_slope, run_isolated, slopes
-from nami.models import QAModel, preset_config
+from nami.models import ModelConfig, QAModel, preset_config
 from nami.reports.environment import provenance_lines
 
 
@@ -104,17 +104,26 @@ def test_generation_bench_measures_both_decoders(tmp_path):
     from nami.bench.generation import run_generation_bench
 
     result = run_generation_bench(prompt_lens=(16, 48), new_tokens=4, preset="tiny", precision="fp32", threads=1,
-                                  out=str(tmp_path / "generation.json"), quiet=True, time_limit_s=120)
+                                  batch=2, out=str(tmp_path / "generation.json"), quiet=True, time_limit_s=120)
     assert not result["skipped"]
     by = {(r["model"], r["prompt_len"]): r for r in result["records"]}
     assert set(by) == {(m, p) for m in ("wave", "transformer") for p in (16, 48)}
     assert by["wave", 16]["state_mb"] == by["wave", 48]["state_mb"]  # a constant decoding state
     assert by["transformer", 48]["state_mb"] > by["transformer", 16]["state_mb"]
     assert all(r["tokens_per_s"] > 0 for r in result["records"]) and len(result["ratios"]) == 2
-    for r in result["records"]:  # the median step lies within the timed steps: at most their total
-        assert 0 < r["median_step_ms"] <= 1000 * (4 - 1) / r["tokens_per_s"]
+    for r in result["records"]:  # the median step lies within the timed steps: at most their total (2 rows a step)
+        assert r["batch"] == 2 and 0 < r["median_step_ms"] <= 1000 * (4 - 1) * 2 / r["tokens_per_s"]
+    # Same-size decoders read the same weights per step: 4·D² per mixer, the FFN, the tied (V, D) matrix, fp32.
+    config = ModelConfig.from_name("tiny", "wave", vocab_size=32000)
+    expected_mb = 4 * (config.n_layers * (4 * config.d_model**2 + 2 * config.d_model * config.d_ff)
+                       + config.vocab_size * config.d_model) / 2**20
+    assert by["wave", 16]["weights_mb_per_step"] == by["transformer", 16]["weights_mb_per_step"] \
+        == pytest.approx(expected_mb, abs=1e-3)
     for ratio in result["ratios"]:
         a, b = by["wave", ratio["prompt_len"]], by["transformer", ratio["prompt_len"]]
         assert ratio["wave_over_transformer_median_step"] == pytest.approx(b["median_step_ms"] / a["median_step_ms"])
+        assert ratio["bytes_ratio"] == pytest.approx((b["weights_mb_per_step"] + b["state_mb"])
+                                                     / (a["weights_mb_per_step"] + a["state_mb"]))
+    assert result["ratios"][1]["bytes_ratio"] > result["ratios"][0]["bytes_ratio"] > 1  # the cache grows, Wave's does not
     for suffix in (".json", ".md", ".png"):
         assert (tmp_path / f"generation{suffix}").stat().st_size > 0

@@ -39,6 +39,11 @@ def test_stage_plan_chains_pretraining_into_finetuning(tmp_path):
     for finetune_config in (finetune, transformer["finetune"], scratch["finetune"]):
         assert finetune_config.model.dropout == 0.1 and finetune_config.model.attention_dropout == 0.0
     assert pretrain.model.dropout == 0.0 and transformer["pretrain"].model.dropout == 0.0
+    # The plan names the precision its runs train in ("auto" decided for this hardware), so a plan
+    # recorded on a host with native bf16 is not reused where auto chooses fp32, and vice versa.
+    from nami.resources import resolve_precision
+
+    assert {c.precision for c in (pretrain, finetune)} == {resolve_precision("auto")}
     # --pretrain-minutes 0 drops the stage; a preset without one refuses it.
     assert list(stage_configs("standard", "wave", minutes=None, pretrain_minutes=0, runs_dir="r", stamp="S",
                               train_data=None, eval_data=None)) == ["finetune"]
@@ -251,7 +256,8 @@ def test_a_compare_continues_in_a_fresh_checkout_from_its_recorded_results(tmp_p
                   tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True, lexical_baseline=False)
     out = tmp_path / "cmp"
     first = run_compare(models=("wave",), out_dir=str(out), **common)["models"]["wave"]
-    assert first["trained"]["host_gflops"] > 0  # every invocation stamps its host's speed
+    assert first["trained"]["host_gflops"] > 0  # every invocation stamps its host's speed, fp32 and bf16
+    assert first["trained"]["host_gflops_bf16"] > 0
     shutil.rmtree(out / "runs")  # a fresh clone: runs/ is not committed
     result = run_compare(models=("wave", "transformer"), out_dir=str(out), **common)
     wave, transformer = result["models"]["wave"], result["models"]["transformer"]
@@ -267,3 +273,21 @@ def test_a_compare_continues_in_a_fresh_checkout_from_its_recorded_results(tmp_p
     again = run_compare(models=("wave",), out_dir=str(out), **{**common, "minutes": 0.02})
     assert again["models"]["wave"]["trained"].get("from_results") is None
     assert again["models"]["wave"]["trained"]["reused"] is False
+
+
+def test_report_warns_when_hosts_differ_in_bf16_speed_alone():
+    """A CPU without native bf16 has an ordinary fp32 GEMM speed but runs bf16 several times slower:
+    the fp32 stamps agree, the bf16 stamps do not, and the report must say tokens/s do not compare."""
+    from nami.reports.report import trained_lines
+
+    def trained(fp32: float, bf16: float | None, reused: bool) -> dict:
+        record = {"commit": "abc1234", "date": "2026-12-01", "machine": "Xeon", "host_gflops": fp32, "reused": reused}
+        return {**record, "host_gflops_bf16": bf16} if bf16 is not None else record
+
+    result = {"models": {"wave": {"trained": trained(100.0, 290.0, True)},
+                         "transformer": {"trained": trained(105.0, 31.0, False)}}}
+    text = "\n".join(trained_lines(result))
+    assert "fp32 GEMM GFLOP/s at the start of each invocation) agree within 10 %" in text
+    assert "differ by more than 10 % (bf16 GEMM" in text and "transformer: 31.0" in text
+    result["models"]["transformer"]["trained"] = trained(105.0, None, False)  # stamped before bf16 stamps existed
+    assert "bf16 GEMM" not in "\n".join(trained_lines(result))

@@ -163,6 +163,26 @@ def test_seeded_runs_are_bitwise_reproducible(tiny_squad, tiny_tokenizer_dir, tm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_auto_precision_is_resolved_for_this_hardware_and_saved(tiny_squad, tiny_tokenizer_dir, tmp_path, monkeypatch):
+    """``--precision auto`` (the default) becomes bf16 only where the hardware has native bf16, and
+    the run's saved config holds the choice (so a resume on another host keeps it)."""
+    from nami import resources
+    from nami.training import loop
+
+    assert TrainConfig().precision == "auto"
+    assert resources.resolve_precision("bf16") == "bf16" and resources.resolve_precision("fp32") == "fp32"
+    assert resources.resolve_precision("auto") == ("bf16" if resources.native_bf16("cpu") else "fp32")
+    assert resources.resolve_precision("auto", "mps") == "fp32"
+    for native, expected in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(loop, "resolve_precision",
+                            lambda p, device, native=native: resources.resolve_precision(p, device) if p != "auto"
+                            else ("bf16" if native else "fp32"))
+        result = train(tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp_path, "wave", max_steps=2,
+                                         precision="auto", run_name=f"auto-{expected}"), quiet=True)
+        saved, _, _ = ckpt.read_run_config(result.run_dir)
+        assert saved.precision == expected
+
+
 def test_existing_run_name_is_refused(overfit_runs, tiny_squad, tiny_tokenizer_dir):
     run_dir = overfit_runs["wave"].run_dir
     config = tiny_train_config(tiny_squad, tiny_tokenizer_dir, run_dir.parent.parent, "wave",

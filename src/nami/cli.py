@@ -456,6 +456,7 @@ def cmd_bench_generation(args: argparse.Namespace) -> int:
     _check_results_out(args.out)  # before the benchmark runs, not after
 
     result = run_generation_bench(prompt_lens=tuple(args.prompt_lens), new_tokens=args.new_tokens, preset=args.preset,
+                                  batch=args.batch,
                                   precision=args.precision, threads=args.threads, memory_cap_mb=args.memory_cap_mb,
                                   time_limit_s=args.time_limit_s, out=args.out, quiet=args.quiet,
                                   compile_step=args.compile, command=" ".join(["nami", *sys.argv[1:]]))
@@ -650,7 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--tokens", type=positive_int, default=16384, help="tokens per step (batch = tokens / S, at least 1)")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the CPU/GPU has native bf16, else fp32 (recorded as chosen)")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed steps per case (median reported)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--memory-cap-mb", type=positive_float, default=16000.0,
@@ -667,8 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
                                             "against prompt length")
     p.add_argument("--prompt-lens", type=positive_int, nargs="+", default=[256, 1024, 4096, 16384])
     p.add_argument("--new-tokens", type=positive_int, default=64)
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="prompts decoded together (tokens/s counts all rows)")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the CPU/GPU has native bf16, else fp32 (recorded as chosen)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--memory-cap-mb", type=positive_float, default=16000.0)
     p.add_argument("--time-limit-s", type=positive_float, default=600.0)

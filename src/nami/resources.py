@@ -56,3 +56,42 @@ def tune_malloc() -> dict[str, int] | str:
 
 
 MALLOC_TUNING: dict[str, int] | None = None  # what tune_malloc() applied in this process, if anything
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether ``device_type`` computes bf16 matrix products in hardware.
+
+    CPU: AMX tiles or AVX512-BF16 (x86; oneDNN's bf16 kernels), or the ``bf16`` feature of an
+    ARMv8.6+ core. Without them PyTorch emulates bf16 through fp32 conversions and bf16 autocast
+    is *slower* than fp32: on an AVX-512 Xeon without either, a 2048² GEMM ran at 31 vs 115 GFLOP/s
+    and a small Wave training step at 724 vs 3,567 tokens/s (2 threads, 2026-12-01). CUDA: GPUs
+    with native bf16 (Ampere and later). Other devices: False (fp32 is the safe choice).
+    """
+    import torch
+
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(cpu, probe, None)
+        if check is not None and check():
+            return True
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        try:
+            with open("/proc/cpuinfo") as handle:
+                return any(line.startswith("Features") and " bf16" in line for line in handle)
+        except OSError:
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """``"auto"`` → ``"bf16"`` where :func:`native_bf16` holds for ``device_type``, else ``"fp32"``;
+    ``"bf16"`` / ``"fp32"`` are returned unchanged (an explicit choice is always honoured)."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device_type) else "fp32"
+    return precision

@@ -27,6 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
+from nami.resources import resolve_precision
 
 from nami.models import ARCHITECTURES  # noqa: E402  (the registry with the built-in mixers)
 
@@ -91,7 +92,7 @@ def run_scaling(
     seq_lens: tuple[int, ...] = DEFAULT_SEQ_LENS,
     tokens: int = 16384,
     preset: str = "small",
-    precision: str = "bf16",
+    precision: str = "auto",
     repeats: int = 3,
     threads: int | None = None,
     memory_cap_mb: float = 16000.0,
@@ -106,6 +107,7 @@ def run_scaling(
         raise ValueError("--seq-lens, --tokens and --repeats must be positive")
     max_len = max(seq_lens)  # one position table for every case: parameter counts do not change with S
     commit = git_commit()
+    precision = resolve_precision(precision)  # "auto": bf16 only on CPUs with native bf16
     base = dict(preset=preset, precision=precision, repeats=repeats, warmup=1, threads=threads, max_len=max_len)
     variants = [v for v in VARIANTS if (compile_wave or v != "wave-compiled") and (recompute_wave or v != "wave-recompute")]
     cases = [(variant, s, mode, sweep) for sweep in ("tokens", "batch1") for variant in variants

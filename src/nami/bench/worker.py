@@ -36,8 +36,9 @@ def current_rss_mb() -> float:
 
 
 def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
-    """Generation from a random prompt of ``prompt_len`` tokens (batch 1): prefill time, decoding
-    tokens/s for ``new_tokens`` greedy tokens, the decoding state's size and the process's peak memory."""
+    """Generation from ``batch`` random prompts of ``prompt_len`` tokens each: prefill time, decoding
+    tokens/s (all rows) for ``new_tokens`` greedy tokens per row, the decoding state's size, the bytes
+    of weights one decoding step reads, and the process's peak memory."""
     from nami.models import CausalLMModel, ModelConfig, generate
 
     torch.manual_seed(0)
@@ -47,26 +48,34 @@ def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
     config = ModelConfig.from_name(spec.get("preset", "small"), spec["model"], vocab_size=spec.get("vocab_size", 32000),
                                    max_len=prompt_len + new_tokens + 1)
     model = CausalLMModel(config).eval()
-    prompt = torch.randint(5, config.vocab_size, (prompt_len,)).tolist()
+    batch = spec.get("batch", 1)
+    prompts = torch.randint(5, config.vocab_size, (batch, prompt_len)).tolist()
     bf16 = spec.get("precision", "bf16") == "bf16"
     context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     runner = torch.compile(model) if spec.get("compile") else model
     with context:
         # Warm-up (kernel creation; compiled: the prefill and step graphs, several steps so that a
         # growing key/value cache has become a dynamic dimension before the timed steps).
-        generate(runner, [prompt[:16]], max_new_tokens=8 if spec.get("compile") else 2, eos_id=None)
+        generate(runner, [p[:16] for p in prompts], max_new_tokens=8 if spec.get("compile") else 2, eos_id=None)
         rss_before = current_rss_mb()
         stamps: list[float] = []
         tick = time.perf_counter()
-        out, cache = generate(runner, [prompt], max_new_tokens=new_tokens, eos_id=None,
+        out, cache = generate(runner, prompts, max_new_tokens=new_tokens, eos_id=None,
                               on_token=lambda _: stamps.append(time.perf_counter()))
     prefill_s = stamps[0] - tick  # prefill + the first token
     decode_s = max(stamps[-1] - stamps[0], 1e-9)  # the new_tokens − 1 decoding steps after it, timed directly
     # Each step's own time too: its median is not moved by a few steps that another process on a
     # shared host interrupted, which the mean (tokens_per_s) is.
     median_step_s = statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
-    return {**spec, "params": count_parameters(model)["total"], "prefill_seconds": prefill_s,
-            "decode_seconds": decode_s, "tokens_per_s": (len(out[0]) - 1) / decode_s,
+    # Bytes of weights a decoding step reads: every matrix once (bf16 copies under autocast, fp32
+    # otherwise), whatever the batch; the embedding table only at B rows (not counted), except as
+    # the tied output matrix (counted once). Vectors (biases, LayerNorms) are negligible.
+    width = 2 if bf16 else 4
+    weight_bytes = sum(p.numel() * width for name, p in model.named_parameters() if p.dim() == 2
+                       and "position" not in name and "segment" not in name)
+    return {**spec, "batch": batch, "params": count_parameters(model)["total"], "prefill_seconds": prefill_s,
+            "decode_seconds": decode_s, "tokens_per_s": batch * (len(out[0]) - 1) / decode_s,
+            "weights_mb_per_step": round(weight_bytes / 2**20, 3),
             "median_step_ms": 1000 * median_step_s,
             "state_mb": round(cache.nbytes() / 2**20, 3), "peak_mb": round(peak_rss_mb(), 1),
             "added_mb": round(peak_rss_mb() - rss_before, 1), "threads_used": torch.get_num_threads()}

@@ -19,6 +19,7 @@ from nami.data.batching import QACollator, sorted_batches, token_type_count
 from nami.data.features import ANSWER_BOUNDARIES, QAFeatures
 from nami.data.squad import QAExample
 from nami.evaluation.decoding import Span, best_token_spans, decode_example_spans
+from nami.resources import resolve_precision
 
 
 @dataclass
@@ -33,8 +34,8 @@ class PredictionOutput:
 
 
 def autocast_context(device: torch.device, precision: str):
-    """``torch.autocast`` for bf16, a no-op for fp32."""
-    if precision == "bf16":
+    """``torch.autocast`` for bf16, a no-op for fp32 (``auto``: :func:`nami.resources.resolve_precision`)."""
+    if resolve_precision(precision, device.type) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

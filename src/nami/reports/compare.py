@@ -39,12 +39,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from nami import paths
 from nami.data.squad import load_squad
 from nami.evaluation import lexical
 from nami.evaluation.metric import evaluate_predictions
 from nami.io import CommandFailed, check_output_dir, check_output_path, read_json, write_json
 from nami.reports.environment import git_commit, host_speed_gflops, machine_description, now_iso
+from nami.resources import resolve_precision
 # The presets (their recipes) are data in nami.reports.presets, re-exported here.
 from nami.reports.presets import COMPARE_PRESETS, FINAL_STAGE, PRESET_SUMMARIES, describe_presets  # noqa: F401
 from nami.reports.report import RESULTS_FILE, write_report
@@ -119,7 +122,15 @@ def stage_configs(
             "tokenizer": None if init_dir else tokenizer, "init_from": init_dir,
             **stage["train"], **arch_options, **(options or {}),
         })
+        # "auto" precision is decided here, for every stage and model alike, so the plan (and the
+        # recorded results it is matched against later) names the precision the runs train in.
+        stages[stage["name"]].precision = resolve_precision(stages[stage["name"]].precision, _train_device_type())
     return stages
+
+
+def _train_device_type() -> str:
+    """The device a ``nami train`` subprocess will train on (Accelerate's choice: CUDA when present)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 _VOLATILE = ("run_name", "init_from", "runs_dir")  # differ between invocations of the same plan
@@ -350,6 +361,7 @@ def run_compare(
         adopt_ablation_runs(list(reuse), runs_dir, plans, quiet=quiet)
     recorded = recorded_models(out / RESULTS_FILE, plans)
     this_invocation = {"commit": commit, "machine": machine_description(), "host_gflops": host_speed_gflops(),
+                       "host_gflops_bf16": host_speed_gflops(dtype=torch.bfloat16),
                        "date": now_iso(), "reused": False}
     trained: dict[str, dict[str, Any]] = {}
     chains: dict[str, list[list[str]]] = {}

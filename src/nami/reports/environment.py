@@ -39,12 +39,14 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs{gpu}; {platform.system()} {platform.release()}; torch {torch.__version__}"
 
 
-def host_speed_gflops(n: int = 512, repeats: int = 7) -> float:
-    """This host's float32 matrix-multiply speed (GFLOP/s, median of ``repeats`` products of two
+def host_speed_gflops(n: int = 512, repeats: int = 7, dtype: torch.dtype = torch.float32) -> float:
+    """This host's matrix-multiply speed in ``dtype`` (GFLOP/s, median of ``repeats`` products of two
     ``n × n`` matrices, the threads torch uses): a speed stamp for runs whose tokens/s are
     compared later. Hosts with the same CPU name have run the same preset at half the speed of
-    each other (``machine_description`` cannot tell them apart); this can. About 0.1 s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    each other (``machine_description`` cannot tell them apart); this can. Stamp both fp32 and
+    bf16: CPUs without native bf16 (no AMX / AVX512-BF16) run bf16 several times slower than fp32
+    while their fp32 speed looks ordinary. About 0.1 s each."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     times = []
     for _ in range(repeats):

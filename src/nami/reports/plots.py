@@ -180,7 +180,8 @@ def plot_generation(result: dict, out_png: str | Path) -> Path:
         axes[1].plot(xs, [r["peak_mb"] for r in rs], marker="o", color=colours[model], label=f"{model}: process peak")
         axes[1].plot(xs, [max(r["state_mb"], 1e-3) for r in rs], marker="s", linestyle="--", color=colours[model],
                      label=f"{model}: decoding state")
-    for ax, ylabel in zip(axes, ("decoding tokens/s (batch 1)", "MB")):
+    batch = result["settings"].get("batch", 1)
+    for ax, ylabel in zip(axes, (f"decoding tokens/s (batch {batch})", "MB")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set(xlabel="prompt tokens", ylabel=ylabel)

@@ -134,14 +134,15 @@ def trained_lines(result: dict[str, Any]) -> list[str]:
     if len({t["machine"] for t in trained.values() if t}) > 1:
         lines.append("- **the models were trained on different machines: their speeds (tok/s, q/s) do not compare**: "
                      + "; ".join(f"{arch}: {t['machine']}" for arch, t in trained.items() if t))
-    speeds = {arch: t["host_gflops"] for arch, t in trained.items() if t and t.get("host_gflops")}
-    if len(speeds) > 1 and max(speeds.values()) > 1.1 * min(speeds.values()):
-        lines.append("- **the hosts' measured speeds differ by more than 10 % (fp32 GEMM GFLOP/s at the start of "
-                     "each invocation): tokens/s do not compare across these models**: "
-                     + "; ".join(f"{arch}: {g:,.1f}" for arch, g in speeds.items()))
-    elif len(speeds) > 1:
-        lines.append("- hosts' measured speeds (fp32 GEMM GFLOP/s at the start of each invocation) agree within "
-                     "10 %: " + "; ".join(f"{arch}: {g:,.1f}" for arch, g in speeds.items()))
+    for key, kind in (("host_gflops", "fp32"), ("host_gflops_bf16", "bf16")):  # bf16: stamped since 2026-12-01
+        speeds = {arch: t[key] for arch, t in trained.items() if t and t.get(key)}
+        if len(speeds) > 1 and max(speeds.values()) > 1.1 * min(speeds.values()):
+            lines.append(f"- **the hosts' measured speeds differ by more than 10 % ({kind} GEMM GFLOP/s at the start "
+                         "of each invocation): tokens/s do not compare across these models**: "
+                         + "; ".join(f"{arch}: {g:,.1f}" for arch, g in speeds.items()))
+        elif len(speeds) > 1:
+            lines.append(f"- hosts' measured speeds ({kind} GEMM GFLOP/s at the start of each invocation) agree "
+                         "within 10 %: " + "; ".join(f"{arch}: {g:,.1f}" for arch, g in speeds.items()))
     return lines
 
 

@@ -30,7 +30,7 @@ POSITIVE_NUMBER_OPTIONS = ("lr", "epochs", "max_minutes", "eval_every_minutes", 
 OPTIONAL_OPTIONS = ("max_steps", "checkpoint_every_steps", "threads", "max_minutes", "eval_every_minutes",
                     "checkpoint_every_minutes")
 
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 LOSS_IMPLS = ("auto", "blockwise", "torch_chunked", "naive", "cce")
 LOSS_FILTERS = ("none", "paper", "bounded_mass")
 VOCAB_ORDERS = ("none", "frequency")
@@ -84,7 +84,7 @@ class TrainConfig:
     max_answer_tokens: int = 16  # ~24 characters; JaQuAD train answers: median 5, p99 19 characters
     num_beams: int = 1  # generative QA: beam search width when answers are generated (1 = greedy)
     answer_boundaries: str = "word"  # decoded answers begin/end on MeCab word boundaries ("token": anywhere)
-    precision: str = "bf16"
+    precision: str = "auto"  # resolved to bf16 / fp32 when a run starts (nami.resources.resolve_precision)
     seed: int = 0
     threads: int | None = None
     log_every: int = 20
@@ -332,7 +332,8 @@ OPTION_HELP: dict[str, str] = {
     "max_answer_tokens": "longest answer span (tokens) the decoder considers",
     "num_beams": "generative QA: beam-search width when answers are generated (1 = greedy)",
     "answer_boundaries": "answers begin/end on MeCab word boundaries (word) or on any token (token)",
-    "precision": "bf16 autocast (faster on CPU and GPU) or fp32",
+    "precision": "auto (bf16 autocast where the hardware has native bf16: AMX / AVX512-BF16 CPUs, Ampere+ GPUs; "
+                 "else fp32, which is faster there), bf16 or fp32; the run saves what auto chose",
     "seed": "seed of initialisation, data order and dropout (a run without --max-minutes is bitwise reproducible)",
     "threads": "CPU threads (default: all cores)",
     "log_every": "optimizer steps between training log records",

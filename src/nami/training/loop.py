@@ -51,7 +51,7 @@ from nami.io import read_jsonl
 from nami.models import count_parameters
 from nami.models.block import set_branches
 from nami.models.speed import compile_wave_layers, recompute_wave_layers
-from nami.resources import peak_rss_mb
+from nami.resources import peak_rss_mb, resolve_precision
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
@@ -306,6 +306,12 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
     AcceleratorState._reset_state()
     # Several processes without a GPU (torchrun on CPU): Accelerate sets up gloo only when told cpu=True.
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    if config.precision == "auto":  # the saved config records the choice, so a resume keeps it on any host
+        config.precision = resolve_precision("auto", "cuda" if torch.cuda.is_available() and not multi_cpu else "cpu")
+        if not quiet and os.environ.get("RANK", "0") == "0":
+            print(f"[nami] precision auto -> {config.precision}"
+                  + ("" if config.precision == "bf16" else " (no native bf16 here: bf16 autocast would be slower)"),
+                  flush=True)
     accelerator = Accelerator(
         cpu=multi_cpu,
         mixed_precision="bf16" if config.precision == "bf16" else "no",
