@@ -63,8 +63,9 @@ def native_bf16(device_type: str = "cpu") -> bool:
 
     CPU: AMX tiles or AVX512-BF16 (x86; oneDNN's bf16 kernels), or the ``bf16`` feature of an
     ARMv8.6+ core. Without them PyTorch emulates bf16 through fp32 conversions and bf16 autocast
-    is *slower* than fp32: on an AVX-512 Xeon without either, a 2048² GEMM ran at 31 vs 115 GFLOP/s
-    and a small Wave training step at 724 vs 3,567 tokens/s (2 threads, 2026-12-01). CUDA: GPUs
+    is *slower* than fp32: on an AVX-512 Xeon without either, a 2048² GEMM ran at 64 vs 339 GFLOP/s
+    and a small Wave training step at 2,915 vs 10,526 tokens/s (2 threads, 2026-12-01,
+    ``results/precision.md``). CUDA: GPUs
     with native bf16 (Ampere and later). Other devices: False (fp32 is the safe choice).
     """
     import torch
