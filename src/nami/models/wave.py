@@ -243,15 +243,26 @@ def causal_wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
     end with the state of their own last real token.
     """
     w = w * mask
+    if past_sq is not None and w.shape[1] == 1:
+        # A decoding step, in the fewest operations (it runs once per layer per generated token):
+        # G_t² − w_t² is the sum over the tokens *before* t, i.e. the running sum so far, so the
+        # imaginary part needs no subtraction (the full forward's value up to rounding; tested).
+        return _combine_step(w, torch.sqrt(past_sq + 2.0 * eps), mode), torch.addcmul(past_sq, w, w)
     squares = w * w
-    if past_sq is not None and w.shape[1] == 1:  # a decoding step: the running sum is one addition
-        running = squares + past_sq
-    else:
-        running = squares.cumsum(dim=1)
-        if past_sq is not None:
-            running = running + past_sq
+    running = squares.cumsum(dim=1)
+    if past_sq is not None:
+        running = running + past_sq
     imag = torch.sqrt((running + eps - squares).clamp_min(0.0) + eps)
     return combine_waves(w, imag, mode), running[:, -1:]
+
+
+def _combine_step(real: torch.Tensor, imag: torch.Tensor, mode: str) -> torch.Tensor:
+    """:func:`combine_waves` with fused multiply-adds (five element-wise operations instead of seven)."""
+    if mode == "interference":
+        return combine_waves(real, imag, mode)
+    re1, re2 = real.chunk(2, dim=-1)
+    im1, im2 = imag.chunk(2, dim=-1)
+    return torch.cat([torch.addcmul(re1 * re2, im1, im2, value=-1.0), torch.addcmul(re1 * im2, im1, re2)], dim=-1)
 
 
 def rope_angles(positions: torch.Tensor, dim: int, base: float, scale: float) -> torch.Tensor:
