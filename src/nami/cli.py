@@ -456,7 +456,7 @@ def cmd_bench_generation(args: argparse.Namespace) -> int:
     _check_results_out(args.out)  # before the benchmark runs, not after
 
     result = run_generation_bench(prompt_lens=tuple(args.prompt_lens), new_tokens=args.new_tokens, preset=args.preset,
-                                  batch=args.batch,
+                                  batch=args.batch, repeats=args.repeats,
                                   precision=args.precision, threads=args.threads, memory_cap_mb=args.memory_cap_mb,
                                   time_limit_s=args.time_limit_s, out=args.out, quiet=args.quiet,
                                   compile_step=args.compile, command=" ".join(["nami", *sys.argv[1:]]))
@@ -671,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=positive_int, default=64)
     p.add_argument("--batch", type=positive_int, default=1,
                    help="prompts decoded together (tokens/s counts all rows)")
+    p.add_argument("--repeats", type=positive_int, default=1,
+                   help="fresh processes per case (the decoders alternating); medians are reported")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 where the CPU/GPU has native bf16, else fp32 (recorded as chosen)")

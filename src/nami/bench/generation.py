@@ -18,6 +18,7 @@ measured ratio.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ MODELS = ("wave", "transformer")
 def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 64, preset: str = "small", batch: int = 1,
                          precision: str = "auto", threads: int | None = None, memory_cap_mb: float = 16000.0,
                          time_limit_s: float = 600.0, out: str = "results/generation.json", quiet: bool = False,
-                         compile_step: bool = False, command: str = "nami bench generation") -> dict[str, Any]:
+                         compile_step: bool = False, repeats: int = 1,
+                         command: str = "nami bench generation") -> dict[str, Any]:
     if new_tokens < 2:
         raise ValueError(f"--new-tokens={new_tokens}: expected >= 2")
     if any(p < 1 for p in prompt_lens):
@@ -43,23 +45,39 @@ def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 6
     if batch < 1:
         raise ValueError(f"--batch={batch}: expected >= 1")
     precision = resolve_precision(precision)  # "auto": bf16 only on CPUs with native bf16
+    if repeats < 1:
+        raise ValueError(f"--repeats={repeats}: expected >= 1")
     commit = git_commit()
     records, skipped = [], []
+    # Each repeat runs every case once, the two decoders alternating, so that a slow spell of a
+    # shared host falls on both; a case's numbers are the medians over its repeats.
     cases = [(model, p) for p in prompt_lens for model in MODELS]
-    for model, prompt_len in tqdm(cases, desc="bench generation", disable=quiet):
-        spec = {"mode": "generate", "model": model, "preset": preset, "prompt_len": prompt_len,
-                "new_tokens": new_tokens, "batch": batch, "precision": precision, "threads": threads, "compile": compile_step}
-        try:
-            result = run_isolated(spec, memory_cap_mb=memory_cap_mb, time_limit_s=time_limit_s)
-        except CaseFailed as err:
-            skipped.append({"model": model, "prompt_len": prompt_len, "reason": str(err)})
+    runs: dict[tuple[str, int], list[dict]] = {case: [] for case in cases}
+    failed: dict[tuple[str, int], str] = {}
+    for _, (model, prompt_len) in tqdm([(r, c) for r in range(repeats) for c in cases], desc="bench generation",
+                                       disable=quiet):
+        if (model, prompt_len) in failed:
             continue
+        spec = {"mode": "generate", "model": model, "preset": preset, "prompt_len": prompt_len,
+                "new_tokens": new_tokens, "batch": batch, "precision": precision, "threads": threads,
+                "compile": compile_step}
+        try:
+            runs[model, prompt_len].append(run_isolated(spec, memory_cap_mb=memory_cap_mb, time_limit_s=time_limit_s))
+        except CaseFailed as err:
+            failed[model, prompt_len] = str(err)
+    for (model, prompt_len), results in runs.items():
+        if (model, prompt_len) in failed:
+            skipped.append({"model": model, "prompt_len": prompt_len, "reason": failed[model, prompt_len]})
+            continue
+        first = results[0]
         records.append({"model": model, "prompt_len": prompt_len, "new_tokens": new_tokens, "batch": batch,
-                        "weights_mb_per_step": result["weights_mb_per_step"],
-                        "tokens_per_s": result["tokens_per_s"], "median_step_ms": result["median_step_ms"],
-                        "peak_mb": result["peak_mb"],
-                        "state_mb": result["state_mb"], "prefill_seconds": result["prefill_seconds"],
-                        "params": result["params"], "threads": result["threads_used"]})
+                        "weights_mb_per_step": first["weights_mb_per_step"],
+                        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in results),
+                        "median_step_ms": statistics.median(r["median_step_ms"] for r in results),
+                        "repeats_tokens_per_s": [r["tokens_per_s"] for r in results],
+                        "peak_mb": max(r["peak_mb"] for r in results), "state_mb": first["state_mb"],
+                        "prefill_seconds": statistics.median(r["prefill_seconds"] for r in results),
+                        "params": first["params"], "threads": first["threads_used"]})
     ratios = []
     for prompt_len in prompt_lens:
         by = {r["model"]: r for r in records if r["prompt_len"] == prompt_len}
@@ -73,6 +91,7 @@ def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 6
                            / (by["wave"]["weights_mb_per_step"] + by["wave"]["state_mb"])})
     result = {"command": command, "commit": commit, "machine": machine_description(), "date": now_iso(),
               "settings": {"preset": preset, "precision": precision, "batch": batch, "new_tokens": new_tokens,
+                           "repeats": repeats,
                            "compiled": compile_step},
               "records": records, "ratios": ratios, "skipped": skipped}
     path = Path(out)
@@ -88,7 +107,7 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = ["# Generation: Wave decoder vs Transformer decoder against prompt length", "",
              f"Preset `{s['preset']}`, {s['precision']}, batch {s.get('batch', 1)}, {s['new_tokens']} greedy new tokens "
-             "per row"
+             f"per row, {s.get('repeats', 1)} repeat(s) per case (medians)"
              f"{', both decoders through torch.compile' if s.get('compiled') else ''}, one "
              "fresh process per case. tokens/s counts decoding steps after the prefill (all rows); state = the "
              "decoding cache (Wave: running sums; Transformer: keys and values); weights = the matrices one "
