@@ -53,6 +53,46 @@ def test_streaming_steps_equal_the_full_causal_forward(name):
 
 
 @pytest.mark.parametrize("name", list(DECODERS))
+def test_step_fast_path_equals_forward_with_the_same_cache(name):
+    """``model.step`` (functional, one token per row) = ``forward`` on ``(B, 1)`` inputs: the same
+    hidden states and the same cache, after a padded prefill, with a finished row (mask False)."""
+    model = decoder(name)
+    assert model.encoder.can_step()
+    torch.manual_seed(2)
+    ids = torch.randint(5, 60, (3, 9))
+    lengths = torch.tensor([9, 3, 6])
+    mask = torch.arange(9)[None] < lengths[:, None]
+    with torch.no_grad():
+        caches = [DecodingCache(), DecodingCache()]
+        for cache in caches:
+            model(ids, mask, positions=torch.arange(9).expand(3, 9), cache=cache)
+        position = lengths.clone()
+        for t in range(4):
+            new = torch.randint(5, 60, (3,))
+            live = torch.tensor([True, t < 2, True])  # row 1 finishes after two steps
+            by_forward = model(new[:, None], live[:, None], positions=position[:, None], cache=caches[0])[:, 0]
+            by_step = model.step(new, live, position, caches[1])
+            torch.testing.assert_close(by_step, by_forward, rtol=0, atol=1e-5)
+            position = position + 1
+    for layer, state in caches[0].states.items():
+        other = caches[1].states[layer]
+        for a, b in zip(state if isinstance(state, tuple) else (state,), other if isinstance(other, tuple) else (other,)):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_step_falls_back_to_forward_where_the_encoder_cannot_step():
+    model = decoder("hybrid")
+    model.encoder.blocks[1].mixer.step = None  # a causal mixer without a step method (e.g. a user's)
+    assert not model.encoder.can_step()
+    ids, live, position = torch.tensor([7, 8]), torch.tensor([True, True]), torch.tensor([0, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(model.step(ids, live, position, DecodingCache()),
+                                   model(ids[:, None], live[:, None], positions=position[:, None],
+                                         cache=DecodingCache())[:, 0])
+
+
+@pytest.mark.parametrize("name", list(DECODERS))
 def test_generation_is_the_same_with_the_prompt_at_once_or_token_by_token(name):
     model = decoder(name)
     prompts = [[2, 7, 9, 11, 13, 17], [2, 8], [2, 30, 31, 32]]

@@ -53,6 +53,23 @@ class SelfAttention(nn.Module):
         )
         return self.out(y.transpose(1, 2).reshape(batch, seq_len, width))
 
+    def step(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        """One decoding step (causal, inference): ``x (B, D)``, ``mask (B,)`` bool → ``(B, D)``;
+        appends this token's key/value to ``cache``. The query sees the real cached keys and itself,
+        as in :meth:`forward` on a ``(B, 1, D)`` input (tested), through functional calls."""
+        batch, width = x.shape
+        q, k, v = F.linear(x, self.qkv.weight, self.qkv.bias).view(batch, 3, self.n_heads, 1, width // self.n_heads) \
+            .unbind(1)  # each (B, H, 1, D/H)
+        valid = mask[:, None]
+        past = cache.get(self.layer_index)
+        if past is not None:
+            k, v, valid = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2), torch.cat([past[2], valid], 1)
+        cache.set(self.layer_index, (k, v, valid))
+        allowed = valid.clone()
+        allowed[:, -1] = True  # itself: a finished row's query is never left without keys
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :])
+        return F.linear(y.reshape(batch, width), self.out.weight, self.out.bias)
+
     def _causal_keys(self, k: torch.Tensor, v: torch.Tensor, inputs: MixerInputs):
         """Keys/values with the cached past prepended, and the mask ``(B, 1, S, L)``: a query sees real
         keys at or before its own position (and always itself, so padded rows are never empty)."""

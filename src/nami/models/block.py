@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nami.models.common import Embeddings, FeedForward, init_weights
@@ -54,6 +55,17 @@ class Block(nn.Module):
                     mixed = mixed + branch(h, inputs)
         x = x + self.dropout(mixed)
         return x + self.ffn(self.norm2(x))
+
+    def step(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
+        """One decoding step ``(B, D) -> (B, D)`` (inference; no branches): :meth:`forward` for one
+        token per row, through the mixer's ``step`` and functional calls (dropout is the identity
+        in eval mode). mamba's ``Block.step`` / ``Mamba.step`` shape."""
+        h = F.layer_norm(x, self.norm1.normalized_shape, self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        x = x + self.mixer.step(h, mask, positions, cache)
+        ffn, norm = self.ffn, self.norm2
+        h = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+        h = F.gelu(F.linear(h, ffn.up.weight, ffn.up.bias), approximate=ffn.act.approximate)
+        return x + F.linear(h, ffn.down.weight, ffn.down.bias)
 
     @staticmethod
     def _rename_legacy(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -106,6 +118,24 @@ class Encoder(nn.Module):
                 kept.append(x[:, k:] if k else x)
         out = self.final_norm(x[:, k:] if k else x)
         return (out, kept) if keep_layers else out
+
+    def can_step(self) -> bool:
+        """Whether :meth:`step` applies: a causal stack in eval mode whose mixers all have a ``step``
+        method (a registered causal mixer without one decodes through :meth:`forward`). Branches,
+        proxy tokens and sentence/segment groups have no causal form (``ModelConfig`` refuses them)."""
+        return self.config.causal and not self.training and all(
+            callable(getattr(block.mixer, "step", None)) and block.branches is None for block in self.blocks)
+
+    def step(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+             cache: DecodingCache) -> torch.Tensor:
+        """One decoding step: token ids ``(B,)``, ``mask (B,)`` bool (False: a finished row, which
+        changes no state), ``positions (B,)`` → final hidden states ``(B, D)``. Equal to
+        :meth:`forward` on ``(B, 1)`` inputs with the same cache (tested); see :meth:`can_step`."""
+        x = self.embeddings(input_ids[:, None], None, positions[:, None])[:, 0]
+        for block in self.blocks:
+            x = block.step(x, mask, positions, cache)
+        norm = self.final_norm
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
     def _with_proxies(self, x: torch.Tensor, inputs: MixerInputs) -> tuple[torch.Tensor, MixerInputs]:
         """Prepend the K proxy tokens: real (mask True), position 0, token type / group −1."""

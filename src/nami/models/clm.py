@@ -56,6 +56,15 @@ class CausalLMModel(PreTrainedMixin, nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):
             return head_loss(hidden.float(), self.output_weight)
 
+    def step(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+             cache: DecodingCache) -> torch.Tensor:
+        """One decoding step: ids, mask, positions ``(B,)`` → hidden states ``(B, D)`` (the fast path of
+        :meth:`forward` with one token per row; :meth:`Encoder.step`). Falls back to ``forward``
+        where the encoder cannot step (branches, proxies, hierarchy)."""
+        if self.encoder.can_step():
+            return self.encoder.step(input_ids, mask, positions, cache)
+        return self(input_ids[:, None], mask[:, None], positions=positions[:, None], cache=cache)[:, 0]
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of a few positions ``(..., D) -> (..., V)``, returned in float32 (decoding only).
 

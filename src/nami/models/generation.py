@@ -85,15 +85,15 @@ def generate(
             last = torch.where(real, hidden[:, 0], last)
     # Per-step bookkeeping stays in Python lists (one .tolist() per step): at batch 1 a decoding
     # step of the small Wave model takes ~2 ms, and per-row tensor indexing was a visible part of it.
-    position = lengths.clone()[:, None]  # (B, 1)
+    position = lengths.clone()  # (B,)
     finished = [False] * batch
-    live = torch.ones(batch, 1, dtype=torch.bool, device=device)  # (B, 1): rows still generating
+    live = torch.ones(batch, dtype=torch.bool, device=device)  # (B,): rows still generating
     out: list[list[int]] = [[] for _ in prompts]
     for step in range(max_new_tokens):
         next_ids = sample_next(model.logits(last), temperature=temperature, top_k=top_k, top_p=top_p,
                                generator=generator)
         if any(finished):
-            next_ids = next_ids.masked_fill(~live[:, 0], pad_id)
+            next_ids = next_ids.masked_fill(~live, pad_id)
         for row, token in enumerate(next_ids.tolist()):
             if not finished[row]:
                 out[row].append(token)
@@ -103,11 +103,21 @@ def generate(
         if all(finished) or step == max_new_tokens - 1:
             break  # no forward for a token that will not be sampled
         if any(finished):
-            live = torch.tensor(finished, device=device).logical_not_()[:, None]
-        last = model(next_ids[:, None], live, positions=position, cache=cache)[:, 0]
+            live = torch.tensor(finished, device=device).logical_not_()
+        last = _step(model, next_ids, live, position, cache)
         position = position + 1
     model.train(was_training)
     return out, cache
+
+
+def _step(model: torch.nn.Module, ids: torch.Tensor, live: torch.Tensor, positions: torch.Tensor,
+          cache: DecodingCache) -> torch.Tensor:
+    """Hidden states ``(B, D)`` of one new token per row: the model's ``step`` (its decoding fast
+    path) when it has one, else ``forward`` on ``(B, 1)`` inputs (e.g. a ``torch.compile``-d model)."""
+    step = None if hasattr(model, "_orig_mod") else getattr(model, "step", None)  # compiled: its forward
+    if step is not None:
+        return step(ids, live, positions, cache)
+    return model(ids[:, None], live[:, None], positions=positions[:, None], cache=cache)[:, 0]
 
 
 @torch.no_grad()
@@ -156,9 +166,9 @@ def beam_search(model: torch.nn.Module, prompt: Sequence[int], *, num_beams: int
         if len(finished) >= num_beams or not beams or step == max_new_tokens - 1:
             break
         cache.reorder(torch.tensor(rows, device=device))
-        ids = torch.tensor(tokens, device=device)[:, None]
-        position = torch.full((len(beams), 1), len(prompt) + step, device=device)
-        last = model(ids, torch.ones_like(ids, dtype=torch.bool), positions=position, cache=cache)[:, 0]
+        ids = torch.tensor(tokens, device=device)
+        position = torch.full((len(beams),), len(prompt) + step, device=device)
+        last = _step(model, ids, torch.ones_like(ids, dtype=torch.bool), position, cache)
     model.train(was_training)
     if len(finished) < num_beams:  # hypotheses still open after max_new_tokens compete too
         finished += [(sc / len(seq) ** length_penalty, seq, sc) for sc, seq in zip(scores.tolist(), beams)]

@@ -29,6 +29,7 @@ change the outputs of real tokens.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nami.models.config import ModelConfig
@@ -332,6 +333,24 @@ class WaveLayer(nn.Module):
         else:
             mixed = self.mix(w, mask, self.eps, self.mode)
         return self._finish(mixed, x, inputs)
+
+    def step(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        """One decoding step (causal layers, inference): ``x (B, D)`` of one new token per row,
+        ``mask (B,)`` bool (False: a finished row, which changes no state), ``positions (B,)``
+        → ``(B, D)``; reads and extends this layer's running sum in ``cache``. The same maths as
+        :meth:`forward` on a ``(B, 1, D)`` input (tested), in functional calls: a decoding step is
+        short enough that module-call overhead is a visible part of it."""
+        w = F.linear(x, self.to_waves.weight, self.to_waves.bias)
+        w = w.to(torch.promote_types(w.dtype, torch.float32)) * mask.to(torch.float32)[:, None]
+        past = cache.get(self.layer_index)
+        past = past[:, 0] if past is not None else torch.zeros_like(w)  # (B, 2D)
+        mixed = _combine_step(w, torch.sqrt(past + 2.0 * self.eps), self.mode)
+        cache.set(self.layer_index, torch.addcmul(past, w, w)[:, None])
+        if self.rope is not None:
+            mixed = rotate_waves(mixed, rope_angles(positions, mixed.shape[-1] // 2, *self.rope))
+        norm = self.norm
+        return F.linear(F.layer_norm(mixed, norm.normalized_shape, norm.weight, norm.bias, norm.eps),
+                        self.out.weight, self.out.bias)
 
     def _finish(self, mixed: torch.Tensor, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         """Optional RoPE phase rotation, then ``Linear(LayerNorm(mixed))`` back to width D."""
