@@ -15,7 +15,7 @@ MODES = ("modulation", "interference")
 
 @pytest.fixture(params=[4096, 7, 1], ids=["one-chunk", "chunks-of-2", "chunks-of-1"])
 def chunked(request, monkeypatch):
-    """The recompute backward over positions in one chunk, in chunks of 2 and of 1 (batch of 3)."""
+    """The recompute forward and backward over positions in one chunk, in chunks of 2 and of 1 (batch of 3)."""
     import nami.models.wave as wave
 
     monkeypatch.setattr(wave, "BACKWARD_CHUNK_TOKENS", request.param)
@@ -34,7 +34,7 @@ def batch(dtype=torch.float64, seed=0):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_forward_is_bit_identical_to_the_eager_maths(mode):
+def test_forward_is_bit_identical_to_the_eager_maths(mode, chunked):  # the forward runs chunk by chunk too
     w, mask = batch(torch.float32)
     assert torch.equal(wave_mix_recompute(w, mask, 1e-6, mode), wave_mix(w, mask, 1e-6, mode))
     low = w.to(torch.bfloat16)  # promoted inside, exactly as WaveLayer promotes before wave_mix
@@ -80,7 +80,7 @@ def _norm(dtype=torch.float64, seed=2) -> torch.nn.LayerNorm:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_mixing_and_layernorm_in_one_node_forward_is_bit_identical(mode):
+def test_mixing_and_layernorm_in_one_node_forward_is_bit_identical(mode, chunked):
     w, mask = batch(torch.float32)
     norm = _norm(torch.float32)
     assert torch.equal(wave_mix_norm_recompute(w, mask, 1e-6, mode, norm), norm(wave_mix(w, mask, 1e-6, mode)))

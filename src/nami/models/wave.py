@@ -77,14 +77,10 @@ class _WaveMixRecompute(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
-        wf = w.to(torch.promote_types(w.dtype, torch.float32))
-        real = wf * mask
-        squares = real * real
-        global_sq = squares.sum(dim=1, keepdim=True) + eps
-        imag = torch.sqrt((global_sq - squares).clamp_min(0.0) + eps)
+        mixed, global_sq = _chunked_wave_forward(w, mask, eps, mode, lambda mixed: mixed)
         ctx.save_for_backward(w, mask, global_sq)
         ctx.eps, ctx.mode = eps, mode
-        return combine_waves(real, imag, mode)
+        return mixed
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -94,10 +90,36 @@ class _WaveMixRecompute(torch.autograd.Function):
         return g_w, None, None, None
 
 
-# Tokens (batch × sequence positions) per chunk of the recompute backward: its fp32 (rows, 2D)
-# temporaries (recomputed waves, their gradients) are then bounded whatever B and S are, instead of
-# a dozen (B, S, 2D) tensors alive at once at the step's memory peak.
+# Tokens (batch × sequence positions) per chunk of the recompute forward and backward: their fp32
+# (rows, 2D) temporaries (waves, products, their gradients) are then bounded whatever B and S are,
+# instead of a dozen (B, S, 2D) tensors alive at once at the step's memory peak.
 BACKWARD_CHUNK_TOKENS = 4096
+
+
+def _chunked_wave_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
+                          finish) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(finish(wave_mix(w)), G²)`` of the recompute paths, the element-wise maths a chunk of
+    positions at a time after ``G² (B, 1, 2D)`` is summed over the whole sequence (as
+    :func:`wave_mix` sums it, so values are bit-identical). ``finish`` maps a chunk's mixed waves
+    ``(B, rows, 2D)`` to its output (identity, or the LayerNorm of the fused node)."""
+    dtype = torch.promote_types(w.dtype, torch.float32)
+    real = w.to(dtype) * mask
+    global_sq = (real * real).sum(dim=1, keepdim=True) + eps
+    del real
+    batch, seq = w.shape[0], w.shape[1]
+    step = max(1, BACKWARD_CHUNK_TOKENS // max(batch, 1))
+    if step >= seq:  # one chunk: no copies
+        real = w.to(dtype) * mask
+        return finish(combine_waves(real, torch.sqrt((global_sq - real * real).clamp_min(0.0) + eps), mode)), global_sq
+    out = None
+    for start in range(0, seq, step):
+        rows = slice(start, start + step)
+        real = w[:, rows].to(dtype) * (mask[:, rows] if mask.shape[1] == seq else mask)
+        chunk = finish(combine_waves(real, torch.sqrt((global_sq - real * real).clamp_min(0.0) + eps), mode))
+        if out is None:
+            out = torch.empty((batch, seq, chunk.shape[-1]), dtype=chunk.dtype, device=chunk.device)
+        out[:, rows] = chunk
+    return out, global_sq
 
 
 def _recompute_waves(w: torch.Tensor, mask: torch.Tensor, global_sq: torch.Tensor,
@@ -172,15 +194,11 @@ class _WaveMixNormRecompute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, weight: torch.Tensor,
                 bias: torch.Tensor, norm_eps: float) -> torch.Tensor:
-        wf = w.to(torch.promote_types(w.dtype, torch.float32))
-        real = wf * mask
-        squares = real * real
-        global_sq = squares.sum(dim=1, keepdim=True) + eps
-        imag = torch.sqrt((global_sq - squares).clamp_min(0.0) + eps)
-        mixed = combine_waves(real, imag, mode)
+        out, global_sq = _chunked_wave_forward(
+            w, mask, eps, mode, lambda mixed: nn.functional.layer_norm(mixed, (mixed.shape[-1],), weight, bias, norm_eps))
         ctx.save_for_backward(w, mask, global_sq, weight, bias)
         ctx.eps, ctx.mode, ctx.norm_eps = eps, mode, norm_eps
-        return nn.functional.layer_norm(mixed, (mixed.shape[-1],), weight, bias, norm_eps)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
