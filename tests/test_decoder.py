@@ -76,7 +76,8 @@ def test_step_fast_path_equals_forward_with_the_same_cache(name):
             position = position + 1
     for layer, state in caches[0].states.items():
         other = caches[1].states[layer]
-        for a, b in zip(state if isinstance(state, tuple) else (state,), other if isinstance(other, tuple) else (other,)):
+        pairs = zip(state, other) if isinstance(state, tuple) else [(state, other)]
+        for a, b in pairs:
             assert a.shape == b.shape and a.dtype == b.dtype
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
 

@@ -33,7 +33,8 @@ DEFAULT_PROMPT_LENS = (256, 1024, 4096, 16384)
 MODELS = ("wave", "transformer")
 
 
-def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 64, preset: str = "small", batch: int = 1,
+def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 64, preset: str = "small",
+                         batch: int = 1,
                          precision: str = "auto", threads: int | None = None, memory_cap_mb: float = 16000.0,
                          time_limit_s: float = 600.0, out: str = "results/generation.json", quiet: bool = False,
                          compile_step: bool = False, repeats: int = 1,
@@ -44,9 +45,9 @@ def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 6
         raise ValueError(f"--prompt-lens {list(prompt_lens)}: expected positive lengths")
     if batch < 1:
         raise ValueError(f"--batch={batch}: expected >= 1")
-    precision = resolve_precision(precision)  # "auto": bf16 only on CPUs with native bf16
     if repeats < 1:
         raise ValueError(f"--repeats={repeats}: expected >= 1")
+    precision = resolve_precision(precision)  # "auto": bf16 only on CPUs with native bf16
     commit = git_commit()
     records, skipped = [], []
     # Each repeat runs every case once, the two decoders alternating, so that a slow spell of a
@@ -106,8 +107,8 @@ def run_generation_bench(*, prompt_lens=DEFAULT_PROMPT_LENS, new_tokens: int = 6
 def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = ["# Generation: Wave decoder vs Transformer decoder against prompt length", "",
-             f"Preset `{s['preset']}`, {s['precision']}, batch {s.get('batch', 1)}, {s['new_tokens']} greedy new tokens "
-             f"per row, {s.get('repeats', 1)} repeat(s) per case (medians)"
+             f"Preset `{s['preset']}`, {s['precision']}, batch {s.get('batch', 1)}, {s['new_tokens']} greedy new "
+             f"tokens per row, {s.get('repeats', 1)} repeat(s) per case (medians)"
              f"{', both decoders through torch.compile' if s.get('compiled') else ''}, one "
              "fresh process per case. tokens/s counts decoding steps after the prefill (all rows); state = the "
              "decoding cache (Wave: running sums; Transformer: keys and values); weights = the matrices one "

@@ -194,8 +194,10 @@ class _WaveMixNormRecompute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, weight: torch.Tensor,
                 bias: torch.Tensor, norm_eps: float) -> torch.Tensor:
-        out, global_sq = _chunked_wave_forward(
-            w, mask, eps, mode, lambda mixed: nn.functional.layer_norm(mixed, (mixed.shape[-1],), weight, bias, norm_eps))
+        def norm(mixed: torch.Tensor) -> torch.Tensor:
+            return nn.functional.layer_norm(mixed, (mixed.shape[-1],), weight, bias, norm_eps)
+
+        out, global_sq = _chunked_wave_forward(w, mask, eps, mode, norm)
         ctx.save_for_backward(w, mask, global_sq, weight, bias)
         ctx.eps, ctx.mode, ctx.norm_eps = eps, mode, norm_eps
         return out
@@ -263,16 +265,23 @@ def causal_wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
     """
     w = w * mask
     if past_sq is not None and w.shape[1] == 1:
-        # A decoding step, in the fewest operations (it runs once per layer per generated token):
-        # G_t² − w_t² is the sum over the tokens *before* t, i.e. the running sum so far, so the
-        # imaginary part needs no subtraction (the full forward's value up to rounding; tested).
-        return _combine_step(w, torch.sqrt(past_sq + 2.0 * eps), mode), torch.addcmul(past_sq, w, w)
+        return causal_wave_step(w, past_sq, eps, mode)
     squares = w * w
     running = squares.cumsum(dim=1)
     if past_sq is not None:
         running = running + past_sq
     imag = torch.sqrt((running + eps - squares).clamp_min(0.0) + eps)
     return combine_waves(w, imag, mode), running[:, -1:]
+
+
+def causal_wave_step(w: torch.Tensor, past_sq: torch.Tensor, eps: float,
+                     mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step of :func:`causal_wave_mix`, in the fewest operations (it runs once per layer
+    per generated token): masked ``w`` and the running sum ``past_sq`` of the tokens before it, both
+    ``(..., 2D)`` of one token per row → (mixed waves, the running sum after it). ``G_t² − w_t²`` is
+    the sum over the tokens *before* t, i.e. ``past_sq``, so the imaginary part needs no subtraction
+    (the full forward's value up to rounding; tested)."""
+    return _combine_step(w, torch.sqrt(past_sq + 2.0 * eps), mode), torch.addcmul(past_sq, w, w)
 
 
 def _combine_step(real: torch.Tensor, imag: torch.Tensor, mode: str) -> torch.Tensor:
@@ -362,8 +371,8 @@ class WaveLayer(nn.Module):
         w = w.to(torch.promote_types(w.dtype, torch.float32)) * mask.to(torch.float32)[:, None]
         past = cache.get(self.layer_index)
         past = past[:, 0] if past is not None else torch.zeros_like(w)  # (B, 2D)
-        mixed = _combine_step(w, torch.sqrt(past + 2.0 * self.eps), self.mode)
-        cache.set(self.layer_index, torch.addcmul(past, w, w)[:, None])
+        mixed, running = causal_wave_step(w, past, self.eps, self.mode)
+        cache.set(self.layer_index, running[:, None])
         if self.rope is not None:
             mixed = rotate_waves(mixed, rope_angles(positions, mixed.shape[-1] // 2, *self.rope))
         norm = self.norm
