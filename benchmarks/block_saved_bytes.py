@@ -1,5 +1,6 @@
-"""Bytes per token that one residual block keeps for backward: Transformer vs Wave (eager and
-``--wave-recompute``), measured with autograd's saved-tensor hooks under bf16 autocast.
+"""Bytes per token that one residual block keeps for backward: Transformer vs Wave (the default
+hand-written backward, and autograd through the plain maths), measured with autograd's saved-tensor
+hooks under bf16 autocast and in fp32.
 
     python benchmarks/block_saved_bytes.py [--preset small] [--out results/block_saved_bytes.json]
 
@@ -25,14 +26,14 @@ import torch
 from nami.models import MixerInputs, ModelConfig
 from nami.models.block import Block
 from nami.models.registry import mixer_class
-from nami.models.speed import recompute_wave_layers
+from nami.models.speed import autograd_wave_layers
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 
-VARIANTS = {"transformer": ("transformer", False), "wave (eager)": ("wave", False),
-            "wave (--wave-recompute)": ("wave", True)}
+VARIANTS = {"transformer": ("transformer", False), "wave (autograd, --no-wave-recompute)": ("wave", True),
+            "wave (default: hand-written backward)": ("wave", False)}
 
 
-def saved_bytes(fn, x: torch.Tensor) -> int:
+def saved_bytes(fn, x: torch.Tensor, bf16: bool) -> int:
     """Bytes of the distinct storages autograd saves while ``fn(x)`` runs forward."""
     storages: dict[int, int] = {}
 
@@ -42,21 +43,21 @@ def saved_bytes(fn, x: torch.Tensor) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             fn(x)
     return sum(storages.values())
 
 
-def per_token(block: Block, part: str, d_model: int, batch: int, lengths: tuple[int, int]) -> float:
+def per_token(block: Block, part: str, d_model: int, batch: int, lengths: tuple[int, int], bf16: bool) -> float:
     counts = []
     for length in lengths:
         torch.manual_seed(0)
         x = torch.randn(batch, length, d_model, requires_grad=True)
         inputs = MixerInputs(padding_mask=torch.ones(batch, length, dtype=torch.bool))
         if part == "block":
-            counts.append(saved_bytes(lambda t: block(t, inputs), x))
+            counts.append(saved_bytes(lambda t: block(t, inputs), x, bf16))
         else:  # the mixer half: norm1 → mixer → residual
-            counts.append(saved_bytes(lambda t: t + block.mixer(block.norm1(t), inputs), x))
+            counts.append(saved_bytes(lambda t: t + block.mixer(block.norm1(t), inputs), x, bf16))
     return (counts[1] - counts[0]) / (batch * (lengths[1] - lengths[0]))
 
 
@@ -70,30 +71,35 @@ def main() -> None:
     commit = git_commit()
     lengths = (512, 1024)
     rows = {}
-    for name, (arch, recompute) in VARIANTS.items():
-        config = ModelConfig.from_name(args.preset, arch, vocab_size=1000, max_len=max(lengths), dropout=args.dropout)
-        block = Block(config, mixer_class(config.layer_mixers()[0]))
-        if recompute:
-            recompute_wave_layers(torch.nn.ModuleList([block]))
-        whole = per_token(block, "block", config.d_model, args.batch, lengths)
-        mixer = per_token(block, "mixer", config.d_model, args.batch, lengths)
-        rows[name] = {"bytes_per_token": whole, "per_D": whole / config.d_model,
-                      "mixer_half_per_D": mixer / config.d_model, "ffn_half_per_D": (whole - mixer) / config.d_model,
-                      "d_model": config.d_model, "d_ff": config.d_ff}
-        print(name, rows[name], flush=True)
+    for precision in ("bf16", "fp32"):
+        for name, (arch, autograd) in VARIANTS.items():
+            config = ModelConfig.from_name(args.preset, arch, vocab_size=1000, max_len=max(lengths),
+                                           dropout=args.dropout)
+            block = Block(config, mixer_class(config.layer_mixers()[0]))
+            if autograd:
+                autograd_wave_layers(torch.nn.ModuleList([block]))
+            bf16 = precision == "bf16"
+            whole = per_token(block, "block", config.d_model, args.batch, lengths, bf16)
+            mixer = per_token(block, "mixer", config.d_model, args.batch, lengths, bf16)
+            rows[f"{name} {precision}"] = {
+                "block": name, "precision": precision, "bytes_per_token": whole, "per_D": whole / config.d_model,
+                "mixer_half_per_D": mixer / config.d_model, "ffn_half_per_D": (whole - mixer) / config.d_model,
+                "d_model": config.d_model, "d_ff": config.d_ff}
+            print(name, precision, rows[f"{name} {precision}"], flush=True)
     result = {"command": "python benchmarks/block_saved_bytes.py " + " ".join(sys.argv[1:]), "commit": commit,
               "machine": machine_description(), "date": now_iso(), "preset": args.preset, "batch": args.batch,
-              "dropout": args.dropout, "lengths": list(lengths), "precision": "bf16 autocast", "rows": rows}
+              "dropout": args.dropout, "lengths": list(lengths), "precision": "bf16 autocast and fp32", "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     d = next(iter(rows.values()))["d_model"]
-    lines = [f"# Bytes one block keeps for backward, per token (preset {args.preset}: D = {d}, bf16 autocast, "
+    lines = [f"# Bytes one block keeps for backward, per token (preset {args.preset}: D = {d}, "
              f"dropout {args.dropout})", "",
-             "| block | bytes / token | × D | mixer half (× D) | FFN half (× D) |", "| --- | --- | --- | --- | --- |"]
-    for name, row in rows.items():
-        lines.append(f"| {name} | {row['bytes_per_token']:,.0f} | {row['per_D']:.1f} | {row['mixer_half_per_D']:.1f} "
-                     f"| {row['ffn_half_per_D']:.1f} |")
+             "| block | precision | bytes / token | × D | mixer half (× D) | FFN half (× D) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows.values():
+        lines.append(f"| {row['block']} | {row['precision']} | {row['bytes_per_token']:,.0f} | {row['per_D']:.1f} | "
+                     f"{row['mixer_half_per_D']:.1f} | {row['ffn_half_per_D']:.1f} |")
     lines += ["", "Per-token bytes = (saved bytes at S = 1024 − at S = 512) / extra tokens, so weights and their "
               "bf16 copies (which do not grow with S) drop out. Storages shared by several saved tensors count once.",
               "", *provenance_lines(result)]

@@ -1,5 +1,6 @@
-"""The Wave maths with a hand-written, memory-light backward (nami.models.wave.wave_mix_recompute):
-same forward values, the same gradients, fewer bytes kept for backward."""
+"""The Wave maths with a hand-written, memory-light backward (nami.models.wave.wave_mix_recompute and
+wave_mixer_recompute, the default training path of a non-causal WaveLayer): same forward values, the
+same gradients, fewer bytes kept for backward."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from nami.models import MixerInputs, ModelConfig, WaveLayer
-from nami.models.speed import recompute_wave_layers
-from nami.models.wave import _WaveMixNormRecompute, wave_mix, wave_mix_norm_recompute, wave_mix_recompute
+from nami.models.speed import autograd_wave_layers, recompute_wave_layers
+from nami.models.wave import _WaveMixerRecompute, wave_mix, wave_mix_recompute, wave_mixer_recompute
 
 MODES = ("modulation", "interference")
 
@@ -70,49 +71,67 @@ def test_gradients_equal_autograd_through_the_eager_maths(mode, chunked):
     assert recompute[1, 4:].abs().sum() == 0  # padding gets no gradient
 
 
-def _norm(dtype=torch.float64, seed=2) -> torch.nn.LayerNorm:
+def _norm_and_out(dtype=torch.float64, seed=2) -> tuple[torch.nn.LayerNorm, torch.nn.Linear]:
     torch.manual_seed(seed)
-    norm = torch.nn.LayerNorm(8, eps=1e-5, dtype=dtype)
+    norm = torch.nn.LayerNorm(8, eps=1e-5, dtype=torch.float64)
     with torch.no_grad():  # not the identity, so the gradient through γ and β is exercised
         norm.weight.normal_(1.0, 0.3)
         norm.bias.normal_(0.0, 0.3)
-    return norm
+    out = torch.nn.Linear(8, 5, dtype=torch.float64)  # drawn in float64, then cast: the same values in every dtype
+    return norm.to(dtype), out.to(dtype)
+
+
+def _plain(w, mask, mode, norm, out):
+    return out(norm(wave_mix(w, mask, 1e-6, mode)))
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_mixing_and_layernorm_in_one_node_forward_is_bit_identical(mode, chunked):
+def test_mixer_node_forward_is_bit_identical(mode, chunked):
+    """Mixing, LayerNorm and output projection in one node: the plain modules' values exactly, in fp32 and
+    under bf16 autocast (where the projection runs in bf16, as nn.Linear's does)."""
     w, mask = batch(torch.float32)
-    norm = _norm(torch.float32)
-    assert torch.equal(wave_mix_norm_recompute(w, mask, 1e-6, mode, norm), norm(wave_mix(w, mask, 1e-6, mode)))
+    norm, out = _norm_and_out(torch.float32)
+    assert torch.equal(wave_mixer_recompute(w, mask, 1e-6, mode, norm, out), _plain(w, mask, mode, norm, out))
     low = w.to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as inside a WaveLayer under bf16 autocast
-        fused = wave_mix_norm_recompute(low, mask.float(), 1e-6, mode, norm)
-        eager = norm(wave_mix(low.float(), mask.float(), 1e-6, mode))
-    assert fused.dtype == eager.dtype == torch.float32 and torch.equal(fused, eager)
+        fused = wave_mixer_recompute(low, mask.float(), 1e-6, mode, norm, out)
+        eager = _plain(low.float(), mask.float(), mode, norm, out)
+    assert fused.dtype == eager.dtype == torch.bfloat16 and torch.equal(fused, eager)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_mixing_and_layernorm_in_one_node_gradcheck_in_float64(mode, chunked):
+def test_mixer_node_gradcheck_in_float64(mode, chunked):
     w, mask = batch()
-    norm = _norm()
-    inputs = (w.requires_grad_(), norm.weight, norm.bias)
+    norm, out = _norm_and_out()
+    inputs = (w.requires_grad_(), norm.weight, norm.bias, out.weight, out.bias)
     assert torch.autograd.gradcheck(
-        lambda x, g, b: _WaveMixNormRecompute.apply(x, mask, 1e-6, mode, g, b, 1e-5), inputs, eps=1e-6, atol=1e-5)
+        lambda x, g, b, ow, ob: _WaveMixerRecompute.apply(x, mask, 1e-6, mode, g, b, 1e-5, ow, ob), inputs,
+        eps=1e-6, atol=1e-5)
+
+
+def test_mixer_node_without_a_projection_bias():
+    w, mask = batch()
+    norm, _ = _norm_and_out()
+    out = torch.nn.Linear(8, 5, bias=False, dtype=torch.float64)
+    inputs = (w.requires_grad_(), out.weight)
+    assert torch.autograd.gradcheck(
+        lambda x, ow: _WaveMixerRecompute.apply(x, mask, 1e-6, "modulation", norm.weight, norm.bias, 1e-5, ow, None),
+        inputs, eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_mixing_and_layernorm_in_one_node_gradients_equal_autograd(mode, chunked):
-    """Held to a float64 reference like the test above (float32 rounding differs between hosts' kernels)."""
+def test_mixer_node_gradients_equal_autograd(mode, chunked):
+    """Held to a float64 reference like the tests above (float32 rounding differs between hosts' kernels)."""
     w, mask = batch(torch.float32, seed=3)
-    upstream = torch.randn(3, 6, 8)
+    upstream = torch.randn(3, 6, 5)
 
     def grads(fused: bool, dtype):
-        norm = _norm(dtype)
+        norm, out = _norm_and_out(dtype)
         x = w.to(dtype).clone().requires_grad_()
         m = mask.to(dtype)
-        out = wave_mix_norm_recompute(x, m, 1e-6, mode, norm) if fused else norm(wave_mix(x, m, 1e-6, mode))
-        (out * upstream.to(dtype)).sum().backward()
-        return [g.double() for g in (x.grad, norm.weight.grad, norm.bias.grad)]
+        y = wave_mixer_recompute(x, m, 1e-6, mode, norm, out) if fused else _plain(x, m, mode, norm, out)
+        (y * upstream.to(dtype)).sum().backward()
+        return [g.double() for g in (x.grad, norm.weight.grad, norm.bias.grad, out.weight.grad, out.bias.grad)]
 
     reference = grads(False, torch.float64)
     eager, fused = grads(False, torch.float32), grads(True, torch.float32)
@@ -138,32 +157,52 @@ def _saved_bytes(layer: WaveLayer, x: torch.Tensor, inputs: MixerInputs) -> int:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_wave_layer_keeps_less_for_backward_and_trains_the_same(mode):
+def test_a_wave_layer_keeps_less_for_backward_by_default_and_trains_the_same(mode):
     config = ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=64, wave_mode=mode)
     torch.manual_seed(0)
-    eager = WaveLayer(config)
-    light = WaveLayer(config)
-    light.load_state_dict(eager.state_dict())
-    model = torch.nn.ModuleList([light])
-    assert recompute_wave_layers(model) == 1
+    light = WaveLayer(config)  # the default: the hand-written backward
+    plain = WaveLayer(config)
+    plain.load_state_dict(light.state_dict())
+    assert autograd_wave_layers(torch.nn.ModuleList([plain])) == 1
     x = torch.randn(4, 32, config.d_model)
     mask = torch.ones(4, 32, dtype=torch.bool)
     mask[3, 20:] = False
     inputs = MixerInputs(padding_mask=mask)
-    eager_bytes = _saved_bytes(eager, x, inputs)
+    plain_bytes = _saved_bytes(plain, x, inputs)
     light_bytes = _saved_bytes(light, x, inputs)
-    # The wave maths and its LayerNorm kept several fp32 (B, S, 2D) tensors; now w in bf16 and G² (B, 1, 2D).
-    assert light_bytes < 0.45 * eager_bytes, (light_bytes, eager_bytes)
+    # Autograd keeps several fp32 (B, S, 2D) tensors (the maths, the LayerNorm's input, the projection's
+    # bf16 input); the node keeps w in bf16 and G² (B, 1, 2D), plus to_waves' bf16 input (B, S, D).
+    tokens, d = 4 * 32, config.d_model
+    assert light_bytes < 0.25 * plain_bytes, (light_bytes, plain_bytes)
+    assert light_bytes - _weight_bytes(light) <= tokens * (2 * d + 2 * 2 * d + 4) + 4 * 4 * 2 * d, light_bytes
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(light(x, inputs), eager(x, inputs))
-    for a, b in zip(light.parameters(), eager.parameters()):
+        assert torch.equal(light(x, inputs), plain(x, inputs))
+    for a, b in zip(light.parameters(), plain.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=2e-2, atol=1e-4)  # bf16 autocast: rounding only
+    assert recompute_wave_layers(torch.nn.ModuleList([plain])) == 1 and plain.mix is light.mix
 
 
-def test_wave_recompute_option_is_checked():
+def _weight_bytes(layer: WaveLayer) -> int:
+    """Bytes of the weights (fp32) and of their bf16 copies that autograd saves for the products."""
+    return sum(p.numel() * (4 + 2) for p in layer.parameters() if p.dim() == 2)
+
+
+def test_evaluation_runs_the_plain_maths_with_the_same_values():
+    config = ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=64)
+    layer = WaveLayer(config).eval()
+    x = torch.randn(2, 16, config.d_model)
+    inputs = MixerInputs(padding_mask=torch.ones(2, 16, dtype=torch.bool))
+    with torch.no_grad():
+        evaluated = layer(x, inputs)
+    assert torch.equal(layer(x, inputs).detach(), evaluated)
+
+
+def test_wave_recompute_option():
     from nami.training.config import TrainConfig
 
-    with pytest.raises(ValueError, match="choose one"):
-        TrainConfig.from_dict({"wave_recompute": True, "compile_wave": True})
-    with pytest.raises(ValueError, match="needs non-causal Wave layers"):
-        TrainConfig.from_dict({"wave_recompute": True, "arch": "transformer"})
+    assert TrainConfig().wave_recompute is True  # the default
+    # compile_wave replaces either backward; a model without (non-causal) Wave layers ignores it
+    TrainConfig.from_dict({"wave_recompute": True, "compile_wave": True})
+    TrainConfig.from_dict({"arch": "transformer"})
+    with pytest.raises(ValueError, match="wave_recompute"):
+        TrainConfig.from_dict({"wave_recompute": "yes"})

@@ -441,7 +441,7 @@ def cmd_bench_scaling(args: argparse.Namespace) -> int:
     result = run_scaling(seq_lens=tuple(args.seq_lens), tokens=args.tokens, preset=args.preset,
                          precision=args.precision, repeats=args.repeats, threads=args.threads,
                          memory_cap_mb=args.memory_cap_mb, time_limit_s=args.time_limit_s,
-                         compile_wave=not args.no_compile_wave, recompute_wave=args.recompute_wave, out=args.out,
+                         compile_wave=not args.no_compile_wave, autograd_wave=not args.no_autograd_wave, out=args.out,
                          quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
     if not args.quiet:
         from nami.bench.scaling import markdown
@@ -660,8 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit-s", type=positive_float, default=600.0, help="per case")
     p.add_argument("--no-compile-wave", action="store_true",
                    help="skip the wave-compiled variant (Wave with its element-wise maths through torch.compile)")
-    p.add_argument("--recompute-wave", action="store_true",
-                   help="also measure wave-recompute (Wave with the memory-light backward, --wave-recompute)")
+    p.add_argument("--no-autograd-wave", action="store_true",
+                   help="skip the wave-autograd variant (autograd through the plain Wave maths, --no-wave-recompute; "
+                        "the default Wave uses the hand-written memory-light backward)")
     p.add_argument("--out", default="results/scaling.json", help="JSON (and .md / .png beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_scaling)

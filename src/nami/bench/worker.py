@@ -6,7 +6,8 @@ measured just before the first step (interpreter, torch, weights and inputs), le
 steps themselves added (activations, gradients, autograd buffers, allocator caches).
 
 spec: ``{"model": "wave"|"transformer", "preset", "seq_len", "batch", "mode": "train"|"infer",
-"repeats", "warmup", "precision": "bf16"|"fp32", "threads", "max_len", "vocab_size", "compile"}``.
+"repeats", "warmup", "precision": "bf16"|"fp32", "threads", "max_len", "vocab_size", "compile",
+"autograd"}`` (``autograd``: the Wave maths through autograd instead of the hand-written backward).
 Training time is forward + backward of the QA span loss (no optimizer step: its cost depends only on
 the parameter count, which both models share).
 """
@@ -94,10 +95,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         from nami.models.speed import compile_wave_layers
 
         compile_wave_layers(model)
-    if spec.get("recompute") and spec["model"] == "wave":
-        from nami.models.speed import recompute_wave_layers
+    if spec.get("autograd") and spec["model"] == "wave":  # the plain maths under autograd (the reference)
+        from nami.models.speed import autograd_wave_layers
 
-        recompute_wave_layers(model)
+        autograd_wave_layers(model)
     batch, seq_len = spec["batch"], spec["seq_len"]
     ids = torch.randint(5, config.vocab_size, (batch, seq_len))
     mask = torch.ones(batch, seq_len, dtype=torch.bool)

@@ -57,14 +57,26 @@ def compile_wave_layers(model: nn.Module, compiled: Callable[..., torch.Tensor] 
 
 
 def recompute_wave_layers(model: nn.Module) -> int:
-    """Give every non-causal :class:`WaveLayer` the memory-light backward: the wave maths and the
-    LayerNorm after it run as one autograd node that keeps ``w`` in its autocast dtype and ``G²``
-    and recomputes the rest (:func:`~nami.models.wave.wave_mix_norm_recompute`; with RoPE, whose
-    rotation sits between them, the maths alone: :func:`~nami.models.wave.wave_mix_recompute`).
-    Same forward values; returns how many layers use it."""
+    """Give every non-causal :class:`WaveLayer` the memory-light backward (the default of a new
+    layer): the wave maths, the LayerNorm and the output projection run as one autograd node that
+    keeps ``w`` in its autocast dtype and ``G²`` and recomputes the rest
+    (:func:`~nami.models.wave.wave_mixer_recompute`; with RoPE, whose rotation sits between them,
+    the maths alone: :func:`~nami.models.wave.wave_mix_recompute`). Same forward values; returns how
+    many layers use it."""
     layers = [m for m in model.modules() if isinstance(m, WaveLayer) and not m.causal]
     if not layers:
         raise ValueError("recompute_wave_layers: the model has no (non-causal) Wave layers")
     for layer in layers:
         layer.mix = wave_mix_recompute
+    return len(layers)
+
+
+def autograd_wave_layers(model: nn.Module) -> int:
+    """Make every :class:`WaveLayer` of ``model`` backpropagate by autograd through the plain maths
+    (:func:`~nami.models.wave.wave_mix`): the reference the hand-written backward is tested
+    against, and ``wave_recompute=false``. Same forward values, several more fp32 ``(B, S, 2D)``
+    tensors kept per layer for backward. Returns how many layers changed."""
+    layers = [m for m in model.modules() if isinstance(m, WaveLayer)]
+    for layer in layers:
+        layer.mix = wave_mix
     return len(layers)

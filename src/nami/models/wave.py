@@ -93,7 +93,7 @@ class _WaveMixRecompute(torch.autograd.Function):
 # Tokens (batch × sequence positions) per chunk of the recompute forward and backward: their fp32
 # (rows, 2D) temporaries (waves, products, their gradients) are then bounded whatever B and S are,
 # instead of a dozen (B, S, 2D) tensors alive at once at the step's memory peak.
-BACKWARD_CHUNK_TOKENS = 4096
+BACKWARD_CHUNK_TOKENS = 1024
 
 
 def _chunked_wave_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
@@ -151,7 +151,7 @@ def _chunked_wave_backward(w: torch.Tensor, mask: torch.Tensor, global_sq: torch
         m = mask[:, rows] if mask.shape[1] == seq else mask
         real, imag, raw = _recompute_waves(w[:, rows], m, global_sq, eps)
         g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
-        t = g_imag * 0.5 / imag * (raw >= 0)
+        t = torch.where(raw >= 0, g_imag / imag, 0.0)  # 2·t: the factors ½ and 2 cancel exactly (powers of two)
         total += t.sum(dim=1, keepdim=True)
         kept_t[:, rows] = t
         g_w[:, rows] = g_real
@@ -159,7 +159,7 @@ def _chunked_wave_backward(w: torch.Tensor, mask: torch.Tensor, global_sq: torch
         rows = slice(start, start + step)
         m = mask[:, rows] if mask.shape[1] == seq else mask
         real = w[:, rows].to(global_sq.dtype) * m
-        g_w[:, rows] = (g_w[:, rows] + 2.0 * real * (total - kept_t[:, rows])) * m
+        g_w[:, rows] = (g_w[:, rows] + real * (total - kept_t[:, rows])) * m
     return g_w.to(w.dtype)
 
 
@@ -176,62 +176,87 @@ def _wave_part_grads(real: torch.Tensor, imag: torch.Tensor, grad: torch.Tensor,
             torch.cat([g_b * re2 - g_a * im2, g_b * re1 - g_a * im1], dim=-1))
 
 
-class _WaveMixNormRecompute(torch.autograd.Function):
-    """``LayerNorm(wave_mix(w))`` in one autograd node that keeps only ``w`` (its own dtype), ``G²``
-    and the mask, and recomputes the mixed waves and the normalisation in backward. Apart from the
-    saving of :class:`_WaveMixRecompute`, the LayerNorm no longer keeps its fp32 ``(B, S, 2D)``
-    input: with it a Wave block keeps less per token for backward than a Transformer block
-    (``benchmarks/block_saved_bytes.py``). Forward values are bit-identical to
-    ``F.layer_norm(wave_mix(w))`` (the same operations); gradients agree to rounding (tested).
+class _WaveMixerRecompute(torch.autograd.Function):
+    """``Linear(LayerNorm(wave_mix(w)))`` — everything of a Wave layer after its first matrix
+    product — in one autograd node that keeps only ``w`` (in its own dtype: bf16 under autocast),
+    ``G² (B, 1, 2D)`` and the mask, and recomputes the mixed waves, the normalisation and the output
+    projection's input in backward, a chunk of positions at a time. Apart from the saving of
+    :class:`_WaveMixRecompute`, neither the LayerNorm's fp32 input nor the output projection's
+    ``(B, S, 2D)`` input is kept: a Wave block then keeps less per token for backward than a
+    Transformer block (``benchmarks/block_saved_bytes.py``). Forward values are bit-identical to
+    ``out(norm(wave_mix(w)))`` (the same operations; under autocast the projection runs in bf16 as
+    ``nn.Linear`` does); gradients agree to rounding (tested against autograd and ``gradcheck``).
 
-    LayerNorm backward, with ``x̂ = (x − mean)·rstd`` over the last dimension (size n)::
+    Backward of a chunk, upstream gradient ``g_y (rows, D)``, projection ``y = n·Wᵀ + b``::
 
-        ∂L/∂x̂ = g·γ
-        ∂L/∂x = rstd · (∂L/∂x̂ − mean(∂L/∂x̂) − x̂ · mean(∂L/∂x̂ · x̂))
-        ∂L/∂γ = Σ g·x̂,   ∂L/∂β = Σ g
+        ∂L/∂W += g_yᵀ · n,   ∂L/∂b += Σ g_y,   ∂L/∂n = g_y · W      (n = LayerNorm(mixed), recomputed)
+        ∂L/∂mixed, ∂L/∂γ, ∂L/∂β  from ATen's fused LayerNorm backward (native_layer_norm_backward)
+
+    then the wave maths' backward (:func:`_chunked_wave_backward`). The matrix products run in the
+    dtype the forward's projection ran in (bf16 under autocast, like autograd's), their sums over
+    chunks accumulate in fp32.
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, weight: torch.Tensor,
-                bias: torch.Tensor, norm_eps: float) -> torch.Tensor:
-        def norm(mixed: torch.Tensor) -> torch.Tensor:
-            return nn.functional.layer_norm(mixed, (mixed.shape[-1],), weight, bias, norm_eps)
+    def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, norm_weight: torch.Tensor,
+                norm_bias: torch.Tensor, norm_eps: float, out_weight: torch.Tensor,
+                out_bias: torch.Tensor | None) -> torch.Tensor:
+        def finish(mixed: torch.Tensor) -> torch.Tensor:
+            normed = F.layer_norm(mixed, (mixed.shape[-1],), norm_weight, norm_bias, norm_eps)
+            return F.linear(normed, out_weight, out_bias)
 
-        out, global_sq = _chunked_wave_forward(w, mask, eps, mode, norm)
-        ctx.save_for_backward(w, mask, global_sq, weight, bias)
-        ctx.eps, ctx.mode, ctx.norm_eps = eps, mode, norm_eps
+        out, global_sq = _chunked_wave_forward(w, mask, eps, mode, finish)
+        ctx.save_for_backward(w, mask, global_sq, norm_weight, norm_bias, out_weight)
+        ctx.eps, ctx.mode, ctx.norm_eps, ctx.gemm_dtype = eps, mode, norm_eps, out.dtype
+        ctx.has_out_bias = out_bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        w, mask, global_sq, weight, bias = ctx.saved_tensors
-        dims = tuple(range(grad.dim() - 1))
-        sums = {"weight": torch.zeros(weight.shape, dtype=global_sq.dtype, device=weight.device),
-                "bias": torch.zeros(bias.shape, dtype=global_sq.dtype, device=bias.device)}
+        w, mask, global_sq, norm_weight, norm_bias, out_weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        acc = global_sq.dtype  # fp32 (fp64 in gradcheck)
+        sums = {name: torch.zeros(shape, dtype=acc, device=w.device) for name, shape in
+                (("norm_weight", norm_weight.shape), ("norm_bias", norm_bias.shape),
+                 ("out_weight", out_weight.shape), ("out_bias", out_weight.shape[:1]))}
+        gemm_weight = out_weight.to(ctx.gemm_dtype)
+        shape = (norm_weight.shape[0],)
 
-        def layer_norm_grad(rows: slice, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+        def mixed_grad(rows: slice, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
             mixed = combine_waves(real, imag, ctx.mode)
-            mean = mixed.mean(dim=-1, keepdim=True)
-            centred = mixed - mean
-            rstd = torch.rsqrt((centred * centred).mean(dim=-1, keepdim=True) + ctx.norm_eps)
-            x_hat = centred * rstd
-            g = grad[:, rows].to(global_sq.dtype)
-            sums["weight"] += (g * x_hat).sum(dim=dims)
-            sums["bias"] += g.sum(dim=dims)
-            g_hat = g * weight.to(g.dtype)
-            return rstd * (g_hat - g_hat.mean(dim=-1, keepdim=True)
-                           - x_hat * (g_hat * x_hat).mean(dim=-1, keepdim=True))
+            normed, mean, rstd = torch.native_layer_norm(mixed, shape, norm_weight, norm_bias, ctx.norm_eps)
+            g_y = grad[:, rows].to(ctx.gemm_dtype)
+            flat_g = g_y.reshape(-1, g_y.shape[-1])
+            if needs[7]:
+                sums["out_weight"] += (flat_g.t() @ normed.reshape(-1, normed.shape[-1]).to(ctx.gemm_dtype)).to(acc)
+            if needs[8]:
+                sums["out_bias"] += flat_g.to(acc).sum(dim=0)
+            g_normed = (g_y @ gemm_weight).to(acc)
+            g_mixed, g_gamma, g_beta = torch.ops.aten.native_layer_norm_backward(
+                g_normed, mixed, shape, mean, rstd, norm_weight, norm_bias, [True, needs[4], needs[5]])
+            if needs[4]:
+                sums["norm_weight"] += g_gamma
+            if needs[5]:
+                sums["norm_bias"] += g_beta
+            return g_mixed
 
-        g_w = _chunked_wave_backward(w, mask, global_sq, ctx.eps, ctx.mode, layer_norm_grad)
-        g_weight = sums["weight"].to(weight.dtype) if ctx.needs_input_grad[4] else None
-        g_bias = sums["bias"].to(bias.dtype) if ctx.needs_input_grad[5] else None
-        return g_w, None, None, None, g_weight, g_bias, None
+        with torch.autocast(w.device.type, enabled=False):  # dtypes are chosen above, as in the forward
+            g_w = _chunked_wave_backward(w, mask, global_sq, ctx.eps, ctx.mode, mixed_grad)
+
+        def param_grad(name: str, like: torch.Tensor, index: int) -> torch.Tensor | None:
+            return sums[name].to(like.dtype) if needs[index] else None
+
+        return (g_w, None, None, None, param_grad("norm_weight", norm_weight, 4),
+                param_grad("norm_bias", norm_bias, 5), None, param_grad("out_weight", out_weight, 7),
+                param_grad("out_bias", out_weight, 8) if ctx.has_out_bias else None)
 
 
-def wave_mix_norm_recompute(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, norm: nn.LayerNorm) -> torch.Tensor:
-    """``norm(wave_mix(w))`` with the memory-light backward of :class:`_WaveMixNormRecompute`
-    (``w`` in any float dtype, promoted to >= fp32 inside; ``mask (B, S, 1)`` >= fp32)."""
-    return _WaveMixNormRecompute.apply(w, mask, eps, mode, norm.weight, norm.bias, norm.eps)
+def wave_mixer_recompute(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, norm: nn.LayerNorm,
+                         out: nn.Linear) -> torch.Tensor:
+    """``out(norm(wave_mix(w)))`` with the memory-light backward of :class:`_WaveMixerRecompute`:
+    ``w (B, S, 2D)`` in any float dtype (promoted to >= fp32 inside), ``mask (B, S, 1)`` >= fp32 →
+    ``(B, S, D)``."""
+    return _WaveMixerRecompute.apply(w, mask, eps, mode, norm.weight, norm.bias, norm.eps, out.weight, out.bias)
 
 
 def wave_mix_recompute(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
@@ -322,8 +347,13 @@ class WaveLayer(nn.Module):
     """Token mixing by wave interference or modulation: ``(B, S, D) -> (B, S, D)`` (mixer ``wave``).
 
     Cost: two ``D × 2D`` / ``2D × D`` matrix products per token plus O(S·D) element-wise maths: linear
-    in S. ``self.mix`` is :func:`wave_mix`; :func:`nami.models.speed.compile_wave_layers` swaps in a
-    ``torch.compile``-d version of it (same maths, fused element-wise kernels).
+    in S. Training steps (autograd on) of a non-causal layer run everything after ``to_waves`` as one
+    memory-light autograd node (:func:`wave_mixer_recompute`; with RoPE, whose rotation sits between
+    the maths and the LayerNorm, the maths alone: :func:`wave_mix_recompute`); evaluation and causal
+    layers run the plain maths (:func:`wave_mix`, :func:`causal_wave_mix`) — the same forward values.
+    ``self.mix`` selects this: :func:`nami.models.speed.autograd_wave_layers` sets :func:`wave_mix`
+    (autograd through the plain maths: the reference, more memory), and
+    :func:`nami.models.speed.compile_wave_layers` a ``torch.compile``-d version of it.
     """
 
     supports_causal = True  # prefix norms (causal_wave_mix), constant-size decoding state
@@ -338,16 +368,17 @@ class WaveLayer(nn.Module):
         self.to_waves = nn.Linear(d, 2 * d)  # the two real vectors that become Z1 and Z2
         self.norm = nn.LayerNorm(2 * d, eps=config.norm_eps)
         self.out = nn.Linear(2 * d, d)
-        self.mix = wave_mix
+        self.mix = wave_mix_recompute  # takes_low_precision: the memory-light training path (above)
         self.rope = (config.rope_base, config.rope_scale) if config.wave_rope else None
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         w = self.to_waves(x)
         wave_dtype = torch.promote_types(w.dtype, torch.float32)  # >= fp32 even under bf16 autocast (module docstring)
         mask = inputs.padding_mask.to(wave_dtype).unsqueeze(-1)
-        if getattr(self.mix, "takes_low_precision", False) and not self.causal:
-            if self.rope is None:  # mixing and LayerNorm in one memory-light node (recompute_wave_layers)
-                return self.out(wave_mix_norm_recompute(w, mask, self.eps, self.mode, self.norm))
+        light = getattr(self.mix, "takes_low_precision", False)
+        if light and not self.causal and torch.is_grad_enabled():
+            if self.rope is None:  # mixing, LayerNorm and projection in one memory-light node
+                return wave_mixer_recompute(w, mask, self.eps, self.mode, self.norm, self.out)
             mixed = self.mix(w, mask, self.eps, self.mode)  # promotes inside; keeps w in its own dtype for backward
             return self._finish(mixed, x, inputs)
         w = w.to(wave_dtype)
@@ -357,8 +388,8 @@ class WaveLayer(nn.Module):
             mixed, running = causal_wave_mix(w, mask, self.eps, self.mode, past)
             if cache is not None:
                 cache.set(self.layer_index, running)
-        else:
-            mixed = self.mix(w, mask, self.eps, self.mode)
+        else:  # evaluation runs the plain maths: the same values, faster without autograd (measured)
+            mixed = (wave_mix if light else self.mix)(w, mask, self.eps, self.mode)
         return self._finish(mixed, x, inputs)
 
     def step(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:

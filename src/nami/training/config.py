@@ -110,10 +110,11 @@ class TrainConfig:
     branch_schedule: dict[str, float] | None = None
     compile_wave: bool = False  # torch.compile the Wave layer's element-wise maths (nami.models.speed)
     log_with: str | None = None  # "tensorboard": also log to RUN/tensorboard (pip install 'nami[tensorboard]')
-    # Wave layers backpropagate through a hand-written backward that keeps only w and G² and
-    # recomputes the rest, LayerNorm included (nami.models.wave.wave_mix_norm_recompute): less
-    # training memory, same forward.
-    wave_recompute: bool = False
+    # Non-causal Wave layers backpropagate through a hand-written backward that keeps only w and G²
+    # and recomputes the rest, LayerNorm and output projection included
+    # (nami.models.wave.wave_mixer_recompute): less training memory and faster than autograd, same
+    # forward. false: autograd through the plain maths (the reference). compile_wave replaces both.
+    wave_recompute: bool = True
     # Multi-process training (torchrun / accelerate launch): "none" replicates the model on every
     # process (DDP); "fsdp2" shards parameters, gradients and optimizer state (nami.training.distributed);
     # "zero2" / "zero3": DeepSpeed ZeRO stage 2 (gradients and optimizer state) / 3 (parameters too),
@@ -225,10 +226,6 @@ class TrainConfig:
         fraction("mlm_probability", 0.0, 1.0, low_open=True, high_open=True)
         if self.compile_wave is True and "wave" not in self.model.layer_mixers():
             raise ValueError(f"option compile_wave=true needs Wave layers (arch={self.arch} has none)")
-        if self.wave_recompute is True and self.compile_wave is True:
-            raise ValueError("options compile_wave and wave_recompute both replace the Wave maths: choose one")
-        if self.wave_recompute is True and ("wave" not in self.model.layer_mixers() or self.model.causal):
-            raise ValueError("option wave_recompute=true needs non-causal Wave layers")
         for name in ("tie_embeddings", "segment_embeddings", "question_match", "title_prefix", "compile_wave",
                      "wave_recompute"):
             if not isinstance(getattr(self, name), bool):
@@ -358,8 +355,9 @@ OPTION_HELP: dict[str, str] = {
     "self_distill": "weight (0-1) of the last layer's span distribution teaching the early-exit heads "
                     "(--exit-layers); 0 = exits learn from the answers only",
     "distill_temperature": "softmax temperature of self-distillation",
-    "wave_recompute": "Wave layers keep only w and G² for backward and recompute the wave maths and its LayerNorm "
-                      "(less training memory, same forward values)",
+    "wave_recompute": "non-causal Wave layers keep only w and G² for backward and recompute the wave maths, its "
+                      "LayerNorm and projection input (less memory, faster; false = autograd, the reference; "
+                      "compile_wave replaces both)",
     "sharding": "with several processes (torchrun / accelerate launch): none = a full model per process (DDP), "
                 "fsdp2 = parameters, gradients and optimizer state sharded across them (PyTorch FSDP2), "
                 "zero2 / zero3 = DeepSpeed ZeRO stage 2 / 3 (pip install deepspeed)",

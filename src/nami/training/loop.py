@@ -50,7 +50,7 @@ from nami.data.batching import BucketBatchSampler, WindowDataset
 from nami.io import read_jsonl
 from nami.models import count_parameters
 from nami.models.block import set_branches
-from nami.models.speed import compile_wave_layers, recompute_wave_layers
+from nami.models.speed import autograd_wave_layers, compile_wave_layers
 from nami.resources import peak_rss_mb, resolve_precision
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
@@ -355,8 +355,8 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         seed_everything((config.seed + 7919 * ranks.rank) % 2**32)
     params = count_parameters(model)
     compiled = compile_wave_layers(model) if config.compile_wave else None
-    if config.wave_recompute:
-        recompute_wave_layers(model)
+    if not config.compile_wave and not config.wave_recompute:
+        autograd_wave_layers(model)
     progress = Progress(next_eval_seconds=config.eval_every_minutes * 60 if config.eval_every_minutes else math.inf)
     torn: list[int] = []
     if resumed:
