@@ -2,7 +2,7 @@
 hand-written backward, and autograd through the plain maths), measured with autograd's saved-tensor
 hooks under bf16 autocast and in fp32.
 
-    python benchmarks/block_saved_bytes.py [--preset small] [--out results/block_saved_bytes.json]
+    python benchmarks/block_saved_bytes.py [--preset small] [--causal] [--out results/block_saved_bytes.json]
 
 Every tensor autograd saves during one block's forward is recorded once (tensors sharing storage
 are counted once). Weights and their bf16 copies do not grow with the sequence, so the per-token
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--causal", action="store_true", help="decoder blocks (prefix norms / causal attention)")
     parser.add_argument("--out", default="results/block_saved_bytes.json")
     args = parser.parse_args()
     commit = git_commit()
@@ -74,7 +75,7 @@ def main() -> None:
     for precision in ("bf16", "fp32"):
         for name, (arch, autograd) in VARIANTS.items():
             config = ModelConfig.from_name(args.preset, arch, vocab_size=1000, max_len=max(lengths),
-                                           dropout=args.dropout)
+                                           dropout=args.dropout, causal=args.causal)
             block = Block(config, mixer_class(config.layer_mixers()[0]))
             if autograd:
                 autograd_wave_layers(torch.nn.ModuleList([block]))
@@ -88,13 +89,13 @@ def main() -> None:
             print(name, precision, rows[f"{name} {precision}"], flush=True)
     result = {"command": "python benchmarks/block_saved_bytes.py " + " ".join(sys.argv[1:]), "commit": commit,
               "machine": machine_description(), "date": now_iso(), "preset": args.preset, "batch": args.batch,
-              "dropout": args.dropout, "lengths": list(lengths), "precision": "bf16 autocast and fp32", "rows": rows}
+              "dropout": args.dropout, "causal": args.causal, "lengths": list(lengths), "precision": "bf16 autocast and fp32", "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     d = next(iter(rows.values()))["d_model"]
-    lines = [f"# Bytes one block keeps for backward, per token (preset {args.preset}: D = {d}, "
-             f"dropout {args.dropout})", "",
+    lines = [f"# Bytes one {'decoder ' if args.causal else ''}block keeps for backward, per token (preset "
+             f"{args.preset}: D = {d}, dropout {args.dropout})", "",
              "| block | precision | bytes / token | × D | mixer half (× D) | FFN half (× D) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in rows.values():

@@ -57,15 +57,15 @@ def compile_wave_layers(model: nn.Module, compiled: Callable[..., torch.Tensor] 
 
 
 def recompute_wave_layers(model: nn.Module) -> int:
-    """Give every non-causal :class:`WaveLayer` the memory-light backward (the default of a new
-    layer): the wave maths, the LayerNorm and the output projection run as one autograd node that
+    """Give every :class:`WaveLayer` the memory-light backward (the default of a new layer): in
+    training steps the wave maths, the LayerNorm and the output projection run as one autograd node that
     keeps ``w`` in its autocast dtype and ``G²`` and recomputes the rest
     (:func:`~nami.models.wave.wave_mixer_recompute`; with RoPE, whose rotation sits between them,
     the maths alone: :func:`~nami.models.wave.wave_mix_recompute`). Same forward values; returns how
     many layers use it."""
-    layers = [m for m in model.modules() if isinstance(m, WaveLayer) and not m.causal]
+    layers = [m for m in model.modules() if isinstance(m, WaveLayer)]
     if not layers:
-        raise ValueError("recompute_wave_layers: the model has no (non-causal) Wave layers")
+        raise ValueError("recompute_wave_layers: the model has no Wave layers")
     for layer in layers:
         layer.mix = wave_mix_recompute
     return len(layers)

@@ -60,127 +60,173 @@ def wave_mix(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torc
 
 
 class _WaveMixRecompute(torch.autograd.Function):
-    """:func:`wave_mix` with a hand-written backward that keeps only ``w`` (in its own dtype: bf16
-    under autocast) and ``G²`` ``(B, 1, 2D)``, and recomputes the rest. Autograd through the eager
-    maths keeps several fp32 ``(B, S, 2D)`` tensors (``w·mask``, its squares, ``G² − w²``, the clamp
-    and square-root outputs, the products) — the Wave layer's training memory (issue: a Wave layer
-    lighter than attention). Forward values are bit-identical to :func:`wave_mix` (same operations
-    in the same order); gradients agree to rounding (tested against autograd and ``gradcheck``).
+    """:func:`wave_mix` (or :func:`causal_wave_mix` without a cache, ``causal=True``) with a
+    hand-written backward that keeps only ``w`` (in its own dtype: bf16 under autocast) and ``G²``
+    ``(B, 1, 2D)`` (causal: the running sums where chunks start), and recomputes the rest. Autograd
+    through the plain maths keeps several fp32 ``(B, S, 2D)`` tensors (``w·mask``, its squares,
+    ``G² − w²``, the clamp and square-root outputs, the products) — the Wave layer's training memory
+    (issue: a Wave layer lighter than attention). Forward values are bit-identical to the plain maths
+    (same operations in the same order); gradients agree to rounding (tested against autograd and
+    ``gradcheck``).
 
-    Backward, with ``r = G² − s`` (``s = w²`` masked), ``im = sqrt(max(r, 0) + ε)`` and the
-    upstream gradients ``g_re``, ``g_im`` of the real and imaginary parts::
+    Backward, with ``r = G² − s`` (``s = w²`` masked), ``im = sqrt(max(r, 0) + ε)``, the upstream
+    gradients ``g_re``, ``g_im`` of the real and imaginary parts and ``t = g_im / im · [r ≥ 0]``::
 
-        t      = g_im · 0.5 / im · [r ≥ 0]          (through the square root and the clamp)
-        ∂L/∂s  = −t + Σ_tokens t                     (s enters r directly and through G² = Σ s + ε)
-        ∂L/∂w  = (g_re + 2·w·∂L/∂s) · mask
+        ∂L/∂s_u = ½ · (Σ_tokens t − t_u)        (s_u enters r_u directly and through G² = Σ s + ε)
+        ∂L/∂w_u = (g_re + w_u · (Σ_tokens t − t_u)) · mask
+
+    Causal (prefix norms, ``r_u = Σ_{v≤u} s_v + ε − s_u``): s_u enters only the later tokens' r, so
+    ``Σ_tokens t − t_u`` becomes the suffix sum ``Σ_{v>u} t_v`` (no difference of large sums).
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
-        mixed, global_sq = _chunked_wave_forward(w, mask, eps, mode, lambda mixed: mixed)
-        ctx.save_for_backward(w, mask, global_sq)
-        ctx.eps, ctx.mode = eps, mode
+    def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool) -> torch.Tensor:
+        mixed, state = _chunked_forward(w, mask, eps, mode, causal, lambda mixed: mixed)
+        ctx.save_for_backward(w, mask, state)
+        ctx.eps, ctx.mode, ctx.causal = eps, mode, causal
         return mixed
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        w, mask, global_sq = ctx.saved_tensors
-        g_w = _chunked_wave_backward(w, mask, global_sq, ctx.eps, ctx.mode,
-                                     lambda rows, real, imag: grad[:, rows].to(global_sq.dtype))
-        return g_w, None, None, None
+        w, mask, state = ctx.saved_tensors
+        g_w = _chunked_backward(w, mask, state, ctx.eps, ctx.mode, ctx.causal,
+                                lambda rows, real, imag: grad[:, rows].to(real.dtype))
+        return g_w, None, None, None, None
 
 
 # Tokens (batch × sequence positions) per chunk of the recompute forward and backward: their fp32
 # (rows, 2D) temporaries (waves, products, their gradients) are then bounded whatever B and S are,
-# instead of a dozen (B, S, 2D) tensors alive at once at the step's memory peak.
+# instead of a dozen (B, S, 2D) tensors alive at once at the step's memory peak, and small enough to
+# stay in cache between the element-wise operations (1,024 trained fastest at S = 512 of 512–16,384).
 BACKWARD_CHUNK_TOKENS = 1024
 
 
-def _chunked_wave_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
-                          finish) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(finish(wave_mix(w)), G²)`` of the recompute paths, the element-wise maths a chunk of
-    positions at a time after ``G² (B, 1, 2D)`` is summed over the whole sequence (as
-    :func:`wave_mix` sums it, so values are bit-identical). ``finish`` maps a chunk's mixed waves
-    ``(B, rows, 2D)`` to its output (identity, or the LayerNorm of the fused node)."""
-    dtype = torch.promote_types(w.dtype, torch.float32)
-    real = w.to(dtype) * mask
-    global_sq = (real * real).sum(dim=1, keepdim=True) + eps
-    del real
+def _chunks(w: torch.Tensor, mask: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
+    """(positions, their mask) of each chunk of :data:`BACKWARD_CHUNK_TOKENS` batch × positions."""
     batch, seq = w.shape[0], w.shape[1]
     step = max(1, BACKWARD_CHUNK_TOKENS // max(batch, 1))
-    if step >= seq:  # one chunk: no copies
+    return [(slice(start, start + step), mask[:, start:start + step] if mask.shape[1] == seq else mask)
+            for start in range(0, seq, step)]
+
+
+def _prefix_sums(squares: torch.Tensor, before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Running sums of ``squares (B, rows, 2D)`` after the float64 sum ``before (B, 1, 2D)`` of the
+    earlier positions → (the sums in ``squares``' dtype, the float64 sum after the chunk). CPU
+    ``cumsum`` accumulates fp32 in float64 and rounds each output, so carrying the float64 sum from
+    chunk to chunk gives :func:`causal_wave_mix`'s one ``cumsum`` bit for bit (tested)."""
+    running = torch.cat([before, squares.to(torch.float64)], dim=1).cumsum(dim=1)[:, 1:]
+    return running.to(squares.dtype), running[:, -1:]
+
+
+def _chunked_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool,
+                     finish) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(finish(mixed waves), state)`` of the recompute paths, the element-wise maths a chunk of
+    positions at a time. Non-causal: ``G² (B, 1, 2D)`` is summed over the whole sequence first (as
+    :func:`wave_mix` sums it) and is the state. Causal: the running sum carries from chunk to chunk;
+    the state is its value where each chunk starts, ``(chunks, B, 1, 2D)``. ``finish`` maps a chunk's
+    mixed waves ``(B, rows, 2D)`` to its output (identity, or LayerNorm and projection)."""
+    dtype = torch.promote_types(w.dtype, torch.float32)
+    chunks = _chunks(w, mask)
+    if causal:
+        carry = torch.zeros((w.shape[0], 1, w.shape[-1]), dtype=torch.float64, device=w.device)
+        starts = []
+    else:
         real = w.to(dtype) * mask
-        return finish(combine_waves(real, torch.sqrt((global_sq - real * real).clamp_min(0.0) + eps), mode)), global_sq
+        global_sq = (real * real).sum(dim=1, keepdim=True) + eps
+        del real
     out = None
-    for start in range(0, seq, step):
-        rows = slice(start, start + step)
-        real = w[:, rows].to(dtype) * (mask[:, rows] if mask.shape[1] == seq else mask)
-        chunk = finish(combine_waves(real, torch.sqrt((global_sq - real * real).clamp_min(0.0) + eps), mode))
+    for rows, m in chunks:
+        real = (w if len(chunks) == 1 else w[:, rows]).to(dtype) * m
+        squares = real * real
+        if causal:
+            starts.append(carry)
+            running, carry = _prefix_sums(squares, carry)
+            raw = running + eps - squares
+        else:
+            raw = global_sq - squares
+        chunk = finish(combine_waves(real, torch.sqrt(raw.clamp_min(0.0) + eps), mode))
+        if len(chunks) == 1:
+            out = chunk
+            break
         if out is None:
-            out = torch.empty((batch, seq, chunk.shape[-1]), dtype=chunk.dtype, device=chunk.device)
+            out = torch.empty((w.shape[0], w.shape[1], chunk.shape[-1]), dtype=chunk.dtype, device=chunk.device)
         out[:, rows] = chunk
-    return out, global_sq
+    return out, torch.stack(starts) if causal else global_sq
 
 
-def _recompute_waves(w: torch.Tensor, mask: torch.Tensor, global_sq: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(real, imag, G² − w²) again from the saved ``w`` and ``G²`` (backward of the recompute paths)."""
-    real = w.to(global_sq.dtype) * mask
-    raw = global_sq - real * real
-    return real, torch.sqrt(raw.clamp_min(0.0) + eps), raw
-
-
-def _chunked_wave_backward(w: torch.Tensor, mask: torch.Tensor, global_sq: torch.Tensor, eps: float, mode: str,
-                           mixed_grad) -> torch.Tensor:
-    """∂L/∂w of the recompute paths, a chunk of sequence positions at a time.
+def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, eps: float, mode: str,
+                      causal: bool, mixed_grad) -> torch.Tensor:
+    """∂L/∂w of the recompute paths, a chunk of positions at a time (see :class:`_WaveMixRecompute`).
 
     ``mixed_grad(rows, real, imag)`` gives the gradient ``(B, rows, 2D)`` of the mixed waves of
-    positions ``rows`` (a slice), from their recomputed parts. With ``T = Σ_tokens t`` (see
-    :class:`_WaveMixRecompute`), ``∂L/∂w = (g_re + 2·w·(T − t))·mask``. Pass 1 writes ``g_re`` and
-    keeps ``t`` while ``T`` accumulates; pass 2 adds the second term. ``T − t`` is formed before the
-    product (as autograd through the eager maths does): a one-token row, where ``t = T`` is large,
-    then gets exactly ``g_re`` instead of the difference of two large products.
+    positions ``rows`` (a slice), from their recomputed parts. Non-causal, with ``T = Σ_tokens t``:
+    pass 1 writes ``g_re`` and keeps ``t`` while ``T`` accumulates; pass 2 adds ``w·(T − t)``, formed
+    as a difference first (as autograd through the plain maths does): a one-token row, where
+    ``t = T`` is large, then gets exactly ``g_re``. Causal: one pass from the last chunk to the
+    first, the suffix sums of ``t`` carried backwards.
     """
-    batch, seq = w.shape[0], w.shape[1]
-    step = max(1, BACKWARD_CHUNK_TOKENS // max(batch, 1))
-    g_w = torch.empty(w.shape, dtype=global_sq.dtype, device=w.device)
+    dtype = torch.promote_types(w.dtype, torch.float32)
+    chunks = _chunks(w, mask)
+    g_w = torch.empty(w.shape, dtype=dtype, device=w.device)
+    if causal:
+        after = torch.zeros(state.shape[1:], dtype=dtype, device=w.device)  # Σ t over the later chunks
+        for index in reversed(range(len(chunks))):
+            rows, m = chunks[index]
+            real = w[:, rows].to(dtype) * m
+            squares = real * real
+            raw = _prefix_sums(squares, state[index])[0] + eps - squares
+            imag = torch.sqrt(raw.clamp_min(0.0) + eps)
+            g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
+            t = g_imag.div_(imag).masked_fill_(raw < 0, 0.0)
+            suffix = torch.cat([t, after], dim=1).flip(1).cumsum(dim=1).flip(1)  # k: Σ_{v≥k} t_v + after
+            torch.mul(g_real.addcmul_(real, suffix[:, 1:]), m, out=g_w[:, rows])
+            after = suffix[:, :1]
+        return g_w.to(w.dtype)
     kept_t = torch.empty_like(g_w)
-    total = torch.zeros_like(global_sq)  # Σ_tokens t, (B, 1, 2D)
-    for start in range(0, seq, step):
-        rows = slice(start, start + step)
-        m = mask[:, rows] if mask.shape[1] == seq else mask
-        real, imag, raw = _recompute_waves(w[:, rows], m, global_sq, eps)
+    total = torch.zeros_like(state)  # Σ_tokens t, (B, 1, 2D)
+    for rows, m in chunks:
+        real = w[:, rows].to(dtype) * m
+        raw = state - real * real
+        imag = torch.sqrt(raw.clamp_min(0.0) + eps)
         g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
-        t = torch.where(raw >= 0, g_imag / imag, 0.0)  # 2·t: the factors ½ and 2 cancel exactly (powers of two)
+        t = g_imag.div_(imag).masked_fill_(raw < 0, 0.0)  # 2·(∂L/∂im)·∂im/∂r: ½ and the 2 of ∂s/∂w cancel exactly
         total += t.sum(dim=1, keepdim=True)
         kept_t[:, rows] = t
-        g_w[:, rows] = g_real
-    for start in range(0, seq, step):
-        rows = slice(start, start + step)
-        m = mask[:, rows] if mask.shape[1] == seq else mask
-        real = w[:, rows].to(global_sq.dtype) * m
-        g_w[:, rows] = (g_w[:, rows] + real * (total - kept_t[:, rows])) * m
+        torch.mul(g_real, m, out=g_w[:, rows])
+    for rows, m in chunks:  # real is 0 at padding: the mask of pass 1 stays exact
+        real = w[:, rows].to(dtype) * m
+        g_w[:, rows].addcmul_(real, total - kept_t[:, rows])
     return g_w.to(w.dtype)
 
 
 def _wave_part_grads(real: torch.Tensor, imag: torch.Tensor, grad: torch.Tensor,
                      mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of the real and imaginary parts ``(B, S, 2D)`` from that of the mixed waves ``grad``."""
+    """Gradients of the real and imaginary parts ``(B, S, 2D)`` from that of the mixed waves ``grad``,
+    written into two buffers with fused multiply-adds (no concatenation copies)."""
     g_a, g_b = grad.chunk(2, dim=-1)  # gradients of Re Z and Im Z, (B, S, D) each
+    g_real, g_imag = torch.empty_like(real), torch.empty_like(imag)
+    half = real.shape[-1] // 2
     if mode == "interference":  # Z = Z1 + Z2
-        return torch.cat([g_a, g_a], dim=-1), torch.cat([g_b, g_b], dim=-1)
+        g_real[..., :half], g_real[..., half:] = g_a, g_a
+        g_imag[..., :half], g_imag[..., half:] = g_b, g_b
+        return g_real, g_imag
     # Z = Z1 · Z2: Re = re1·re2 − im1·im2, Im = re1·im2 + im1·re2
     re1, re2 = real.chunk(2, dim=-1)
     im1, im2 = imag.chunk(2, dim=-1)
-    return (torch.cat([g_a * re2 + g_b * im2, g_a * re1 + g_b * im1], dim=-1),
-            torch.cat([g_b * re2 - g_a * im2, g_b * re1 - g_a * im1], dim=-1))
+    for out, a, b, c, d, sign in ((g_real[..., :half], g_a, re2, g_b, im2, 1.0),    # ∂/∂re1 = g_a·re2 + g_b·im2
+                                  (g_real[..., half:], g_a, re1, g_b, im1, 1.0),    # ∂/∂re2 = g_a·re1 + g_b·im1
+                                  (g_imag[..., :half], g_b, re2, g_a, im2, -1.0),   # ∂/∂im1 = g_b·re2 − g_a·im2
+                                  (g_imag[..., half:], g_b, re1, g_a, im1, -1.0)):  # ∂/∂im2 = g_b·re1 − g_a·im1
+        torch.mul(a, b, out=out).addcmul_(c, d, value=sign)
+    return g_real, g_imag
 
 
 class _WaveMixerRecompute(torch.autograd.Function):
     """``Linear(LayerNorm(wave_mix(w)))`` — everything of a Wave layer after its first matrix
-    product — in one autograd node that keeps only ``w`` (in its own dtype: bf16 under autocast),
-    ``G² (B, 1, 2D)`` and the mask, and recomputes the mixed waves, the normalisation and the output
-    projection's input in backward, a chunk of positions at a time. Apart from the saving of
+    product; causal: with :func:`causal_wave_mix` — in one autograd node that keeps only ``w`` (in its
+    own dtype: bf16 under autocast), the mask and ``G² (B, 1, 2D)`` (causal: the running sums where
+    chunks start), and recomputes the mixed waves, the normalisation and the output projection's
+    input in backward, a chunk of positions at a time. Apart from the saving of
     :class:`_WaveMixRecompute`, neither the LayerNorm's fp32 input nor the output projection's
     ``(B, S, 2D)`` input is kept: a Wave block then keeps less per token for backward than a
     Transformer block (``benchmarks/block_saved_bytes.py``). Forward values are bit-identical to
@@ -192,30 +238,30 @@ class _WaveMixerRecompute(torch.autograd.Function):
         ∂L/∂W += g_yᵀ · n,   ∂L/∂b += Σ g_y,   ∂L/∂n = g_y · W      (n = LayerNorm(mixed), recomputed)
         ∂L/∂mixed, ∂L/∂γ, ∂L/∂β  from ATen's fused LayerNorm backward (native_layer_norm_backward)
 
-    then the wave maths' backward (:func:`_chunked_wave_backward`). The matrix products run in the
-    dtype the forward's projection ran in (bf16 under autocast, like autograd's), their sums over
-    chunks accumulate in fp32.
+    then the wave maths' backward (:func:`_chunked_backward`). The matrix products run in the dtype
+    the forward's projection ran in (bf16 under autocast, like autograd's), their sums over chunks
+    accumulate in fp32.
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, norm_weight: torch.Tensor,
-                norm_bias: torch.Tensor, norm_eps: float, out_weight: torch.Tensor,
+    def forward(ctx, w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool,
+                norm_weight: torch.Tensor, norm_bias: torch.Tensor, norm_eps: float, out_weight: torch.Tensor,
                 out_bias: torch.Tensor | None) -> torch.Tensor:
         def finish(mixed: torch.Tensor) -> torch.Tensor:
             normed = F.layer_norm(mixed, (mixed.shape[-1],), norm_weight, norm_bias, norm_eps)
             return F.linear(normed, out_weight, out_bias)
 
-        out, global_sq = _chunked_wave_forward(w, mask, eps, mode, finish)
-        ctx.save_for_backward(w, mask, global_sq, norm_weight, norm_bias, out_weight)
-        ctx.eps, ctx.mode, ctx.norm_eps, ctx.gemm_dtype = eps, mode, norm_eps, out.dtype
+        out, state = _chunked_forward(w, mask, eps, mode, causal, finish)
+        ctx.save_for_backward(w, mask, state, norm_weight, norm_bias, out_weight)
+        ctx.eps, ctx.mode, ctx.causal, ctx.norm_eps, ctx.gemm_dtype = eps, mode, causal, norm_eps, out.dtype
         ctx.has_out_bias = out_bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        w, mask, global_sq, norm_weight, norm_bias, out_weight = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        acc = global_sq.dtype  # fp32 (fp64 in gradcheck)
+        w, mask, state, norm_weight, norm_bias, out_weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad  # 5, 6: γ, β; 8, 9: W, b
+        acc = torch.promote_types(w.dtype, torch.float32)  # the wave maths' dtype: fp32 (fp64 in gradcheck)
         sums = {name: torch.zeros(shape, dtype=acc, device=w.device) for name, shape in
                 (("norm_weight", norm_weight.shape), ("norm_bias", norm_bias.shape),
                  ("out_weight", out_weight.shape), ("out_bias", out_weight.shape[:1]))}
@@ -227,42 +273,45 @@ class _WaveMixerRecompute(torch.autograd.Function):
             normed, mean, rstd = torch.native_layer_norm(mixed, shape, norm_weight, norm_bias, ctx.norm_eps)
             g_y = grad[:, rows].to(ctx.gemm_dtype)
             flat_g = g_y.reshape(-1, g_y.shape[-1])
-            if needs[7]:
-                sums["out_weight"] += (flat_g.t() @ normed.reshape(-1, normed.shape[-1]).to(ctx.gemm_dtype)).to(acc)
             if needs[8]:
+                sums["out_weight"] += (flat_g.t() @ normed.reshape(-1, normed.shape[-1]).to(ctx.gemm_dtype)).to(acc)
+            if needs[9]:
                 sums["out_bias"] += flat_g.to(acc).sum(dim=0)
             g_normed = (g_y @ gemm_weight).to(acc)
             g_mixed, g_gamma, g_beta = torch.ops.aten.native_layer_norm_backward(
-                g_normed, mixed, shape, mean, rstd, norm_weight, norm_bias, [True, needs[4], needs[5]])
-            if needs[4]:
-                sums["norm_weight"] += g_gamma
+                g_normed, mixed, shape, mean, rstd, norm_weight, norm_bias, [True, needs[5], needs[6]])
             if needs[5]:
+                sums["norm_weight"] += g_gamma
+            if needs[6]:
                 sums["norm_bias"] += g_beta
             return g_mixed
 
         with torch.autocast(w.device.type, enabled=False):  # dtypes are chosen above, as in the forward
-            g_w = _chunked_wave_backward(w, mask, global_sq, ctx.eps, ctx.mode, mixed_grad)
+            g_w = _chunked_backward(w, mask, state, ctx.eps, ctx.mode, ctx.causal, mixed_grad)
 
         def param_grad(name: str, like: torch.Tensor, index: int) -> torch.Tensor | None:
             return sums[name].to(like.dtype) if needs[index] else None
 
-        return (g_w, None, None, None, param_grad("norm_weight", norm_weight, 4),
-                param_grad("norm_bias", norm_bias, 5), None, param_grad("out_weight", out_weight, 7),
-                param_grad("out_bias", out_weight, 8) if ctx.has_out_bias else None)
+        return (g_w, None, None, None, None, param_grad("norm_weight", norm_weight, 5),
+                param_grad("norm_bias", norm_bias, 6), None, param_grad("out_weight", out_weight, 8),
+                param_grad("out_bias", out_weight, 9) if ctx.has_out_bias else None)
 
 
 def wave_mixer_recompute(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, norm: nn.LayerNorm,
-                         out: nn.Linear) -> torch.Tensor:
-    """``out(norm(wave_mix(w)))`` with the memory-light backward of :class:`_WaveMixerRecompute`:
-    ``w (B, S, 2D)`` in any float dtype (promoted to >= fp32 inside), ``mask (B, S, 1)`` >= fp32 →
-    ``(B, S, D)``."""
-    return _WaveMixerRecompute.apply(w, mask, eps, mode, norm.weight, norm.bias, norm.eps, out.weight, out.bias)
+                         out: nn.Linear, causal: bool = False) -> torch.Tensor:
+    """``out(norm(wave_mix(w)))`` (causal: prefix norms, as :func:`causal_wave_mix` from the start)
+    with the memory-light backward of :class:`_WaveMixerRecompute`: ``w (B, S, 2D)`` in any float
+    dtype (promoted to >= fp32 inside), ``mask (B, S, 1)`` >= fp32 → ``(B, S, D)``."""
+    return _WaveMixerRecompute.apply(w, mask, eps, mode, causal, norm.weight, norm.bias, norm.eps, out.weight,
+                                     out.bias)
 
 
-def wave_mix_recompute(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str) -> torch.Tensor:
-    """:func:`wave_mix` (``w`` in any float dtype, promoted to >= fp32 inside) with the
-    memory-light backward of :class:`_WaveMixRecompute`; ``mask (B, S, 1)`` >= fp32."""
-    return _WaveMixRecompute.apply(w, mask, eps, mode)
+def wave_mix_recompute(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
+                       causal: bool = False) -> torch.Tensor:
+    """:func:`wave_mix` (causal: :func:`causal_wave_mix` from the start, without its state) with the
+    memory-light backward of :class:`_WaveMixRecompute`: ``w`` in any float dtype (promoted to >=
+    fp32 inside), ``mask (B, S, 1)`` >= fp32."""
+    return _WaveMixRecompute.apply(w, mask, eps, mode, causal)
 
 
 wave_mix_recompute.takes_low_precision = True  # WaveLayer hands it w before the fp32 promotion
@@ -347,10 +396,10 @@ class WaveLayer(nn.Module):
     """Token mixing by wave interference or modulation: ``(B, S, D) -> (B, S, D)`` (mixer ``wave``).
 
     Cost: two ``D × 2D`` / ``2D × D`` matrix products per token plus O(S·D) element-wise maths: linear
-    in S. Training steps (autograd on) of a non-causal layer run everything after ``to_waves`` as one
-    memory-light autograd node (:func:`wave_mixer_recompute`; with RoPE, whose rotation sits between
-    the maths and the LayerNorm, the maths alone: :func:`wave_mix_recompute`); evaluation and causal
-    layers run the plain maths (:func:`wave_mix`, :func:`causal_wave_mix`) — the same forward values.
+    in S. Training steps (autograd on, no decoding cache) run everything after ``to_waves`` as one
+    memory-light autograd node (:func:`wave_mixer_recompute`, causal or not; with RoPE, whose rotation
+    sits between the maths and the LayerNorm, the maths alone: :func:`wave_mix_recompute`); evaluation
+    and decoding run the plain maths (:func:`wave_mix`, :func:`causal_wave_mix`) — the same values.
     ``self.mix`` selects this: :func:`nami.models.speed.autograd_wave_layers` sets :func:`wave_mix`
     (autograd through the plain maths: the reference, more memory), and
     :func:`nami.models.speed.compile_wave_layers` a ``torch.compile``-d version of it.
@@ -376,10 +425,10 @@ class WaveLayer(nn.Module):
         wave_dtype = torch.promote_types(w.dtype, torch.float32)  # >= fp32 even under bf16 autocast (module docstring)
         mask = inputs.padding_mask.to(wave_dtype).unsqueeze(-1)
         light = getattr(self.mix, "takes_low_precision", False)
-        if light and not self.causal and torch.is_grad_enabled():
+        if light and torch.is_grad_enabled() and inputs.cache is None:  # a training step
             if self.rope is None:  # mixing, LayerNorm and projection in one memory-light node
-                return wave_mixer_recompute(w, mask, self.eps, self.mode, self.norm, self.out)
-            mixed = self.mix(w, mask, self.eps, self.mode)  # promotes inside; keeps w in its own dtype for backward
+                return wave_mixer_recompute(w, mask, self.eps, self.mode, self.norm, self.out, self.causal)
+            mixed = wave_mix_recompute(w, mask, self.eps, self.mode, self.causal)  # keeps w as it is
             return self._finish(mixed, x, inputs)
         w = w.to(wave_dtype)
         if self.causal:

@@ -110,7 +110,7 @@ class TrainConfig:
     branch_schedule: dict[str, float] | None = None
     compile_wave: bool = False  # torch.compile the Wave layer's element-wise maths (nami.models.speed)
     log_with: str | None = None  # "tensorboard": also log to RUN/tensorboard (pip install 'nami[tensorboard]')
-    # Non-causal Wave layers backpropagate through a hand-written backward that keeps only w and G²
+    # Wave layers (causal too) backpropagate through a hand-written backward that keeps only w and G²
     # and recomputes the rest, LayerNorm and output projection included
     # (nami.models.wave.wave_mixer_recompute): less training memory and faster than autograd, same
     # forward. false: autograd through the plain maths (the reference). compile_wave replaces both.
@@ -355,7 +355,7 @@ OPTION_HELP: dict[str, str] = {
     "self_distill": "weight (0-1) of the last layer's span distribution teaching the early-exit heads "
                     "(--exit-layers); 0 = exits learn from the answers only",
     "distill_temperature": "softmax temperature of self-distillation",
-    "wave_recompute": "non-causal Wave layers keep only w and G² for backward and recompute the wave maths, its "
+    "wave_recompute": "Wave layers keep only w and G² for backward and recompute the wave maths, its "
                       "LayerNorm and projection input (less memory, faster; false = autograd, the reference; "
                       "compile_wave replaces both)",
     "sharding": "with several processes (torchrun / accelerate launch): none = a full model per process (DDP), "
