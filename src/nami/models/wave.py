@@ -131,9 +131,9 @@ def _chunked_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
         carry = torch.zeros((w.shape[0], 1, w.shape[-1]), dtype=torch.float64, device=w.device)
         starts = []
     else:
-        real = w.to(dtype) * mask
-        global_sq = (real * real).sum(dim=1, keepdim=True) + eps
-        del real
+        squares = w.to(dtype) * mask  # squared in place: one (B, S, 2D) temporary instead of two
+        global_sq = squares.mul_(squares).sum(dim=1, keepdim=True) + eps
+        del squares
     out = None
     for rows, m in chunks:
         real = (w if len(chunks) == 1 else w[:, rows]).to(dtype) * m
