@@ -115,7 +115,7 @@ def _prefix_sums(squares: torch.Tensor, before: torch.Tensor) -> tuple[torch.Ten
     ``cumsum`` accumulates fp32 in float64 and rounds each output, so carrying the float64 sum from
     chunk to chunk gives :func:`causal_wave_mix`'s one ``cumsum`` bit for bit (tested)."""
     running = torch.cat([before, squares.to(torch.float64)], dim=1).cumsum(dim=1)[:, 1:]
-    return running.to(squares.dtype), running[:, -1:]
+    return running.to(squares.dtype), running[:, -1:].clone()  # not a view: callers may change the sums in place
 
 
 def _chunked_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool,
@@ -141,10 +141,10 @@ def _chunked_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
         if causal:
             starts.append(carry)
             running, carry = _prefix_sums(squares, carry)
-            raw = running + eps - squares
+            raw = running.add_(eps).sub_(squares)  # running + ε − w², in place
         else:
-            raw = global_sq - squares
-        chunk = finish(combine_waves(real, torch.sqrt(raw.clamp_min(0.0) + eps), mode))
+            raw = torch.sub(global_sq, squares, out=squares)
+        chunk = finish(_combine_into(real, raw.clamp_min_(0.0).add_(eps).sqrt_(), mode))
         if len(chunks) == 1:
             out = chunk
             break
@@ -152,6 +152,22 @@ def _chunked_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
             out = torch.empty((w.shape[0], w.shape[1], chunk.shape[-1]), dtype=chunk.dtype, device=chunk.device)
         out[:, rows] = chunk
     return out, torch.stack(starts) if causal else global_sq
+
+
+def _combine_into(real: torch.Tensor, imag: torch.Tensor, mode: str) -> torch.Tensor:
+    """:func:`combine_waves` written into one buffer (no concatenation copy): the same operations in
+    the same order, so the same values bit for bit (tested through the recompute paths)."""
+    mixed = torch.empty_like(real)
+    half = real.shape[-1] // 2
+    re1, re2 = real.chunk(2, dim=-1)
+    im1, im2 = imag.chunk(2, dim=-1)
+    if mode == "interference":
+        torch.add(re1, re2, out=mixed[..., :half])
+        torch.add(im1, im2, out=mixed[..., half:])
+    else:
+        torch.mul(re1, re2, out=mixed[..., :half]).sub_(im1 * im2)
+        torch.mul(re1, im2, out=mixed[..., half:]).add_(im1 * re2)
+    return mixed
 
 
 def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, eps: float, mode: str,
@@ -175,7 +191,7 @@ def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, 
             real = w[:, rows].to(dtype) * m
             squares = real * real
             raw = _prefix_sums(squares, state[index])[0] + eps - squares
-            imag = torch.sqrt(raw.clamp_min(0.0) + eps)
+            imag = raw.clamp_min(0.0).add_(eps).sqrt_()
             g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
             t = g_imag.div_(imag).masked_fill_(raw < 0, 0.0)
             suffix = torch.cat([t, after], dim=1).flip(1).cumsum(dim=1).flip(1)  # k: Σ_{v≥k} t_v + after
@@ -187,7 +203,7 @@ def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, 
     for rows, m in chunks:
         real = w[:, rows].to(dtype) * m
         raw = state - real * real
-        imag = torch.sqrt(raw.clamp_min(0.0) + eps)
+        imag = raw.clamp_min(0.0).add_(eps).sqrt_()
         g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
         t = g_imag.div_(imag).masked_fill_(raw < 0, 0.0)  # 2·(∂L/∂im)·∂im/∂r: ½ and the 2 of ∂s/∂w cancel exactly
         total += t.sum(dim=1, keepdim=True)
@@ -269,7 +285,7 @@ class _WaveMixerRecompute(torch.autograd.Function):
         shape = (norm_weight.shape[0],)
 
         def mixed_grad(rows: slice, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
-            mixed = combine_waves(real, imag, ctx.mode)
+            mixed = _combine_into(real, imag, ctx.mode)
             normed, mean, rstd = torch.native_layer_norm(mixed, shape, norm_weight, norm_bias, ctx.norm_eps)
             g_y = grad[:, rows].to(ctx.gemm_dtype)
             flat_g = g_y.reshape(-1, g_y.shape[-1])
