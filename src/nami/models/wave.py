@@ -97,7 +97,8 @@ class _WaveMixRecompute(torch.autograd.Function):
 # Tokens (batch × sequence positions) per chunk of the recompute forward and backward: their fp32
 # (rows, 2D) temporaries (waves, products, their gradients) are then bounded whatever B and S are,
 # instead of a dozen (B, S, 2D) tensors alive at once at the step's memory peak, and small enough to
-# stay in cache between the element-wise operations (1,024 trained fastest at S = 512 of 512–16,384).
+# stay in cache between the element-wise operations (S = 512, fp32: 512–2,048 trained equally fast
+# within noise, 4,096 and 16,384 slower and with a higher memory peak).
 BACKWARD_CHUNK_TOKENS = 1024
 
 
@@ -118,6 +119,22 @@ def _prefix_sums(squares: torch.Tensor, before: torch.Tensor) -> tuple[torch.Ten
     return running.to(squares.dtype), running[:, -1:].clone()  # not a view: callers may change the sums in place
 
 
+def _chunk_waves(w: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, eps: float, global_sq=None,
+                 before=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(real, G² − w², imag, the float64 running sum after the chunk or None) of a chunk of positions
+    ``w (B, rows, 2D)``: non-causal from ``G²``, causal from ``before`` (the running sum before it).
+    Shared by the recompute forward and backward, so both compute exactly the same values."""
+    real = w.to(dtype) * mask
+    squares = real * real
+    carry = None
+    if global_sq is None:
+        running, carry = _prefix_sums(squares, before)
+        raw = running.add_(eps).sub_(squares)  # running + ε − w², in place
+    else:
+        raw = torch.sub(global_sq, squares, out=squares)
+    return real, raw, raw.clamp_min(0.0).add_(eps).sqrt_(), carry
+
+
 def _chunked_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool,
                      finish) -> tuple[torch.Tensor, torch.Tensor]:
     """``(finish(mixed waves), state)`` of the recompute paths, the element-wise maths a chunk of
@@ -136,15 +153,12 @@ def _chunked_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str,
         del squares
     out = None
     for rows, m in chunks:
-        real = (w if len(chunks) == 1 else w[:, rows]).to(dtype) * m
-        squares = real * real
         if causal:
             starts.append(carry)
-            running, carry = _prefix_sums(squares, carry)
-            raw = running.add_(eps).sub_(squares)  # running + ε − w², in place
+            real, _, imag, carry = _chunk_waves(w[:, rows], m, dtype, eps, before=carry)
         else:
-            raw = torch.sub(global_sq, squares, out=squares)
-        chunk = finish(_combine_into(real, raw.clamp_min_(0.0).add_(eps).sqrt_(), mode))
+            real, _, imag, _ = _chunk_waves(w if len(chunks) == 1 else w[:, rows], m, dtype, eps, global_sq)
+        chunk = finish(_combine_into(real, imag, mode))
         if len(chunks) == 1:
             out = chunk
             break
@@ -188,10 +202,7 @@ def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, 
         after = torch.zeros(state.shape[1:], dtype=dtype, device=w.device)  # Σ t over the later chunks
         for index in reversed(range(len(chunks))):
             rows, m = chunks[index]
-            real = w[:, rows].to(dtype) * m
-            squares = real * real
-            raw = _prefix_sums(squares, state[index])[0] + eps - squares
-            imag = raw.clamp_min(0.0).add_(eps).sqrt_()
+            real, raw, imag, _ = _chunk_waves(w[:, rows], m, dtype, eps, before=state[index])
             g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
             t = g_imag.div_(imag).masked_fill_(raw < 0, 0.0)
             suffix = torch.cat([t, after], dim=1).flip(1).cumsum(dim=1).flip(1)  # k: Σ_{v≥k} t_v + after
@@ -201,9 +212,7 @@ def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, 
     kept_t = torch.empty_like(g_w)
     total = torch.zeros_like(state)  # Σ_tokens t, (B, 1, 2D)
     for rows, m in chunks:
-        real = w[:, rows].to(dtype) * m
-        raw = state - real * real
-        imag = raw.clamp_min(0.0).add_(eps).sqrt_()
+        real, raw, imag, _ = _chunk_waves(w[:, rows], m, dtype, eps, state)
         g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
         t = g_imag.div_(imag).masked_fill_(raw < 0, 0.0)  # 2·(∂L/∂im)·∂im/∂r: ½ and the 2 of ∂s/∂w cancel exactly
         total += t.sum(dim=1, keepdim=True)
