@@ -28,6 +28,8 @@ change the outputs of real tokens.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,7 +92,7 @@ class _WaveMixRecompute(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         w, mask, state = ctx.saved_tensors
         g_w = _chunked_backward(w, mask, state, ctx.eps, ctx.mode, ctx.causal,
-                                lambda rows, real, imag: grad[:, rows].to(real.dtype))
+                                lambda c, real, imag: grad[c.rows, c.positions].to(real.dtype))
         return g_w, None, None, None, None
 
 
@@ -102,12 +104,35 @@ class _WaveMixRecompute(torch.autograd.Function):
 BACKWARD_CHUNK_TOKENS = 1024
 
 
-def _chunks(w: torch.Tensor, mask: torch.Tensor) -> list[tuple[slice, torch.Tensor]]:
-    """(positions, their mask) of each chunk of :data:`BACKWARD_CHUNK_TOKENS` batch × positions."""
+class _Chunk(NamedTuple):
+    """A contiguous block ``w[rows, positions]`` of the recompute paths: whole sequences of several
+    batch rows, or (S > :data:`BACKWARD_CHUNK_TOKENS`) consecutive positions of one row. Contiguous
+    blocks need no strided copies, and a chunk of whole sequences finishes its rows in one pass."""
+    rows: slice
+    positions: slice
+    index: int  # which chunk of its rows' positions (0 for whole sequences)
+    whole: bool  # whole sequences: Σ over the sequence is this chunk's own sum
+    mask: torch.Tensor
+
+
+def _chunks(w: torch.Tensor, mask: torch.Tensor) -> list[_Chunk]:
+    """The :class:`_Chunk` s of ``w (B, S, 2D)``, at most :data:`BACKWARD_CHUNK_TOKENS` tokens each, in
+    memory order (a row's position chunks in sequence order)."""
     batch, seq = w.shape[0], w.shape[1]
-    step = max(1, BACKWARD_CHUNK_TOKENS // max(batch, 1))
-    return [(slice(start, start + step), mask[:, start:start + step] if mask.shape[1] == seq else mask)
-            for start in range(0, seq, step)]
+
+    def part(rows: slice, positions: slice) -> torch.Tensor:
+        return mask[rows if mask.shape[0] == batch else slice(None), positions if mask.shape[1] == seq else slice(None)]
+
+    if seq <= BACKWARD_CHUNK_TOKENS:
+        step = max(1, BACKWARD_CHUNK_TOKENS // max(seq, 1))
+        return [_Chunk(slice(b, b + step), slice(None), 0, True, part(slice(b, b + step), slice(None)))
+                for b in range(0, batch, step)]
+    # equal parts (S = 1,025: 513 + 512, not 1,024 + 1: a one-token projection takes the matrix-vector
+    # kernel, whose rounding differs from the matrix product's, and the forward would not be bit-identical)
+    n = -(-seq // BACKWARD_CHUNK_TOKENS)
+    bounds = [seq * i // n for i in range(n + 1)]
+    return [_Chunk(slice(b, b + 1), slice(s, e), i, False, part(slice(b, b + 1), slice(s, e)))
+            for b in range(batch) for i, (s, e) in enumerate(zip(bounds, bounds[1:]))]
 
 
 def _prefix_sums(squares: torch.Tensor, before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,13 +145,16 @@ def _prefix_sums(squares: torch.Tensor, before: torch.Tensor) -> tuple[torch.Ten
 
 
 def _chunk_waves(w: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, eps: float, global_sq=None,
-                 before=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(real, G² − w², imag, the float64 running sum after the chunk or None) of a chunk of positions
-    ``w (B, rows, 2D)``: non-causal from ``G²``, causal from ``before`` (the running sum before it).
-    Shared by the recompute forward and backward, so both compute exactly the same values."""
+                 before=None, sum_into=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(real, G² − w², imag, the float64 running sum after the chunk or None) of a chunk
+    ``w (rows, positions, 2D)``: non-causal from ``G²``, causal from ``before`` (the running sum before
+    it); ``sum_into`` (whole sequences): G² summed here, as :func:`to_complex` sums it, and written
+    there. Shared by the recompute forward and backward, so both compute exactly the same values."""
     real = w.to(dtype) * mask
     squares = real * real
     carry = None
+    if sum_into is not None:
+        global_sq = torch.add(squares.sum(dim=1, keepdim=True), eps, out=sum_into)
     if global_sq is None:
         running, carry = _prefix_sums(squares, before)
         raw = running.add_(eps).sub_(squares)  # running + ε − w², in place
@@ -137,35 +165,42 @@ def _chunk_waves(w: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, eps: f
 
 def _chunked_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool,
                      finish) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(finish(mixed waves), state)`` of the recompute paths, the element-wise maths a chunk of
-    positions at a time. Non-causal: ``G² (B, 1, 2D)`` is summed over the whole sequence first (as
-    :func:`wave_mix` sums it) and is the state. Causal: the running sum carries from chunk to chunk;
-    the state is its value where each chunk starts, ``(chunks, B, 1, 2D)``. ``finish`` maps a chunk's
-    mixed waves ``(B, rows, 2D)`` to its output (identity, or LayerNorm and projection)."""
+    """``(finish(mixed waves), state)`` of the recompute paths, the element-wise maths a chunk at a
+    time. Non-causal: ``G² (B, 1, 2D)`` is summed over the whole sequence first (as :func:`wave_mix`
+    sums it) and is the state. Causal: the running sum carries from a row's chunk to the next; the
+    state is its float64 value where each position chunk starts, ``(B, position chunks, 2D)``.
+    ``finish`` maps a chunk's mixed waves ``(rows, positions, 2D)`` to its output (identity, or
+    LayerNorm and projection)."""
     dtype = torch.promote_types(w.dtype, torch.float32)
     chunks = _chunks(w, mask)
     if causal:
-        carry = torch.zeros((w.shape[0], 1, w.shape[-1]), dtype=torch.float64, device=w.device)
-        starts = []
+        starts = torch.zeros((w.shape[0], max(c.index for c in chunks) + 1, w.shape[-1]), dtype=torch.float64,
+                             device=w.device)
+    elif chunks[0].whole:  # G² of each chunk's rows from the chunk itself (no pass over the whole w first)
+        global_sq = torch.empty((w.shape[0], 1, w.shape[-1]), dtype=dtype, device=w.device)
     else:
         squares = w.to(dtype) * mask  # squared in place: one (B, S, 2D) temporary instead of two
         global_sq = squares.mul_(squares).sum(dim=1, keepdim=True) + eps
         del squares
     out = None
-    for rows, m in chunks:
+    for c in chunks:
+        part = w if len(chunks) == 1 else w[c.rows, c.positions]
         if causal:
-            starts.append(carry)
-            real, _, imag, carry = _chunk_waves(w[:, rows], m, dtype, eps, before=carry)
+            real, _, imag, after = _chunk_waves(part, c.mask, dtype, eps, before=starts[c.rows, c.index:c.index + 1])
+            if c.index + 1 < starts.shape[1]:
+                starts[c.rows, c.index + 1:c.index + 2] = after
+        elif c.whole:
+            real, _, imag, _ = _chunk_waves(part, c.mask, dtype, eps, sum_into=global_sq[c.rows])
         else:
-            real, _, imag, _ = _chunk_waves(w if len(chunks) == 1 else w[:, rows], m, dtype, eps, global_sq)
+            real, _, imag, _ = _chunk_waves(part, c.mask, dtype, eps, global_sq[c.rows])
         chunk = finish(_combine_into(real, imag, mode))
         if len(chunks) == 1:
             out = chunk
             break
         if out is None:
             out = torch.empty((w.shape[0], w.shape[1], chunk.shape[-1]), dtype=chunk.dtype, device=chunk.device)
-        out[:, rows] = chunk
-    return out, torch.stack(starts) if causal else global_sq
+        out[c.rows, c.positions] = chunk
+    return out, starts if causal else global_sq
 
 
 def _combine_into(real: torch.Tensor, imag: torch.Tensor, mode: str) -> torch.Tensor:
@@ -186,41 +221,48 @@ def _combine_into(real: torch.Tensor, imag: torch.Tensor, mode: str) -> torch.Te
 
 def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, eps: float, mode: str,
                       causal: bool, mixed_grad) -> torch.Tensor:
-    """∂L/∂w of the recompute paths, a chunk of positions at a time (see :class:`_WaveMixRecompute`).
+    """∂L/∂w of the recompute paths, a chunk at a time (see :class:`_WaveMixRecompute`).
 
-    ``mixed_grad(rows, real, imag)`` gives the gradient ``(B, rows, 2D)`` of the mixed waves of
-    positions ``rows`` (a slice), from their recomputed parts. Non-causal, with ``T = Σ_tokens t``:
-    pass 1 writes ``g_re`` and keeps ``t`` while ``T`` accumulates; pass 2 adds ``w·(T − t)``, formed
-    as a difference first (as autograd through the plain maths does): a one-token row, where
-    ``t = T`` is large, then gets exactly ``g_re``. Causal: one pass from the last chunk to the
-    first, the suffix sums of ``t`` carried backwards.
+    ``mixed_grad(chunk, real, imag)`` gives the gradient ``(rows, positions, 2D)`` of the mixed waves
+    of a :class:`_Chunk` from their recomputed parts. Non-causal, with ``T = Σ_tokens t``: a chunk of
+    whole sequences has its rows' ``T`` at once and writes ``g_re·mask + w·(T − t)``; chunks of
+    positions (long sequences) take two passes: pass 1 writes ``g_re`` and keeps ``t`` while ``T``
+    accumulates, pass 2 adds ``w·(T − t)``. ``T − t`` is formed as a difference first (as autograd
+    through the plain maths does): a one-token row, where ``t = T`` is large, then gets exactly
+    ``g_re``. Causal: each row's chunks from last to first, the suffix sums of ``t`` carried backwards.
     """
     dtype = torch.promote_types(w.dtype, torch.float32)
     chunks = _chunks(w, mask)
     g_w = torch.empty(w.shape, dtype=dtype, device=w.device)
-    if causal:
-        after = torch.zeros(state.shape[1:], dtype=dtype, device=w.device)  # Σ t over the later chunks
-        for index in reversed(range(len(chunks))):
-            rows, m = chunks[index]
-            real, raw, imag, _ = _chunk_waves(w[:, rows], m, dtype, eps, before=state[index])
-            g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
-            t = g_imag.div_(imag).masked_fill_(raw < 0, 0.0)
-            suffix = torch.cat([t, after], dim=1).flip(1).cumsum(dim=1).flip(1)  # k: Σ_{v≥k} t_v + after
-            torch.mul(g_real.addcmul_(real, suffix[:, 1:]), m, out=g_w[:, rows])
-            after = suffix[:, :1]
-        return g_w.to(w.dtype)
-    kept_t = torch.empty_like(g_w)
-    total = torch.zeros_like(state)  # Σ_tokens t, (B, 1, 2D)
-    for rows, m in chunks:
-        real, raw, imag, _ = _chunk_waves(w[:, rows], m, dtype, eps, state)
-        g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(rows, real, imag), mode)
+    after = None
+    kept_t = total = None
+    for c in reversed(chunks) if causal else chunks:
+        rows, positions, m = c.rows, c.positions, c.mask
+        if causal:
+            real, raw, imag, _ = _chunk_waves(w[rows, positions], m, dtype, eps,
+                                              before=state[rows, c.index:c.index + 1])
+        else:
+            real, raw, imag, _ = _chunk_waves(w[rows, positions], m, dtype, eps, state[rows])
+        g_real, g_imag = _wave_part_grads(real, imag, mixed_grad(c, real, imag), mode)
         t = g_imag.div_(imag).masked_fill_(raw < 0, 0.0)  # 2·(∂L/∂im)·∂im/∂r: ½ and the 2 of ∂s/∂w cancel exactly
-        total += t.sum(dim=1, keepdim=True)
-        kept_t[:, rows] = t
-        torch.mul(g_real, m, out=g_w[:, rows])
-    for rows, m in chunks:  # real is 0 at padding: the mask of pass 1 stays exact
-        real = w[:, rows].to(dtype) * m
-        g_w[:, rows].addcmul_(real, total - kept_t[:, rows])
+        if causal:
+            if c.index == state.shape[1] - 1:  # a row's last chunk: nothing after it
+                after = torch.zeros((t.shape[0], 1, t.shape[-1]), dtype=dtype, device=w.device)
+            suffix = torch.cat([t, after], dim=1).flip(1).cumsum(dim=1).flip(1)  # k: Σ_{v≥k} t_v + after
+            torch.mul(g_real.addcmul_(real, suffix[:, 1:]), m, out=g_w[rows, positions])
+            after = suffix[:, :1]
+        elif c.whole:
+            torch.mul(g_real, m, out=g_w[rows]).addcmul_(real, t.sum(dim=1, keepdim=True) - t)
+        else:
+            if kept_t is None:
+                kept_t, total = torch.empty_like(g_w), torch.zeros_like(state)
+            total[rows] += t.sum(dim=1, keepdim=True)
+            kept_t[rows, positions] = t
+            torch.mul(g_real, m, out=g_w[rows, positions])
+    if kept_t is not None:  # pass 2 of position chunks; real is 0 at padding: the mask of pass 1 stays exact
+        for c in chunks:
+            real = w[c.rows, c.positions].to(dtype) * c.mask
+            g_w[c.rows, c.positions].addcmul_(real, total[c.rows] - kept_t[c.rows, c.positions])
     return g_w.to(w.dtype)
 
 
@@ -293,16 +335,16 @@ class _WaveMixerRecompute(torch.autograd.Function):
         gemm_weight = out_weight.to(ctx.gemm_dtype)
         shape = (norm_weight.shape[0],)
 
-        def mixed_grad(rows: slice, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+        def mixed_grad(c: _Chunk, real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
             mixed = _combine_into(real, imag, ctx.mode)
             normed, mean, rstd = torch.native_layer_norm(mixed, shape, norm_weight, norm_bias, ctx.norm_eps)
-            g_y = grad[:, rows].to(ctx.gemm_dtype)
-            flat_g = g_y.reshape(-1, g_y.shape[-1])
+            g_y = grad[c.rows, c.positions]
+            flat_g = g_y.reshape(-1, g_y.shape[-1]).to(ctx.gemm_dtype)  # contiguous: 2-D products, no batched copies
             if needs[8]:
                 sums["out_weight"] += (flat_g.t() @ normed.reshape(-1, normed.shape[-1]).to(ctx.gemm_dtype)).to(acc)
             if needs[9]:
                 sums["out_bias"] += flat_g.to(acc).sum(dim=0)
-            g_normed = (g_y @ gemm_weight).to(acc)
+            g_normed = (flat_g @ gemm_weight).to(acc).view(mixed.shape)
             g_mixed, g_gamma, g_beta = torch.ops.aten.native_layer_norm_backward(
                 g_normed, mixed, shape, mean, rstd, norm_weight, norm_bias, [True, needs[5], needs[6]])
             if needs[5]:
