@@ -63,6 +63,23 @@ def test_a_case_over_the_memory_cap_is_stopped_and_reported():
     assert case["tokens_per_s"] > 0 and case["peak_mb"] > 50 and case["batch"] == 2
 
 
+def test_a_profiled_case_splits_its_step_into_matrix_products_and_the_rest():
+    """The roofline's ``profile`` spec: one more step under the profiler, its operator self time split
+    into GEMMs and the rest; a case without it has no split."""
+    from nami.bench.worker import profile_split, run_case
+
+    a = torch.randn(256, 256)
+    products = profile_split(lambda: torch.mm(a, a) @ a)
+    elementwise = profile_split(lambda: torch.exp(a).mul_(2).sum())
+    assert products["gemm_ms"] > 0 and products["gemm_ms"] > products["other_ms"]
+    assert elementwise["gemm_ms"] == 0 and elementwise["other_ms"] > 0
+    spec = dict(model="wave", preset="tiny", seq_len=32, batch=2, mode="train", repeats=1, warmup=1,
+                precision="fp32", threads=1, max_len=32, vocab_size=50)
+    assert "gemm_ms" not in run_case(spec)
+    case = run_case({**spec, "profile": True})
+    assert case["gemm_ms"] > 0 and case["other_ms"] > 0
+
+
 def test_malloc_tuning_applies_on_linux_and_can_be_turned_off(monkeypatch):
     import sys
 

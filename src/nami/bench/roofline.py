@@ -14,7 +14,8 @@ layer, forward, with width D, feed-forward width F and sequence length S:
 
 Training (forward + backward) = 3 × forward: the backward pass computes two products of each
 forward one (input and weight gradients). The measured step is the scaling benchmark's
-training case (forward + backward of the QA loss, no optimizer step), in a fresh process.
+training case (forward + backward of the QA loss, no optimizer step), in a fresh process; one more
+step under ``torch.profiler`` splits its time into matrix products and the rest (``other ms``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def run_roofline(
         arch, compiled = name.split("-")[0], name == "wave-compiled"
         spec = dict(model=arch, preset=preset, seq_len=seq_len, batch=max(1, tokens // seq_len), mode="train",
                     repeats=repeats, warmup=2, precision=precision, threads=threads, max_len=seq_len, compile=compiled,
-                    autograd=name == "wave-autograd")
+                    autograd=name == "wave-autograd", profile=True)
         try:
             case = run_isolated(spec, memory_cap_mb=16000, time_limit_s=900)
         except CaseFailed as failure:
@@ -99,6 +100,7 @@ def run_roofline(
             "model": arch, "variant": name, "compiled": compiled, "precision": precision, "seq_len": seq_len,
             "batch": spec["batch"], "train_tokens_per_s": case["tokens_per_s"], "training_flops_per_token": flops,
             "achieved_tflops": achieved, "roof_tflops": roof[dtype], "utilisation": achieved / roof[dtype],
+            "gemm_ms": case.get("gemm_ms"), "other_ms": case.get("other_ms"),
         })
     result = {
         "gemm": gemms, "roof_tflops": roof, "models": models, "native_bf16": native_bf16(torch.device("cpu")),
@@ -123,17 +125,27 @@ def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines += ["", f"Training step (forward + backward), preset `{s['preset']}`, S = {s['seq_len']}, "
               f"{s['tokens_per_step']:,} tokens per step, {s['threads']} threads:", "",
-              "| model | precision | train tok/s | GFLOP per token | achieved TFLOP/s | roof TFLOP/s | utilisation |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| model | precision | train tok/s | GFLOP per token | achieved TFLOP/s | roof TFLOP/s | utilisation "
+              "| matrix products ms | other ms |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def ms(value) -> str:
+        return f"{value:,.0f}" if value is not None else "–"
+
     for m in result["models"]:
         if "skipped" in m:
-            lines.append(f"| {m['variant']} | {m['precision']} | not measured: {m['skipped']} | | | | |")
+            lines.append(f"| {m['variant']} | {m['precision']} | not measured: {m['skipped']} | | | | | | |")
             continue
         lines.append(f"| {m['variant']} | {m['precision']} | {m['train_tokens_per_s']:,.0f} | "
                      f"{m['training_flops_per_token'] / 1e9:.4f} | {m['achieved_tflops']:.3f} | "
-                     f"{m['roof_tflops']:.3f} | {100 * m['utilisation']:.1f}% |")
+                     f"{m['roof_tflops']:.3f} | {100 * m['utilisation']:.1f}% | {ms(m.get('gemm_ms'))} | "
+                     f"{ms(m.get('other_ms'))} |")
+    lines += ["", "matrix products ms / other ms: operator self time of one more step under `torch.profiler`, in "
+              "matrix products and in everything else (element-wise maths, normalisation, copies, reductions)."]
     if result.get("native_bf16") is False:
         lines += ["", "This CPU has no native bf16 (no AMX / AVX512-BF16): its bf16 GEMMs are emulated, so the bf16 "
-                  "rows measure the emulation, not a bf16 roof; the fp32 rows are this host's comparison."]
+                  "rows measure the emulation, not a bf16 roof; the fp32 rows are this host's comparison. The bf16 "
+                  "rows' other ms is measured for real (only the matrix products are emulated): the time a bf16 "
+                  "step spends outside them."]
     lines += ["", f"- FLOPs: {result['flop_formula']}", *provenance_lines(result)]
     return "\n".join(lines) + "\n"

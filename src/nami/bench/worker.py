@@ -7,7 +7,8 @@ steps themselves added (activations, gradients, autograd buffers, allocator cach
 
 spec: ``{"model": "wave"|"transformer", "preset", "seq_len", "batch", "mode": "train"|"infer",
 "repeats", "warmup", "precision": "bf16"|"fp32", "threads", "max_len", "vocab_size", "compile",
-"autograd"}`` (``autograd``: the Wave maths through autograd instead of the hand-written backward).
+"autograd", "profile"}`` (``autograd``: the Wave maths through autograd instead of the hand-written
+backward; ``profile``: one more step under the profiler, split into matrix products and the rest).
 Training time is forward + backward of the QA span loss (no optimizer step: its cost depends only on
 the parameter count, which both models share).
 """
@@ -25,6 +26,28 @@ import torch
 
 from nami.models import QAModel, count_parameters, preset_config
 from nami.resources import peak_rss_mb
+
+
+# Operators that are matrix products (GEMMs) in a CPU profile: ATen's and oneDNN's.
+MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::linear", "aten::matmul", "mkldnn", "onednn")
+
+
+def profile_split(step) -> dict[str, float]:
+    """One more ``step()`` under ``torch.profiler``: milliseconds of operator self time in matrix
+    products (:data:`MATMUL_OPS`) and in everything else (element-wise maths, normalisation, copies,
+    reductions). On a CPU without native bf16 the matrix products are emulated, but the rest is
+    measured for real, so ``other_ms`` compares bf16 element-wise work across variants on any host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    gemm = other = 0.0
+    for event in prof.key_averages():
+        if any(name in event.key for name in MATMUL_OPS):
+            gemm += event.self_cpu_time_total
+        else:
+            other += event.self_cpu_time_total
+    return {"gemm_ms": gemm / 1000, "other_ms": other / 1000}
 
 
 def current_rss_mb() -> float:
@@ -131,8 +154,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         step()
         times.append(time.perf_counter() - tick)
     seconds = statistics.median(times)
-    peak = peak_rss_mb()
+    peak = peak_rss_mb()  # before the profiled step: the profiler's own buffers are not the model's
+    split = profile_split(step) if spec.get("profile") else {}
     return {
+        **split,
         **spec,
         "params": count_parameters(model)["total"],
         "seconds_per_step": seconds,
