@@ -220,3 +220,31 @@ def test_cli_reports_bad_options_without_traceback(capsys):
     assert main(["train", "--warmup", "1.5", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "warmup" in err and "Traceback" not in err
+
+
+def test_no_wave_recompute_trains_through_autograd_to_the_same_weights(tiny_squad, tiny_tokenizer_dir, tmp_path,
+                                                                        monkeypatch):
+    """``nami train --no-wave-recompute``: the Wave maths back-propagates through autograd (the
+    reference), and training ends at the default's weights up to rounding (not bit for bit: the two
+    backward passes round differently)."""
+    import nami.training.loop as loop
+    from safetensors.torch import load_file
+
+    switched = []
+    monkeypatch.setattr(loop, "autograd_wave_layers", lambda model: switched.append(model) or 0)
+    default = train(tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp_path, "wave", max_steps=12, run_name="d"),
+                    quiet=True)
+    assert not switched
+    monkeypatch.undo()
+    assert main(["train", "--arch", "wave", "--preset", "tiny", "--train-data", str(tiny_squad), "--eval-data",
+                 str(tiny_squad), "--tokenizer", str(tiny_tokenizer_dir), "--max-length", "96", "--batch-size", "16",
+                 "--lr", "3e-3", "--warmup", "0.1", "--max-steps", "12", "--eval-subset", "16", "--runs-dir",
+                 str(tmp_path / "runs"), "--log-every", "10", "--precision", "fp32", "--no-title-prefix",
+                 "--no-wave-recompute", "--run-name", "a", "--quiet"]) == 0
+    assert ckpt.read_run_config(tmp_path / "runs" / "a")[0].wave_recompute is False
+    a, b = (load_file(str(tmp_path / "runs" / name / ckpt.WEIGHTS_FILE)) for name in ("d", "a"))
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the other backward really ran
+    # the span head's bias shifts every position's logit alike: its true gradient is 0, so Adam steps it by
+    # rounding noise, which differs between the two backward passes; every other weight agrees to 1e-5
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a if k != "span_head.proj.bias")

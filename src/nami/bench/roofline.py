@@ -141,7 +141,9 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{m['roof_tflops']:.3f} | {100 * m['utilisation']:.1f}% | {ms(m.get('gemm_ms'))} | "
                      f"{ms(m.get('other_ms'))} |")
     lines += ["", "matrix products ms / other ms: operator self time of one more step under `torch.profiler`, in "
-              "matrix products and in everything else (element-wise maths, normalisation, copies, reductions)."]
+              "matrix products and in everything else (element-wise maths, normalisation, copies, reductions). The "
+              "Transformer's attention kernel (`scaled_dot_product_*_attention`) does its own matrix products inside "
+              "and counts as other."]
     if result.get("native_bf16") is False:
         lines += ["", "This CPU has no native bf16 (no AMX / AVX512-BF16): its bf16 GEMMs are emulated, so the bf16 "
                   "rows measure the emulation, not a bf16 roof; the fp32 rows are this host's comparison. The bf16 "
