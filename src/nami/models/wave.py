@@ -293,7 +293,7 @@ class _WaveMixerRecompute(torch.autograd.Function):
     product; causal: with :func:`causal_wave_mix` — in one autograd node that keeps only ``w`` (in its
     own dtype: bf16 under autocast), the mask and ``G² (B, 1, 2D)`` (causal: the running sums where
     chunks start), and recomputes the mixed waves, the normalisation and the output projection's
-    input in backward, a chunk of positions at a time. Apart from the saving of
+    input in backward, a chunk at a time (:func:`_chunks`). Apart from the saving of
     :class:`_WaveMixRecompute`, neither the LayerNorm's fp32 input nor the output projection's
     ``(B, S, 2D)`` input is kept: a Wave block then keeps less per token for backward than a
     Transformer block (``benchmarks/block_saved_bytes.py``). Forward values are bit-identical to
