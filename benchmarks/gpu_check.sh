@@ -7,7 +7,7 @@
 #    its triton stay as they are; offline machines: CCE_WHEELHOUSE=/dir/with/the/wheel),
 # 2. runs tests/test_losses.py — the CPU tests plus the CUDA ones: cce vs a float64 reference in
 #    bf16 (mean/sum/none, N=1, ignore_index, all targets ignored, paper filter under autocast) and
-#    blockwise fp32 parity on CUDA,
+#    blockwise fp32 parity on CUDA — and the Wave recompute node's CUDA tests (wave_cuda.txt),
 # 3. runs benchmarks/linear_cross_entropy.py on CUDA, bf16 autocast, every implementation, in one
 #    process (peak = CUDA allocator max_memory_allocated delta), GPU_CASES cases (default below).
 # 4. times bf16 QA training steps of both encoders (benchmarks/gpu_train_check.py steps),
@@ -61,7 +61,7 @@ EOF
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-# 2. parity tests (CPU tests included: they take seconds)
+# 2. parity tests (CPU tests included: they take seconds); the Wave node's CUDA tests too
 timeout 240 "$PY" -m pytest -q -rs tests/test_losses.py --junitxml="$OUT/pytest.xml" -p no:cacheprovider \
     2>&1 | tee "$OUT/pytest.txt"
 test_rc=${PIPESTATUS[0]}
@@ -76,6 +76,8 @@ EOF
 )
 cce_ran=${cce_ran:-0}
 [ "$cce_ran" -gt 0 ] || status=1
+timeout 120 "$PY" -m pytest -q -rs tests/test_wave_memory.py -k cuda -p no:cacheprovider 2>&1 | tee "$OUT/wave_cuda.txt"
+wave_rc=${PIPESTATUS[0]}
 
 # 3. benchmark on CUDA
 timeout 240 "$PY" benchmarks/linear_cross_entropy.py --device cuda --dtypes bf16 --in-process --repeats 5 \
@@ -119,6 +121,7 @@ EOF
 {
     echo "train steps exit status: $steps_rc; fsdp2 smoke exit status: $fsdp_rc; zero3 smoke: $zero_rc (-1 = no DeepSpeed)"
     echo "pytest exit status: $test_rc; cce GPU tests that ran: $cce_ran"
+    echo "Wave recompute node on CUDA (tests/test_wave_memory.py -k cuda) exit status: $wave_rc"
     echo "benchmark exit status: $bench_rc (124 = hit the time limit; partial results are still written)"
     if [ "$status" -eq 0 ]; then echo "cce: VERIFIED on this GPU"; else echo "cce: NOT verified"; fi
 } | tee "$OUT/summary.txt"

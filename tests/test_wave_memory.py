@@ -176,6 +176,37 @@ def test_mixer_node_gradients_equal_autograd(mode, causal, chunked):
     assert fused[0][1, 4:].abs().sum() == 0  # padding gets no gradient
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh runs it)")
+@KINDS
+@pytest.mark.parametrize("mode", MODES)
+def test_mixer_node_on_cuda_matches_autograd_in_fp32_and_bf16_autocast(mode, causal, chunked):
+    """The node is device-agnostic: on CUDA its gradients are as close to a float64 reference as
+    autograd's, and under bf16 autocast it matches the plain modules to bf16 rounding."""
+    w, mask = batch(torch.float32, seed=3)
+    upstream = torch.randn(3, 6, 5)
+
+    def grads(fused: bool, dtype, autocast: bool = False):
+        norm, out = (module.cuda() for module in _norm_and_out(dtype))
+        x = w.to(dtype).cuda().requires_grad_()
+        m = mask.to(dtype).cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            y = wave_mixer_recompute(x, m, 1e-6, mode, norm, out, causal) if fused else \
+                _plain(x, m, mode, norm, out, causal)
+        (y.float() * upstream.cuda()).sum().backward()
+        return [y.detach().double().cpu()] + [g.double().cpu() for g in (x.grad, norm.weight.grad, norm.bias.grad,
+                                                                          out.weight.grad, out.bias.grad)]
+
+    reference = grads(False, torch.float64)
+    eager, fused = grads(False, torch.float32), grads(True, torch.float32)
+    for f, e, r in zip(fused, eager, reference):
+        fused_error, eager_error = (f - r).abs().max().item(), (e - r).abs().max().item()
+        assert fused_error <= max(1.5 * eager_error, 1e-5), (fused_error, eager_error)
+    low_eager, low_fused = grads(False, torch.float32, autocast=True), grads(True, torch.float32, autocast=True)
+    for f, e in zip(low_fused, low_eager):
+        torch.testing.assert_close(f, e, rtol=2e-2, atol=2e-2)
+    assert fused[1][1, 4:].abs().sum() == 0  # padding gets no gradient
+
+
 def _saved_bytes(layer: WaveLayer, x: torch.Tensor, inputs: MixerInputs) -> int:
     total = 0
 
