@@ -233,7 +233,9 @@ def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, 
     """
     dtype = torch.promote_types(w.dtype, torch.float32)
     chunks = _chunks(w, mask)
-    g_w = torch.empty(w.shape, dtype=dtype, device=w.device)
+    # whole-sequence chunks finish their rows at once: their gradient goes straight into w's dtype
+    # (bf16 under autocast) a chunk at a time; others accumulate over passes in fp32
+    g_w = torch.empty(w.shape, dtype=w.dtype if not causal and chunks[0].whole else dtype, device=w.device)
     after = None
     kept_t = total = None
     for c in reversed(chunks) if causal else chunks:
@@ -252,7 +254,10 @@ def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, 
             torch.mul(g_real.addcmul_(real, suffix[:, 1:]), m, out=g_w[rows, positions])
             after = suffix[:, :1]
         elif c.whole:
-            torch.mul(g_real, m, out=g_w[rows]).addcmul_(real, t.sum(dim=1, keepdim=True) - t)
+            if g_w.dtype == dtype:
+                torch.mul(g_real, m, out=g_w[rows]).addcmul_(real, t.sum(dim=1, keepdim=True) - t)
+            else:  # the same fp32 values, rounded to w's dtype as the chunk is written
+                g_w[rows] = g_real.mul_(m).addcmul_(real, t.sum(dim=1, keepdim=True) - t)
         else:
             if kept_t is None:
                 kept_t, total = torch.empty_like(g_w), torch.zeros_like(state)
@@ -263,7 +268,7 @@ def _chunked_backward(w: torch.Tensor, mask: torch.Tensor, state: torch.Tensor, 
         for c in chunks:
             real = w[c.rows, c.positions].to(dtype) * c.mask
             g_w[c.rows, c.positions].addcmul_(real, total[c.rows] - kept_t[c.rows, c.positions])
-    return g_w.to(w.dtype)
+    return g_w.to(w.dtype)  # a no-op where it already is
 
 
 def _wave_part_grads(real: torch.Tensor, imag: torch.Tensor, grad: torch.Tensor,
