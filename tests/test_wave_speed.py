@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from nami.models import MixerInputs, QAModel, WaveLayer, preset_config
-from nami.models.speed import compile_wave_layers
-from nami.models.wave import wave_mix
+from nami.models.speed import compile_wave_layers, wave_tail
 
 
 def reference_wave_layer(layer: WaveLayer, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,7 +48,7 @@ def test_compile_failure_is_reported_and_the_maths_is_unchanged():
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler here")
 
-    mix = compile_wave_layers(model, compiled=broken)
+    mix = compile_wave_layers(model, compiled=broken, compiled_tail=broken)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here"):
         fallback = model(ids, mask).start
     assert mix.failure == "RuntimeError: no C++ compiler here"
@@ -65,11 +64,11 @@ def test_evaluation_runs_the_eager_maths_so_predict_reproduces_recorded_scores()
         eager = model(ids, mask).start
     calls = []
 
-    def shifted(w, mask, eps, mode):  # a stand-in "compiled" function whose use is visible in the output
+    def shifted(*args):  # a stand-in "compiled" tail whose use is visible in the output
         calls.append(1)
-        return wave_mix(w, mask, eps, mode) + 1.0
+        return wave_tail(*args) + 1.0
 
-    compile_wave_layers(model, compiled=shifted)
+    compile_wave_layers(model, compiled_tail=shifted)
     for context in (torch.no_grad(), torch.inference_mode()):
         with context:
             torch.testing.assert_close(model(ids, mask).start, eager, rtol=0, atol=0)
@@ -84,12 +83,16 @@ def test_compile_refuses_a_model_without_wave_layers():
 
 
 @pytest.mark.slow
-def test_compiled_wave_layer_matches_eager_values_and_gradients():
+@pytest.mark.parametrize("causal", [False, True], ids=["global", "causal"])
+def test_compiled_wave_layer_matches_eager_values_and_gradients(causal):
+    """The compiled tail (maths, LayerNorm, projection) against the eager node, causal layers too."""
     torch.manual_seed(2)
-    config = preset_config("tiny", "wave", vocab_size=50, max_len=64)
+    config = preset_config("tiny", "wave", vocab_size=50, max_len=64, causal=causal)
     eager, compiled = QAModel(config), QAModel(config)
     compiled.load_state_dict(eager.state_dict())
     mix = compile_wave_layers(compiled)
+    calls, tail = [], mix.compiled_tail
+    mix.compiled_tail = lambda *args: calls.append(1) or tail(*args)  # the compiled tail, not a fallback, ran
     ids, mask = torch.randint(5, 50, (2, 16)), torch.ones(2, 16, dtype=torch.bool)
     mask[0, 10:] = False
     starts, ends = torch.tensor([1, 2]), torch.tensor([3, 4])
@@ -99,6 +102,43 @@ def test_compiled_wave_layer_matches_eager_values_and_gradients():
         loss.backward()
         losses.append(loss)
     assert mix.failure is None, mix.failure
+    assert len(calls) == config.n_layers
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("causal", [False, True], ids=["global", "causal"])
+def test_compiled_tail_keeps_what_the_eager_node_keeps(causal):
+    """With the activation memory budget the compiled tail saves about what the hand-written node saves
+    for backward (w and small statistics), not autograd's several (B, S, 2D) tensors."""
+    from nami.models import ModelConfig
+    from nami.models.speed import autograd_wave_layers
+
+    config = ModelConfig.from_name("tiny", "wave", vocab_size=50, max_len=256, causal=causal)
+    torch.manual_seed(0)
+    node, compiled, plain = WaveLayer(config), WaveLayer(config), WaveLayer(config)
+    compiled.load_state_dict(node.state_dict())
+    mix = compile_wave_layers(torch.nn.ModuleList([compiled]))
+    autograd_wave_layers(torch.nn.ModuleList([plain]))
+    x = torch.randn(4, 256, config.d_model)
+    inputs = MixerInputs(padding_mask=torch.ones(4, 256, dtype=torch.bool))
+
+    def saved(layer: WaveLayer) -> int:
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                layer(x, inputs).float().sum().backward()
+        return total
+
+    saved(compiled)  # compiles
+    node_bytes, compiled_bytes, plain_bytes = saved(node), saved(compiled), saved(plain)
+    assert mix.failure is None, mix.failure
+    assert compiled_bytes <= 1.1 * node_bytes < 0.5 * plain_bytes, (compiled_bytes, node_bytes, plain_bytes)

@@ -474,7 +474,8 @@ class WaveLayer(nn.Module):
     and decoding run the plain maths (:func:`wave_mix`, :func:`causal_wave_mix`) — the same values.
     ``self.mix`` selects this: :func:`nami.models.speed.autograd_wave_layers` sets :func:`wave_mix`
     (autograd through the plain maths: the reference, more memory), and
-    :func:`nami.models.speed.compile_wave_layers` a ``torch.compile``-d version of it.
+    :func:`nami.models.speed.compile_wave_layers` a ``torch.compile``-d one (training steps: everything
+    after ``to_waves`` as one compiled graph that keeps what the node keeps).
     """
 
     supports_causal = True  # prefix norms (causal_wave_mix), constant-size decoding state
@@ -496,8 +497,11 @@ class WaveLayer(nn.Module):
         w = self.to_waves(x)
         wave_dtype = torch.promote_types(w.dtype, torch.float32)  # >= fp32 even under bf16 autocast (module docstring)
         mask = inputs.padding_mask.to(wave_dtype).unsqueeze(-1)
+        training = torch.is_grad_enabled() and inputs.cache is None
+        if training and self.rope is None and hasattr(self.mix, "tail"):  # compile_wave: the tail as one graph
+            return self.mix.tail(w, mask, self.eps, self.mode, self.causal, self.norm, self.out)
         light = getattr(self.mix, "takes_low_precision", False)
-        if light and torch.is_grad_enabled() and inputs.cache is None:  # a training step
+        if light and training:  # a training step
             if self.rope is None:  # mixing, LayerNorm and projection in one memory-light node
                 return wave_mixer_recompute(w, mask, self.eps, self.mode, self.norm, self.out, self.causal)
             mixed = wave_mix_recompute(w, mask, self.eps, self.mode, self.causal)  # keeps w as it is
