@@ -471,7 +471,9 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
     def full_model() -> torch.nn.Module:
         """The model with whole parameters: itself, or under FSDP2 / ZeRO a gathered copy (a collective)."""
         if not (sharded or zero):
-            return accelerator.unwrap_model(model)
+            # Only DDP (several processes) wraps it. Accelerate's unwrap_model imports DeepSpeed where it is
+            # installed, whose import prints a warning on stdout (an extra line in --quiet's two).
+            return accelerator.unwrap_model(model) if accelerator.num_processes > 1 else model
         copy = task.build_model(model_config)
         copy.load_state_dict(deepspeed_full_weights(model) if zero else full_weights(model))
         return copy.to(device)
