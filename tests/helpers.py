@@ -56,3 +56,21 @@ def jaquad_context_lines(count: int) -> list[str]:
         if line.strip()
     ]
     return lines[:count]
+
+
+def saved_bytes(layer, x, inputs) -> int:
+    """Bytes a layer keeps for backward (saved-tensor hooks) in one bf16-autocast training step of
+    ``layer(x, inputs)``: what the Wave memory tests compare between backward paths."""
+    import torch
+
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x, inputs).float().sum().backward()
+    return total

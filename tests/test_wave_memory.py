@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import saved_bytes
 
 from nami.models import MixerInputs, ModelConfig, WaveLayer
 from nami.models.speed import autograd_wave_layers, recompute_wave_layers
@@ -207,20 +208,6 @@ def test_mixer_node_on_cuda_matches_autograd_in_fp32_and_bf16_autocast(mode, cau
     assert fused[1][1, 4:].abs().sum() == 0  # padding gets no gradient
 
 
-def _saved_bytes(layer: WaveLayer, x: torch.Tensor, inputs: MixerInputs) -> int:
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            layer(x, inputs).float().sum().backward()
-    return total
-
-
 @KINDS
 @pytest.mark.parametrize("mode", MODES)
 def test_a_wave_layer_keeps_less_for_backward_by_default_and_trains_the_same(mode, causal):
@@ -234,8 +221,8 @@ def test_a_wave_layer_keeps_less_for_backward_by_default_and_trains_the_same(mod
     mask = torch.ones(4, 32, dtype=torch.bool)
     mask[3, 20:] = False
     inputs = MixerInputs(padding_mask=mask)
-    plain_bytes = _saved_bytes(plain, x, inputs)
-    light_bytes = _saved_bytes(light, x, inputs)
+    plain_bytes = saved_bytes(plain, x, inputs)
+    light_bytes = saved_bytes(light, x, inputs)
     # Autograd keeps several fp32 (B, S, 2D) tensors (the maths, the LayerNorm's input, the projection's
     # bf16 input); the node keeps w in bf16 and G² (B, 1, 2D), plus to_waves' bf16 input (B, S, D).
     tokens, d = 4 * 32, config.d_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import saved_bytes
 
 from nami.models import MixerInputs, QAModel, WaveLayer, preset_config
 from nami.models.speed import compile_wave_layers, wave_tail
@@ -126,17 +127,7 @@ def test_compiled_tail_keeps_what_the_eager_node_keeps(causal):
     inputs = MixerInputs(padding_mask=torch.ones(4, 256, dtype=torch.bool))
 
     def saved(layer: WaveLayer) -> int:
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                layer(x, inputs).float().sum().backward()
-        return total
+        return saved_bytes(layer, x, inputs)
 
     saved(compiled)  # compiles
     node_bytes, compiled_bytes, plain_bytes = saved(node), saved(compiled), saved(plain)

@@ -36,8 +36,8 @@ from nami.models.wave import WaveLayer, causal_wave_mix, wave_mix, wave_mix_reco
 # AOTAutograd's activation memory budget for the compiled tail (torch._functorch.config): the fraction
 # of what autograd would keep for backward that the partitioner may keep, recomputing the rest. At
 # 0.5 it keeps w (and small statistics) and recomputes the maths, the LayerNorm and the projection's
-# input — the eager node's saving (fp32 and bf16, preset small, S = 512: 32.8 vs 32.6 MB and 16.8 vs
-# 16.6 MB per layer) — at no measured cost in speed against the default budget (1.0).
+# input: about the eager node's saving (tests/test_wave_speed.py checks the bytes; at 1.0 it keeps
+# several (B, S, 2D) tensors). Old vs new compile: results/compile_tail_{fp32,bf16}.md.
 ACTIVATION_MEMORY_BUDGET = 0.5
 
 

@@ -166,8 +166,8 @@ def _chunk_waves(w: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype, eps: f
 def _chunked_forward(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool,
                      finish) -> tuple[torch.Tensor, torch.Tensor]:
     """``(finish(mixed waves), state)`` of the recompute paths, the element-wise maths a chunk at a
-    time. Non-causal: ``G² (B, 1, 2D)`` is summed over the whole sequence first (as :func:`wave_mix`
-    sums it) and is the state. Causal: the running sum carries from a row's chunk to the next; the
+    time. Non-causal: ``G² (B, 1, 2D)`` (summed as :func:`wave_mix` sums it: by a chunk of whole
+    sequences for its rows, else over the whole of ``w`` first) is the state. Causal: the running sum carries from a row's chunk to the next; the
     state is its float64 value where each position chunk starts, ``(B, position chunks, 2D)``.
     ``finish`` maps a chunk's mixed waves ``(rows, positions, 2D)`` to its output (identity, or
     LayerNorm and projection)."""

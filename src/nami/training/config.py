@@ -353,8 +353,8 @@ OPTION_HELP: dict[str, str] = {
     "branch_schedule": "stage-wise training: {branch: progress 0-1 at which it switches on} (JSON; --config)",
     "compile_wave": "torch.compile everything of a Wave layer after its first projection (maths, LayerNorm, "
                     "output projection) as one graph that keeps only w for backward (same results to rounding; "
-                    "under bf16 a third less time outside the matrix products, in fp32 about the default's speed; "
-                    "about the default's memory)",
+                    "less time than the default outside the matrix products, about its memory; "
+                    "results/roofline.md, results/compile_tail_*.md)",
     "self_distill": "weight (0-1) of the last layer's span distribution teaching the early-exit heads "
                     "(--exit-layers); 0 = exits learn from the answers only",
     "distill_temperature": "softmax temperature of self-distillation",
