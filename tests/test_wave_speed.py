@@ -186,3 +186,21 @@ def test_compiled_block_keeps_less_than_the_eager_block(causal):
     compiled_bytes, eager_bytes = saved_bytes(block, x, inputs), saved_bytes(reference, x, inputs)
     assert mix.failure is None, mix.failure
     assert compiled_bytes <= eager_bytes, (compiled_bytes, eager_bytes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dropout", [None, (0.1, 0.2)], ids=["no-dropout", "dropout"])
+@pytest.mark.parametrize("causal", [False, True], ids=["global", "causal"])
+def test_wave_block_compiles_to_one_graph(causal, dropout):
+    """No graph break inside the block: a break splits it into pieces that Inductor cannot fuse across
+    and that each keep their own tensors for backward (a symbolic ``p > 0`` test once did this)."""
+    from nami.models.speed import block_weights
+
+    torch.manual_seed(0)
+    config = preset_config("tiny", "wave", vocab_size=50, max_len=64, causal=causal)
+    block = QAModel(config).encoder.blocks[0]
+    x, mask = torch.randn(2, 8, config.d_model), torch.ones(2, 8, 1)
+    explained = torch._dynamo.explain(wave_block)(x, mask, 1e-6, "modulation", causal, (1e-5, 1e-5, 1e-5), dropout,
+                                                  "none", block_weights(block))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1

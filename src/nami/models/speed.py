@@ -59,7 +59,7 @@ def wave_tail(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal
 
 
 def wave_block(x: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool, norm_eps: tuple[float, ...],
-               dropout: tuple[float, float], gelu: str, weights: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+               dropout: tuple[float, float] | None, gelu: str, weights: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
     """One plain Wave :class:`~nami.models.block.Block` in plain operations, what
     :meth:`CompiledWaveMix.block` compiles: ``x (B, S, D)``, ``mask (B, S, 1)`` → ``(B, S, D)``::
 
@@ -67,14 +67,16 @@ def wave_block(x: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causa
         x + Dropout(down(GELU(up(LN2(x)))))
 
     ``norm_eps``: the three LayerNorms' eps (norm1, the Wave layer's, norm2); ``dropout``: the block's
-    and the feed-forward's p (0 outside training); ``weights``: :func:`block_weights`."""
+    and the feed-forward's p, or None (eval mode, or p = 0: no dropout op at all; a None test, not a
+    ``p > 0`` one, because ``torch.compile(dynamic=True)`` traces floats symbolically and a symbolic
+    condition breaks the graph); ``weights``: :func:`block_weights`."""
     n1w, n1b, in_w, in_b, nw, nb, out_w, out_b, n2w, n2b, up_w, up_b, down_w, down_b = weights
     h = F.layer_norm(x, (x.shape[-1],), n1w, n1b, norm_eps[0])
     mixed = wave_tail(F.linear(h, in_w, in_b), mask, eps, mode, causal, nw, nb, norm_eps[1], out_w, out_b)
-    x = x + F.dropout(mixed, dropout[0], dropout[0] > 0)
+    x = x + (mixed if dropout is None else F.dropout(mixed, dropout[0], True))
     h = F.layer_norm(x, (x.shape[-1],), n2w, n2b, norm_eps[2])
     h = F.linear(F.gelu(F.linear(h, up_w, up_b), approximate=gelu), down_w, down_b)
-    return x + F.dropout(h, dropout[1], dropout[1] > 0)
+    return x + (h if dropout is None else F.dropout(h, dropout[1], True))
 
 
 def block_weights(block: nn.Module) -> tuple[torch.Tensor | None, ...]:
@@ -141,8 +143,8 @@ class CompiledWaveMix:
         if self.failure is None:
             layer = block.mixer
             mask = inputs.padding_mask.to(torch.promote_types(x.dtype, torch.float32)).unsqueeze(-1)
-            training = block.training
-            dropout = (block.dropout.p if training else 0.0, block.ffn.dropout.p if training else 0.0)
+            dropout = (block.dropout.p, block.ffn.dropout.p)
+            dropout = dropout if block.training and any(dropout) else None
             norm_eps = (block.norm1.eps, layer.norm.eps, block.norm2.eps)
             try:
                 with _memory_budget():
