@@ -8,8 +8,8 @@ its backward, the bias copies and bias gradients of four linear layers). In trai
 Wave :class:`~nami.models.block.Block` (no RoPE, no parallel branches) runs as one graph,
 :func:`wave_block` (:meth:`CompiledWaveMix.block`), that ``torch.compile`` (Inductor, C++ codegen on
 CPU) fuses around the matrix products, with AOTAutograd's activation memory budget
-(:data:`ACTIVATION_MEMORY_BUDGET`) set so that it keeps less for backward than the eager block with
-its memory-light Wave node (saved-tensor hooks; tests/test_wave_speed.py). Other Wave layers compile
+(:data:`BLOCK_MEMORY_BUDGET`) set so that it keeps less for backward than the eager block with its
+memory-light Wave node (saved-tensor hooks; tests/test_wave_speed.py). Other Wave layers compile
 less: a layer in a block with branches runs :meth:`CompiledWaveMix.tail` (maths, LayerNorm and
 output projection, what the eager :func:`~nami.models.wave.wave_mixer_recompute` node computes); a
 layer with RoPE, whose rotation sits between the maths and the LayerNorm, the maths alone
@@ -37,14 +37,15 @@ from torch import nn
 
 from nami.models.wave import WaveLayer, causal_wave_mix, wave_mix, wave_mix_recompute, wave_mixer_recompute
 
-# AOTAutograd's activation memory budget for the compiled graphs (torch._functorch.config): the
+# AOTAutograd's activation memory budget (torch._functorch.config) of each compiled graph: the
 # fraction of what autograd would keep for backward that the partitioner may keep, recomputing the
-# rest (element-wise work, never the matrix products). At 0.5 the tail keeps w (and small statistics)
-# and recomputes the maths, the LayerNorm and the projection's input: about the eager node's saving;
-# the whole block keeps less than the eager block (tests/test_wave_speed.py checks the bytes; at 1.0
-# they keep several (B, S, 2D) tensors). Measured: results/compile_tail_{fp32,bf16}.md,
-# results/compile_block_{fp32,bf16}.md.
-ACTIVATION_MEMORY_BUDGET = 0.5
+# rest (element-wise work, never the matrix products). The tail at 0.5 keeps w (and small statistics)
+# and recomputes the maths, the LayerNorm and the projection's input: about the eager node's saving
+# (at 1.0 it keeps several (B, S, 2D) tensors). The whole block at 0.7: of the budgets measured, the
+# fastest that keeps less than the eager block (results/compile_budget.md: 0.5 recomputes more and is
+# slower; 1.0 keeps more than eager). tests/test_wave_speed.py checks both graphs' bytes.
+TAIL_MEMORY_BUDGET = 0.5
+BLOCK_MEMORY_BUDGET = 0.7
 
 
 def wave_tail(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool, norm_weight: torch.Tensor,
@@ -93,11 +94,11 @@ def fuses_whole(block: nn.Module) -> bool:
     return isinstance(layer, WaveLayer) and layer.rope is None and getattr(block, "branches", None) is None
 
 
-def _memory_budget():
+def _memory_budget(budget: float):
     config = getattr(torch, "_functorch", None) and getattr(torch._functorch, "config", None)
     if config is None or not hasattr(config, "activation_memory_budget"):  # older torch: its default partitioner
         return contextlib.nullcontext()
-    return config.patch(activation_memory_budget=ACTIVATION_MEMORY_BUDGET)
+    return config.patch(activation_memory_budget=budget)
 
 
 class CompiledWaveMix:
@@ -129,7 +130,7 @@ class CompiledWaveMix:
         eager node :func:`~nami.models.wave.wave_mixer_recompute` (the same values, the same saving)."""
         if self.failure is None:
             try:
-                with _memory_budget():
+                with _memory_budget(TAIL_MEMORY_BUDGET):
                     return self.compiled_tail(w, mask, eps, mode, causal, norm.weight, norm.bias, norm.eps,
                                               out.weight, out.bias)
             except Exception as err:  # any compiler failure: reported below, then eager
@@ -147,7 +148,7 @@ class CompiledWaveMix:
             dropout = dropout if block.training and any(dropout) else None
             norm_eps = (block.norm1.eps, layer.norm.eps, block.norm2.eps)
             try:
-                with _memory_budget():
+                with _memory_budget(BLOCK_MEMORY_BUDGET):
                     return self.compiled_block(x, mask, layer.eps, layer.mode, layer.causal, norm_eps, dropout,
                                                block.ffn.act.approximate, block_weights(block))
             except Exception as err:  # any compiler failure: reported below, then eager
