@@ -7,9 +7,10 @@ tensor, and the block around it adds more such passes (two LayerNorms, the resid
 its backward, the bias copies and bias gradients of four linear layers). In training steps a plain
 Wave :class:`~nami.models.block.Block` (no RoPE, no parallel branches) runs as one graph,
 :func:`wave_block` (:meth:`CompiledWaveMix.block`), that ``torch.compile`` (Inductor, C++ codegen on
-CPU) fuses around the matrix products, with AOTAutograd's activation memory budget
-(:data:`BLOCK_MEMORY_BUDGET`) set so that it keeps less for backward than the eager block with its
-memory-light Wave node (saved-tensor hooks; tests/test_wave_speed.py). Other Wave layers compile
+CPU) fuses around the matrix products (AOTAutograd's activation memory budget
+:data:`BLOCK_MEMORY_BUDGET` trades its speed against what it keeps for backward: by default the
+fastest, which keeps more than the eager block with its memory-light Wave node; set 0.5 for a third
+less than that, at a slower fp32 step). Other Wave layers compile
 less: a layer in a block with branches runs :meth:`CompiledWaveMix.tail` (maths, LayerNorm and
 output projection, what the eager :func:`~nami.models.wave.wave_mixer_recompute` node computes); a
 layer with RoPE, whose rotation sits between the maths and the LayerNorm, the maths alone
@@ -41,11 +42,13 @@ from nami.models.wave import WaveLayer, causal_wave_mix, wave_mix, wave_mix_reco
 # fraction of what autograd would keep for backward that the partitioner may keep, recomputing the
 # rest (element-wise work, never the matrix products). The tail at 0.5 keeps w (and small statistics)
 # and recomputes the maths, the LayerNorm and the projection's input: about the eager node's saving
-# (at 1.0 it keeps several (B, S, 2D) tensors). The whole block at 0.7: of the budgets measured, the
-# fastest that keeps less than the eager block (results/compile_budget.md: 0.5 recomputes more and is
-# slower; 1.0 keeps more than eager). tests/test_wave_speed.py checks both graphs' bytes.
+# (at 1.0 it keeps several (B, S, 2D) tensors). The whole block at 1.0 (the partitioner's default):
+# the fastest measured (results/compile_budget-{fp32,bf16}.md); it keeps more than the eager block
+# with its memory-light node (less than autograd through the plain maths). At 0.5 it keeps the least
+# of all (a third less than the eager block) for a slower fp32 step. tests/test_wave_speed.py checks
+# the bytes of both graphs.
 TAIL_MEMORY_BUDGET = 0.5
-BLOCK_MEMORY_BUDGET = 0.7
+BLOCK_MEMORY_BUDGET = 1.0
 
 
 def wave_tail(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal: bool, norm_weight: torch.Tensor,

@@ -353,8 +353,9 @@ OPTION_HELP: dict[str, str] = {
     "branch_schedule": "stage-wise training: {branch: progress 0-1 at which it switches on} (JSON; --config)",
     "compile_wave": "torch.compile each plain Wave block's training step as one graph (LayerNorms, Wave maths, "
                     "feed-forward and residual adds fused around the matrix products; blocks with branches: the "
-                    "Wave layer after its first projection; RoPE layers: the maths), keeping less for backward "
-                    "than the default (same results to rounding; results/compile_block_*.md, results/roofline.md)",
+                    "Wave layer after its first projection; RoPE layers: the maths); same results to rounding, "
+                    "less time outside the matrix products, more memory than the default "
+                    "(results/compile_block_*.md, results/compile_budget-*.md)",
     "self_distill": "weight (0-1) of the last layer's span distribution teaching the early-exit heads "
                     "(--exit-layers); 0 = exits learn from the answers only",
     "distill_temperature": "softmax temperature of self-distillation",
