@@ -1,6 +1,6 @@
 """Bytes per token that one residual block keeps for backward: Transformer vs Wave (the default
-hand-written backward, autograd through the plain maths, and ``--compile-wave``'s whole-block graph),
-measured with autograd's saved-tensor hooks under bf16 autocast and in fp32.
+hand-written backward, and autograd through the plain maths), measured with autograd's saved-tensor
+hooks under bf16 autocast and in fp32.
 
     python benchmarks/block_saved_bytes.py [--preset small] [--causal] [--out results/block_saved_bytes.json]
 
@@ -10,7 +10,7 @@ figure is the difference between two sequence lengths divided by the extra token
 ``(bytes(S=1024) − bytes(S=512)) / (B · 512)``, reported also in units of ``D`` (bytes per token
 per model dimension), the unit in which the memory issue counts (a Transformer block ≈ 36·D in
 bf16 with its FFN). Split into the mixer (norm1 + mixer + residual) and the FFN half by measuring
-the mixer alone (not for the compiled block: one graph, one count). This is the per-block count; ``nami bench scaling`` measures whole-model training
+the mixer alone. This is the per-block count; ``nami bench scaling`` measures whole-model training
 memory.
 """
 
@@ -26,12 +26,11 @@ import torch
 from nami.models import MixerInputs, ModelConfig
 from nami.models.block import Block
 from nami.models.registry import mixer_class
-from nami.models.speed import autograd_wave_layers, compile_wave_layers
+from nami.models.speed import autograd_wave_layers
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 
-VARIANTS = {"transformer": ("transformer", None), "wave (autograd, --no-wave-recompute)": ("wave", "autograd"),
-            "wave (default: hand-written backward)": ("wave", None),
-            "wave (--compile-wave: the block as one graph)": ("wave", "compiled")}
+VARIANTS = {"transformer": ("transformer", False), "wave (autograd, --no-wave-recompute)": ("wave", True),
+            "wave (default: hand-written backward)": ("wave", False)}
 
 
 def saved_bytes(fn, x: torch.Tensor, bf16: bool) -> int:
@@ -74,22 +73,18 @@ def main() -> None:
     lengths = (512, 1024)
     rows = {}
     for precision in ("bf16", "fp32"):
-        for name, (arch, backward) in VARIANTS.items():
+        for name, (arch, autograd) in VARIANTS.items():
             config = ModelConfig.from_name(args.preset, arch, vocab_size=1000, max_len=max(lengths),
                                            dropout=args.dropout, causal=args.causal)
             block = Block(config, mixer_class(config.layer_mixers()[0]))
-            if backward == "autograd":
+            if autograd:
                 autograd_wave_layers(torch.nn.ModuleList([block]))
-            mix = compile_wave_layers(torch.nn.ModuleList([block])) if backward == "compiled" else None
             bf16 = precision == "bf16"
             whole = per_token(block, "block", config.d_model, args.batch, lengths, bf16)
-            if mix is not None and mix.failure:
-                raise SystemExit(f"torch.compile failed: {mix.failure}")
-            mixer = per_token(block, "mixer", config.d_model, args.batch, lengths, bf16) if mix is None else None
+            mixer = per_token(block, "mixer", config.d_model, args.batch, lengths, bf16)
             rows[f"{name} {precision}"] = {
                 "block": name, "precision": precision, "bytes_per_token": whole, "per_D": whole / config.d_model,
-                "mixer_half_per_D": None if mixer is None else mixer / config.d_model,
-                "ffn_half_per_D": None if mixer is None else (whole - mixer) / config.d_model,
+                "mixer_half_per_D": mixer / config.d_model, "ffn_half_per_D": (whole - mixer) / config.d_model,
                 "d_model": config.d_model, "d_ff": config.d_ff}
             print(name, precision, rows[f"{name} {precision}"], flush=True)
     result = {"command": "python benchmarks/block_saved_bytes.py " + " ".join(sys.argv[1:]), "commit": commit,
@@ -103,12 +98,9 @@ def main() -> None:
              f"{args.preset}: D = {d}, dropout {args.dropout})", "",
              "| block | precision | bytes / token | × D | mixer half (× D) | FFN half (× D) |",
              "| --- | --- | --- | --- | --- | --- |"]
-    def half(value: float | None) -> str:
-        return "—" if value is None else f"{value:.1f}"
-
     for row in rows.values():
         lines.append(f"| {row['block']} | {row['precision']} | {row['bytes_per_token']:,.0f} | {row['per_D']:.1f} | "
-                     f"{half(row['mixer_half_per_D'])} | {half(row['ffn_half_per_D'])} |")
+                     f"{row['mixer_half_per_D']:.1f} | {row['ffn_half_per_D']:.1f} |")
     lines += ["", "Per-token bytes = (saved bytes at S = 1024 − at S = 512) / extra tokens, so weights and their "
               "bf16 copies (which do not grow with S) drop out. Storages shared by several saved tensors count once.",
               "", *provenance_lines(result)]

@@ -13,7 +13,7 @@ registry named the mixer ``wave`` or ``attn``; they load unchanged (see :meth:`B
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,17 +44,9 @@ class Block(nn.Module):
             if config.branches else None
         self.branch_names = list(config.branches or ())
         self.branch_on = [True] * len(self.branch_names)  # stage-wise training switches branches on (set_branches)
-        # compile_wave: the whole block's training step as one compiled graph (nami.models.speed), or None.
-        self.compiled_step: Callable[[Block, torch.Tensor, MixerInputs], torch.Tensor] | None = None
         self._register_load_state_dict_pre_hook(self._rename_legacy)
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
-        if self.compiled_step is not None and torch.is_grad_enabled() and inputs.cache is None:
-            return self.compiled_step(self, x, inputs)  # the same maths, fused (compile_wave)
-        return self.eager_forward(x, inputs)
-
-    def eager_forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
-        """:meth:`forward` through the modules (evaluation, decoding, and every step without ``compile_wave``)."""
         h = self.norm1(x)
         mixed = self.mixer(h, inputs)
         if self.branches is not None:

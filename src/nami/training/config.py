@@ -108,7 +108,7 @@ class TrainConfig:
     # Stage-wise training: {branch mixer: training progress (0-1) at which it switches on}, e.g.
     # {"sentence_wave": 0.33, "segment_wave": 0.66}; branches not named are on from the start.
     branch_schedule: dict[str, float] | None = None
-    compile_wave: bool = False  # torch.compile the Wave blocks' training steps (nami.models.speed)
+    compile_wave: bool = False  # torch.compile the Wave layer's element-wise maths (nami.models.speed)
     log_with: str | None = None  # "tensorboard": also log to RUN/tensorboard (pip install 'nami[tensorboard]')
     # Wave layers (causal too) backpropagate through a hand-written backward that keeps only w and G²
     # and recomputes the rest, LayerNorm and output projection included
@@ -351,11 +351,10 @@ OPTION_HELP: dict[str, str] = {
     "tie_embeddings": "the output matrix is the input token embedding",
     "pppl_sequences": "held-out sequences scored by pseudo-perplexity at the end",
     "branch_schedule": "stage-wise training: {branch: progress 0-1 at which it switches on} (JSON; --config)",
-    "compile_wave": "torch.compile each plain Wave block's training step as one graph (LayerNorms, Wave maths, "
-                    "feed-forward and residual adds fused around the matrix products; blocks with branches: the "
-                    "Wave layer after its first projection; RoPE layers: the maths); same results to rounding, "
-                    "less time outside the matrix products, more memory than the default "
-                    "(results/compile_block_*.md, results/compile_budget-*.md)",
+    "compile_wave": "torch.compile everything of a Wave layer after its first projection (maths, LayerNorm, "
+                    "output projection) as one graph that keeps only w for backward (same results to rounding; "
+                    "less time than the default outside the matrix products, about its memory; "
+                    "results/roofline.md, results/compile_tail_*.md)",
     "self_distill": "weight (0-1) of the last layer's span distribution teaching the early-exit heads "
                     "(--exit-layers); 0 = exits learn from the answers only",
     "distill_temperature": "softmax temperature of self-distillation",
