@@ -131,6 +131,52 @@ def test_sample_next_filters():
     assert {int(sample_next(logits, temperature=1.0, top_p=0.01, generator=g)) for _ in range(20)} == {1}
     drawn = {int(sample_next(logits, temperature=1.0, top_k=2, generator=g)) for _ in range(200)}
     assert drawn == {1, 3}
+    ties = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # top_k=1 keeps one token, not every one tied with the first
+    assert len({int(sample_next(ties, temperature=1.0, top_k=1, generator=g)) for _ in range(50)}) == 1
+    assert sample_next(logits, temperature=1e-40).tolist() == [1]  # no inf / inf overflow: the argmax
+
+
+def test_top_p_one_keeps_every_token(monkeypatch):
+    seen = []
+    real = torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda probs, *a, **k: seen.append(probs) or real(probs, *a, **k))
+    logits = torch.tensor([[0.0, -20.0, -25.0, 5.0]])  # a tail the float32 cumsum rounds to 1.0 before its end
+    sample_next(logits, temperature=1.0, top_p=1.0, generator=torch.Generator().manual_seed(0))
+    assert (seen[0] > 0).all()
+
+
+def test_generation_refuses_prompts_beyond_the_learned_positions_before_streaming():
+    streamed = []
+    model = decoder("wave")  # learned positions, max_len 64
+    with pytest.raises(ValueError, match="max_len"):
+        generate(model, [[2] * 60, [2, 7]], max_new_tokens=8, eos_id=None, on_token=streamed.append)
+    assert not streamed
+    out, _ = generate(model, [[2] * 60, [2, 7]], max_new_tokens=5, eos_id=None)  # 60 + 5 − 1 = 64 positions: fits
+    assert [len(o) for o in out] == [5, 5]
+    rope = decoder("wave-rope")  # no position table: no limit
+    out, _ = generate(rope, [[2] * 60], max_new_tokens=10, eos_id=None)
+    assert len(out[0]) == 10
+
+
+def test_finished_rows_keep_their_position():
+    """A row that stopped is fed padding at its own last position, not at ever higher ones."""
+    model = decoder("wave")
+    long, short = [2] + list(range(5, 59)) + [9, 9, 9], [2, 7]  # 58 tokens: 58 + 7 − 1 = 64 positions
+    first = generate(model, [long], max_new_tokens=1, eos_id=None)[0][0][0]
+    seen = []
+    original = type(model).step
+
+    def step(self, ids, mask, positions, cache):
+        seen.append(positions.tolist())
+        return original(self, ids, mask, positions, cache)
+
+    type(model).step = step
+    try:
+        out, _ = generate(model, [long, short], max_new_tokens=7, eos_id=first)
+    finally:
+        type(model).step = original
+    assert out[0] == [first] and seen[-1][0] == len(long)  # stopped at once: stays where its [EOS] went
+    assert seen[-1][1] == len(short) + len(seen) - 1
 
 
 def test_causal_models_refuse_mixers_that_cannot_be_causal():
@@ -153,6 +199,9 @@ def test_clm_sequences_and_targets():
     seqs = pack_causal_sequences(["abcdefghijklmnopq"], Tok(), 8, show_progress=False)
     assert [s.tolist() for s in seqs] == [[2, 10, 11, 12, 13, 14, 15, 16], [2, 17, 18, 19, 20, 21, 22, 23],
                                           [2, 24, 25, 26, 3]]  # [SEP] only at the document's end
+    # 14 tokens + [SEP] in chunks of 7: the [SEP] left alone goes after the token it follows, not dropped
+    tail = pack_causal_sequences(["abcdefghijklmn"], Tok(), 8, show_progress=False)
+    assert [s.tolist() for s in tail][-1] == [2, 23, 3]
     batch = CLMCollator(seqs, pad_id=0)([2, 0])
     assert batch["input_ids"].shape == (2, 16)
     assert batch["targets"][0, :5].tolist() == [24, 25, 26, 3, -100] and (batch["targets"][0, 4:] == -100).all()
@@ -219,8 +268,16 @@ def test_generative_examples_targets_and_answer_location():
     text, found = locate_answer(item.target[:-1], item, ex.context)
     assert found and text == ex.answers[0].text
     assert locate_answer([9999], item, ex.context) == ("", False)
-    short = build_generative(examples, tokenizer, 24, training=False)  # prediction never drops an example
+    short = build_generative(examples, tokenizer, 25, training=False)  # prediction never drops an example
     assert len(short) == len(examples)
+    # ... and its prompt leaves room for max_answer_tokens + [SEP], however long the question
+    from dataclasses import replace
+
+    long_question = [replace(examples[0], question=examples[0].question * 20)]
+    item = build_generative(long_question, tokenizer, 40, training=False)[0]
+    assert len(item.prompt) + 16 <= 40 and len(item.context_ids) >= 4
+    with pytest.raises(ValueError, match="max_length=24.*max_answer_tokens=16.*>= 25"):
+        build_generative(examples, tokenizer, 24, training=False)
 
 
 def test_generative_qa_trains_from_a_causal_lm_and_predict_reproduces_it(tmp_path, capsys):
@@ -278,3 +335,30 @@ def test_bf16_decoding_logits_follow_the_weights():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             again = model.logits(hidden)
     torch.testing.assert_close(again, 2 * fast, rtol=0.05, atol=0.05)
+    model.output_weight.data.mul_(0.5)  # as fused optimizers write: no version bump; eval() drops the copy
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        restored = model.logits(hidden)
+    torch.testing.assert_close(restored, fast, rtol=0.05, atol=0.05)
+
+
+def test_an_epoch_with_a_partial_accumulation_window_trains_on_every_batch(tmp_path):
+    from nami.training import checkpoint as ckpt
+    from nami.training.config import TrainConfig
+    from nami.training.loop import train
+
+    data = str(FIXTURES / "tiny_qa.json")
+
+    def run(grad_accum):
+        config = TrainConfig.from_dict(dict(
+            task="clm", arch="transformer", preset="tiny", train_data=[data], eval_data=data, max_length=64,
+            tokenizer=str(FIXTURES / "runs/wave/tokenizer"), batch_size=2, epochs=1, grad_accum=grad_accum,
+            eval_every_minutes=None, eval_subset=4, runs_dir=str(tmp_path), run_name=f"ga{grad_accum}",
+            precision="fp32", checkpoint_every_minutes=None))
+        result = train(config, quiet=True)
+        state = json.loads((ckpt.checkpoint_dirs(result.run_dir)[-1] / "state.json").read_text())
+        return result.steps, state["progress"]["batch_in_epoch"]
+
+    batches, _ = run(1)
+    steps, consumed = run(5)
+    assert batches % 5 and steps == -(-batches // 5) and consumed == batches

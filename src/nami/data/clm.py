@@ -27,7 +27,9 @@ def pack_causal_sequences(texts: Iterable[str], tokenizer, seq_len: int, *, show
         ids = [*tokenizer.encode(text).ids, tokenizer.sep_id]
         for start in range(0, len(ids), room):
             chunk = ids[start : start + room]
-            if len(chunk) >= 2:
+            if len(chunk) == 1 and start:  # the document's [SEP] alone: after the token it follows, not dropped
+                chunk = ids[start - 1 : start + 1]
+            if len(chunk) >= 2:  # an empty document ([SEP] alone) teaches nothing
                 out.append(np.asarray([tokenizer.cls_id, *chunk], dtype=np.int64))
     if not out:
         raise ValueError("the causal-LM corpus produced no sequence of at least 3 tokens")

@@ -31,10 +31,19 @@ class GenerativeExample:
 
 def build_generative(examples: Sequence[QAExample], tokenizer, max_length: int, *, max_question_tokens: int = 64,
                      max_answer_tokens: int = 16, training: bool = True) -> list[GenerativeExample]:
-    """Prompts (and targets) of ``examples``; training drops examples whose answer cannot fit."""
+    """Prompts (and targets) of ``examples``; training drops examples whose answer cannot fit.
+
+    Prediction keeps every example: its prompt plus ``max_answer_tokens + 1`` generated tokens fit
+    in ``max_length`` (a long question is cut further, so that 4 context tokens still fit)."""
+    # [CLS] ≥4 context tokens [SEP] ≥1 question token [SEP], then the answer and its [SEP]
+    shortest = 4 + 1 + 3 + max_answer_tokens + 1
+    if max_length < shortest:
+        raise ValueError(f"generative QA: max_length={max_length} cannot hold a prompt and an answer of "
+                         f"max_answer_tokens={max_answer_tokens}; expected max_length >= {shortest}")
+    question_room = max_question_tokens if training else min(max_question_tokens, max_length - shortest + 1)
     out = []
     for ex in examples:
-        question = tokenizer.encode(ex.question).ids[:max_question_tokens]
+        question = tokenizer.encode(ex.question).ids[:question_room]
         context = tokenizer.encode(ex.context)
         target: list[int] = []
         if training:
@@ -42,10 +51,8 @@ def build_generative(examples: Sequence[QAExample], tokenizer, max_length: int, 
             if len(target) > max_answer_tokens + 1:
                 continue
         room = max_length - len(question) - 3 - (len(target) if training else max_answer_tokens + 1)
-        if room < 4:
-            if training:
-                continue
-            room = max(room, 0)  # prediction keeps every example (its answer may still be written)
+        if room < 4:  # training only: prediction's questions are cut to leave 4 context tokens
+            continue
         start = 0
         if training and len(context.ids) > room:
             answer = ex.answers[0]

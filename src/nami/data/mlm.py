@@ -1,8 +1,12 @@
 """Masked-LM data: documents → ``[CLS] tokens [SEP]`` sequences → dynamically masked batches.
 
 Masking follows BERT: 15% of the non-special tokens are chosen; of those 80% become ``[MASK]``,
-10% a random token, 10% stay. It happens at collation time with torch's global RNG, so every
-epoch sees new masks and a resumed run (which restores that RNG) sees the same ones.
+10% a random token, 10% stay. Training batches are masked in the training step
+(:meth:`MLMCollator.mask`, called through ``Task.ready``), not at collation, with torch's global RNG:
+every epoch sees new masks, and a resumed run, which restores that RNG, sees the same ones. Drawn at
+collation they would not be: the data loader collates the next batch before a checkpoint saves
+the RNG, so a resumed run's masks would come one batch late (tested). Evaluation masks at
+collation with its own seeded generator.
 """
 
 from __future__ import annotations
@@ -48,24 +52,35 @@ class MLMCollator:
         self.probability = probability
         self.generator = generator  # None: torch's global RNG (training); a seeded one for evaluation
 
-    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def pad(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Sequence indices → ``input_ids / attention_mask (B, S)``, unmasked."""
         rows = [self.sequences[i] for i in indices]
         width = -(-max(len(r) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         for b, row in enumerate(rows):
             ids[b, : len(row)] = torch.from_numpy(row)
-        attention_mask = ids != self.pad_id
+        return {"input_ids": ids, "attention_mask": ids != self.pad_id}
+
+    def mask(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A padded batch → masked ``input_ids``, ``attention_mask`` and ``targets (B, S)`` (-100 = not
+        masked), drawn on the batch's device from ``generator`` (None: torch's global RNG)."""
+        ids = batch["input_ids"]
         maskable = ids >= FIRST_REGULAR_ID
         g = self.generator
-        chosen = (torch.rand(ids.shape, generator=g) < self.probability) & maskable
+        chosen = (torch.rand(ids.shape, generator=g, device=ids.device) < self.probability) & maskable
         # Guarantee at least one target per batch so the loss is always defined.
         if not chosen.any():
             first = maskable.flatten().nonzero()[0]
             chosen.view(-1)[first] = True
         targets = torch.where(chosen, ids, torch.full_like(ids, -100))
-        action = torch.rand(ids.shape, generator=g)
+        action = torch.rand(ids.shape, generator=g, device=ids.device)
         inputs = ids.clone()
         inputs[chosen & (action < 0.8)] = self.mask_id
         randomise = chosen & (action >= 0.8) & (action < 0.9)
-        inputs[randomise] = torch.randint(FIRST_REGULAR_ID, self.vocab_size, (int(randomise.sum()),), generator=g)
-        return {"input_ids": inputs, "attention_mask": attention_mask, "targets": targets}
+        inputs[randomise] = torch.randint(FIRST_REGULAR_ID, self.vocab_size, (int(randomise.sum()),), generator=g,
+                                          device=ids.device)
+        return {"input_ids": inputs, "attention_mask": batch["attention_mask"], "targets": targets}
+
+    def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Sequence indices → a padded, masked batch (:meth:`pad`, then :meth:`mask`)."""
+        return self.mask(self.pad(indices))

@@ -65,13 +65,19 @@ class CausalLMModel(PreTrainedMixin, nn.Module):
             return self.encoder.step(input_ids, mask, positions, cache)
         return self(input_ids[:, None], mask[:, None], positions=positions[:, None], cache=cache)[:, 0]
 
+    def train(self, mode: bool = True) -> "CausalLMModel":
+        self._bf16_output = None  # see logits(): weights may have changed unseen by their version counter
+        return super().train(mode)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of a few positions ``(..., D) -> (..., V)``, returned in float32 (decoding only).
 
         Under bf16 autocast the product reads a cached bf16 copy of the output matrix: at batch 1
         decoding is bound by reading that ``(V, D)`` matrix once per token (32 MB in fp32 for
         V = 32k, D = 256), so half the bytes is nearly half the step. The copy is remade whenever
-        the weights change (their version counter). Outside autocast: fp32 throughout.
+        the weights change (their version counter) and dropped by every ``train()`` / ``eval()``
+        (fused optimizers and ``p.data.copy_`` change weights without bumping that counter;
+        :func:`~nami.models.generation.generate` calls ``eval()`` first). Outside autocast: fp32.
         """
         weight = self.output_weight
         if torch.is_autocast_enabled(hidden.device.type) and \

@@ -23,11 +23,14 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | 
     smallest set whose probability reaches ``top_p``."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
+    # The row maximum first: then nothing overflows however small the temperature (1e-40 made
+    # inf / inf = NaN probabilities), and the most likely token keeps logit 0.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        # By index, not by value: a `< k-th value` test keeps every token tied with the k-th.
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(top_k, dim=-1).indices, True)
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if top_p is not None and top_p < 1.0:  # 1.0 keeps all (the float cumsum would drop the tail)
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs >= top_p  # tokens after the set already reaching top_p
@@ -61,6 +64,15 @@ def generate(
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
     if temperature < 0 or (top_p is not None and not 0.0 < top_p <= 1.0) or (top_k is not None and top_k < 1):
         raise ValueError("generate: expected temperature >= 0, 0 < top_p <= 1 and top_k >= 1")
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "position_embedding", None) == "learned":
+        # Checked before any token is streamed: the last fed token sits at position len + new − 2.
+        longest_prompt = max(len(p) for p in prompts)
+        if longest_prompt + max_new_tokens - 1 > config.max_len:
+            raise ValueError(f"generate: a prompt of {longest_prompt} tokens and max_new_tokens={max_new_tokens} need "
+                             f"{longest_prompt + max_new_tokens - 1} positions; the model learned {config.max_len} "
+                             f"(max_len). Shorten the prompt or lower max_new_tokens to "
+                             f"{max(0, config.max_len - longest_prompt + 1)}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -105,7 +117,7 @@ def generate(
         if any(finished):
             live = torch.tensor(finished, device=device).logical_not_()
         last = _step(model, next_ids, live, position, cache)
-        position = position + 1
+        position = position + live  # finished rows stay put (their padding changes no state)
     model.train(was_training)
     return out, cache
 

@@ -429,7 +429,8 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                          tensorboard_dir=run_dir / "tensorboard" if config.log_with == "tensorboard" else None)
     else:
         log = NullLog()
-    steps_per_epoch = max(1, len(shards) // config.grad_accum)
+    # Accelerate also steps on an epoch's last, partial accumulation window: ceil, not floor
+    steps_per_epoch = max(1, -(-len(shards) // config.grad_accum))
     total_steps = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
     budget_s = config.max_minutes * 60 if config.max_minutes else None
     if torn:
@@ -521,6 +522,7 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                 progress.batch_in_epoch += 1
                 if config.branch_schedule:  # stage-wise training: which branches this batch uses
                     set_branches(model, fraction_done(), config.branch_schedule)
+                batch = task.ready(batch)  # e.g. masked LM's masks, drawn in step order (exact resume)
                 with accelerator.accumulate(model):
                     loss = task.loss(model, batch)
                     units = task.loss_units(batch) if ranks.distributed else 1

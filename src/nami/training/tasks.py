@@ -49,8 +49,8 @@ class Task:
     ``from_pretrained``), ``default_eval`` (data file under the data root when ``eval_data`` is
     not given). Methods: ``__init__(config)`` loads and validates data; ``prepare(tokenizer,
     show)`` builds ``train_lengths`` and ``collate``; ``model_config(tokenizer)``;
-    ``build_model(model_config)``; ``loss(model, batch)``; ``evaluate(model, device, full=,
-    show=)``; ``describe(scores)``; ``summary()``; ``train_metrics()``.
+    ``build_model(model_config)``; ``ready(batch)``; ``loss(model, batch)``; ``evaluate(model,
+    device, full=, show=)``; ``describe(scores)``; ``summary()``; ``train_metrics()``.
     """
 
     name: str
@@ -79,6 +79,13 @@ class Task:
 
     def train_metrics(self) -> dict[str, Any]:
         return {}
+
+    def ready(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A collated training batch (on the device) → what :meth:`loss` takes. Randomness a batch
+        needs (masked LM's masks) is drawn here, in the training step: collation runs a batch
+        ahead of the step, before a checkpoint saves the RNG, so draws made there would shift on
+        resume."""
+        return batch
 
     def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
         """What :meth:`loss` averages over in ``batch``: its target tokens (language models) or its
@@ -272,8 +279,9 @@ class MLMTask(_CorpusTask):
         self.eval_sequences = pack_sequences(self.eval_docs, tokenizer, config.max_length, show_progress=show,
                                              desc="eval sequences")
         self.train_lengths = np.fromiter(map(len, self.train_sequences), dtype=np.int64)
-        self.collate = MLMCollator(self.train_sequences, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id,
-                                   vocab_size=tokenizer.vocab_size, probability=config.mlm_probability)
+        masker = MLMCollator(self.train_sequences, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id,
+                             vocab_size=tokenizer.vocab_size, probability=config.mlm_probability)
+        self.collate, self.ready = masker.pad, masker.mask  # masks drawn in the step (see Task.ready)
         self.vocab_order = None
         if config.loss_vocab_order == "frequency":
             from nami.losses import frequency_vocab_order
