@@ -189,6 +189,8 @@ def test_a_two_process_run_resumes_exactly(tiny_squad, tiny_tokenizer_dir, tmp_p
     shutil.copytree(full, cut)
     for late in ckpt.checkpoint_dirs(cut)[1:]:
         shutil.rmtree(late)
+    for name in (ckpt.FINAL_EVAL_FILE, ckpt.PREDICTIONS_FILE, ckpt.WEIGHTS_FILE):  # not written before the kill
+        (cut / name).unlink(missing_ok=True)
     torchrun(["-m", "nami", "train", "--resume", str(cut), "--quiet"], tmp_path)
     assert max_difference(full, cut) == 0.0
 
@@ -196,6 +198,7 @@ def test_a_two_process_run_resumes_exactly(tiny_squad, tiny_tokenizer_dir, tmp_p
         from nami.training.loop import resume
 
         shutil.rmtree(ckpt.checkpoint_dirs(cut)[-1])
+        (cut / ckpt.FINAL_EVAL_FILE).unlink()
         resume(cut, quiet=True)
 
 
@@ -238,6 +241,8 @@ def test_fsdp2_sharded_training_gathers_to_the_unsharded_parameters_and_resumes_
     shutil.copytree(full, cut)
     for late in ckpt.checkpoint_dirs(cut)[1:]:
         shutil.rmtree(late)
+    for name in (ckpt.FINAL_EVAL_FILE, ckpt.PREDICTIONS_FILE, ckpt.WEIGHTS_FILE):  # not written before the kill
+        (cut / name).unlink(missing_ok=True)
     torchrun(["-m", "nami", "train", "--resume", str(cut), "--quiet"], tmp_path)
     assert max_difference(full, cut) == 0.0
 
@@ -341,6 +346,8 @@ def test_deepspeed_zero_training_gathers_to_the_unsharded_parameters_and_resumes
     shutil.copytree(full, cut)
     for late in ckpt.checkpoint_dirs(cut)[1:]:
         shutil.rmtree(late)
+    for name in (ckpt.FINAL_EVAL_FILE, ckpt.PREDICTIONS_FILE, ckpt.WEIGHTS_FILE):  # not written before the kill
+        (cut / name).unlink(missing_ok=True)
     torchrun(["-m", "nami", "train", "--resume", str(cut), "--quiet"], tmp_path)
     assert max_difference(full, cut) == 0.0
 

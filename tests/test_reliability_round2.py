@@ -215,7 +215,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_on_resume(tmp_pa
     run = train(_tiny_config(tmp_path, "r", checkpoint_every_steps=None), quiet=True).run_dir
     # What SIGKILL before the first checkpoint leaves: config, tokenizer, a start record, no checkpoint.
     shutil.rmtree(run / ckpt.CHECKPOINTS_DIR, ignore_errors=True)
-    for name in (ckpt.FINAL_EVAL_FILE, ckpt.PREDICTIONS_FILE):
+    for name in (ckpt.FINAL_EVAL_FILE, ckpt.PREDICTIONS_FILE, ckpt.WEIGHTS_FILE):
         (run / name).unlink(missing_ok=True)
     capsys.readouterr()
     resume(run, quiet=True)
@@ -460,3 +460,40 @@ def test_ablate_merge_pools_runs_of_one_protocol_and_refuses_duplicates(tmp_path
     b.write_text(json.dumps(other))
     with pytest.raises(ValueError, match="another protocol"):
         merge_ablations([str(a), str(b)], str(tmp_path / "x"))
+
+
+def test_a_finished_run_is_not_retrained_by_resume(tmp_path, capsys):
+    """--resume on a finished run returns its recorded result; with its checkpoints deleted (to save
+    space) it is refused, instead of training again from step 0 over the saved weights."""
+    from nami.training.loop import resume, train
+
+    result = train(_tiny_config(tmp_path, "r"), quiet=True)
+    run = result.run_dir
+    weights = (run / ckpt.WEIGHTS_FILE).read_bytes()
+    log = (run / ckpt.METRICS_FILE).read_text()
+    capsys.readouterr()
+    again = resume(run, quiet=True)
+    assert "is finished" in capsys.readouterr().out
+    assert again.final_eval == result.final_eval and again.steps == result.steps == 4
+    assert (run / ckpt.WEIGHTS_FILE).read_bytes() == weights and (run / ckpt.METRICS_FILE).read_text() == log
+    shutil.rmtree(run / ckpt.CHECKPOINTS_DIR)
+    (run / ckpt.FINAL_EVAL_FILE).unlink()
+    with pytest.raises(ckpt.CheckpointError, match="checkpoints/ are gone.*nami predict"):
+        resume(run, quiet=True)
+    assert (run / ckpt.WEIGHTS_FILE).read_bytes() == weights
+
+
+def test_resume_with_a_progress_bar_past_its_time_budget(tmp_path, capsys):
+    """A run killed in its final evaluation has trained past its budget; the bar's start is clamped
+    (tqdm dropped its total and the bar format failed on it)."""
+    from nami.training.loop import resume, train
+
+    run = train(_tiny_config(tmp_path, "r", max_steps=None, max_minutes=0.01), quiet=True).run_dir
+    (run / ckpt.FINAL_EVAL_FILE).unlink()
+    latest = ckpt.checkpoint_dirs(run)[-1]
+    state = json.loads((latest / ckpt.STATE_FILE).read_text())
+    state["progress"]["train_seconds"] = 0.01 * 60 + 5.0
+    (latest / ckpt.STATE_FILE).write_text(json.dumps(state) + "\n")
+    ckpt.write_manifest(latest, [ckpt.WEIGHTS_FILE, ckpt.OPTIMIZER_FILE, ckpt.STATE_FILE])
+    resume(run, quiet=False)
+    assert (run / ckpt.FINAL_EVAL_FILE).exists() and "Traceback" not in capsys.readouterr().err

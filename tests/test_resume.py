@@ -144,6 +144,7 @@ def test_corrupted_weights_are_detected_naming_the_file(uninterrupted, tmp_path)
 
 def test_truncated_checkpoint_file_is_detected_on_resume(uninterrupted, tmp_path):
     run = copy_run(uninterrupted, tmp_path / "run")
+    (run / ckpt.FINAL_EVAL_FILE).unlink()  # unfinished: a finished run is not resumed at all
     optimizer_file = ckpt.checkpoint_dirs(run)[-1] / ckpt.OPTIMIZER_FILE
     optimizer_file.write_bytes(optimizer_file.read_bytes()[:100])
     with pytest.raises(ckpt.CheckpointError, match=r"optimizer\.pt: checksum mismatch"):

@@ -279,12 +279,32 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
 
 def resume(run_dir: str | Path, *, quiet: bool = False, threads: int | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its newest checkpoint; a run stopped before its first
-    checkpoint (a crash, SIGKILL) starts again from step 0 with its saved config."""
+    checkpoint (a crash, SIGKILL) starts again from step 0 with its saved config. A finished run
+    (``final_eval.json``) is left as it is: its recorded result is returned, nothing is retrained."""
     run_dir = Path(run_dir)
     config, _, _ = ckpt.read_run_config(run_dir)
     if threads:
         config.threads = threads
     return _fit(config, run_dir=run_dir, quiet=quiet)
+
+
+def finished_result(run_dir: Path) -> TrainResult | None:
+    """The recorded result of a finished run (its ``final_eval.json``), else None. A run whose weights
+    were saved but whose checkpoints are gone cannot be resumed: an error, not a restart from step
+    0 that would overwrite them."""
+    final_path = run_dir / ckpt.FINAL_EVAL_FILE
+    if final_path.exists():
+        try:
+            final = json.loads(final_path.read_text("utf-8"))
+            return TrainResult(run_dir, final, final["params"], final["train_tokens_per_s"], final["step"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ckpt.CheckpointError(f"{final_path}: unreadable ({err}); the run looks finished, so it is not "
+                                       "retrained: delete this file to redo its final evaluation") from err
+    if (run_dir / ckpt.WEIGHTS_FILE).exists() and not ckpt.checkpoint_dirs(run_dir):
+        raise ckpt.CheckpointError(f"{run_dir}: its training finished ({ckpt.WEIGHTS_FILE}) but its "
+                                   f"{ckpt.CHECKPOINTS_DIR}/ are gone, so it cannot be resumed; score it with "
+                                   f"`nami predict --checkpoint {run_dir}`")
+    return None
 
 
 def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResult:
@@ -327,6 +347,13 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
     if run_dir is not None and ranks.is_main:
         locks.append(ckpt.RunLock(run_dir))  # before anything slow: a second writer is refused at once
     show = not quiet and ranks.is_main
+    if run_dir is not None:
+        finished = finished_result(run_dir)
+        if finished is not None:
+            if ranks.is_main:
+                print(f"[nami] {run_dir} is finished ({ckpt.FINAL_EVAL_FILE}, step {finished.steps:,}): nothing "
+                      "to resume", flush=True)
+            return finished
 
     # The task validates its data first, before anything slow (the default tokenizer may need training).
     task = TASKS[config.task](config)
@@ -499,7 +526,8 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
     # With a time budget the bar counts training seconds (its total is the budget, so it has an ETA);
     # otherwise it counts optimizer steps.
     if budget_s:
-        bar = tqdm(total=round(budget_s), initial=round(progress.train_seconds), disable=not show,
+        bar = tqdm(total=round(budget_s), initial=min(round(progress.train_seconds), round(budget_s)),
+                   disable=not show,
                    desc=f"train {config.arch}", unit="s",
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training "
                               "[{elapsed}<{remaining}{postfix}]")
