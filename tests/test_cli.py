@@ -75,8 +75,12 @@ def test_predict_on_a_missing_run_is_a_clear_error(tmp_path, capsys):
     data = write(tmp_path / "good.json", GOOD)
     assert main(["predict", "--checkpoint", str(tmp_path / "nope"), "--data", data, "--output",
                  str(tmp_path / "o.json")]) == 2
-    assert "not a nami run directory" in capsys.readouterr().err
+    assert "no such run directory" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--checkpoint", str(tmp_path / "empty"), "--data", data, "--output",
+                 str(tmp_path / "o.json")]) == 2
+    assert "not a nami run directory" in capsys.readouterr().err
 
 
 def test_tokenizer_train_cli_writes_a_loadable_tokenizer(tiny_squad, tmp_path, capsys):
@@ -112,3 +116,71 @@ def test_training_curves_plot_is_written(tmp_path):
         runs[name] = run
     out = plot_training_curves(runs, tmp_path / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_json_and_none_options_parse_on_the_command_line(tmp_path):
+    from nami.cli import build_parser, train_config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--branches", "conv", "--branch-schedule", '{"conv": 0.5}',
+                              "--eval-every-minutes", "none", "--max-minutes", "3"])
+    config = train_config_from_args(args)
+    assert config.branch_schedule == {"conv": 0.5} and config.eval_every_minutes is None and config.max_minutes == 3
+    help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    assert ":data:" not in help_text and "(default: all cores) (default" not in help_text
+    assert "e.g. 'wave wave attention wave'" in " ".join(help_text.split())
+
+
+def test_branch_schedule_that_is_not_json_is_one_line(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exited:  # argparse's exit, as for every other bad option value
+        main(["train", "--branch-schedule", "conv=0.5"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--branch-schedule" in err and "JSON object" in err and "Traceback" not in err
+
+
+def test_a_runs_config_json_can_seed_a_new_run():
+    from pathlib import Path
+
+    from nami.cli import build_parser, train_config_from_args
+
+    run_config = Path(__file__).parent / "fixtures" / "runs" / "wave" / "config.json"
+    args = build_parser().parse_args(["train", "--config", str(run_config), "--lr", "0.01"])
+    config = train_config_from_args(args)
+    saved = json.loads(run_config.read_text())["train"]
+    assert config.arch == saved["arch"] and config.max_steps == saved["max_steps"] and config.lr == 0.01
+    assert config.run_name != saved["run_name"]  # a new run, not the old one's directory
+
+
+def test_bad_value_in_a_config_file_names_the_file(tmp_path, capsys):
+    path = write(tmp_path / "c.json", {"lr": "fast"})
+    assert main(["train", "--config", path]) == 2
+    err = capsys.readouterr().err
+    assert "lr" in err and path in err
+
+
+def test_generate_refuses_top_k_without_a_temperature(capsys):
+    from pathlib import Path
+
+    run = Path(__file__).parent / "fixtures" / "runs" / "wave"
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "x", "--top-k", "5"]) == 2
+    assert "--temperature" in capsys.readouterr().err
+
+
+def test_a_squad_file_without_questions_is_a_bad_file(tmp_path, capsys):
+    path = write(tmp_path / "empty.json", {"data": []})
+    assert main(["data", "check", path]) == 1
+    assert f"{path}: <file>: no questions" in capsys.readouterr().out
+    assert main(["evaluate", "--data", path, "--predictions", write(tmp_path / "p.json", {})]) != 0
+    err = capsys.readouterr().err
+    assert path in err and "evaluate_predictions" not in err
+
+
+def test_evaluating_predictions_of_another_dataset_is_an_error(tmp_path, capsys):
+    data = write(tmp_path / "good.json", GOOD)
+    assert main(["evaluate", "--data", data, "--predictions", write(tmp_path / "p.json", {"other-1": "x"})]) == 2
+    err = capsys.readouterr().err
+    assert "none of its 1 question ids" in err and data in err
+    assert main(["evaluate", "--data", data, "--predictions", write(tmp_path / "q.json", {"q1": "東京"})]) == 0

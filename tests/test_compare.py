@@ -164,6 +164,23 @@ def test_every_committed_report_renders_again_without_its_runs(results, tmp_path
         assert (copy / plot).is_file() and plot in rendered
 
 
+def test_report_states_the_inference_precision_and_names_models_and_stages():
+    """The precision line comes from the runs (it once said bf16 for fp32 runs); names are readable."""
+    from nami.reports.report import render_markdown
+
+    result = json.loads((COMMITTED_REPORTS[0].parents[1] / "compare-generative-30" / "results.json").read_text())
+    text = render_markdown(result)
+    assert text.startswith("# Wave vs Transformer on JSQuAD dev")
+    assert "all threads, fp32, batch 64" in text  # its stages ran fp32
+    assert "(10 causal-LM pretraining + 20 generative QA fine-tuning)" in text
+    for model in result["models"].values():
+        model["infer_precision"] = "bf16"
+    assert "all threads, bf16, batch 64" in render_markdown(result)
+    for model in result["models"].values():
+        del model["infer_precision"], model["stages"]
+    assert "not recorded" in render_markdown(result)
+
+
 def test_report_keeps_the_curves_it_draws_so_it_renders_without_runs(tmp_path):
     import shutil
 
@@ -207,6 +224,9 @@ def test_a_continued_compare_trains_only_the_models_it_lacks(tiny_squad, tiny_to
     assert wave["trained"]["date"] != "unknown" and wave["trained"]["commit"] == transformer["trained"]["commit"]
     assert len([p for p in (out / "runs").iterdir() if p.is_dir()]) == 2  # one run per model
     assert "separate invocations" in (out / "report.md").read_text("utf-8")
+    summary = [line for line in second.stdout.splitlines() if line.startswith("[nami] compare smoke:")]
+    assert summary and f"wave EM {wave['exact_match']:.1f}" in summary[0]  # --quiet still prints one line
+    assert summary[0].endswith(str(out / "report.md")) and wave["infer_precision"] in ("fp32", "bf16")
     # A different plan (another budget) is not a continuation: the model is trained again.
     third = subprocess.run([*base, "--models", "wave", "--minutes", "0.2"], capture_output=True, text=True,
                            timeout=600)

@@ -15,10 +15,14 @@ DATA = FIXTURES / "tiny_qa.json"
 
 
 def help_of(*command: str) -> str:
+    import os
+    from unittest import mock
+
     parser = build_parser()
     for name in command:
         parser = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices[name]
-    return parser.format_help()
+    with mock.patch.dict(os.environ, {"COLUMNS": "10000"}):  # argparse wraps at $COLUMNS: not inside smoke-pretrain
+        return parser.format_help()
 
 
 def test_every_training_option_has_help_text():

@@ -110,7 +110,8 @@ def test_bad_squad_corpus_files(tmp_path: Path) -> None:
     message = corpus_error([broken])
     assert message.startswith(f"corpus file {broken}: not usable SQuAD data: {broken}: <file>: malformed JSON")
     empty = write(tmp_path / "empty.json", '{"data": []}')
-    assert corpus_error([empty]) == f"corpus file {empty}: the SQuAD data holds no question"
+    assert corpus_error([empty]) == (f"corpus file {empty}: not usable SQuAD data: {empty}: <file>: no questions "
+                                     "(an empty SQuAD file)")
     missing = tmp_path / "missing.json"
     assert corpus_error([missing]) == f"corpus file {missing}: not usable SQuAD data: {missing}: <file>: file not found"
 

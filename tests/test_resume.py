@@ -147,8 +147,10 @@ def test_truncated_checkpoint_file_is_detected_on_resume(uninterrupted, tmp_path
     (run / ckpt.FINAL_EVAL_FILE).unlink()  # unfinished: a finished run is not resumed at all
     optimizer_file = ckpt.checkpoint_dirs(run)[-1] / ckpt.OPTIMIZER_FILE
     optimizer_file.write_bytes(optimizer_file.read_bytes()[:100])
-    with pytest.raises(ckpt.CheckpointError, match=r"optimizer\.pt: checksum mismatch"):
+    with pytest.raises(ckpt.CheckpointError, match=r"optimizer\.pt: checksum mismatch") as err:
         resume(run, quiet=True)
+    assert len(ckpt.checkpoint_dirs(run)) == 2  # keep_checkpoints=2: the way out is named
+    assert f"the earlier checkpoint {ckpt.checkpoint_dirs(run)[-2].name} may be intact" in str(err.value)
 
 
 def test_modified_tokenizer_is_detected(uninterrupted, tmp_path):

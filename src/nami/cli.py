@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -56,6 +57,35 @@ def _number(text: str, kind: type, low: float, *, low_open: bool = False, high: 
         bound += f" and <= {high:g}" if high != math.inf else ""
         raise argparse.ArgumentTypeError(f"expected a finite {'integer' if kind is int else 'number'} {bound}, "
                                          f"got {text!r}")
+    return value
+
+
+class _NoneValue:
+    """``--option none`` for an option whose ``None`` means something (``OPTIONAL_OPTIONS``): argparse's
+    own ``None`` means "not given"."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+NONE = _NoneValue()
+
+
+def _optional(kind: Any) -> Any:
+    def parse(text: str) -> Any:
+        return NONE if text.strip().lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")
+    return parse
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"conv\": 0.5}}', got {text!r}")
     return value
 
 
@@ -134,14 +164,24 @@ def _model_field_help() -> dict[str, str]:
             helps[name] = text.strip()
         elif name and stripped:
             helps[name] += " " + stripped
-    return {k: v.replace("``", "'") for k, v in helps.items()}
+    return {k: _plain_help(v) for k, v in helps.items()}
+
+
+def _plain_help(text: str) -> str:
+    """A docstring's reST as command-line text: ``:data:`~a.B``` → ``B``, ``["wave", "conv"]`` →
+    ``wave conv`` (how the command line takes a list), ``"wave"`` → ``wave``."""
+    text = re.sub(r":\w+:`~?(?:[\w.]+\.)?(\w+)`", r"\1", text)
+    text = re.sub(r"``\[([^\]]*)\]``", lambda m: "'" + " ".join(x.strip(' "') for x in m[1].split(",")) + "'", text)
+    text = re.sub(r'``"([\w-]+)"``', r"\1", text)
+    return text.replace("``", "'")
 
 
 def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = frozenset(),
                       tasks: tuple[str, ...] | None = None) -> None:
     """One ``--option`` per training option (the dataclasses are the single source of truth), with its
     help text and default; ``tasks``: offer only the options those tasks read (``OPTION_TASKS``)."""
-    from nami.training.config import OPTION_HELP, OPTION_TASKS, POSITIVE_INTEGER_OPTIONS, POSITIVE_NUMBER_OPTIONS
+    from nami.training.config import (OPTION_HELP, OPTION_TASKS, OPTIONAL_OPTIONS, POSITIVE_INTEGER_OPTIONS,
+                                      POSITIVE_NUMBER_OPTIONS)
 
     helps = {**_model_field_help(), **OPTION_HELP}
     choices = _choice_lists()
@@ -150,13 +190,16 @@ def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = froze
             continue
         flag = "--" + name.replace("_", "-")
         text = helps.get(name, "").replace("%", "%%")
-        default_text = f"(default: {default})"
+        # A help text that already says its default is not told it twice.
+        default_text = "" if "default" in text else f"(default: {'none' if default is None else default})"
         args = typing.get_args(hint) if typing.get_origin(hint) is not typing.Literal else ()
         base = next((a for a in args if a is not type(None)), hint) if args else hint
         if typing.get_origin(base) is list or typing.get_origin(hint) is list:
             item = (typing.get_args(base) or (str,))[0]
-            parser.add_argument(flag, nargs="+", default=None, metavar="PATH" if name.endswith("data") else "NAME",
-                                type=item, help=f"{text} {default_text}")
+            metavar = "PATH" if name.endswith("data") else "N" if item is int else "NAME"
+            parser.add_argument(flag, nargs="+", default=None, metavar=metavar, type=item, help=f"{text} {default_text}")
+        elif typing.get_origin(base) is dict:
+            parser.add_argument(flag, type=_json_object, default=None, metavar="JSON", help=f"{text} {default_text}")
         elif base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"{text} {default_text}")
@@ -167,6 +210,8 @@ def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = froze
         else:
             kind = (positive_int if name in POSITIVE_INTEGER_OPTIONS else
                     positive_float if name in POSITIVE_NUMBER_OPTIONS else base)
+            if name in OPTIONAL_OPTIONS:
+                kind = _optional(kind)
             parser.add_argument(flag, type=kind, default=None, metavar=name.upper(), help=f"{text} {default_text}")
 
 
@@ -205,12 +250,20 @@ def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None
         if not isinstance(loaded, dict):
             raise UserError(f"--config {args.config}: training config: expected a JSON object, got "
                             f"{type(loaded).__name__}")
+        if {"train", "tokenizer_fingerprint"} <= set(loaded) and isinstance(loaded["train"], dict):
+            # a run's config.json: its training settings, for a new run (its own name is not reused)
+            loaded = {k: v for k, v in loaded["train"].items() if k != "run_name"}
         values.update(loaded)
     for name in option_names():
         value = getattr(args, name, None)
         if value is not None:
-            values[name] = value
-    return TrainConfig.from_dict(values)
+            values[name] = None if value is NONE else value
+    try:
+        return TrainConfig.from_dict(values)
+    except ValueError as err:
+        if getattr(args, "config", None):  # the value may come from the file: name it
+            raise UserError(f"{err} (options from --config {args.config} and the command line)") from err
+        raise
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -259,7 +312,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from nami.evaluation.metric import evaluate_predictions, load_predictions
 
     examples = load_squad(args.data, on_bad_record=args.on_bad_record)
-    scores = evaluate_predictions(examples, load_predictions(args.predictions))
+    predictions = load_predictions(args.predictions)
+    if predictions and not set(predictions) & {example.id for example in examples}:
+        raise UserError(f"--predictions {args.predictions}: none of its {len(predictions):,} question ids is in "
+                        f"--data {' '.join(map(str, args.data)) if isinstance(args.data, list) else args.data} "
+                        f"(first: {next(iter(predictions))!r}); predictions of another dataset?")
+    scores = evaluate_predictions(examples, predictions)
     if scores["missing"]:
         print(f"nami: warning: {len(scores['missing'])} question(s) have no prediction and count as wrong "
               f"(first: {', '.join(scores['missing'][:5])})", file=sys.stderr)
@@ -276,6 +334,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from nami.pipelines import pipeline
 
+    if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
+        raise UserError("--top-k / --top-p restrict sampling: give --temperature > 0 too (e.g. 0.8); at the "
+                        "default 0 decoding is greedy and would ignore them")
     generator = pipeline("text-generation", model=args.checkpoint, threads=args.threads, device=args.device)
     stream = None if args.no_stream or args.json else (lambda piece: print(piece, end="", flush=True))
     result = generator(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -579,8 +640,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=positive_int, default=None)
-    p.add_argument("--top-p", type=probability, default=None)
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample from the K most likely tokens "
+                   "(with --temperature > 0)")
+    p.add_argument("--top-p", type=probability, default=None, help="sample from the smallest set of tokens "
+                   "whose probability reaches P (nucleus; with --temperature > 0)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the sampler (sampling is reproducible)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-stream", action="store_true", help="print the text at the end, not token by token")
@@ -599,7 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("compare", help="train Wave and Transformer under one budget and write a report")
-    p.add_argument("--preset", default="standard", help=f"compare preset: {_compare_presets_help()}")
+    p.add_argument("--preset", default="standard", help=f"compare preset: {_compare_presets_help()} (default: "
+                   "standard, the reported comparison; start with quick)")
     p.add_argument("--minutes", type=positive_float, default=None,
                    help="QA training minutes per model (overrides the preset)")
     p.add_argument("--pretrain-minutes", type=nonnegative_float, default=None,

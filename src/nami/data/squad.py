@@ -357,8 +357,11 @@ class _Checker:
                 f"not SQuAD-shaped: top level must be an object with a 'data' list, got {got}",
             )
             return
+        before = (self.report.questions, len(self.report.bad))
         for a_index, article in enumerate(root["data"]):
             self.check_article(file, f"data[{a_index}]", article)
+        if (self.report.questions, len(self.report.bad)) == before:  # nothing to train on or score
+            self.bad(file, FILE_LEVEL_ID, "no questions (an empty SQuAD file)")
 
     def check_article(self, file: str, where: str, article: Any) -> None:
         if not isinstance(article, dict):

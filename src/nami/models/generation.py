@@ -64,15 +64,20 @@ def generate(
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
     if temperature < 0 or (top_p is not None and not 0.0 < top_p <= 1.0) or (top_k is not None and top_k < 1):
         raise ValueError("generate: expected temperature >= 0, 0 < top_p <= 1 and top_k >= 1")
+    if temperature == 0 and (top_k is not None or top_p is not None):
+        raise ValueError("generate: top_k / top_p restrict sampling; with temperature 0 (greedy) they would be "
+                         "ignored: give temperature > 0")
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "position_embedding", None) == "learned":
         # Checked before any token is streamed: the last fed token sits at position len + new − 2.
         longest_prompt = max(len(p) for p in prompts)
         if longest_prompt + max_new_tokens - 1 > config.max_len:
+            room = config.max_len - longest_prompt + 1
+            advice = (f"lower max_new_tokens to {room} or shorten the prompt" if room >= 1 else
+                      f"the prompt alone is too long: shorten it to at most {config.max_len} tokens")
             raise ValueError(f"generate: a prompt of {longest_prompt} tokens and max_new_tokens={max_new_tokens} need "
                              f"{longest_prompt + max_new_tokens - 1} positions; the model learned {config.max_len} "
-                             f"(max_len). Shorten the prompt or lower max_new_tokens to "
-                             f"{max(0, config.max_len - longest_prompt + 1)}")
+                             f"(max_len): {advice}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

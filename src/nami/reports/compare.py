@@ -435,6 +435,7 @@ def run_compare(
             "train_minutes": train_minutes,
             "steps": final["step"],
             "eval_questions_per_s": check["questions_per_s"],
+            "infer_precision": ckpt.read_run_config(run_dir)[0].precision,  # what `nami predict` used
             "rescored_f1": check["f1"],
             "rescored_matches_recorded": check.get("matches_recorded", False),
             "train_peak_mb": max(final["peak_rss_mb"], pretrain["peak_mb"] if pretrain else 0.0),
@@ -485,4 +486,7 @@ def run_compare(
         print(f"[nami] wrote {out / 'results.json'} and {out / 'report.md'}", flush=True)
         if results_path is not None:
             print(f"[nami] wrote {results_path}", flush=True)
+    else:  # one line even with --quiet: the scores and where the report is
+        scores = "; ".join(f"{arch} EM {m['exact_match']:.1f} / F1 {m['f1']:.1f}" for arch, m in models.items())
+        print(f"[nami] compare {preset}: {scores} -> {out / 'report.md'}", flush=True)
     return result

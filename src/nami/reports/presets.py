@@ -85,8 +85,8 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
 }
 FINAL_STAGE = "finetune"  # the scored QA stage of every preset
 PRESET_SUMMARIES = {
-    "smoke": "seconds; a tiny model on a few questions (checks the pipeline)",
-    "smoke-pretrain": "seconds; smoke with a masked-LM stage first",
+    "smoke": "~2 min; 18 s of training per model (tiny preset), then the full evaluation (checks the pipeline)",
+    "smoke-pretrain": "~2 min; smoke with a 6 s masked-LM stage first",
     "quick": "~11 min; the standard recipe scaled down (1.25 min masked LM + 2.25 min QA per model)",
     "standard": "~2 h; the reported comparison (20 min masked LM + 35 min QA per model)",
     "generative": "~2 h; decoders: 20 min causal LM + 35 min generative QA per model",

@@ -29,6 +29,35 @@ CURVES_FILE = "curves.json"  # the log records the plots draw, so a report re-re
 _CURVE_KEYS = ("type", "step", "train_seconds", "loss", "f1", "exact_match", "masked_accuracy", "perplexity")
 
 
+
+DISPLAY_NAMES = {"wave": "Wave", "transformer": "Transformer"}  # other models keep their names (wave_plus, ...)
+TASK_LABELS = {"qa": "QA", "generative-qa": "generative QA"}
+
+
+def display_name(model: str) -> str:
+    return DISPLAY_NAMES.get(model, model)
+
+
+def pretrain_kind(result: dict[str, Any]) -> str:
+    """``causal-LM`` or ``masked-LM`` (results written before causal pretraining existed: masked-LM)."""
+    tasks = {(m.get("pretrain") or {}).get("task") for m in result["models"].values()}
+    return "causal-LM" if "clm" in tasks else "masked-LM"
+
+
+def _inference_precision(result: dict[str, Any]) -> str:
+    """The precision ``nami predict`` ran in (the run's own), per model where they differ; results
+    written before it was recorded say so."""
+    precisions = {}
+    for arch, m in result["models"].items():
+        staged = m.get("stages", {}).get("finetune", {}).get("precision")
+        precisions[arch] = m.get("infer_precision") or (staged if staged in ("bf16", "fp32") else None)
+    if None in precisions.values():
+        return "the run's own precision (not recorded in this results file)"
+    if len(set(precisions.values())) == 1:
+        return next(iter(precisions.values()))
+    return ", ".join(f"{p} ({arch})" for arch, p in precisions.items())
+
+
 def _curve_records(run_dir: str | Path) -> list[dict[str, Any]] | None:
     """The records of a run's ``metrics.jsonl`` the plots use (trimmed), or None without the run."""
     if not (Path(run_dir) / "metrics.jsonl").is_file():
@@ -205,7 +234,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         budget = {"pretrain": 0.0, "finetune": budget, "total": budget}
     mode = "in parallel, one thread each" if result["parallel"] else "one after the other, all threads"
     lexical = result.get("baselines", {}).get("lexical")
-    lines = [f"# {' vs '.join(result['models'])} on {eval_label(result)} (`{result['preset']}` preset)", "",
+    lines = [f"# {' vs '.join(map(display_name, result['models']))} on {eval_label(result)} "
+             f"(`{result['preset']}` preset)", "",
              "## Accuracy", "",
              accuracy_table(result), ""]
     if lexical:
@@ -228,21 +258,22 @@ def render_markdown(result: dict[str, Any]) -> str:
         if "curves" in plots:
             lines += [f"![QA training loss and dev F1]({plots['curves']})", ""]
         if "pretrain" in plots:
-            lines += [f"![pretraining]({plots['pretrain']})", ""]
+            lines += [f"![{pretrain_kind(result)} pretraining]({plots['pretrain']})", ""]
     per_model = next(iter(result["models"].values()))
     lines += [
         "## How this was measured", "",
         *provenance_lines(result),
         *trained_lines(result),
-        f"- training budget per model: {budget['total']:g} minutes ({budget['pretrain']:g} pretraining + "
-        f"{budget['finetune']:g} {per_model.get('task', 'qa')} fine-tuning), {mode}; wall clock "
+        f"- training budget per model: {budget['total']:g} minutes ({budget['pretrain']:g} {pretrain_kind(result)} "
+        f"pretraining + {budget['finetune']:g} {TASK_LABELS.get(per_model.get('task') or 'qa', per_model.get('task'))} "
+        f"fine-tuning), {mode}; wall clock "
         f"{result['wall_minutes']:.1f} minutes",
         f"- QA train data: {', '.join(result['train_data'])} (JaQuAD; the official JSQuAD train split is not "
         "available here)",
         f"- eval data: {result['eval_data']} (all {per_model['count']:,} questions, JGLUE's EM / F1)",
         "- train tok/s: non-padding tokens per second of training step time (QA fine-tuning stage)",
-        "- inference q/s and inference peak MB: a separate `nami predict` process with all threads, bf16, batch 64; "
-        "it reproduced the recorded F1: "
+        "- inference q/s and inference peak MB: a separate `nami predict` process with all threads, "
+        f"{_inference_precision(result)}, batch 64; it reproduced the recorded F1: "
         + ", ".join(f"{a} {'yes' if m['rescored_matches_recorded'] else 'NO'}" for a, m in result["models"].items()),
         "- peak MB: peak resident set size (`ru_maxrss`) of the training / inference process (model, data, "
         "activations and allocator caches together); training = max over the pretraining and fine-tuning processes",

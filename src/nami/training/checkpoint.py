@@ -85,6 +85,8 @@ def save_weights(run_dir: Path, model: torch.nn.Module) -> None:
 def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig, str]:
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
+    if not run_dir.exists():
+        raise CheckpointError(f"{run_dir}: no such run directory")
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a nami run directory (no {CONFIG_FILE})")
     data = read_json(path)

@@ -350,7 +350,7 @@ OPTION_HELP: dict[str, str] = {
     "loss_vocab_order": "frequency: order the vocabulary by token frequency so filtering skips more blocks",
     "tie_embeddings": "the output matrix is the input token embedding",
     "pppl_sequences": "held-out sequences scored by pseudo-perplexity at the end",
-    "branch_schedule": "stage-wise training: {branch: progress 0-1 at which it switches on} (JSON; --config)",
+    "branch_schedule": 'stage-wise training: {branch: progress 0-1 at which it switches on} (JSON, e.g. \'{"conv": 0.5}\')',
     "compile_wave": "torch.compile everything of a Wave layer after its first projection (maths, LayerNorm, "
                     "output projection) as one graph that keeps only w for backward (same results to rounding; "
                     "less time than the default outside the matrix products, about its memory; "

@@ -387,8 +387,15 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
     progress = Progress(next_eval_seconds=config.eval_every_minutes * 60 if config.eval_every_minutes else math.inf)
     torn: list[int] = []
     if resumed:
-        latest = ckpt.checkpoint_dirs(run_dir)[-1]
-        weights, optimizer_state, torch_rng, state = ckpt.load_checkpoint(latest)
+        checkpoints = ckpt.checkpoint_dirs(run_dir)
+        latest = checkpoints[-1]
+        try:
+            weights, optimizer_state, torch_rng, state = ckpt.load_checkpoint(latest)
+        except ckpt.CheckpointError as err:
+            if len(checkpoints) < 2:
+                raise
+            raise ckpt.CheckpointError(f"{err}; the earlier checkpoint {checkpoints[-2].name} may be intact: move "
+                                       f"{latest.name} out of {latest.parent} to resume from it") from err
         saved_world = state.get("world_size", 1)
         if saved_world != ranks.world:
             raise ckpt.CheckpointError(f"{latest}: saved by {saved_world} process(es), resumed with {ranks.world}; "

@@ -34,7 +34,7 @@ from nami.data.generative import GenerativeCollator, build_generative, locate_an
 from nami.data.corpus import text_lines
 from nami.data.features import FeatureConfig, QAFeatures, build_features
 from nami.data.mlm import MLMCollator, pack_sequences
-from nami.data.squad import load_squad, with_title_prefix
+from nami.data.squad import DataValidationError, load_squad, with_title_prefix
 from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import autocast_context, predict_answers
 from nami.models import CausalLMModel, MaskedLMModel, ModelConfig, QAModel
@@ -142,12 +142,21 @@ def select_windows(features: QAFeatures, negative_fraction: float, seed: int) ->
     return features.subset(np.flatnonzero(keep).tolist())
 
 
+def load_option_data(paths: Any, option: str, **kwargs: Any) -> list:
+    """:func:`load_squad` whose error names the option the files came from (``--train-data``)."""
+    try:
+        return load_squad(paths, **kwargs)
+    except DataValidationError as err:
+        count = f"{len(err.bad):,} bad record{'s' if len(err.bad) != 1 else ''}"
+        raise DataValidationError(err.bad, f"{option}: {count} in SQuAD data") from None
+
+
 def load_qa_examples(config: TrainConfig, train_paths: list[str], eval_path: str) -> tuple[list, list]:
     """Validated QA train / eval examples; training contexts in JSQuAD's title format when asked."""
-    train = load_squad(train_paths, on_bad_record=config.on_bad_record)
+    train = load_option_data(train_paths, "--train-data", on_bad_record=config.on_bad_record)
     if config.title_prefix:
         train = [with_title_prefix(ex) for ex in train]
-    return train, load_squad(eval_path, on_bad_record=config.on_bad_record)
+    return train, load_option_data(eval_path, "--eval-data", on_bad_record=config.on_bad_record)
 
 
 @register_task
@@ -240,13 +249,13 @@ class QATask(Task):
         return f"EM {scores['exact_match']:.2f} F1 {scores['f1']:.2f} on {scores['count']} questions"
 
 
-def corpus_documents(paths_: list[str]) -> list[str]:
+def corpus_documents(paths_: list[str], option: str = "--train-data") -> list[str]:
     """Documents of a pretraining corpus: SQuAD files/directories give their contexts (each once),
     other files one document per line."""
     docs: list[str] = []
     for path in map(Path, paths_):
         if path.is_dir() or path.suffix == ".json":
-            docs.extend(dict.fromkeys(ex.context for ex in load_squad(path)))
+            docs.extend(dict.fromkeys(ex.context for ex in load_option_data(path, option)))
         else:
             docs.extend(text_lines(path))
     return docs
@@ -260,7 +269,7 @@ class _CorpusTask(Task):
         self.train_paths = resolve_train_data(config)
         self.eval_path = resolve_eval_data(config)
         self.train_docs = corpus_documents(self.train_paths)
-        self.eval_docs = corpus_documents([self.eval_path])
+        self.eval_docs = corpus_documents([self.eval_path], "--eval-data")
 
 
 @register_task
