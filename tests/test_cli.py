@@ -184,3 +184,34 @@ def test_evaluating_predictions_of_another_dataset_is_an_error(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "none of its 1 question ids" in err and data in err
     assert main(["evaluate", "--data", data, "--predictions", write(tmp_path / "q.json", {"q1": "東京"})]) == 0
+
+
+def test_a_plugin_mixer_trains_and_predicts_from_the_command_line(tmp_path):
+    """README: a module in $NAMI_PLUGINS registers a mixer; `nami train --arch` and `nami predict` know it."""
+    import os
+    from pathlib import Path
+
+    (tmp_path / "my_mixers.py").write_text(
+        "import torch\nfrom nami import register_mixer\n\n\n@register_mixer('plugin_mean')\n"
+        "class MeanMixer(torch.nn.Module):\n    def __init__(self, config):\n        super().__init__()\n"
+        "        self.proj = torch.nn.Linear(config.d_model, config.d_model)\n\n"
+        "    def forward(self, x, inputs):\n        keep = inputs.padding_mask[..., None].to(x.dtype)\n"
+        "        mean = (x * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)\n"
+        "        return self.proj(x + mean)\n", "utf-8")
+    fixtures = Path(__file__).parent / "fixtures"
+    data = str(fixtures / "tiny_qa.json")
+    env = {**os.environ, "NAMI_PLUGINS": "my_mixers", "PYTHONPATH": str(tmp_path)}
+    run = [sys.executable, "-m", "nami"]
+    trained = subprocess.run([*run, "train", "--arch", "plugin_mean", "--preset", "tiny", "--train-data", data,
+                              "--eval-data", data, "--tokenizer", str(fixtures / "runs/wave/tokenizer"),
+                              "--max-length", "64", "--max-steps", "2", "--eval-every-minutes", "none",
+                              "--runs-dir", str(tmp_path / "runs"), "--run-name", "p", "--quiet"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    predicted = subprocess.run([*run, "predict", "--checkpoint", str(tmp_path / "runs" / "p"), "--data", data,
+                                "--output", str(tmp_path / "pred.json"), "--quiet"],
+                               capture_output=True, text=True, env=env, timeout=600)
+    assert predicted.returncode == 0 and json.loads(predicted.stdout)["matches_recorded"] is True
+    broken = subprocess.run([*run, "train", "--help"], capture_output=True, text=True, timeout=600,
+                            env={**env, "NAMI_PLUGINS": "no_such_module"})
+    assert broken.returncode == 2 and "NAMI_PLUGINS: cannot import 'no_such_module'" in broken.stderr

@@ -250,7 +250,7 @@ def test_clm_loss_equals_cross_entropy_over_full_logits():
 
 
 def test_generative_examples_targets_and_answer_location():
-    from nami.data.generative import GenerativeCollator, build_generative, locate_answer
+    from nami.data.generative import GenerativeCollator, build_generative, locate_answer, locate_span
     from nami.data.squad import load_squad
     from nami.text import JapaneseTokenizer
 
@@ -267,6 +267,8 @@ def test_generative_examples_targets_and_answer_location():
     # the answer's own tokens are found in the context and give back its original characters
     text, found = locate_answer(item.target[:-1], item, ex.context)
     assert found and text == ex.answers[0].text
+    start, end = locate_span(item.target[:-1], item)
+    assert ex.context[start:end] == text and start == ex.answers[0].start
     assert locate_answer([9999], item, ex.context) == ("", False)
     short = build_generative(examples, tokenizer, 25, training=False)  # prediction never drops an example
     assert len(short) == len(examples)
@@ -298,6 +300,17 @@ def test_generative_qa_trains_from_a_causal_lm_and_predict_reproduces_it(tmp_pat
     assert summary["matches_recorded"] is True and summary["f1"] == final["f1"]
     assert json.loads((tmp_path / "pred.json").read_text()) == json.loads(
         (tmp_path / "gqa" / "predictions.json").read_text())
+    # nami ask answers with a generative run too: its one written answer, located in the context
+    example = json.loads(Path(data).read_text())["data"][0]["paragraphs"][0]
+    context, question = example["context"], example["qas"][0]["question"]
+    capsys.readouterr()
+    assert main(["ask", "--checkpoint", str(tmp_path / "gqa"), "--context", context, "--question", question,
+                 "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["generated"] is True and len(answer["candidates"]) == (1 if answer["answer"] else 0)
+    if answer["found_in_context"]:  # (20 training steps may write nothing: the span maths is tested above)
+        cand = answer["candidates"][0]
+        assert context[cand["start"]:cand["end"]] == cand["text"] == answer["answer"]
 
 
 @pytest.mark.parametrize("name", ["wave", "transformer"])

@@ -407,8 +407,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(json.dumps(answer, ensure_ascii=False))
     else:
         for rank, cand in enumerate(answer["candidates"], 1):
-            print(f"{rank}. {cand['text']}\t(score {cand['score']:.2f} = start + end logit, "
-                  f"chars {cand['start']}-{cand['end']})")
+            if answer.get("generated"):  # a generative-QA run writes one answer
+                where = (f"chars {cand['start']}-{cand['end']}" if answer["found_in_context"]
+                         else "not found verbatim in the context")
+                print(f"{rank}. {cand['text']}\t(generated; {where})")
+            else:
+                print(f"{rank}. {cand['text']}\t(score {cand['score']:.2f} = start + end logit, "
+                      f"chars {cand['start']}-{cand['end']})")
     return 0
 
 
@@ -627,10 +632,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ask", help="answer one question about one context")
-    p.add_argument("--checkpoint", required=True, help="run directory")
+    p.add_argument("--checkpoint", required=True, help="run directory (extractive or generative QA)")
     p.add_argument("--context", required=True)
     p.add_argument("--question", required=True)
-    p.add_argument("--n-best", type=positive_int, default=3)
+    p.add_argument("--n-best", type=positive_int, default=3, help="answer spans to list (extractive runs; a "
+                   "generative run writes one answer)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps, ... (default: cpu)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ask)
@@ -766,9 +772,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_plugins() -> list[str]:
+    """Import the modules named in ``$NAMI_PLUGINS`` (comma-separated), so that the mixers they register
+    (``@register_mixer``) are architectures of every command, and of the processes ``nami compare`` and
+    ``torchrun`` start (they inherit the variable). Returns the names imported."""
+    import importlib
+
+    names = [n.strip() for n in os.environ.get("NAMI_PLUGINS", "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # a plugin's own error, whatever it is: one line naming it
+            raise UserError(f"NAMI_PLUGINS: cannot import {name!r} ({type(err).__name__}: {err}); is its "
+                            "directory on PYTHONPATH?") from err
+    return names
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from nami.resources import tune_malloc
 
+    try:
+        load_plugins()
+    except UserError as err:
+        print(f"nami: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     parser = build_parser()
     args = parser.parse_args(argv)
     tune_malloc()  # CPU steps reuse their pages instead of re-faulting them (see nami.resources)

@@ -284,10 +284,38 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3, de
     check_text("--question", question)
     if n_best < 1:
         raise ValueError(f"--n-best={n_best}: expected >= 1")
+    if ckpt.read_run_config(run_dir)[0].task == "generative-qa":
+        return _ask_generative(run_dir, context=context, question=question, device=device)
     qa = pipeline("question-answering", run_dir, device=device)
     (cands,), (windows,) = qa.answer_spans([{"question": question, "context": context}], top_k=n_best)
     candidates = [{"text": c["answer"], "score": c["score"], "start": c["start"], "end": c["end"]} for c in cands]
     return {"answer": candidates[0]["text"] if candidates else "", "candidates": candidates, "windows": windows}
+
+
+def _ask_generative(run_dir: str | Path, *, context: str, question: str, device: str) -> dict[str, Any]:
+    """``nami ask`` with a generative-QA run: its one written answer (greedy or the run's beam search),
+    with its character span where it is found in the context (``start`` / ``end`` None otherwise)."""
+    from nami.data.generative import build_generative, locate_span
+    from nami.evaluation.predict import autocast_context
+    from nami.models.generation import beam_search, generate
+
+    model, tokenizer, config = ckpt.load_run(run_dir, device=device)
+    item = build_generative([QAExample("ask", question, context, (), "", "")], tokenizer, config.max_length,
+                            max_question_tokens=config.max_question_tokens,
+                            max_answer_tokens=config.max_answer_tokens, training=False)[0]
+    with torch.no_grad(), autocast_context(torch.device(device), config.precision):
+        if config.num_beams > 1:
+            ids = beam_search(model, item.prompt, num_beams=config.num_beams,
+                              max_new_tokens=config.max_answer_tokens + 1, eos_id=tokenizer.sep_id)
+        else:
+            ids = generate(model, [item.prompt], max_new_tokens=config.max_answer_tokens + 1,
+                           eos_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)[0][0]
+    ids = ids[:-1] if ids and ids[-1] == tokenizer.sep_id else ids
+    span = locate_span(ids, item)
+    text = context[span[0] : span[1]] if span else tokenizer.decode(ids)
+    candidate = {"text": text, "score": None, "start": span[0] if span else None, "end": span[1] if span else None}
+    return {"answer": text, "candidates": [candidate] if text else [], "windows": 1, "generated": True,
+            "found_in_context": span is not None}
 
 
 def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,

@@ -92,13 +92,19 @@ class GenerativeCollator:
                 "targets": torch.from_numpy(targets)}
 
 
-def locate_answer(generated: Sequence[int], example: GenerativeExample, context: str) -> tuple[str, bool]:
-    """The generated answer as text of the original ``context``: the first place where the generated
-    token ids occur contiguously among the prompt's context tokens gives the exact original
-    characters (``True``); otherwise the detokenised, normalised text (``False``)."""
+def locate_span(generated: Sequence[int], example: GenerativeExample) -> tuple[int, int] | None:
+    """Character span ``(start, end)`` in the original context of the first place where the generated
+    token ids occur contiguously among the prompt's context tokens, else None."""
     ids, n = example.context_ids, len(generated)
     if n:
         for start in range(len(ids) - n + 1):
             if ids[start : start + n] == list(generated):
-                return context[example.context_offsets[start][0] : example.context_offsets[start + n - 1][1]], True
-    return "", False
+                return example.context_offsets[start][0], example.context_offsets[start + n - 1][1]
+    return None
+
+
+def locate_answer(generated: Sequence[int], example: GenerativeExample, context: str) -> tuple[str, bool]:
+    """The generated answer as text of the original ``context``: where :func:`locate_span` finds it,
+    the exact original characters (``True``); otherwise ``("", False)``."""
+    span = locate_span(generated, example)
+    return (context[span[0] : span[1]], True) if span else ("", False)
