@@ -215,3 +215,11 @@ def test_a_plugin_mixer_trains_and_predicts_from_the_command_line(tmp_path):
     broken = subprocess.run([*run, "train", "--help"], capture_output=True, text=True, timeout=600,
                             env={**env, "NAMI_PLUGINS": "no_such_module"})
     assert broken.returncode == 2 and "NAMI_PLUGINS: cannot import 'no_such_module'" in broken.stderr
+
+
+def test_compare_checks_its_paths_before_creating_anything(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", "--preset", "smoke", "--eval-data", str(tmp_path / "nope.json"), "--out", str(out)]) == 2
+    assert f"--eval-data {tmp_path / 'nope.json'}: no such file" in capsys.readouterr().err
+    assert main(["compare", "--preset", "smoke", "--tokenizer", str(tmp_path / "tok"), "--out", str(out)]) == 2
+    assert "--tokenizer" in capsys.readouterr().err and not out.exists()

@@ -142,6 +142,11 @@ def test_ablate_writes_one_row_per_variant_with_every_field(tmp_path):
     assert conv_run["model"]["branches"] == ["conv"]  # the variant's options reached the trained model
     assert saved["rows"][1]["params"] > saved["rows"][0]["params"]
     assert "| wave+conv | branches=['conv'] |" in (tmp_path / "abl.md").read_text()
+    again = run_ablation(variants=["wave"], preset="smoke", minutes=0.03, seeds=[0], out=str(tmp_path / "abl"),
+                         train_data=[data], eval_data=data, tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"),
+                         quiet=True)  # already recorded: nothing trained, the rows reported, the file unchanged
+    assert again["nothing_trained"] and [r["name"] for r in again["rows"]] == ["wave", "wave+conv"]
+    assert json.loads((tmp_path / "abl.json").read_text()) == saved
     with pytest.raises(ValueError, match="unknown variant"):
         run_ablation(variants=["wave+lstm"], out=str(tmp_path / "x"))
 

@@ -497,3 +497,14 @@ def test_resume_with_a_progress_bar_past_its_time_budget(tmp_path, capsys):
     ckpt.write_manifest(latest, [ckpt.WEIGHTS_FILE, ckpt.OPTIMIZER_FILE, ckpt.STATE_FILE])
     resume(run, quiet=False)
     assert (run / ckpt.FINAL_EVAL_FILE).exists() and "Traceback" not in capsys.readouterr().err
+
+
+def test_more_threads_than_cpus_is_warned_about(tmp_path, capsys):
+    from nami.training.loop import train
+
+    before = torch.get_num_threads()
+    try:
+        train(_tiny_config(tmp_path, "t", threads=(os.cpu_count() or 1) * 8, max_steps=1), quiet=True)
+    finally:
+        torch.set_num_threads(before)  # the rest of the session keeps its threads
+    assert "more than the" in capsys.readouterr().err

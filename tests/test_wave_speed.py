@@ -147,3 +147,22 @@ def test_wave_tail_compiles_to_one_graph(causal):
                                                  layer.norm.bias, 1e-5, layer.out.weight, layer.out.bias)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def test_compile_failure_warnings_are_one_line(monkeypatch):
+    """torch logs a failed backward compile with its whole traceback (g++'s output included)."""
+    import logging
+
+    from nami.models.speed import COMPILE_LOGGERS, OneLineCompileWarnings
+
+    monkeypatch.delenv("NAMI_DEBUG", raising=False)
+    try:
+        raise RuntimeError("C++ compile error\n" + "g++ output line\n" * 500)
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord(COMPILE_LOGGERS[0], logging.WARNING, __file__, 1, "failed to compile %s",
+                                   ("backwards",), sys.exc_info())
+    assert OneLineCompileWarnings().filter(record)
+    text = logging.Formatter().format(record)
+    assert text.count("\n") == 0 and "RuntimeError: C++ compile error" in text and "failed to compile backwards" in text

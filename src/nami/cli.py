@@ -480,6 +480,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                           pretrain_minutes=args.pretrain_minutes, seeds=args.seeds, out=args.out,
                           train_data=args.train_data, eval_data=args.eval_data, tokenizer=args.tokenizer,
                           quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
+    if record.get("nothing_trained"):
+        print(f"[nami] nothing to train: every variant and seed asked for is already in {args.out}.json "
+              f"({len(record['rows'])} rows, unchanged); give another --out to train them again")
+        return 0
     print(f"[nami] wrote {args.out}.json and {args.out}.md ({len(record['rows'])} rows)")
     return 0
 
@@ -537,7 +541,8 @@ def cmd_bench_roofline(args: argparse.Namespace) -> int:
     _check_results_out(args.out)  # before the benchmark runs, not after
 
     result = run_roofline(seq_len=args.seq_len, tokens=args.tokens, preset=args.preset, repeats=args.repeats,
-                          threads=args.threads, out=args.out, command=" ".join(["nami", *sys.argv[1:]]))
+                          threads=args.threads, out=args.out, command=" ".join(["nami", *sys.argv[1:]]),
+                          quiet=args.quiet)
     if not args.quiet:
         print(markdown(result))
     return 0

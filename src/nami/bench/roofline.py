@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from nami.bench.scaling import CaseFailed, run_isolated
 from nami.models import preset_config
@@ -70,20 +71,24 @@ def run_roofline(
     threads: int | None = None,
     out: str | None = "results/roofline.json",
     command: str = "nami bench roofline",
+    quiet: bool = False,
 ) -> dict[str, Any]:
     if min(seq_len, tokens, repeats, *sizes) <= 0 or (threads is not None and threads <= 0):
         raise ValueError("--seq-len, --tokens, --repeats and --threads must be positive")
     if threads:
         torch.set_num_threads(threads)
     commit = git_commit()
-    gemms = [gemm_tflops(n, dtype) for dtype in (torch.float32, torch.bfloat16) for n in sizes]
+    shapes = [(dtype, n) for dtype in (torch.float32, torch.bfloat16) for n in sizes]
+    gemms = [gemm_tflops(n, dtype) for dtype, n in tqdm(shapes, desc="GEMM roof", disable=quiet, unit="shape")]
     roof = {dtype: max(g["tflops"] for g in gemms if g["dtype"] == dtype) for dtype in ("float32", "bfloat16")}
     shape = preset_config(preset, "wave")
     models = []
     # wave: the default (hand-written backward); wave-autograd: autograd through the plain maths
     variants = [(precision, name) for precision in ("bf16", "fp32")
                 for name in ("wave", "wave-compiled", "wave-autograd", "transformer")]
-    for precision, name in variants:
+    bar = tqdm(variants, desc="training steps", disable=quiet, unit="model")
+    for precision, name in bar:
+        bar.set_postfix_str(f"{name} {precision}")
         dtype = "bfloat16" if precision == "bf16" else "float32"
         arch, compiled = name.split("-")[0], name == "wave-compiled"
         spec = dict(model=arch, preset=preset, seq_len=seq_len, batch=max(1, tokens // seq_len), mode="train",

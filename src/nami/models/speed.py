@@ -24,6 +24,8 @@ scores must be exactly what ``nami predict`` (eager) reproduces from its weights
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import warnings
 from typing import Callable
 
@@ -52,6 +54,31 @@ def wave_tail(w: torch.Tensor, mask: torch.Tensor, eps: float, mode: str, causal
     return F.linear(F.layer_norm(mixed, (mixed.shape[-1],), norm_weight, norm_bias, norm_eps), out_weight, out_bias)
 
 
+# torch logs a failed eager compile of the backward graph as a warning with the whole traceback and the
+# C++ compiler's output (over a thousand lines when Ctrl-C reaches g++ mid-compile); the backward is
+# compiled again when it first runs. One line is kept; NAMI_DEBUG=1 keeps everything.
+COMPILE_LOGGERS = ("torch._functorch._aot_autograd.graph_compile",)
+
+
+class OneLineCompileWarnings(logging.Filter):
+    """Turns a log record's traceback into one line naming the error (NAMI_DEBUG: left whole)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and not os.environ.get("NAMI_DEBUG"):
+            err = record.exc_info[1]
+            first = next((line for line in str(err).strip().splitlines() if line.strip()), "")
+            record.msg = f"{record.getMessage()} ({type(err).__name__}: {first[:200]}; NAMI_DEBUG=1 shows all)"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+def _quiet_compile_logs() -> None:
+    for name in COMPILE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, OneLineCompileWarnings) for f in logger.filters):
+            logger.addFilter(OneLineCompileWarnings())
+
+
 def _memory_budget():
     config = getattr(torch, "_functorch", None) and getattr(torch._functorch, "config", None)
     if config is None or not hasattr(config, "activation_memory_budget"):  # older torch: its default partitioner
@@ -66,6 +93,7 @@ class CompiledWaveMix:
 
     def __init__(self, compiled: Callable[..., torch.Tensor] | None = None,
                  compiled_tail: Callable[..., torch.Tensor] | None = None) -> None:
+        _quiet_compile_logs()
         self.compiled = compiled if compiled is not None else torch.compile(wave_mix, dynamic=True)
         self.compiled_tail = compiled_tail if compiled_tail is not None else torch.compile(wave_tail, dynamic=True)
         self.failure: str | None = None

@@ -342,6 +342,13 @@ def run_compare(
     for source in reuse:
         if not Path(source).is_file():
             raise ValueError(f"--reuse {source}: no such file (expected a results JSON written by `nami ablate`)")
+    # Given paths are checked before anything is created or trained (each child run would fail alone).
+    for option, paths in (("--train-data", train_data or ()), ("--eval-data", [eval_data] if eval_data else ())):
+        for path in paths:
+            if not Path(path).exists():
+                raise ValueError(f"{option} {path}: no such file or directory")
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise ValueError(f"--tokenizer {tokenizer}: no such tokenizer directory")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     commit = git_commit()  # at the start: the code that trains is the code recorded
     out = check_output_dir(out_dir, "--out") if out_dir else Path("reports") / f"{stamp}-compare-{preset}"

@@ -94,5 +94,5 @@ def default_tokenizer(vocab_size: int = 32000, *, rebuild: bool = False) -> Japa
     if tokenizer is None:
         print(f"nami: training the default tokenizer (vocab {vocab_size}) on JaQuAD train", file=sys.stderr)
         tokenizer = _train(files, vocab_size, directory)
-    print(f"nami: default tokenizer cached at {directory}", file=sys.stderr)
+        print(f"nami: default tokenizer cached at {directory}", file=sys.stderr)  # once, when it is made
     return tokenizer

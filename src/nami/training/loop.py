@@ -318,6 +318,10 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
 
 def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks: list) -> TrainResult:
     if config.threads:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if cpus and config.threads > cpus:  # oversubscribed threads make every step many times slower
+            print(f"nami: warning: --threads {config.threads} is more than the {cpus} CPU(s) this process may use; "
+                  "steps will be much slower than with at most that many", file=sys.stderr, flush=True)
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     # Accelerate keeps a process-wide singleton; drop its mixed-precision settings so that a second
@@ -382,6 +386,9 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         seed_everything((config.seed + 7919 * ranks.rank) % 2**32)
     params = count_parameters(model)
     compiled = compile_wave_layers(model) if config.compile_wave else None
+    if compiled is not None and show:
+        print("[nami] --compile-wave: the first training steps compile the Wave layer (C++ code, up to a minute "
+              "the first time; cached after)", flush=True)
     if not config.compile_wave and not config.wave_recompute:
         autograd_wave_layers(model)
     progress = Progress(next_eval_seconds=config.eval_every_minutes * 60 if config.eval_every_minutes else math.inf)
