@@ -497,6 +497,9 @@ def test_resume_with_a_progress_bar_past_its_time_budget(tmp_path, capsys):
     ckpt.write_manifest(latest, [ckpt.WEIGHTS_FILE, ckpt.OPTIMIZER_FILE, ckpt.STATE_FILE])
     resume(run, quiet=False)
     assert (run / ckpt.FINAL_EVAL_FILE).exists() and "Traceback" not in capsys.readouterr().err
+    # its last checkpoint was saved again at the same step: replaced whole, nothing left aside
+    assert ckpt.checkpoint_dirs(run)[-1] == latest and not list((run / ckpt.CHECKPOINTS_DIR).glob(".*"))
+    ckpt.load_checkpoint(latest)  # and it verifies
 
 
 def test_more_threads_than_cpus_is_warned_about(tmp_path, capsys):

@@ -271,13 +271,16 @@ def _run_chain(commands: list[list[str]], log: Path | None) -> tuple[int, float]
     return 0, (time.perf_counter() - started) / 60
 
 
-def _rescore(run_dir: Path, eval_path: str) -> dict[str, Any]:
-    """``nami predict`` in a fresh process with all threads: inference speed, peak memory, F1 check."""
+def _rescore(run_dir: Path, eval_path: str, *, show: bool = False) -> dict[str, Any]:
+    """``nami predict`` in a fresh process with all threads: inference speed, peak memory, F1 check.
+    ``show``: its progress bars reach the terminal (its stderr is not captured)."""
     cmd = [sys.executable, "-m", "nami", "predict", "--checkpoint", str(run_dir), "--data", eval_path,
-           "--output", str(run_dir.parent / f"{run_dir.name}.predictions.rescored.json"), "--quiet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+           "--output", str(run_dir.parent / f"{run_dir.name}.predictions.rescored.json")]
+    if not show:
+        cmd.append("--quiet")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if show else subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        last = "see its output above" if show else (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise CommandFailed(f"re-scoring {run_dir} failed (exit {proc.returncode}: {last}); command: {' '.join(cmd)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -428,7 +431,7 @@ def run_compare(
         final = read_json(run_dir / ckpt.FINAL_EVAL_FILE)
         if not quiet:
             print(f"[nami] re-scoring {arch} with `nami predict` (all threads)", flush=True)
-        check = _rescore(run_dir, eval_path)
+        check = _rescore(run_dir, eval_path, show=not quiet)
         pretrain = _pretrain_summary(Path(stages["pretrain"].runs_dir) / stages["pretrain"].run_name,
                                      stages["pretrain"].task) if "pretrain" in stages else None
         train_minutes = final["train_seconds"] / 60

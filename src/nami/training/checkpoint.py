@@ -199,9 +199,16 @@ def save_checkpoint(
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         reason = describe_os_error(err, "") if isinstance(err, OSError) else " ".join(str(err).split())[:200]
         raise CheckpointError(f"{final}: cannot save the checkpoint ({reason}); {kept}") from err
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    if final.exists():  # the same step again (a resumed run that was killed in its final evaluation)
+        # Renamed aside, not deleted first: deleting takes long, and a kill meanwhile left no checkpoint
+        stale = root / f".old-step-{step:08d}"
+        if stale.exists():
+            shutil.rmtree(stale)
+        os.replace(final, stale)
+        os.replace(tmp, final)
+        shutil.rmtree(stale)
+    else:
+        os.replace(tmp, final)
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old)
     return final
