@@ -74,6 +74,7 @@ def test_features_for_examples_are_reindexed_to_the_shard():
         features.word_starts.append(np.zeros(1, dtype=bool))
         features.word_ends.append(np.zeros(1, dtype=bool))
         features.question_match.append(np.zeros(1, dtype=bool))
+        features.context_starts.append(1)
         features.start_positions.append(0)
         features.end_positions.append(0)
         features.example_index.append(example)

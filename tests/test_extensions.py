@@ -22,6 +22,7 @@ VARIANTS = {
     "hybrid-fft": dict(mixers=["fft_gate", "wave"]),
     "proxy": dict(proxy_tokens=3),
     "proxy+qattn+sentence": dict(proxy_tokens=2, branches=["question_attention", "sentence_wave"]),
+    "proxy+fft": dict(proxy_tokens=2, branches=["fft_gate"]),
 }
 
 
@@ -48,6 +49,16 @@ def test_padding_never_changes_real_tokens(name):
     padded = model(F.pad(ids, (0, pad)), F.pad(mask, (0, pad)), F.pad(types, (0, pad)))
     torch.testing.assert_close(padded.start[:, :13], short.start, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(padded.end[:, :13], short.end, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_a_full_length_batch_runs(name):
+    """Training batches are often exactly max_len long; the mixers then also see the proxy tokens
+    (fft_gate once refused K + max_len positions)."""
+    model = QAModel(config(**VARIANTS[name])).eval()
+    ids, types = window(64)
+    out = model(ids, torch.ones_like(ids, dtype=torch.bool), types)
+    assert out.start.shape == (1, 64) and torch.isfinite(out.start).all()
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -295,3 +306,13 @@ def test_self_distillation_options_are_checked(options, fragment):
 
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         TrainConfig.from_dict({"preset": "tiny", "n_layers": 4, **options})
+
+
+def test_proxy_tokens_are_on_neither_side_of_the_question_context_boundary():
+    from nami.models.cross import _segments
+
+    types = torch.tensor([[-1, -1, 0, 0, 1, 2, 1, 0]])
+    mask = torch.tensor([[True] * 7 + [False]])
+    question, context = _segments(MixerInputs(padding_mask=mask, token_type_ids=types), "cross_wave")
+    assert question.tolist() == [[False, False, True, True, False, False, False, False]]
+    assert context.tolist() == [[False, False, False, False, True, True, True, False]]

@@ -150,6 +150,13 @@ def test_collator_marks_context_tokens_with_segment_1():
     assert types[:5].tolist() == [0, 0, 0, 0, 0]  # [CLS] な に ? [SEP]
     assert types[5:n].tolist() == [1] * (n - 5)  # context and the final [SEP]
     assert types[n:].sum() == 0  # padding
+    # a question holding a literal [SEP] is still all question (its first [SEP] id is not the boundary)
+    ex = example("東京は日本の首都です。", "日本", question="[SEP]はなに?")
+    feats = build_features([ex], CharTokenizer(), show_progress=False)
+    ids = feats.input_ids[0].tolist()
+    types = QACollator(feats, pad_id=0, sep_id=CharTokenizer.sep_id)([0])["token_type_ids"][0]
+    assert ids[1] == CharTokenizer.sep_id and feats.context_starts[0] == 7  # [CLS] [SEP] は な に ? [SEP]
+    assert types[:7].tolist() == [0] * 7 and types[7:len(ids)].tolist() == [1] * (len(ids) - 7)
 
 
 def test_title_prefix_puts_training_contexts_in_jsquad_format():

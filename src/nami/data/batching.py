@@ -72,7 +72,7 @@ class QACollator:
         if self.sep_id is not None:
             token_types = np.zeros_like(input_ids)
             for b, row in enumerate(rows):
-                token_types[b, int(np.argmax(row == self.sep_id)) + 1 : len(row)] = 1
+                token_types[b, self.features.context_starts[indices[b]] : len(row)] = 1
                 if self.question_match:
                     token_types[b, : len(row)] += self.features.question_match[indices[b]]
             batch["token_type_ids"] = torch.from_numpy(token_types)

@@ -87,7 +87,8 @@ class QAFeatures:
     ``word_starts[i]`` / ``word_ends[i]`` are ``(L_i,)`` bool arrays: True for a selectable context
     token that begins / ends a MeCab word (the last token of a word that has a span of its own).
     ``question_match[i]`` is ``(L_i,)`` bool: True for a context token whose word also occurs in the
-    question (see the module docstring).
+    question (see the module docstring). ``context_starts[i]``: where the context begins (after
+    ``[CLS] question [SEP]``; not the first ``[SEP]`` id, which a question may contain literally).
     """
 
     input_ids: list[np.ndarray] = field(default_factory=list)
@@ -95,6 +96,7 @@ class QAFeatures:
     word_starts: list[np.ndarray] = field(default_factory=list)
     word_ends: list[np.ndarray] = field(default_factory=list)
     question_match: list[np.ndarray] = field(default_factory=list)
+    context_starts: list[int] = field(default_factory=list)  # len([CLS] question [SEP]): token type 1 from here
     start_positions: list[int] = field(default_factory=list)
     end_positions: list[int] = field(default_factory=list)
     example_index: list[int] = field(default_factory=list)
@@ -118,6 +120,7 @@ class QAFeatures:
             out.word_starts.append(self.word_starts[i])
             out.word_ends.append(self.word_ends[i])
             out.question_match.append(self.question_match[i])
+            out.context_starts.append(self.context_starts[i])
             out.start_positions.append(self.start_positions[i])
             out.end_positions.append(self.end_positions[i])
             out.example_index.append(self.example_index[i])
@@ -264,6 +267,7 @@ def build_features(
             features.word_starts.append(word_starts)
             features.word_ends.append(word_ends)
             features.question_match.append(question_match)
+            features.context_starts.append(len(prefix))
             features.start_positions.append(start)
             features.end_positions.append(end)
             features.example_index.append(ex_index)

@@ -28,12 +28,12 @@ from nami.models.registry import register_mixer
 
 
 def _segments(inputs: MixerInputs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks ``(B, S)`` of real question-side and real context-side tokens."""
+    """Masks ``(B, S)`` of real question-side (type 0) and real context-side (type >= 1) tokens; the
+    encoder's proxy tokens (type −1) are on neither side."""
     if inputs.token_type_ids is None:
         raise ValueError(f"mixer {name!r} needs token types (a QA model with segment embeddings)")
     real = inputs.padding_mask
-    question = real & (inputs.token_type_ids == 0)
-    return question, real & ~question
+    return real & (inputs.token_type_ids == 0), real & (inputs.token_type_ids >= 1)
 
 
 @register_mixer("cross_wave", as_architecture=False)

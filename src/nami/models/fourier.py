@@ -4,7 +4,7 @@ Each dimension is filtered along the sequence by a learned filter applied in the
 ``y = irfft(rfft(x) · H)``. GFNet learns ``H`` per frequency for one fixed input size; text has
 variable lengths and padding, and a circular filter would wrap the end of a sequence onto its
 start. So the filter is learned as its impulse response — one weight per lag ``−(L−1) … L−1`` and
-dimension, ``L = max_len`` — and for a batch of length ``S`` the inputs (padding zeroed) and the
+dimension, ``L = max_len`` (+ ``proxy_tokens``, which the mixers see too) — and for a batch of length ``S`` the inputs (padding zeroed) and the
 lags ``|d| < S`` are zero-padded to ``n ≥ 2S`` before the FFT: the product is then exactly the
 linear (non-circular) convolution ``y_j = Σ_i x_i · h_{j−i}`` over real tokens, the same for any
 padding or batch length (a test checks it against the direct sum). Its frequency response ``rfft(h)``
@@ -28,9 +28,10 @@ class FFTGate(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.max_len = config.max_len
+        # The mixers see the encoder's proxy tokens too (prepended): L = max_len + proxy_tokens positions
+        self.max_len = config.max_len + config.proxy_tokens
         # kernel[max_len - 1 + d] is the weight of lag d = j − i, d in [−(L−1), L−1]
-        self.kernel = nn.Parameter(torch.randn(2 * config.max_len - 1, config.d_model) * 0.02)
+        self.kernel = nn.Parameter(torch.randn(2 * self.max_len - 1, config.d_model) * 0.02)
 
     def filter_at(self, seq_len: int, n: int) -> torch.Tensor:
         """The impulse response for lags ``|d| < seq_len`` laid out for an ``n``-point FFT: ``(n, D)``."""
