@@ -149,3 +149,9 @@ def test_readme_quick_start_commands_that_need_no_run_succeed_as_written(tmp_pat
             code = stop.code
         assert code in (0, None), (command, capsys.readouterr().err[-2000:])
     capsys.readouterr()
+
+
+def test_top_level_help_names_the_environment_variables():
+    text = build_parser().format_help()
+    for name in ("NAMI_DATA", "NAMI_CACHE", "NAMI_PLUGINS", "NAMI_DEBUG"):
+        assert name in text

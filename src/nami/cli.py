@@ -571,7 +571,14 @@ def _check_results_out(out: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from nami import __version__
 
-    parser = _Parser(prog="nami", description="nami (波): Japanese Wave Network toolkit")
+    parser = _Parser(prog="nami", description="nami (波): Japanese Wave Network toolkit",
+                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+                         "environment:\n"
+                         "  NAMI_DATA     the data folder (default: ../shared/data)\n"
+                         "  NAMI_CACHE    caches, e.g. the default tokenizer (default: ~/.cache/nami)\n"
+                         "  NAMI_PLUGINS  modules to import first, comma-separated (their @register_mixer mixers "
+                         "become architectures)\n"
+                         "  NAMI_DEBUG    1: tracebacks instead of one-line errors"))
     parser.add_argument("--version", action="version", version=f"nami {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
