@@ -130,6 +130,26 @@ def test_save_pretrained_round_trip(arch, model_cls, tmp_path):
         model_cls.from_pretrained(tmp_path / "m")
 
 
+def test_a_model_saved_again_keeps_the_inputs_of_its_run(tmp_path):
+    """save_pretrained of a model loaded from a run writes the run's input settings, so the pipeline
+    decodes it as the run (once it windowed a 64-position model to 384 tokens and crashed)."""
+    run = FIXTURE_RUNS["wave"]
+    model = QAModel.from_pretrained(run)
+    tokenizer = pipeline("question-answering", run).tokenizer
+    model.save_pretrained(tmp_path / "again", tokenizer=tokenizer)
+    original, again = pipeline("question-answering", run), pipeline("question-answering", tmp_path / "again")
+    assert again.config.max_length == original.config.max_length == 64
+    assert again.config.answer_boundaries == original.config.answer_boundaries
+    question = {"question": "富士山の標高は何メートル?", "context": "富士山は静岡県と山梨県にまたがる活火山で、標高は3776メートルである。"}
+    assert again(**question) == original(**question)
+    # a model built by hand records no settings: the inputs follow the model (its 64 positions)
+    fresh = QAModel(ModelConfig.from_name("tiny", vocab_size=tokenizer.vocab_size, max_len=64, type_vocab_size=3))
+    fresh.save_pretrained(tmp_path / "fresh", tokenizer=tokenizer)
+    qa = pipeline("question-answering", tmp_path / "fresh")
+    assert qa.config.max_length == 64 and qa.config.question_match and qa.config.answer_boundaries == "word"
+    assert set(qa(**question)) == {"answer", "score", "start", "end"}
+
+
 def test_manifest_must_list_the_weights(tmp_path):
     model = QAModel(ModelConfig.from_name("tiny", vocab_size=60, max_len=32))
     model.save_pretrained(tmp_path / "m")

@@ -223,3 +223,27 @@ def test_compare_checks_its_paths_before_creating_anything(tmp_path, capsys):
     assert f"--eval-data {tmp_path / 'nope.json'}: no such file" in capsys.readouterr().err
     assert main(["compare", "--preset", "smoke", "--tokenizer", str(tmp_path / "tok"), "--out", str(out)]) == 2
     assert "--tokenizer" in capsys.readouterr().err and not out.exists()
+
+
+def test_report_outputs_never_overwrite_their_inputs(tmp_path, capsys):
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    data = tmp_path / "eval.json"
+    data.write_bytes((fixtures / "tiny_qa.json").read_bytes())
+    before = data.read_bytes()
+    common = ["--preset", "smoke", "--eval-data", str(data), "--train-data", str(data),
+              "--tokenizer", str(fixtures / "runs/wave/tokenizer")]
+    assert main(["compare", *common, "--out", str(tmp_path / "cmp"), "--results", str(data)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err and not (tmp_path / "cmp").exists()
+    assert main(["ablate", "--variants", "wave", *common, "--out", str(tmp_path / "eval")]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert data.read_bytes() == before
+
+
+def test_a_symlink_loop_is_one_line(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    data = write(tmp_path / "good.json", GOOD)
+    assert main(["baseline", "lexical", "--data", data, "--output", str(tmp_path / "a")]) == 2
+    assert "symlink loop" in capsys.readouterr().err

@@ -316,3 +316,13 @@ def test_report_warns_when_hosts_differ_in_bf16_speed_alone():
     assert "differ by more than 10 % (bf16 GEMM" in text and "transformer: 31.0" in text
     result["models"]["transformer"]["trained"] = trained(105.0, None, False)  # stamped before bf16 stamps existed
     assert "bf16 GEMM" not in "\n".join(trained_lines(result))
+
+
+def test_ablation_files_keep_dotted_names_and_their_training_data_in_the_protocol():
+    from nami.reports.ablate import _protocol_differences, with_extension
+
+    assert with_extension(Path("results/abl-1.5min"), ".json") == Path("results/abl-1.5min.json")
+    base = {"preset": "standard", "budget_minutes": 8, "stages": {}, "eval_data": "dev.json"}
+    ours = {**base, "train_data": ["a.json"], "tokenizer": None}
+    assert _protocol_differences({**base, "train_data": ["b.json"], "tokenizer": None}, ours) == ["train_data"]
+    assert _protocol_differences(base, ours) == []  # a file written before train_data was recorded

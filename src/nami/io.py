@@ -149,6 +149,13 @@ def _umask() -> int:
     return mask
 
 
+def _resolve(path: Path, option: str, shown: str | Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as err:  # Python < 3.13 raises RuntimeError on a symlink loop
+        raise ValueError(f"{option} {shown}: cannot be resolved (a symlink loop?): {err}") from err
+
+
 def check_output_path(output: str | Path, option: str, *, inputs: Iterable[str | Path] = (),
                       protected: Iterable[str | Path] = ()) -> Path:
     """Refuse, before any work, an output path that would destroy what the command reads.
@@ -164,9 +171,9 @@ def check_output_path(output: str | Path, option: str, *, inputs: Iterable[str |
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise ValueError(f"{option} {output}: {blocking} is a file, not a directory")
-    resolved = path.resolve()
+    resolved = _resolve(path, option, output)
     for item in inputs:
-        source = Path(item).resolve()
+        source = _resolve(Path(item), option, item)
         if resolved == source or (source.is_dir() and source in resolved.parents):
             raise ValueError(f"{option} {output}: would overwrite the input {item}; write the output elsewhere")
     for directory in protected:

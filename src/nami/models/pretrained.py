@@ -79,12 +79,17 @@ class PreTrainedMixin:
 
     def save_pretrained(self, directory: str | Path, *, tokenizer: Any = None,
                         train_config: dict[str, Any] | None = None) -> Path:
-        """Write config, weights (and tokenizer) with a sha256 manifest; returns the directory."""
+        """Write config, weights (and tokenizer) with a sha256 manifest; returns the directory.
+
+        ``train_config``: the training settings that shape its inputs (windows, token types, answer
+        boundaries), which ``pipeline`` / ``nami predict`` then apply; default: those of the run or
+        directory the model was loaded from (``from_pretrained``), else none (derived from the model
+        when loaded: see :func:`nami.training.checkpoint.read_run_config`)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if tokenizer is not None:
             tokenizer.save(directory / TOKENIZER_DIR)
-        train = dict(train_config or {})
+        train = dict(train_config if train_config is not None else getattr(self, "saved_train_config", None) or {})
         train.setdefault("task", self.task)
         write_json(directory / CONFIG_FILE, {
             "train": train, "model": self.config.to_dict(),
@@ -132,4 +137,5 @@ class PreTrainedMixin:
         if missing or unexpected:
             raise CheckpointError(f"{weights_path}: weights do not fit the model "
                                   f"(missing {missing}, unexpected {unexpected})")
+        model.saved_train_config = saved.get("train")  # what save_pretrained writes again by default
         return model.to(device).eval()  # type: ignore[attr-defined]

@@ -34,7 +34,7 @@ from nami.io import CommandFailed, check_output_path, read_json, write_json
 from nami.reports.compare import COMPARE_PRESETS, FINAL_STAGE, _run_chain, _stage_command, stage_configs
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 from nami.training import checkpoint as ckpt
-from nami.training.tasks import resolve_eval_data
+from nami.training.tasks import resolve_eval_data, resolve_train_data
 
 # name -> {"arch": ..., "options": {...}} (options: model shortcuts or training options)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -82,6 +82,18 @@ def _row(name: str, spec: dict[str, Any], runs: list[dict[str, Any]], budget: fl
 
 
 _PROTOCOL_KEYS = ("preset", "budget_minutes", "stages", "eval_data")
+# Recorded since a later version: compared where both files have them (older files lack them).
+_LATER_PROTOCOL_KEYS = ("train_data", "tokenizer")
+
+
+def _protocol_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    differs = [k for k in _PROTOCOL_KEYS if theirs.get(k) != ours.get(k)]
+    return differs + [k for k in _LATER_PROTOCOL_KEYS if k in theirs and k in ours and theirs[k] != ours[k]]
+
+
+def with_extension(out: Path, extension: str) -> Path:
+    """``OUT.json`` / ``OUT.md`` of ``--out OUT``, whatever dots OUT holds (``abl-1.5min``: not ``abl-1.json``)."""
+    return out.parent / f"{out.name}{extension}"
 
 
 def _earlier_runs(path: Path, protocol: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -90,7 +102,7 @@ def _earlier_runs(path: Path, protocol: dict[str, Any]) -> dict[str, list[dict[s
         return {}
     earlier = read_json(path)
     theirs = earlier.get("protocol", {}) if isinstance(earlier, dict) else {}
-    differs = [k for k in _PROTOCOL_KEYS if theirs.get(k) != protocol.get(k)]
+    differs = _protocol_differences(theirs, protocol)
     if differs:
         raise ValueError(f"--out {path}: already holds an ablation of another protocol ({', '.join(differs)} "
                          "differ); choose another --out (it is never overwritten)")
@@ -147,8 +159,9 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
         raise ValueError(f"unknown compare preset {preset!r}: expected one of {', '.join(COMPARE_PRESETS)}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out_path = Path(out)
+    given = [*(train_data or ()), *([eval_data] if eval_data else []), *([tokenizer] if tokenizer else [])]
     for suffix in (".json", ".md"):
-        check_output_path(out_path.with_suffix(suffix), "--out")
+        check_output_path(with_extension(out_path, suffix), "--out", inputs=given)
     runs_dir = out_path.parent / f"{out_path.name}-runs"
     commit = git_commit()
     plans = {(name, seed): stage_configs(preset, VARIANTS[name]["arch"], minutes=minutes,
@@ -165,18 +178,20 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
                      "stages": {k: {"task": c.task, "minutes": c.max_minutes} for k, c in first.items()},
                      "description": ("screening: QA from scratch with the standard QA recipe, a short budget"
                                      if screening else "the compare preset's full recipe"),
-                     "eval_data": resolve_eval_data(first[FINAL_STAGE])},
+                     "eval_data": resolve_eval_data(first[FINAL_STAGE]),
+                     "train_data": resolve_train_data(first[FINAL_STAGE]),
+                     "tokenizer": first[FINAL_STAGE].tokenizer},
         "rows": [],
     }
-    results = _earlier_runs(out_path.with_suffix(".json"), record["protocol"])
+    results = _earlier_runs(with_extension(out_path, ".json"), record["protocol"])
     if results:
-        earlier = read_json(out_path.with_suffix(".json"))
+        earlier = read_json(with_extension(out_path, ".json"))
         record["earlier_commands"] = [*earlier.get("earlier_commands", []), earlier.get("command")]
     runs_dir.mkdir(parents=True, exist_ok=True)
     for (name, seed), stages in plans.items():
         if any(run["seed"] == seed for run in results.get(name, [])):
             if not quiet:
-                print(f"[nami] ablate {name} seed {seed}: already in {out_path.with_suffix('.json')}", flush=True)
+                print(f"[nami] ablate {name} seed {seed}: already in {with_extension(out_path, '.json')}", flush=True)
             continue
         chain = []
         for stage, config in stages.items():
@@ -189,7 +204,7 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
         code, _ = _run_chain(chain, runs_dir / f"{name}-s{seed}.log")
         if code != 0:
             raise CommandFailed(f"variant {name} seed {seed} failed (exit {code}); see {runs_dir / f'{name}-s{seed}.log'}; "
-                                f"the finished rows are in {out_path.with_suffix('.json')}")
+                                f"the finished rows are in {with_extension(out_path, '.json')}")
         final_config = stages[FINAL_STAGE]
         final = read_json(Path(final_config.runs_dir) / final_config.run_name / ckpt.FINAL_EVAL_FILE)
         peaks = [read_json(Path(c.runs_dir) / c.run_name / ckpt.FINAL_EVAL_FILE)["peak_rss_mb"] for c in stages.values()]
@@ -203,8 +218,8 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
         record["protocol"]["questions"] = final["count"]
         record["protocol"]["seeds"] = sorted({r["seed"] for rs in results.values() for r in rs})
         record["rows"] = [_row(n, VARIANTS[n], rs, budget) for n, rs in results.items()]
-        write_json(out_path.with_suffix(".json"), record)
-        out_path.with_suffix(".md").write_text(markdown(record), "utf-8")
+        write_json(with_extension(out_path, ".json"), record)
+        with_extension(out_path, ".md").write_text(markdown(record), "utf-8")
         if not quiet:
             print(f"[nami] {name} seed {seed}: EM {run['exact_match']:.2f} F1 {run['f1']:.2f} "
                   f"({run['train_tokens_per_s']:,.0f} train tok/s, {run['steps']} steps)", flush=True)
@@ -226,7 +241,7 @@ def merge_ablations(paths: list[str], out: str, *, command: str = "nami ablate -
     runs: dict[str, list[dict[str, Any]]] = {}
     specs: dict[str, dict[str, Any]] = {}
     for path, record in records:
-        differs = [k for k in _PROTOCOL_KEYS if record["protocol"].get(k) != protocol.get(k)]
+        differs = _protocol_differences(record["protocol"], protocol)
         if differs:
             raise ValueError(f"--merge {path}: another protocol than {paths[0]} ({', '.join(differs)} differ)")
         provenance = {k: record.get(k) for k in ("machine", "commit", "date")}
@@ -248,7 +263,7 @@ def merge_ablations(paths: list[str], out: str, *, command: str = "nami ablate -
               "earlier_commands": [r.get("command") for _, r in records]}
     out_path = Path(out)
     for suffix in (".json", ".md"):
-        check_output_path(out_path.with_suffix(suffix), "--out", inputs=paths)
-    write_json(out_path.with_suffix(".json"), merged)
-    out_path.with_suffix(".md").write_text(markdown(merged), "utf-8")
+        check_output_path(with_extension(out_path, suffix), "--out", inputs=paths)
+    write_json(with_extension(out_path, ".json"), merged)
+    with_extension(out_path, ".md").write_text(markdown(merged), "utf-8")
     return merged

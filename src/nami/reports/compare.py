@@ -37,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -298,9 +298,10 @@ def _pretrain_summary(run_dir: Path, task: str = "mlm") -> dict[str, Any]:
             "pseudo_perplexity": final.get("pseudo_perplexity")}
 
 
-def check_results_path(results_path: str | Path) -> None:
-    """Refuse a ``--results`` path that cannot become a JSON file, before any slow work starts."""
-    check_output_path(results_path, "--results")
+def check_results_path(results_path: str | Path, inputs: Sequence[str | Path] = ()) -> None:
+    """Refuse a ``--results`` path that cannot become a JSON file or would overwrite an input, before any
+    slow work starts."""
+    check_output_path(results_path, "--results", inputs=inputs)
 
 
 def copy_results(out_dir: str | Path, results_path: str | Path) -> Path:
@@ -366,6 +367,8 @@ def run_compare(
     first = plans[MODELS[0]]
     eval_path = resolve_eval_data(first["finetune"])
     resolved_train = resolve_train_data(first["finetune"])
+    if results_path is not None:  # now that the data paths are known (the defaults too)
+        check_results_path(results_path, [*resolved_train, eval_path, *([tokenizer] if tokenizer else [])])
     runs_dir.mkdir(parents=True, exist_ok=True)
     if reuse:
         adopt_ablation_runs(list(reuse), runs_dir, plans, quiet=quiet)

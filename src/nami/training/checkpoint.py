@@ -82,6 +82,19 @@ def save_weights(run_dir: Path, model: torch.nn.Module) -> None:
     save_weights_file(run_dir, model)
 
 
+def inputs_of_model(model: dict[str, Any]) -> dict[str, Any]:
+    """Input settings for a directory that records none (``save_pretrained`` of a model built by hand):
+    windows no longer than the model's positions, token types as its segment embeddings say, and
+    today's default answer boundaries."""
+    defaults = TrainConfig()
+    max_length = min(defaults.max_length, int(model.get("max_len") or defaults.max_length))
+    types = int(model.get("type_vocab_size") or 0)
+    return {"max_length": max_length, "doc_stride": min(defaults.doc_stride, max_length // 2),
+            "max_question_tokens": min(defaults.max_question_tokens, max_length // 4),
+            "segment_embeddings": types > 0, "question_match": types >= 3,
+            "answer_boundaries": defaults.answer_boundaries}
+
+
 def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig, str]:
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
@@ -92,6 +105,8 @@ def read_run_config(run_dir: str | Path) -> tuple[TrainConfig, ModelConfig, str]
     data = read_json(path)
     try:
         train = dict(data["train"])
+        if set(train) == {"task"}:  # save_pretrained without training settings: inputs the model can take
+            train.update(inputs_of_model(data["model"]))
         # Runs saved before answer_boundaries existed decoded answers on token boundaries: keep
         # that, so their recorded F1 is still what `nami predict` reproduces.
         train.setdefault("answer_boundaries", "token")
