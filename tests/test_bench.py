@@ -148,3 +148,16 @@ def test_generation_bench_measures_both_decoders(tmp_path):
     assert result["ratios"][1]["bytes_ratio"] > result["ratios"][0]["bytes_ratio"] > 1
     for suffix in (".json", ".md", ".png"):
         assert (tmp_path / f"generation{suffix}").stat().st_size > 0
+
+
+def test_a_case_that_prints_a_lot_is_not_stalled_by_its_pipes(tmp_path, monkeypatch):
+    """Output over a pipe's 64 KiB (a compiler log) once blocked the worker until its time limit."""
+    import sys
+
+    from nami.bench.scaling import run_isolated
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nhead -c 300000 /dev/zero | tr '\\000' x >&2\necho '{\"ok\": 1}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    assert run_isolated({}, memory_cap_mb=16000, time_limit_s=20) == {"ok": 1}

@@ -247,3 +247,8 @@ def test_a_symlink_loop_is_one_line(tmp_path, capsys):
     data = write(tmp_path / "good.json", GOOD)
     assert main(["baseline", "lexical", "--data", data, "--output", str(tmp_path / "a")]) == 2
     assert "symlink loop" in capsys.readouterr().err
+
+
+def test_a_benchmark_out_must_name_the_json(tmp_path, capsys):
+    assert main(["bench", "roofline", "--out", str(tmp_path / "roof.md"), "--quiet"]) == 2
+    assert "name the JSON file" in capsys.readouterr().err

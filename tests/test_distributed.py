@@ -313,6 +313,12 @@ def test_deepspeed_configs_are_filled_and_bad_ones_name_the_file_and_field(tmp_p
     mine.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}), "utf-8")
     with pytest.raises(ValueError, match=r"ds\.json: bf16\.enabled must be false"):
         deepspeed_config("zero2", str(mine), global_batch=4, world=2, max_grad_norm=1.0)
+    # Hugging Face's form: train_batch_size "auto" is filled; an "auto" nami cannot fill is named
+    mine.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_batch_size": "auto"}), "utf-8")
+    assert deepspeed_config("zero2", str(mine), global_batch=6, world=2, max_grad_norm=1.0)["train_batch_size"] == 6
+    mine.write_text(json.dumps({"zero_optimization": {"stage": 2, "reduce_bucket_size": "auto"}}), "utf-8")
+    with pytest.raises(ValueError, match=r"ds\.json: .*give a value for zero_optimization\.reduce_bucket_size"):
+        deepspeed_config("zero2", str(mine), global_batch=4, world=2, max_grad_norm=1.0)
     mine.write_text("{", "utf-8")
     with pytest.raises(ValueError, match=r"ds\.json: not valid JSON"):
         deepspeed_config("zero2", str(mine), global_batch=4, world=2, max_grad_norm=1.0)

@@ -131,6 +131,12 @@ def test_init_from_with_another_architecture_is_refused(pretrained, tiny_squad, 
                          run_name="qa"))
     with pytest.raises(ckpt.CheckpointError, match="arch"):
         train(config, quiet=True)
+    # an option without weights changes the maths just as much: refused too
+    config = TrainConfig.from_dict(dict(arch="transformer", preset="tiny", train_data=[str(tiny_squad)],
+                                        eval_data=str(tiny_squad), init_from=str(pretrained.run_dir), max_length=64,
+                                        max_steps=1, runs_dir=str(tmp_path), run_name="qa2", norm_eps=1e-3))
+    with pytest.raises(ckpt.CheckpointError, match="norm_eps"):
+        train(config, quiet=True)
 
 
 def test_gradient_filtering_is_applied_and_logged(tiny_squad, tiny_tokenizer_dir, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -116,3 +117,46 @@ def test_a_run_being_trained_cannot_be_resumed_by_a_second_process(tmp_path):
     finally:
         lock.release()
     assert ckpt.RunLock(run).release() is None  # released: the run can be locked again
+
+
+def test_an_installed_copy_inside_another_repository_records_no_commit(tmp_path):
+    """Provenance names nami's commit, never that of a user's project holding an installed copy."""
+    import shutil
+    import subprocess
+    import sys
+
+    project = tmp_path / "project"
+    site = project / ".venv" / "lib" / "site-packages"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "nami", site / "nami",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for args in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=project, check=True)
+    out = subprocess.run([sys.executable, "-c", "from nami.reports.environment import git_commit; print(git_commit())"],
+                         cwd=project, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)})
+    assert out.stdout.strip() == "unknown", out.stderr
+
+
+def test_loading_a_run_while_its_trainer_refreshes_the_weights_waits_for_the_manifest(tmp_path):
+    """The trainer renames new weights in, then rewrites the manifest: a reader in between waits
+    (the run is locked), a reader of an unlocked run with a modified file is refused at once."""
+    import threading
+    import time
+
+    from nami.training import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run)
+    weights = run / ckpt.WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes() + b" ")  # new weights, the manifest not yet refreshed
+    with pytest.raises(ckpt.CheckpointError, match="checksum mismatch"):
+        ckpt.verify_manifest(run)  # nobody is training it: a real mismatch
+    lock = ckpt.RunLock(run)
+    try:
+        names = list(json.loads((run / ckpt.MANIFEST_FILE).read_text()))
+        timer = threading.Timer(0.5, lambda: ckpt.write_manifest(run, names))
+        started = time.perf_counter()
+        timer.start()
+        ckpt.verify_manifest(run)  # waits for the refreshed manifest, then passes
+        assert time.perf_counter() - started >= 0.4
+    finally:
+        lock.release()

@@ -511,3 +511,20 @@ def test_more_threads_than_cpus_is_warned_about(tmp_path, capsys):
     finally:
         torch.set_num_threads(before)  # the rest of the session keeps its threads
     assert "more than the" in capsys.readouterr().err
+
+
+def test_a_kill_inside_a_same_step_checkpoint_swap_is_recovered(tmp_path):
+    from nami.training.loop import resume, train
+
+    reference = train(_tiny_config(tmp_path, "ref", keep_checkpoints=1), quiet=True).run_dir
+    run = train(_tiny_config(tmp_path, "r", keep_checkpoints=1), quiet=True).run_dir
+    (run / ckpt.FINAL_EVAL_FILE).unlink()
+    latest = ckpt.checkpoint_dirs(run)[-1]
+    latest.rename(latest.parent / f".old-{latest.name}")  # killed between the swap's two renames
+    assert ckpt.checkpoint_dirs(run) == []
+    resume(run, quiet=True)  # the complete checkpoint is renamed back, not a restart from step 0
+    assert ckpt.checkpoint_dirs(run) == [latest] and not list(latest.parent.glob(".old-*"))
+    for key, value in load_file(run / "model.safetensors").items():
+        assert torch.equal(value, load_file(reference / "model.safetensors")[key]), key
+    records, _ = read_jsonl(run / ckpt.METRICS_FILE)
+    assert [r["type"] for r in records].count("start") == 1 and any(r["type"] == "resume" for r in records)

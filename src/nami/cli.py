@@ -564,6 +564,9 @@ def _check_results_out(out: str) -> None:
     """A benchmark's ``--out`` JSON and the ``.md`` / ``.png`` written beside it must be writable files."""
     from nami.io import check_output_path
 
+    if Path(out).suffix in (".md", ".png"):  # the markdown / plot beside it would then overwrite the JSON
+        raise UserError(f"--out {out}: name the JSON file (e.g. {Path(out).with_suffix('.json')}); the .md and "
+                        ".png are written beside it")
     for suffix in (".json", ".md", ".png"):
         check_output_path(Path(out).with_suffix(suffix) if suffix != ".json" else Path(out), "--out")
 

@@ -230,7 +230,44 @@ def verify_manifest(directory: Path, required: Iterable[str] = ()) -> None:
     leaves a file out cannot vouch for it).
     """
     directory = Path(directory)
+    required = tuple(required)
     manifest_path = directory / MANIFEST_FILE
+    try:
+        _verify_once(directory, manifest_path, required)
+    except CheckpointError:
+        # A process training the run refreshes its weights, then its manifest: a reader in between
+        # sees new weights under the old manifest. While one holds the run (its lock), wait for the
+        # manifest to move on and check again; otherwise the mismatch is real.
+        if not manifest_path.is_file() or not _being_trained(directory):
+            raise
+        import time
+
+        before, waited = manifest_path.read_bytes(), 0.0
+        while manifest_path.read_bytes() == before and waited < 30.0:
+            time.sleep(0.1)
+            waited += 0.1
+        _verify_once(directory, manifest_path, required)
+
+
+RUN_LOCK_FILE = ".lock"  # held (flock) by the process training a run: nami.training.checkpoint.RunLock
+
+
+def _being_trained(directory: Path) -> bool:
+    import fcntl
+
+    lock = directory / RUN_LOCK_FILE
+    if not lock.is_file():
+        return False
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
+def _verify_once(directory: Path, manifest_path: Path, required: tuple[str, ...]) -> None:
     if not manifest_path.is_file():
         raise CheckpointError(f"{manifest_path}: missing (cannot verify the files of {directory})")
     manifest = read_json(manifest_path)

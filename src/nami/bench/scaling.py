@@ -56,22 +56,30 @@ def _rss_mb(pid: int) -> float:
 
 
 def run_isolated(spec: dict[str, Any], *, memory_cap_mb: float, time_limit_s: float) -> dict[str, Any]:
-    """Run one case in a fresh process under a memory cap and a time limit."""
-    proc = subprocess.Popen([sys.executable, "-m", "nami.bench.worker", json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    started, highest = time.monotonic(), 0.0
-    while proc.poll() is None:
-        highest = max(highest, _rss_mb(proc.pid))
-        if highest > memory_cap_mb:
-            proc.kill()
-            proc.wait()
-            raise CaseFailed(f"killed at {highest:,.0f} MB resident: over the memory cap of {memory_cap_mb:,.0f} MB")
-        if time.monotonic() - started > time_limit_s:
-            proc.kill()
-            proc.wait()
-            raise CaseFailed(f"killed after {time_limit_s:.0f} s: over the time limit per case")
-        time.sleep(0.05)
-    out, err = proc.communicate()
+    """Run one case in a fresh process under a memory cap and a time limit. Its output goes to
+    temporary files, not pipes: a pipe nobody reads while polling fills at 64 KiB (a compiler's
+    log) and would stall the case until its time limit."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "nami.bench.worker", json.dumps(spec)],
+                                stdout=stdout, stderr=stderr, text=True)
+        started, highest = time.monotonic(), 0.0
+        while proc.poll() is None:
+            highest = max(highest, _rss_mb(proc.pid))
+            if highest > memory_cap_mb:
+                proc.kill()
+                proc.wait()
+                raise CaseFailed(f"killed at {highest:,.0f} MB resident: over the memory cap of "
+                                 f"{memory_cap_mb:,.0f} MB")
+            if time.monotonic() - started > time_limit_s:
+                proc.kill()
+                proc.wait()
+                raise CaseFailed(f"killed after {time_limit_s:.0f} s: over the time limit per case")
+            time.sleep(0.05)
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read(), stderr.read()
     if proc.returncode != 0:
         raise CaseFailed(f"exit code {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}")
     return json.loads(out.strip().splitlines()[-1])

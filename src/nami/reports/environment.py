@@ -15,9 +15,16 @@ import torch
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """``HEAD`` of the checkout (``-dirty`` when tracked files are modified), or ``"unknown"``."""
-    cwd = cwd or Path(__file__).resolve().parents[3]
+    """``HEAD`` of nami's checkout (``-dirty`` when tracked files are modified), or ``"unknown"``: also
+    for an installed (non-editable) nami, whose folder may sit inside someone else's repository."""
+    package = Path(__file__).resolve().parents[1]  # .../src/nami in a checkout
+    own = cwd is None
+    cwd = cwd or package.parents[1]
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True,
+                             check=True)
+        if own and Path(top.stdout.strip()).resolve() / "src" / "nami" != package:
+            return "unknown"  # the repository around an installed copy is not nami's
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, check=True)

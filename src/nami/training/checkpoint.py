@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from nami.io import (  # noqa: F401  (re-exported: the run-directory API in one place)
     MANIFEST_FILE,
+    RUN_LOCK_FILE,
     CheckpointError,
     atomic_write,
     describe_os_error,
@@ -62,7 +63,7 @@ PREDICTIONS_FILE = "predictions.json"
 CHECKPOINTS_DIR = "checkpoints"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
-LOCK_FILE = ".lock"
+LOCK_FILE = RUN_LOCK_FILE  # ".lock"
 
 
 # --- run directory -------------------------------------------------------------------------------
@@ -184,6 +185,19 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def recover_interrupted_save(run_dir: Path) -> None:
+    """Undo what a kill inside :func:`save_checkpoint`'s same-step swap left: a ``.old-step-N`` whose
+    ``step-N`` is missing is that checkpoint (complete) and is renamed back; next to a ``step-N``
+    it is a leftover and is removed."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    for stale in sorted(root.glob(".old-step-*")) if root.is_dir() else []:
+        final = root / stale.name[len(".old-"):]
+        if final.exists():
+            shutil.rmtree(stale)
+        else:
+            os.replace(stale, final)
 
 
 def save_checkpoint(

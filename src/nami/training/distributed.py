@@ -253,11 +253,16 @@ def deepspeed_config(sharding: str, path: str | None, *, global_batch: int, worl
         found = (config.get("zero_optimization") or {}).get("stage")
         if found != stage:
             raise ValueError(f"{where}: zero_optimization.stage is {found}, but --sharding {sharding} is stage {stage}")
-    auto = {"train_micro_batch_size_per_gpu": -(-global_batch // world), "gradient_clipping": max_grad_norm,
-            "gradient_accumulation_steps": 1}
+    micro = -(-global_batch // world)
+    auto = {"train_micro_batch_size_per_gpu": micro, "gradient_clipping": max_grad_norm,
+            "gradient_accumulation_steps": 1, "train_batch_size": micro * world}
     for key, value in auto.items():
         if config.get(key, "auto") == "auto":
             config[key] = value
+    left = sorted(_auto_keys(config))
+    if left:  # DeepSpeed would fail on the string later, with a traceback
+        raise ValueError(f"{where}: nami fills \"auto\" only for {', '.join(auto)}; give a value for "
+                         f"{', '.join(left)}")
     if config["gradient_accumulation_steps"] != 1:
         raise ValueError(f"{where}: gradient_accumulation_steps must be 1 (use a larger --batch-size)")
     for key in ("bf16", "fp16"):
@@ -266,6 +271,18 @@ def deepspeed_config(sharding: str, path: str | None, *, global_batch: int, worl
                              "autocast (--precision bf16)")
         config.setdefault(key, {})["enabled"] = False
     return config
+
+
+def _auto_keys(config: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is still the string "auto"."""
+    if not isinstance(config, dict):
+        return []
+    found = []
+    for key, value in config.items():
+        if value == "auto":
+            found.append(prefix + key)
+        found += _auto_keys(value, f"{prefix}{key}.")
+    return found
 
 
 def deepspeed_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any],

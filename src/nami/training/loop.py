@@ -352,6 +352,8 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         locks.append(ckpt.RunLock(run_dir))  # before anything slow: a second writer is refused at once
     show = not quiet and ranks.is_main
     if run_dir is not None:
+        if ranks.is_main:
+            ckpt.recover_interrupted_save(run_dir)
         finished = finished_result(run_dir)
         if finished is not None:
             if ranks.is_main:
@@ -715,7 +717,9 @@ def init_tokenizer(config: TrainConfig, init: tuple[TrainConfig, Any, str]) -> J
 
 def compatible_init_config(config: TrainConfig, model_config: Any, init_model: Any) -> Any:
     """This run's model config with the pretrained encoder's shape; mismatches are errors."""
-    fields = ("arch", "mixers", "d_model", "n_layers", "d_ff", "n_heads", "wave_mode", "vocab_size", "pad_id", "causal")
+    # the shapes, and what changes the maths without weights (positions as rotations, epsilons, windows)
+    fields = ("arch", "mixers", "d_model", "n_layers", "d_ff", "n_heads", "wave_mode", "vocab_size", "pad_id", "causal",
+              "position_embedding", "wave_rope", "rope_base", "rope_scale", "local_window", "norm_eps", "wave_eps")
     different = [f"{f} ({getattr(model_config, f)} here, {getattr(init_model, f)} in --init-from)"
                  for f in fields if getattr(model_config, f) != getattr(init_model, f)]
     if different:
