@@ -219,3 +219,16 @@ def test_ask_expanded_character_alone_is_the_whole_answer(tiny_run: Path) -> Non
 def test_ask_context_without_answerable_tokens_gives_no_answer(tiny_run: Path) -> None:
     result = ask(tiny_run, context="[SEP]", question="何?")
     assert result["answer"] == "" and result["candidates"] == [] and result["windows"] == 1
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(task="generative-qa", question_match=True), "question_match=True is read by task qa only: this generative-qa"),
+    (dict(task="qa", num_beams=4), "num_beams=4 is read by task generative-qa only"),
+    (dict(task="clm", tie_embeddings=False), "tie_embeddings=False is read by task mlm only"),
+    (dict(task="clm", mlm_probability=0.3), "mlm_probability"),
+])
+def test_options_a_task_never_reads_are_named(options, message):
+    from nami.training.config import TrainConfig
+
+    assert [line for line in TrainConfig.from_dict(options).ignored_options() if message in line]
+    assert TrainConfig.from_dict({"task": options["task"]}).ignored_options() == []  # the defaults are fine

@@ -528,3 +528,10 @@ def test_a_kill_inside_a_same_step_checkpoint_swap_is_recovered(tmp_path):
         assert torch.equal(value, load_file(reference / "model.safetensors")[key]), key
     records, _ = read_jsonl(run / ckpt.METRICS_FILE)
     assert [r["type"] for r in records].count("start") == 1 and any(r["type"] == "resume" for r in records)
+
+
+def test_training_warns_about_options_its_task_ignores(tmp_path, capsys):
+    from nami.training.loop import train
+
+    train(_tiny_config(tmp_path, "w", max_steps=1, num_beams=3), quiet=True)
+    assert "nami: warning: option num_beams=3 is read by task generative-qa only" in capsys.readouterr().err

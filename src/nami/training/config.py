@@ -140,6 +140,22 @@ class TrainConfig:
         """The model's size preset name, ``"custom"`` when it was not built from one."""
         return self.model.name or "custom"
 
+    def ignored_options(self) -> list[str]:
+        """The options set away from their defaults that this run's task never reads
+        (:data:`OPTION_TASKS`), one line each: they are saved in the run's config yet change nothing
+        (a config file shared by a pretraining and a QA stage has some; ``nami train`` warns)."""
+        lines = []
+        for name, tasks in OPTION_TASKS.items():
+            if self.task in tasks:
+                continue
+            owner, cls = (self, TrainConfig) if hasattr(self, name) else (self.model, type(self.model))
+            spec = cls.__dataclass_fields__[name]
+            default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+            if getattr(owner, name) != default:
+                lines.append(f"option {name}={getattr(owner, name)!r} is read by task {' / '.join(tasks)} only: "
+                             f"this {self.task} run ignores it")
+        return lines
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad option."""
         from nami.training.tasks import TASKS  # the registry imports this module
@@ -375,9 +391,10 @@ OPTION_HELP: dict[str, str] = {
 _QA = ("qa", "generative-qa")
 OPTION_TASKS: dict[str, tuple[str, ...]] = {
     **{name: ("qa",) for name in ("self_distill", "distill_temperature", "exit_layers")},
-    **{name: _QA for name in ("segment_embeddings", "question_match", "title_prefix", "doc_stride",
-                              "max_question_tokens", "negative_fraction", "max_answer_tokens",
-                              "answer_boundaries")},
+    # generative QA reads the question / answer lengths and the title format, not the extractive windows
+    **{name: _QA for name in ("title_prefix", "max_question_tokens", "max_answer_tokens")},
+    **{name: ("qa",) for name in ("segment_embeddings", "question_match", "doc_stride", "negative_fraction",
+                                  "answer_boundaries")},
     "num_beams": ("generative-qa",),
     **{name: ("mlm",) for name in ("mlm_probability", "tie_embeddings", "pppl_sequences", "loss_filter",
                                    "loss_filter_threshold", "loss_vocab_order")},

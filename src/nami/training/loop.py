@@ -274,6 +274,9 @@ class StopSignals:
 
 def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
     """Train the model of ``config.task`` as ``config`` says, in a new run directory."""
+    if os.environ.get("RANK", "0") == "0":
+        for line in config.ignored_options():  # not silently: saved in the config, yet changing nothing
+            print(f"nami: warning: {line}", file=sys.stderr, flush=True)
     return _fit(config, run_dir=None, quiet=quiet)
 
 
