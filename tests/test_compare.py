@@ -184,6 +184,15 @@ def test_report_states_the_inference_precision_and_names_models_and_stages():
     for model in result["models"].values():
         del model["infer_precision"], model["stages"]
     assert "not recorded" in render_markdown(result)
+    # what the report says of data, machine and decoding comes from the results, not fixed strings
+    assert "(JaQuAD; the official JSQuAD train split" in text and "here on 2 CPU cores" in text
+    assert "(greedy, up to 16 tokens + [SEP])" in text
+    result["train_data"], result["machine"] = ["mine.json"], "AMD EPYC, 16 CPUs, CUDA NVIDIA H200; Linux"
+    for model in result["models"].values():
+        model["stages"] = {"finetune": {"num_beams": 4, "max_answer_tokens": 24, "eval_batch_size": 32}}
+    text = render_markdown(result)
+    assert "JaQuAD;" not in text and "here on a GPU" in text and "batch 32" in text
+    assert "(beam search, 4 beams, up to 24 tokens + [SEP])" in text
 
 
 def test_report_keeps_the_curves_it_draws_so_it_renders_without_runs(tmp_path):

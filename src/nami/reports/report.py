@@ -7,6 +7,7 @@ every number in it traces to that file; ``nami report DIR`` renders it again.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,20 @@ def pretrain_kind(result: dict[str, Any]) -> str:
     """``causal-LM`` or ``masked-LM`` (results written before causal pretraining existed: masked-LM)."""
     tasks = {(m.get("pretrain") or {}).get("task") for m in result["models"].values()}
     return "causal-LM" if "clm" in tasks else "masked-LM"
+
+
+def _finetune(model: dict[str, Any]) -> dict[str, Any]:
+    """The recorded config of a model's scored stage ({} in results written before stages were kept)."""
+    return (model.get("stages") or {}).get("finetune") or {}
+
+
+def _where(result: dict[str, Any]) -> str:
+    """Where the runs trained, from the recorded machine: "on 2 CPU cores", "on a GPU (...)"."""
+    machine = str(result.get("machine", ""))
+    if "CUDA" in machine:
+        return "here on a GPU"
+    cpus = re.search(r"(\d+) CPUs", machine)
+    return f"here on {cpus.group(1)} CPU cores" if cpus else "on the machine named below"
 
 
 def _inference_precision(result: dict[str, Any]) -> str:
@@ -245,7 +260,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                       "heuristic**: character-level F1 is generous, and a model that does not beat word matching "
                       "has learned little beyond it.", ""]
     lines += ["The references are pretrained BERT-size models fine-tuned on JSQuAD's own train split on GPUs "
-              "(and humans); nami's rows are small models trained here on 2 CPU cores within the budget below.", "",
+              f"(and humans); nami's rows are small models trained {_where(result)} within the budget below.", "",
               "## Cost", "", cost_table(result), ""]
     pretrain = pretrain_table(result)
     if pretrain:
@@ -268,12 +283,14 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"pretraining + {budget['finetune']:g} {TASK_LABELS.get(per_model.get('task') or 'qa', per_model.get('task'))} "
         f"fine-tuning), {mode}; wall clock "
         f"{result['wall_minutes']:.1f} minutes",
-        f"- QA train data: {', '.join(result['train_data'])} (JaQuAD; the official JSQuAD train split is not "
-        "available here)",
+        f"- QA train data: {', '.join(result['train_data'])}"
+        + (" (JaQuAD; the official JSQuAD train split is not available here)"
+           if result["train_data"] and all("jaquad" in str(p).lower() for p in result["train_data"]) else ""),
         f"- eval data: {result['eval_data']} (all {per_model['count']:,} questions, JGLUE's EM / F1)",
         "- train tok/s: non-padding tokens per second of training step time (QA fine-tuning stage)",
         "- inference q/s and inference peak MB: a separate `nami predict` process with all threads, "
-        f"{_inference_precision(result)}, batch 64; it reproduced the recorded F1: "
+        f"{_inference_precision(result)}, batch {_finetune(per_model).get('eval_batch_size', 64)}; it reproduced "
+        "the recorded F1: "
         + ", ".join(f"{a} {'yes' if m['rescored_matches_recorded'] else 'NO'}" for a, m in result["models"].items()),
         "- peak MB: peak resident set size (`ru_maxrss`) of the training / inference process (model, data, "
         "activations and allocator caches together); training = max over the pretraining and fine-tuning processes",
@@ -281,8 +298,12 @@ def render_markdown(result: dict[str, Any]) -> str:
     ]
     # Reports of runs made before the option existed have no field: those decoded on token boundaries.
     if any(m.get("task") == "generative-qa" for m in result["models"].values()):
-        lines.append("- answers are generated (greedy, up to 16 tokens + [SEP]) and mapped back to the context's "
-                     "original characters where the generated tokens occur in it (otherwise the normalised text)")
+        stage = _finetune(per_model)
+        beams = stage.get("num_beams", 1)
+        decoding = "greedy" if beams == 1 else f"beam search, {beams} beams"
+        lines.append(f"- answers are generated ({decoding}, up to {stage.get('max_answer_tokens', 16)} tokens + [SEP]) "
+                     "and mapped back to the context's original characters where the generated tokens occur in it "
+                     "(otherwise the normalised text)")
     else:
         boundaries = {a: m.get("answer_boundaries", "token") for a, m in result["models"].items()}
         lines.append("- answers begin and end on: " + ", ".join(
