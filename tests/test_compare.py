@@ -193,6 +193,9 @@ def test_report_states_the_inference_precision_and_names_models_and_stages():
     text = render_markdown(result)
     assert "JaQuAD;" not in text and "here on a GPU" in text and "batch 32" in text
     assert "(beam search, 4 beams, up to 24 tokens + [SEP])" in text
+    for model in result["models"].values():  # a continued comparison that reused every model
+        model["trained"] = {"reused": True, "commit": "abc1234", "date": "2026-12-01", "machine": "m"}
+    assert "every model reused from an earlier invocation" in render_markdown(result)
 
 
 def test_report_keeps_the_curves_it_draws_so_it_renders_without_runs(tmp_path):

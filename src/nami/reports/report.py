@@ -281,8 +281,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         *trained_lines(result),
         f"- training budget per model: {budget['total']:g} minutes ({budget['pretrain']:g} {pretrain_kind(result)} "
         f"pretraining + {budget['finetune']:g} {TASK_LABELS.get(per_model.get('task') or 'qa', per_model.get('task'))} "
-        f"fine-tuning), {mode}; wall clock "
-        f"{result['wall_minutes']:.1f} minutes",
+        f"fine-tuning), {mode}; "
+        + ("every model reused from an earlier invocation (nothing trained by this one)"
+           if all((m.get("trained") or {}).get("reused") for m in result["models"].values())
+           else f"wall clock {result['wall_minutes']:.1f} minutes"),
         f"- QA train data: {', '.join(result['train_data'])}"
         + (" (JaQuAD; the official JSQuAD train split is not available here)"
            if result["train_data"] and all("jaquad" in str(p).lower() for p in result["train_data"]) else ""),
