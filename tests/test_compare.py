@@ -147,6 +147,13 @@ def test_ablate_writes_one_row_per_variant_with_every_field(tmp_path):
                          quiet=True)  # already recorded: nothing trained, the rows reported, the file unchanged
     assert again["nothing_trained"] and [r["name"] for r in again["rows"]] == ["wave", "wave+conv"]
     assert json.loads((tmp_path / "abl.json").read_text()) == saved
+    # a row of a variant nami no longer defines is kept when the file is written again
+    retired = {**saved, "rows": [*saved["rows"], {**saved["rows"][0], "name": "wave+retired"}]}
+    (tmp_path / "abl.json").write_text(json.dumps(retired))
+    run_ablation(variants=["transformer"], preset="smoke", minutes=0.03, seeds=[0], out=str(tmp_path / "abl"),
+                 train_data=[data], eval_data=data, tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True)
+    names = [r["name"] for r in json.loads((tmp_path / "abl.json").read_text())["rows"]]
+    assert names == ["wave", "wave+conv", "transformer", "wave+retired"]
     with pytest.raises(ValueError, match="unknown variant"):
         run_ablation(variants=["wave+lstm"], out=str(tmp_path / "x"))
 

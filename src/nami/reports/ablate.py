@@ -111,6 +111,14 @@ def _earlier_runs(path: Path, protocol: dict[str, Any]) -> dict[str, list[dict[s
             for row in earlier.get("rows", []) if row.get("name") in VARIANTS}
 
 
+def _retired_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of an existing ``OUT.json`` whose variant nami no longer defines: kept as recorded."""
+    if not path.exists():
+        return []
+    earlier = read_json(path)
+    return [row for row in earlier.get("rows", []) if row.get("name") not in VARIANTS]
+
+
 def markdown(record: dict[str, Any]) -> str:
     protocol = record["protocol"]
     lines = ["# Ablations: Wave extensions against plain Wave and the Transformer", "",
@@ -184,6 +192,7 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
         "rows": [],
     }
     results = _earlier_runs(with_extension(out_path, ".json"), record["protocol"])
+    retired = _retired_rows(with_extension(out_path, ".json"))
     if results:
         earlier = read_json(with_extension(out_path, ".json"))
         record["earlier_commands"] = [*earlier.get("earlier_commands", []), earlier.get("command")]
@@ -217,14 +226,14 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
         results.setdefault(name, []).append(run)
         record["protocol"]["questions"] = final["count"]
         record["protocol"]["seeds"] = sorted({r["seed"] for rs in results.values() for r in rs})
-        record["rows"] = [_row(n, VARIANTS[n], rs, budget) for n, rs in results.items()]
+        record["rows"] = [_row(n, VARIANTS[n], rs, budget) for n, rs in results.items()] + retired
         write_json(with_extension(out_path, ".json"), record)
         with_extension(out_path, ".md").write_text(markdown(record), "utf-8")
         if not quiet:
             print(f"[nami] {name} seed {seed}: EM {run['exact_match']:.2f} F1 {run['f1']:.2f} "
                   f"({run['train_tokens_per_s']:,.0f} train tok/s, {run['steps']} steps)", flush=True)
     if not record["rows"]:  # every variant and seed was already recorded: the file is left as it was
-        record["rows"] = [_row(n, VARIANTS[n], rs, budget) for n, rs in results.items()]
+        record["rows"] = [_row(n, VARIANTS[n], rs, budget) for n, rs in results.items()] + retired
         record["nothing_trained"] = True
     return record
 
