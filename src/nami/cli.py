@@ -730,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)
 
-    bench = sub.add_parser("bench", help="benchmarks (not tests): scaling with sequence length, roofline")
+    bench = sub.add_parser("bench", help="benchmarks (not tests): scaling with sequence length, roofline, generation")
     bench = bench.add_subparsers(dest="bench_command", required=True)
     p = bench.add_parser("scaling", help="time and memory of Wave vs Transformer against sequence length")
     p.add_argument("--seq-lens", type=positive_int, nargs="+", default=[128, 256, 512, 1024, 2048, 4096, 8192, 16384])
@@ -744,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a case whose process passes this resident memory is stopped and listed as skipped")
     p.add_argument("--time-limit-s", type=positive_float, default=600.0, help="per case")
     p.add_argument("--no-compile-wave", action="store_true",
-                   help="skip the wave-compiled variant (Wave with its element-wise maths through torch.compile)")
+                   help="skip the wave-compiled variant (Wave with its layer's tail through torch.compile)")
     p.add_argument("--no-autograd-wave", action="store_true",
                    help="skip the wave-autograd variant (autograd through the plain Wave maths, --no-wave-recompute; "
                         "the default Wave uses the hand-written memory-light backward)")

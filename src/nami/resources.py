@@ -26,8 +26,9 @@ def tune_malloc() -> dict[str, int] | str:
 
     glibc serves large blocks (above ``M_MMAP_THRESHOLD``) with fresh ``mmap`` calls and returns
     them on ``free``; a CPU training step allocates and frees its activations every step, so each
-    step pays the page faults of zero-filling them again (``nami bench roofline`` at commit 28a4141, before
-    this, vs after: a bf16 Wave training step at S=512 +46 %, compiled Wave +26 %, Transformer +11 %). Raising the
+    step pays the page faults of zero-filling them again (``nami bench roofline`` on an AMD EPYC host in bf16,
+    at 6b48ffb before this vs 28a4141 after: a Wave training step at S=512 +46 %, compiled Wave +26 %,
+    Transformer +11 %). Raising the
     mmap threshold to its maximum (32 MiB) and never trimming the heap makes steps reuse the same
     pages. Called by the commands that train, predict and benchmark (``nami.cli``, the benchmark
     worker); ``NAMI_MALLOC_TUNING=0`` turns it off. Returns the settings applied, or why none were.

@@ -35,7 +35,7 @@ _GENERATIVE_QA = dict(preset="small", max_length=320, batch_size=32, lr=1e-3, wa
                       max_answer_tokens=16, dropout=0.1, attention_dropout=0.0, eval_subset=300,
                       eval_every_minutes=10.0, epochs=20.0)
 
-# Wave only: torch.compile of the Wave layer's element-wise maths (same maths, ~1.3x per step; a
+# Wave only: torch.compile of the Wave layer's tail (maths, LayerNorm, output projection; same maths; a
 # compile failure falls back to eager with a warning and is recorded in final_eval.json).
 _WAVE_SPEED = dict(compile_wave=True)
 
@@ -71,8 +71,8 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
     ),
     # The first thing to run: the standard recipe scaled down to 3.5 training minutes per model
     # (1.25 masked-LM + 2.25 QA; no periodic evaluation), about 11 minutes for both models with the
-    # final evaluation on all dev questions, re-scoring and the report (4 training minutes took
-    # 12.2 wall minutes on 2 cores: results/compare-quick at 42ea8c0).
+    # final evaluation on all dev questions, re-scoring and the report (11.2 wall minutes on 2 cores:
+    # results/compare-quick at 8bb54bf).
     "quick": dict(
         data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
         stages=[dict(name="pretrain", task="mlm", minutes=1.25, train=_STANDARD_MLM),
