@@ -375,3 +375,45 @@ def test_an_epoch_with_a_partial_accumulation_window_trains_on_every_batch(tmp_p
     batches, _ = run(1)
     steps, consumed = run(5)
     assert batches % 5 and steps == -(-batches // 5) and consumed == batches
+
+
+def test_gradient_accumulation_takes_the_mean_over_the_whole_window(tmp_path, monkeypatch):
+    """Two accumulated batches of different token counts give the gradient of their tokens' mean (one
+    big batch), not the mean of the two batches' means."""
+    from nami.data.batching import BucketBatchSampler
+    from nami.text import JapaneseTokenizer
+    from nami.training.config import TrainConfig
+    from nami.training.loop import param_groups, train
+    from nami.training.tasks import TASKS
+
+    data = str(FIXTURES / "tiny_qa.json")
+    config = TrainConfig.from_dict(dict(
+        task="clm", arch="wave", preset="tiny", train_data=[data], eval_data=data, max_length=64,
+        tokenizer=str(FIXTURES / "runs/wave/tokenizer"), batch_size=3, grad_accum=2, max_steps=1,
+        max_grad_norm=1e9, eval_every_minutes=None, eval_subset=2, runs_dir=str(tmp_path), run_name="ga",
+        precision="fp32", checkpoint_every_minutes=None))
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def capture(self, *args, **kwargs):  # the weights before the first step and the gradient it takes
+        if not seen:
+            seen.append([(p.detach().clone(), p.grad.detach().clone()) for g in self.param_groups for p in g["params"]])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", capture)
+    train(config, quiet=True)
+    task = TASKS["clm"](config)
+    task.prepare(JapaneseTokenizer.load(config.tokenizer), False)
+    first, second = (task.collate(b) for b in BucketBatchSampler(task.train_lengths, 3, seed=config.seed).batches(0)[:2])
+    units = [task.loss_units(b) for b in (first, second)]
+    assert units[0] != units[1]  # else both means would agree
+    model = task.build_model(task.model_config(task.tokenizer))
+    params = [p for g in param_groups(model, config.weight_decay) for p in g["params"]]
+    with torch.no_grad():
+        for p, (weight, _) in zip(params, seen[0]):
+            p.copy_(weight)
+    model.train()
+    total = sum(task.loss(model, b) * n for b, n in zip((first, second), units)) / sum(units)
+    total.backward()
+    for p, (_, grad) in zip(params, seen[0]):
+        torch.testing.assert_close(grad, p.grad, rtol=1e-4, atol=1e-7)

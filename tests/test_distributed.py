@@ -368,3 +368,15 @@ def test_deepspeed_zero3_pretraining_takes_the_unsharded_step(tiny_squad, tiny_t
                              max_steps=3, checkpoint_every_steps=None, sharding=sharding)
         train_with_two_processes(config, tmp_path)
     assert max_difference(tmp_path / "runs" / "mlm-ddp", tmp_path / "runs" / "mlm-zero3") < 1e-5
+
+
+def test_gradient_accumulation_over_two_processes_takes_the_single_process_step(tiny_squad, tiny_tokenizer_dir,
+                                                                                 tmp_path):
+    """Accumulated windows weigh every batch by its loss units on every process: two processes with
+    --grad-accum 2 take the steps one process takes with the same global batches (the last batch of an
+    epoch has 5 windows, the others 6)."""
+    one = train(TrainConfig.from_dict(config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "ga-one",
+                                                  grad_accum=2)), quiet=True).run_dir
+    config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "ga-two", grad_accum=2)
+    train_with_two_processes(config, tmp_path)
+    assert max_difference(one, tmp_path / "runs" / "ga-two", skip=NOISE_ONLY) < 1e-5

@@ -329,7 +329,7 @@ OPTION_HELP: dict[str, str] = {
     "max_question_tokens": "questions are cut to this many tokens",
     "negative_fraction": "share of answerless windows kept for training (0-1)",
     "batch_size": "windows / sequences per optimizer step (before --grad-accum)",
-    "grad_accum": "batches accumulated per optimizer step (each batch's mean loss weighs the same)",
+    "grad_accum": "batches accumulated per optimizer step (the loss is the mean over all their tokens / windows, as in one big batch)",
     "lr": "peak learning rate (AdamW)",
     "weight_decay": "AdamW weight decay on matrices",
     "warmup": "fraction of training progress spent warming up the learning rate (0-1)",

@@ -554,6 +554,9 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         bar = tqdm(total=total_steps, initial=progress.step, disable=not show, desc=f"train {config.arch}",
                    unit="step")
     model.train()
+    # Gradient accumulation weighs batches by their loss units (see the backward below); checkpoints
+    # and stops fall on optimizer steps, so a window never spans a resume.
+    accumulating, window_units = config.grad_accum > 1, 0.0
     finished = fraction_done() >= 1.0
     with StopSignals() as stop:
         while not finished:
@@ -572,7 +575,7 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                 batch = task.ready(batch)  # e.g. masked LM's masks, drawn in step order (exact resume)
                 with accelerator.accumulate(model):
                     loss = task.loss(model, batch)
-                    units = task.loss_units(batch) if ranks.distributed else 1
+                    units = task.loss_units(batch) if ranks.distributed or accumulating else 1
                     problem = None if torch.isfinite(loss) else f"non-finite loss ({loss.item()})"
                     if ranks.distributed:
                         # Weight this rank's mean by its share of the global batch (DDP averages over
@@ -588,7 +591,20 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                     if problem is None and zero:
                         problem = deepspeed_step(model, loss * scale if ranks.distributed else loss)
                     elif problem is None:
-                        accelerator.backward(loss * scale if ranks.distributed else loss)
+                        if accumulating:
+                            # The window's mean over its loss units (tokens, windows), as one big batch
+                            # would take it, not the mean of its batches' means: each batch's sum now
+                            # (× world: DDP averages over processes), divided by the window's total at
+                            # its last batch (Accelerate divides every batch by grad_accum: undone there).
+                            accelerator.backward(loss * (units * ranks.world))
+                            window_units += total_units if ranks.distributed else units
+                        else:
+                            accelerator.backward(loss * scale if ranks.distributed else loss)
+                        if accelerator.sync_gradients and accumulating:
+                            rescale = config.grad_accum / max(window_units, 1)
+                            for p in model.parameters():
+                                if p.grad is not None:
+                                    p.grad.mul_(rescale)
                         if accelerator.sync_gradients:
                             # Checked before clipping: a NaN norm would spread NaN into every gradient.
                             grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -608,10 +624,13 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                         progress.skipped_batches += 1
                         log.write({"type": "skipped_batch", "step": progress.step, "reason": f"{problem} {where}"})
                         optimizer.zero_grad(set_to_none=True)
+                        window_units = 0.0  # the window's gradients so far are gone with it
                         continue
                     if not zero:
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
+                        if accelerator.sync_gradients:
+                            window_units = 0.0
                 elapsed = time.perf_counter() - tick
                 # One clock, one token count and one stop signal for all ranks (no-op with one process).
                 elapsed, n_tokens, loss_sum, stop.received = ranks.agree(
