@@ -118,6 +118,12 @@ def train_with_two_processes(config: dict, tmp_path: Path) -> subprocess.Complet
     return torchrun(["-m", "nami", "train", "--config", str(path), "--quiet"], tmp_path)
 
 
+def resumed_from(run_dir: Path) -> list[int]:
+    """The steps the run's resume records continued from."""
+    records = [json.loads(line) for line in (run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
+    return [r["step"] for r in records if r["type"] == "resume"]
+
+
 def max_difference(a: Path, b: Path, skip: tuple[str, ...] = ()) -> float:
     wa, wb = load_file(str(a / ckpt.WEIGHTS_FILE)), load_file(str(b / ckpt.WEIGHTS_FILE))
     assert wa.keys() == wb.keys()
@@ -193,6 +199,7 @@ def test_a_two_process_run_resumes_exactly(tiny_squad, tiny_tokenizer_dir, tmp_p
     for name in (ckpt.FINAL_EVAL_FILE, ckpt.PREDICTIONS_FILE, ckpt.WEIGHTS_FILE):  # not written before the kill
         (cut / name).unlink(missing_ok=True)
     torchrun(["-m", "nami", "train", "--resume", str(cut), "--quiet"], tmp_path)
+    assert resumed_from(cut) == [3]  # really resumed (a restart from 0 gives the same weights)
     assert max_difference(full, cut) == 0.0
 
     with pytest.raises(ckpt.CheckpointError, match="saved by 2 process"):  # one process cannot resume it exactly
@@ -245,6 +252,7 @@ def test_fsdp2_sharded_training_gathers_to_the_unsharded_parameters_and_resumes_
     for name in (ckpt.FINAL_EVAL_FILE, ckpt.PREDICTIONS_FILE, ckpt.WEIGHTS_FILE):  # not written before the kill
         (cut / name).unlink(missing_ok=True)
     torchrun(["-m", "nami", "train", "--resume", str(cut), "--quiet"], tmp_path)
+    assert resumed_from(cut) == [3]  # really resumed (a restart from 0 gives the same weights)
     assert max_difference(full, cut) == 0.0
 
 
@@ -356,6 +364,7 @@ def test_deepspeed_zero_training_gathers_to_the_unsharded_parameters_and_resumes
     for name in (ckpt.FINAL_EVAL_FILE, ckpt.PREDICTIONS_FILE, ckpt.WEIGHTS_FILE):  # not written before the kill
         (cut / name).unlink(missing_ok=True)
     torchrun(["-m", "nami", "train", "--resume", str(cut), "--quiet"], tmp_path)
+    assert resumed_from(cut) == [3]  # really resumed (a restart from 0 gives the same weights)
     assert max_difference(full, cut) == 0.0
 
 

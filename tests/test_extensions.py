@@ -79,8 +79,24 @@ def test_gradients_are_finite_on_edge_cases(name, case):
         mask[0, 3:] = False
     logits = model(ids, mask, types)
     QAModel.loss(logits, torch.zeros(len(ids), dtype=torch.long), torch.zeros(len(ids), dtype=torch.long)).backward()
-    for pname, p in model.named_parameters():
-        assert p.grad is None or torch.isfinite(p.grad).all(), pname
+    for pname, p in model.named_parameters():  # every parameter takes part (a branch switched off would not)
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_every_branch_changes_the_output(branch):
+    """A branch's parameters reach the logits (its mixer runs and is added to the residual stream)."""
+    torch.manual_seed(3)
+    model = QAModel(config(branches=[branch])).eval()
+    ids, types = window(16)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    with torch.no_grad():
+        before = model(ids, mask, types).start
+        for block in model.encoder.blocks:
+            for p in block.branches.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+        after = model(ids, mask, types).start
+    assert not torch.allclose(before, after), branch
 
 
 def test_every_option_off_is_the_plain_wave_model_bit_for_bit():
@@ -249,6 +265,17 @@ def test_exit_heads_off_is_the_plain_model_and_on_adds_only_heads():
     final, heads = exits(ids, mask, with_exits=True)
     assert torch.equal(final.start, plain(ids, mask).start) and len(heads) == 2
     assert heads[0].start.shape == (2, 12) and torch.isinf(heads[0].start[1, 8:]).all()
+    # each head reads its own layer: changing block 3 moves the final logits, not the exits after blocks 1, 2
+    with torch.no_grad():
+        for p in exits.encoder.blocks[3].parameters():
+            p.add_(torch.randn_like(p))
+        final2, heads2 = exits(ids, mask, with_exits=True)
+        assert all(torch.equal(a.start, b.start) for a, b in zip(heads, heads2))
+        assert not torch.allclose(final.start[0], final2.start[0])
+        for p in exits.encoder.blocks[2].parameters():
+            p.add_(torch.randn_like(p))
+        _, heads3 = exits(ids, mask, with_exits=True)
+        assert torch.equal(heads3[0].start, heads[0].start) and not torch.allclose(heads3[1].start[0], heads[1].start[0])
 
 
 def test_distillation_loss_is_zero_for_equal_distributions_and_teaches_only_the_student():
@@ -293,6 +320,16 @@ def test_self_distillation_training_loss_reaches_every_exit_head():
     assert torch.isfinite(loss)
     for head in model.exit_heads:
         assert head.head.proj.weight.grad is not None and head.head.proj.weight.grad.abs().sum() > 0
+    # its value: the last layer's loss + the exits' mean of (1 − α)·CE + α·T²·KL(last ‖ exit)
+    model.eval()  # (no dropout: one forward gives the same logits as task.loss's)
+    with torch.no_grad():
+        final, exits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], with_exits=True)
+        answers = (batch["start_positions"], batch["end_positions"])
+        expected = QAModel.loss(final, *answers) + sum(
+            0.5 * QAModel.loss(e, *answers) + 0.5 * QAModel.distillation_loss(e, final, 2.0) for e in exits) / 2
+        torch.testing.assert_close(task.loss(model, batch), expected)
+        task.config = TrainConfig.from_dict({"preset": "tiny", "n_layers": 3, "exit_layers": [0, 1]})  # α = 0
+        assert not torch.allclose(task.loss(model, batch), expected)
 
 
 @pytest.mark.parametrize("options, fragment", [
@@ -316,3 +353,23 @@ def test_proxy_tokens_are_on_neither_side_of_the_question_context_boundary():
     question, context = _segments(MixerInputs(padding_mask=mask, token_type_ids=types), "cross_wave")
     assert question.tolist() == [[False, False, True, True, False, False, False, False]]
     assert context.tolist() == [[False, False, False, False, True, True, True, False]]
+
+
+def test_stage_wise_training_switches_branches_on_at_their_progress(tmp_path):
+    """branch_schedule: a scheduled branch is skipped before its progress and used after; in training
+    the loop applies it (the first steps train without the branch: it gets no gradient)."""
+    from nami.models.block import set_branches
+
+    torch.manual_seed(4)
+    model = QAModel(config(branches=["conv", "fft_gate"])).eval()
+    ids, types = window(16)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    with torch.no_grad():
+        set_branches(model, 0.2, {"fft_gate": 0.5})
+        early = model(ids, mask, types).start
+        for block in model.encoder.blocks:
+            block.branches[1].kernel.add_(1.0)  # fft_gate is off: no effect
+        assert torch.equal(model(ids, mask, types).start, early)
+        set_branches(model, 0.5, {"fft_gate": 0.5})
+        assert not torch.allclose(model(ids, mask, types).start, early)
+    assert all(block.branch_on == [True, True] for block in model.encoder.blocks)

@@ -270,12 +270,14 @@ def test_frequency_order_helps_bounded_mass_skip_more():
     weight = torch.randn(v, d, generator=g, dtype=torch.float64)
     weight[frequent] *= 4
     targets = frequent[torch.randint(0, 16, (n,), generator=g)]
-    hidden = weight[targets] * 1.0 + 0.1 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    # rows only moderately peaked: with the frequent tokens scattered, some of their blocks cannot be
+    # skipped; in frequency order they share the first blocks and the rest can (a tie would not tell)
+    hidden = 0.1 * weight[targets] + 0.1 * torch.randn(n, d, generator=g, dtype=torch.float64)
     plain, ordered = {}, {}
     run(hidden, weight, targets, impl="blockwise", block_size=(16, 16), filter_policy="bounded_mass", stats=plain)
     run(hidden, weight, targets, impl="blockwise", block_size=(16, 16), filter_policy="bounded_mass",
         vocab_order=order, stats=ordered)
-    assert ordered["skipped_fraction"] >= plain["skipped_fraction"]
+    assert ordered["skipped_fraction"] > plain["skipped_fraction"]
     assert ordered["dropped_mass"].max() <= BOUNDED_MASS_EPS
 
 

@@ -40,6 +40,17 @@ def test_mlm_model_returns_hidden_states_only_for_masked_positions():
     ids = torch.randint(5, 100, (2, 16))
     hidden = model(ids, torch.ones_like(ids, dtype=torch.bool), torch.tensor([3, 20]))
     assert hidden.shape == (2, config.d_model)
+    # the rows it returns are those positions' (flat index b * S + s), each from its own sequence only
+    model.eval()
+    with torch.no_grad():
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        full = model.transform(model.encoder(ids, mask).reshape(-1, config.d_model))
+        torch.testing.assert_close(model(ids, mask, torch.tensor([3, 20])), full[[3, 20]])
+        other = ids.clone()
+        other[1, :5] = 7  # row 1 changes: position 3 (row 0) keeps its value, 20 (row 1) does not
+        moved = model(other, mask, torch.tensor([3, 20]))
+    torch.testing.assert_close(moved[0], full[3], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(moved[1], full[20], rtol=1e-3, atol=1e-3)
     assert model.output_weight is model.encoder.embeddings.token.weight
     assert MaskedLMModel(config, tie_embeddings=False).output_weight.shape == (100, config.d_model)
 
@@ -91,6 +102,8 @@ def test_masked_lm_resume_is_exact(tiny_squad, tiny_tokenizer_dir, tmp_path):
         return [r["loss"] for r in records if r["type"] == "train"]
 
     assert losses(cut) == losses(straight) and len(losses(straight)) == 6
+    records = [json.loads(line) for line in (cut / ckpt.METRICS_FILE).read_text().splitlines()]
+    assert [(r["step"], r["from"]) for r in records if r["type"] == "resume"] == [(3, "step-00000003")]
     a, b = load_file(str(straight / ckpt.WEIGHTS_FILE)), load_file(str(cut / ckpt.WEIGHTS_FILE))
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -70,6 +70,14 @@ def deterministic_records(run_dir: Path) -> list[dict]:
     return out
 
 
+def assert_resumed_from(run_dir: Path, step: int) -> None:
+    """It really continued from ``step`` (a restart from 0 would give the same weights and records:
+    training is deterministic): one start record and a resume record from that checkpoint."""
+    records = [json.loads(line) for line in (run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
+    assert step > 0 and [r["type"] for r in records].count("start") == 1
+    assert [(r["step"], r["from"]) for r in records if r["type"] == "resume"] == [(step, f"step-{step:08d}")]
+
+
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = load_file(str(a / ckpt.WEIGHTS_FILE)), load_file(str(b / ckpt.WEIGHTS_FILE))
     assert wa.keys() == wb.keys()
@@ -96,7 +104,9 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(uninterrupted
     proc.wait()
     assert ckpt.checkpoint_dirs(run_dir), "no checkpoint was written before the kill"
     assert not (run_dir / ckpt.FINAL_EVAL_FILE).exists()
+    latest = int(ckpt.checkpoint_dirs(run_dir)[-1].name.split("-")[1])
     resume(run_dir, quiet=True)
+    assert_resumed_from(run_dir, latest)
     assert_same_weights(uninterrupted, run_dir)
     assert deterministic_records(run_dir) == deterministic_records(uninterrupted)
 
@@ -113,6 +123,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(uninterrupted, tiny_squad,
     saved = ckpt.checkpoint_dirs(run_dir)
     assert len(saved) == 1 and int(saved[0].name.split("-")[1]) >= 7
     resume(run_dir, quiet=True)
+    assert_resumed_from(run_dir, int(saved[0].name.split("-")[1]))
     assert_same_weights(uninterrupted, run_dir)
     assert deterministic_records(run_dir) == deterministic_records(uninterrupted)
 

@@ -351,11 +351,14 @@ def test_default_tokenizer_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     shards = _jaquad_shards()
     monkeypatch.setattr(nami.text.default, "_corpus_files", lambda: shards[:1])  # one shard: fast
     monkeypatch.setenv("NAMI_CACHE", str(tmp_path))
+    trainings = []
+    train = nami.text.default._train
+    monkeypatch.setattr(nami.text.default, "_train", lambda *a, **k: trainings.append(1) or train(*a, **k))
     first = default_tokenizer(5000)
     (cached,) = (tmp_path / "tokenizers").iterdir()
     assert cached.name.startswith("jaquad-train-unigram-5000-")
     assert "JaQuAD train" in first.config["training_corpus"]["description"]
-    assert default_tokenizer(5000).fingerprint == first.fingerprint  # loaded, not retrained
+    assert default_tokenizer(5000).fingerprint == first.fingerprint and len(trainings) == 1  # loaded, not retrained
     assert sorted(p.name for p in (tmp_path / "tokenizers").iterdir()) == [cached.name]
     rebuilt = default_tokenizer(5000, rebuild=True)
-    assert rebuilt.fingerprint == first.fingerprint  # deterministic training
+    assert rebuilt.fingerprint == first.fingerprint and len(trainings) == 2  # retrained, deterministically
