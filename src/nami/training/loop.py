@@ -600,14 +600,12 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
                             window_units += total_units if ranks.distributed else units
                         else:
                             accelerator.backward(loss * scale if ranks.distributed else loss)
-                        if accelerator.sync_gradients and accumulating:
-                            rescale = config.grad_accum / max(window_units, 1)
-                            for p in model.parameters():
-                                if p.grad is not None:
-                                    p.grad.mul_(rescale)
                         if accelerator.sync_gradients:
-                            # Checked before clipping: a NaN norm would spread NaN into every gradient.
                             grads = [p.grad for p in model.parameters() if p.grad is not None]
+                            if accumulating:
+                                for grad in grads:
+                                    grad.mul_(config.grad_accum / max(window_units, 1))
+                            # Checked before clipping: a NaN norm would spread NaN into every gradient.
                             if not torch.isfinite(local(torch.nn.utils.get_total_norm(grads))):
                                 problem = f"non-finite gradient in {first_nonfinite_gradient(model)}"
                             elif sharded:  # DTensor gradients: torch's clipping computes the global norm
