@@ -123,37 +123,47 @@ def test_results_path_under_a_file_is_refused(tmp_path):
 
 
 def test_ablate_writes_one_row_per_variant_with_every_field(tmp_path):
-    from nami.reports.ablate import VARIANTS, run_ablation
+    from nami.reports.ablate import run_ablation
+    from nami.reports.variants import VARIANTS
 
     fixtures = Path(__file__).parent / "fixtures"
     data = str(fixtures / "tiny_qa.json")
     record = run_ablation(variants=["wave", "wave+conv"], preset="smoke", minutes=0.03, seeds=[0],
                           out=str(tmp_path / "abl"), train_data=[data], eval_data=data,
-                          tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True)
+                          tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True, allow_dirty=True)
     saved = json.loads((tmp_path / "abl.json").read_text())
     assert saved == json.loads(json.dumps(record))
     assert [row["name"] for row in saved["rows"]] == ["wave", "wave+conv"]
     for row in saved["rows"]:
-        assert {"name", "options", "params", "train_tokens_per_s", "eval_questions_per_s", "train_peak_mb",
-                "exact_match", "f1", "runs", "budget_minutes"} == set(row)  # exactly the keys
-        assert row["runs"][0]["count"] == 24 and row["runs"][0]["steps"] >= 1
-        assert row["options"] == {"arch": VARIANTS[row["name"]]["arch"], **VARIANTS[row["name"]]["options"]}
+        assert {"name", "family", "options", "params", "train_tokens_per_s", "eval_questions_per_s", "train_peak_mb",
+                "exact_match", "f1", "runs", "budget_minutes"} == set(row)
+        assert row["runs"][0]["count"] == 24 and row["runs"][0]["steps"] >= 1 and row["family"] == "wave"
+        assert row["options"] == {"arch": VARIANTS[row["name"]].arch, **VARIANTS[row["name"]].options}
     conv_run = json.loads((Path(saved["rows"][1]["runs"][0]["run_dir"]) / "config.json").read_text())
     assert conv_run["model"]["branches"] == ["conv"]  # the variant's options reached the trained model
     assert saved["rows"][1]["params"] > saved["rows"][0]["params"]
-    assert "| wave+conv | branches=['conv'] |" in (tmp_path / "abl.md").read_text()
+    assert "| wave+conv | wave | branches=['conv'] |" in (tmp_path / "abl.md").read_text()
     again = run_ablation(variants=["wave"], preset="smoke", minutes=0.03, seeds=[0], out=str(tmp_path / "abl"),
                          train_data=[data], eval_data=data, tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"),
-                         quiet=True)  # already recorded: nothing trained, the rows reported, the file unchanged
+                         quiet=True, allow_dirty=True)  # already recorded: nothing trained, the file unchanged
     assert again["nothing_trained"] and [r["name"] for r in again["rows"]] == ["wave", "wave+conv"]
     assert json.loads((tmp_path / "abl.json").read_text()) == saved
     # a row of a variant nami no longer defines is kept when the file is written again
     retired = {**saved, "rows": [*saved["rows"], {**saved["rows"][0], "name": "wave+retired"}]}
     (tmp_path / "abl.json").write_text(json.dumps(retired))
     run_ablation(variants=["transformer"], preset="smoke", minutes=0.03, seeds=[0], out=str(tmp_path / "abl"),
-                 train_data=[data], eval_data=data, tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True)
-    names = [r["name"] for r in json.loads((tmp_path / "abl.json").read_text())["rows"]]
-    assert names == ["wave", "wave+conv", "transformer", "wave+retired"]
+                 train_data=[data], eval_data=data, tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True,
+                 allow_dirty=True)
+    rows = json.loads((tmp_path / "abl.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["wave", "wave+conv", "wave+retired", "transformer"]
+    assert rows[2]["runs"][0]["f1"] == saved["rows"][0]["runs"][0]["f1"]  # kept as recorded
+    # a name that now means other options than its recorded runs is refused, not mixed into one row
+    changed = {**saved, "rows": [{**saved["rows"][0], "options": {"arch": "wave", "proxy_tokens": 2}}]}
+    (tmp_path / "abl.json").write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match="other options"):
+        run_ablation(variants=["wave"], preset="smoke", minutes=0.03, seeds=[1], out=str(tmp_path / "abl"),
+                     train_data=[data], eval_data=data, tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"),
+                     quiet=True, allow_dirty=True)
     with pytest.raises(ValueError, match="unknown variant"):
         run_ablation(variants=["wave+lstm"], out=str(tmp_path / "x"))
 
@@ -268,7 +278,7 @@ def test_compare_reuse_adopts_ablation_runs_with_the_same_plan_only(tmp_path):
     data = str(fixtures / "tiny_qa.json")
     common = dict(preset="smoke", minutes=0.03, train_data=[data], eval_data=data,
                   tokenizer=str(fixtures / "runs" / "wave" / "tokenizer"), quiet=True)
-    ablation = run_ablation(variants=["wave+conv"], seeds=[0], out=str(tmp_path / "abl"), **common)
+    ablation = run_ablation(variants=["wave+conv"], seeds=[0], out=str(tmp_path / "abl"), allow_dirty=True, **common)
     ablated = ablation["rows"][0]["runs"][0]
     result = run_compare(models=("wave_plus", "transformer"), out_dir=str(tmp_path / "cmp"),
                          reuse=(str(tmp_path / "abl.json"),), lexical_baseline=False, **common)

@@ -16,6 +16,8 @@ from nami.models import ARCHITECTURES, CausalLMModel, DecodingCache, ModelConfig
 FIXTURES = Path(__file__).parent / "fixtures"
 DECODERS = {**{arch: dict(arch=arch) for arch in ARCHITECTURES},
             "wave-rope": dict(arch="wave", wave_rope=True, position_embedding="none"),
+            "transformer-rope": dict(arch="transformer", attention_rope=True, position_embedding="none"),
+            "hybrid-rope": dict(arch="wave", mixers=["wave", "attention"], attention_rope=True, wave_rope=True),
             "wave-interference": dict(arch="wave", wave_mode="interference"),
             "hybrid": dict(arch="wave", mixers=["wave", "attention"])}
 

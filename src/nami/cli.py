@@ -241,7 +241,9 @@ def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None
         from nami.reports.presets import recipe
 
         stage = getattr(args, "recipe_stage", "finetune")
-        values.update(recipe(args.recipe, stage, arch=getattr(args, "arch", None) or "wave"))
+        mixers = getattr(args, "mixers", None)  # compile_wave only where the model has Wave layers
+        values.update(recipe(args.recipe, stage, arch=getattr(args, "arch", None) or "wave",
+                             options={"mixers": mixers} if mixers and mixers is not NONE else None))
         if getattr(args, "objective", None) and values["task"] != args.objective:
             raise UserError(f"--recipe {args.recipe}: its pretraining objective is {values['task']}, not "
                             f"--objective {args.objective}")
@@ -460,26 +462,43 @@ def cmd_compare(args: argparse.Namespace) -> int:
         command=" ".join(["nami", *sys.argv[1:]]),
         results_path=args.results,
         models=tuple(args.models),
+        custom=_custom_variants(args),
         reuse=tuple(args.reuse or ()),
     )
     return 0
 
 
+def _custom_variants(args: argparse.Namespace) -> dict[str, Any]:
+    from nami.reports.variants import parse_variant
+
+    custom: dict[str, Any] = {}
+    for spec in getattr(args, "variant", None) or ():
+        try:
+            custom.update(parse_variant(spec))
+        except ValueError as error:
+            raise UserError(str(error)) from None
+    return custom
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from nami.reports.ablate import merge_ablations, run_ablation
 
+    command = " ".join(["nami", *sys.argv[1:]])
     if args.merge:
         if args.variants:
             raise UserError("--merge tabulates existing ablation files; drop --variants")
-        record = merge_ablations(args.merge, args.out, command=" ".join(["nami", *sys.argv[1:]]))
+        record = merge_ablations(args.merge, args.out, command=command, notes=args.note, title=args.title)
         print(f"[nami] wrote {args.out}.json and {args.out}.md ({len(record['rows'])} rows)")
         return 0
-    if not args.variants:
+    custom = _custom_variants(args)
+    variants = args.variants or list(custom)
+    if not variants:
         raise UserError("--variants: expected the variants to train (or --merge FILE... to tabulate earlier runs)")
-    record = run_ablation(variants=args.variants, preset=args.preset, minutes=args.minutes,
+    record = run_ablation(variants=variants, preset=args.preset, minutes=args.minutes,
                           pretrain_minutes=args.pretrain_minutes, seeds=args.seeds, out=args.out,
                           train_data=args.train_data, eval_data=args.eval_data, tokenizer=args.tokenizer,
-                          quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
+                          quiet=args.quiet, command=command, custom=custom, allow_dirty=args.allow_dirty,
+                          title=args.title)
     if record.get("nothing_trained"):
         print(f"[nami] nothing to train: every variant and seed asked for is already in {args.out}.json "
               f"({len(record['rows'])} rows, unchanged); give another --out to train them again")
@@ -558,6 +577,12 @@ def _compare_presets_help() -> str:
     from nami.reports.presets import describe_presets  # no torch: the presets are data
 
     return describe_presets()
+
+
+def describe_variants() -> str:
+    from nami.reports.variants import describe  # no torch: the table is data
+
+    return describe()
 
 
 def _check_results_out(out: str) -> None:
@@ -700,7 +725,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the cached default tokenizer)")
     p.add_argument("--no-lexical", action="store_true", help="skip scoring the lexical-overlap heuristic")
     p.add_argument("--models", nargs="+", default=["wave", "transformer"], metavar="NAME",
-                   help="models to train (nami.reports.compare.COMPARE_MODELS; default: wave transformer)")
+                   help="models to train, variants of the table (the same as nami ablate --variants; "
+                        "default: wave transformer)")
+    p.add_argument("--variant", action="append", default=None, metavar="SPEC",
+                   help="define a model without code: NAME=ARCH:key=value,... or a JSON file (see nami ablate)")
     p.add_argument("--results", default=None, metavar="JSON",
                    help="also write the results JSON here (e.g. results/compare.json)")
     p.add_argument("--reuse", nargs="+", default=None, metavar="ABLATION_JSON",
@@ -713,10 +741,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="tabulate earlier ablation files of one protocol into --out (no training)")
     p.add_argument("--variants", nargs="+", default=None, metavar="NAME",
-                   help="variants of nami.reports.ablate.VARIANTS (wave, transformer, wave+rope, wave-nopos, "
-                        "wave+conv, wave+local, wave+fft, wave+crosswave, wave+qattn, wave+proxy, wave+sentence, "
-                        "wave+hierarchy, wave+hierarchy-staged, wave+exits, wave+selfdistill, hybrid-local, "
-                        "combinations such as wave+conv+hierarchy)")
+                   help="variants of the table (nami.reports.variants) [family]: " + describe_variants()
+                        + "; any name + -noqm: the question-match feature off (default: every --variant given)")
+    p.add_argument("--variant", action="append", default=None, metavar="SPEC",
+                   help="define a variant without code: NAME=ARCH:key=value,... (JSON values, e.g. "
+                        "'wide=wave:branches=[\"conv\"],d_ff=1280') or a JSON file {NAME: {arch, options}}; repeatable")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="train from a checkout with uncommitted changes (refused by default: results must name a "
+                        "commit; the files then say -dirty)")
+    p.add_argument("--title", default=None, help="the markdown's title")
+    p.add_argument("--note", action="append", default=None,
+                   help="with --merge: a line for the markdown (e.g. a selection decision); repeatable")
     p.add_argument("--preset", default=None,
                    help="compare preset whose recipe every run follows (default: screening = the scratch "
                         "preset's QA recipe for --minutes, default 8)")

@@ -3,6 +3,8 @@
 Through ``torch.nn.functional.scaled_dot_product_attention``; 4·D² projection weights, like the Wave
 layer's two 2·D² projections, so a Transformer and a Wave model of one preset have the same size.
 Cost: O(S²·D) time; memory O(S) on CPU's fused kernel, O(S²) on the math path.
+``attention_rope``: queries and keys rotated by their positions (RoPE, :mod:`nami.models.rotary`) before
+the scores, so attention sees relative positions; keys enter the decoding cache already rotated.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 from nami.models.config import ModelConfig
 from nami.models.inputs import MixerInputs
 from nami.models.registry import register_mixer
+from nami.models.rotary import rotate_heads
 
 
 @register_mixer("attention", arch="transformer")
@@ -30,12 +33,15 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.out = nn.Linear(config.d_model, config.d_model)
         self.dropout = config.attention_dropout_p  # on the attention probabilities
+        self.rope = (config.rope_base, config.rope_scale) if config.attention_rope else None
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         batch, seq_len, width = x.shape
         q, k, v = (
             self.qkv(x).view(batch, seq_len, 3, self.n_heads, width // self.n_heads).permute(2, 0, 3, 1, 4)
         )  # each (B, H, S, D/H)
+        if self.rope is not None:
+            q, k = (rotate_heads(t, inputs.positions, *self.rope) for t in (q, k))
         if self.causal and inputs.cache is None and bool(inputs.padding_mask.all()):
             # A full causal forward without padding: the fused causal kernel, memory linear in S.
             keys_allowed = None
@@ -60,6 +66,8 @@ class SelfAttention(nn.Module):
         batch, width = x.shape
         q, k, v = F.linear(x, self.qkv.weight, self.qkv.bias).view(batch, 3, self.n_heads, 1, width // self.n_heads) \
             .unbind(1)  # each (B, H, 1, D/H)
+        if self.rope is not None:
+            q, k = (rotate_heads(t, positions[:, None], *self.rope) for t in (q, k))
         valid = mask[:, None]
         past = cache.get(self.layer_index)
         if past is not None:

@@ -66,6 +66,10 @@ class ModelConfig:
         wave_rope: rotate every Wave layer's combined wave by a position angle (RoPE as phase
             rotation, :func:`nami.models.wave.rotate_waves`); ``rope_base`` / ``rope_scale`` set the
             angles ``θ_{j,k} = j · rope_scale · rope_base^(−k/D)``.
+        attention_rope: rotary position embedding (RoPE, Su et al. 2021) on every attention layer's
+            queries and keys (``attention`` and ``local_attention`` mixers), so attention scores
+            depend on positions only through their difference; the same angles as ``wave_rope``
+            (``rope_base`` / ``rope_scale``), over each head's ``D/H/2`` dimension pairs. Adds no weights.
         conv_kernel: width of the depthwise convolution mixer ``conv`` (odd).
         local_window: tokens each side a ``local_attention`` query sees (window ``2W + 1``).
         proxy_tokens: K learned tokens prepended inside the encoder: they take part in every layer's
@@ -101,6 +105,7 @@ class ModelConfig:
     branches: list[str] | None = None
     position_embedding: str = "learned"
     wave_rope: bool = False
+    attention_rope: bool = False
     rope_base: float = 10000.0
     rope_scale: float = 1.0
     conv_kernel: int = 9
@@ -147,8 +152,9 @@ class ModelConfig:
         if self.position_embedding not in POSITION_EMBEDDINGS:
             raise ValueError(f"model option position_embedding={self.position_embedding!r}: expected one of "
                              f"{', '.join(POSITION_EMBEDDINGS)}")
-        if not isinstance(self.wave_rope, bool):
-            raise ValueError(f"model option wave_rope={self.wave_rope!r}: expected true or false")
+        for flag in ("wave_rope", "attention_rope"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"model option {flag}={getattr(self, flag)!r}: expected true or false")
         if not _number_in(self.rope_base, 1.0, math.inf, low_open=True):
             raise ValueError(f"model option rope_base={self.rope_base!r}: expected a number > 1")
         if not _number_in(self.rope_scale, 0.0, math.inf, low_open=True):
@@ -180,6 +186,9 @@ class ModelConfig:
                                  "(a causal decoder takes wave and attention layers)")
         if uses & {"attention", "local_attention"} and self.d_model % self.n_heads:
             raise ValueError(f"model option d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.attention_rope and uses & {"attention", "local_attention"} and (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"model option attention_rope=true: the head width d_model/n_heads = "
+                             f"{self.d_model // self.n_heads} must be even (RoPE rotates dimension pairs)")
         if not _number_in(self.dropout, 0.0, 1.0):
             raise ValueError(f"model option dropout={self.dropout!r}: expected a number 0 <= dropout < 1")
         if self.attention_dropout is not None and not _number_in(self.attention_dropout, 0.0, 1.0):

@@ -16,6 +16,7 @@ from torch import nn
 from nami.models.config import ModelConfig
 from nami.models.inputs import MixerInputs
 from nami.models.registry import register_mixer
+from nami.models.rotary import rotate_heads
 
 
 @register_mixer("conv", as_architecture=False)
@@ -48,6 +49,7 @@ class LocalAttention(nn.Module):
         self.window = config.local_window
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.out = nn.Linear(config.d_model, config.d_model)
+        self.rope = (config.rope_base, config.rope_scale) if config.attention_rope else None
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         batch, seq_len, width = x.shape
@@ -57,6 +59,10 @@ class LocalAttention(nn.Module):
         qkv = F.pad(self.qkv(x), (0, 0, 0, pad))  # (B, nW, 3D)
         real = F.pad(inputs.padding_mask, (0, pad), value=False)  # (B, nW)
         q, k, v = qkv.view(batch, n_blocks * w, 3, h, width // h).permute(2, 0, 3, 1, 4)  # (B, H, nW, d)
+        if self.rope is not None:  # positions of the padded tail continue past S (masked anyway)
+            positions = inputs.positions if inputs.positions is not None else torch.arange(seq_len, device=x.device)
+            positions = F.pad(positions, (0, pad), value=0) if pad else positions
+            q, k = (rotate_heads(t, positions, *self.rope) for t in (q, k))
 
         qb = q.unflatten(2, (n_blocks, w))  # (B, H, nb, W, d)
         kb = F.pad(k.unflatten(2, (n_blocks, w)), (0, 0, 0, 0, 1, 1))  # (B, H, nb + 2, W, d): empty edge blocks

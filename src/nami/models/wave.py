@@ -37,6 +37,7 @@ from torch import nn
 from nami.models.config import ModelConfig
 from nami.models.inputs import MixerInputs
 from nami.models.registry import register_mixer
+from nami.models.rotary import rope_angles, rotate_waves  # noqa: F401 (re-exported: RoPE as phase rotation)
 
 
 def to_complex(w: torch.Tensor, mask: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -437,30 +438,6 @@ def _combine_step(real: torch.Tensor, imag: torch.Tensor, mode: str) -> torch.Te
     re1, re2 = real.chunk(2, dim=-1)
     im1, im2 = imag.chunk(2, dim=-1)
     return torch.cat([torch.addcmul(re1 * re2, im1, im2, value=-1.0), torch.addcmul(re1 * im2, im1, re2)], dim=-1)
-
-
-def rope_angles(positions: torch.Tensor, dim: int, base: float, scale: float) -> torch.Tensor:
-    """``θ_{j,k} = j · scale · base^(−k/dim)`` for positions ``(S,)`` → ``(S, dim)`` float32.
-
-    A complex dimension is one RoPE pair, so ``k`` runs over all ``dim`` dimensions and the
-    frequencies span ``1 … base^(−(dim−1)/dim)``, as in RoPE with ``dim`` pairs.
-    """
-    freqs = base ** (-torch.arange(dim, device=positions.device, dtype=torch.float32) / dim)
-    return (positions.to(torch.float32) * scale)[..., None] * freqs
-
-
-def rotate_waves(mixed: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """RoPE as phase rotation: ``[Re Z, Im Z] (B, S, 2D)`` → ``[Re, Im]`` of ``Z · e^{iθ}``.
-
-    ``angles``: ``(S, D)`` or ``(B, S, D)``. Rotation composes with the wave maths by adding
-    phases: applied once to the combined wave, it equals rotating one factor of a modulation
-    (``Z1·e^{iθ} · Z2``: phases add) and both terms of an interference. For any two tokens,
-    ``Z'_j · conj(Z'_l) = Z_j · conj(Z_l) · e^{i(θ_j − θ_l)}`` depends on positions only through
-    ``j − l`` (tested).
-    """
-    re, im = mixed.chunk(2, dim=-1)
-    cos, sin = torch.cos(angles).to(mixed.dtype), torch.sin(angles).to(mixed.dtype)
-    return torch.cat([re * cos - im * sin, re * sin + im * cos], dim=-1)
 
 
 @register_mixer("wave")

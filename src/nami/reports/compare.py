@@ -49,24 +49,20 @@ from nami.io import CommandFailed, check_output_dir, check_output_path, read_jso
 from nami.reports.environment import git_commit, host_speed_gflops, machine_description, now_iso
 from nami.resources import resolve_precision
 # The presets (their recipes) are data in nami.reports.presets, re-exported here.
-from nami.reports.presets import COMPARE_PRESETS, FINAL_STAGE, PRESET_SUMMARIES, describe_presets  # noqa: F401
+from nami.reports.presets import (COMPARE_PRESETS, FINAL_STAGE, PRESET_SUMMARIES, describe_presets,  # noqa: F401
+                                  speed_options)
 from nami.reports.report import RESULTS_FILE, write_report
+from nami.reports.variants import VARIANTS, Variant, resolve
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 from nami.training.tasks import resolve_eval_data, resolve_train_data
 
 MODELS = ("wave", "transformer")  # the models a comparison trains by default, in report order
-# Every model `nami compare --models` can train: an architecture and the model options that make it.
-COMPARE_MODELS: dict[str, dict[str, Any]] = {
-    "wave": dict(arch="wave", options={}),
-    "transformer": dict(arch="transformer", options={}),
-    # The best Wave-family model of the 8-minute screen (results/ablations-screen.md): Wave with a
-    # depthwise-convolution branch (kernel 9) in every block — F1 61.3 vs the Transformer's 32.5 at
-    # 1.20x its training tokens/s; the rope+conv+question-attention combination scored the same
-    # (61.7) at 0.89x the Transformer's speed. Confirmed under the standard preset with two seeds
-    # (results/ablations-standard.md): mean F1 68.9 vs the Transformer's 33.1 at 1.21x its tokens/s.
-    "wave_plus": dict(arch="wave", options={"branches": ["conv"]}),
-}
+# Every model `nami compare --models` can train is a variant of the one table (nami.reports.variants),
+# the same names as `nami ablate --variants` (``wave_plus`` is an alias of ``wave+conv``, the best
+# Wave-family model of the 8-minute screen, results/ablations-screen.md); ``--variant`` defines more.
+COMPARE_MODELS = VARIANTS
+
 
 def stage_configs(
     preset: str,
@@ -104,7 +100,7 @@ def stage_configs(
     pretrain_data = train_data
     if train_data is None and "data" in spec:
         train_data = [str(paths.default_data(name)) for name in spec["data"]]
-    arch_options = spec.get("arch", {}).get(arch, {})
+    arch_options = speed_options(preset, arch, options)  # compile_wave only where there are Wave layers
     stages: dict[str, TrainConfig] = {}
     for stage in spec["stages"]:
         budget = budgets.get(stage["name"])
@@ -328,18 +324,22 @@ def run_compare(
     results_path: str | None = None,
     models: tuple[str, ...] = MODELS,
     reuse: tuple[str, ...] = (),
+    custom: dict[str, Variant] | None = None,
 ) -> dict[str, Any]:
     """Train the models, score them, write ``out_dir`` (default ``reports/<date-time>-compare-<preset>``).
 
     ``results_path``: also write the results JSON there (``--results results/compare.json``).
-    ``models``: names of :data:`COMPARE_MODELS` (default: Wave and the Transformer).
+    ``models``: variant names (:mod:`nami.reports.variants`; default: Wave and the Transformer);
+    ``custom``: variants defined with ``--variant``.
     ``reuse``: ablation results files whose runs trained with a model's exact plan are reused
     (:func:`adopt_ablation_runs`).
     """
-    unknown = [m for m in models if m not in COMPARE_MODELS]
-    if unknown or not models:
-        raise ValueError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; expected some of "
-                         f"{', '.join(COMPARE_MODELS)}")
+    if not models:
+        raise ValueError("--models: expected at least one model")
+    try:
+        specs = {name: resolve(name, custom) for name in models}
+    except ValueError as error:
+        raise ValueError(f"--models: {error}") from None
     MODELS = tuple(models)  # noqa: N806  (this comparison's models, in report order)
     if results_path is not None:
         check_results_path(results_path)
@@ -358,10 +358,10 @@ def run_compare(
     out = check_output_dir(out_dir, "--out") if out_dir else Path("reports") / f"{stamp}-compare-{preset}"
     runs_dir = out / "runs"
     plans = {
-        name: stage_configs(preset, COMPARE_MODELS[name]["arch"], minutes=minutes, pretrain_minutes=pretrain_minutes,
+        name: stage_configs(preset, specs[name].arch, minutes=minutes, pretrain_minutes=pretrain_minutes,
                             runs_dir=str(runs_dir), stamp=stamp, train_data=train_data, eval_data=eval_data,
-                            tokenizer=tokenizer, options=COMPARE_MODELS[name]["options"] or None,
-                            name=None if name == COMPARE_MODELS[name]["arch"] else name)
+                            tokenizer=tokenizer, options=specs[name].options or None,
+                            name=None if name == specs[name].arch else name)
         for name in MODELS
     }
     first = plans[MODELS[0]]

@@ -44,7 +44,8 @@ _WAVE_SPEED = dict(compile_wave=True)
 # A stage may start from an earlier stage's encoder (``init_from``: that stage's name). The last
 # stage is the QA run that is scored; ``--minutes`` sets its budget and ``--pretrain-minutes`` that
 # of the stage named "pretrain" (0 drops it). ``data``: the QA training files (names under the
-# data root); ``arch``: per-architecture extra options (``wave``: compile_wave). A preset's total
+# data root); ``arch``: speed options per *mixer* (``wave``: compile_wave), applied to a model that has a
+# layer of that mixer (not to conv-only or a Transformer, whatever their ``arch``). A preset's total
 # training budget per model is the sum of its stages' minutes.
 _SMOKE_PRETRAIN = dict(preset="tiny", max_length=128, batch_size=16, lr=2e-3, eval_every_minutes=None,
                        eval_subset=20, pppl_sequences=2, log_every=2)
@@ -103,7 +104,21 @@ def describe_presets() -> str:
     return "; ".join(lines)
 
 
-def recipe(preset: str, stage: str, arch: str = "wave") -> dict[str, Any]:
+def speed_options(preset: str, arch: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The preset's speed options that apply to this model: those of every mixer its layers use
+    (``options["mixers"]`` or the architecture's mixer), so ``compile_wave`` reaches exactly the
+    models with Wave layers."""
+    from nami.reports.variants import Variant
+
+    layers = set(Variant("model", arch, dict(options or {})).layer_mixers())
+    values: dict[str, Any] = {}
+    for mixer, extra in COMPARE_PRESETS[preset].get("arch", {}).items():
+        if mixer in layers:
+            values.update(extra)
+    return values
+
+
+def recipe(preset: str, stage: str, arch: str = "wave", options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The training options of one stage of a compare preset (``nami train --recipe standard`` takes
     the ``finetune`` stage, ``nami pretrain --recipe standard`` the ``pretrain`` one): the exact
     settings of the reported runs and their time budget (a fine-tuning stage that starts from
@@ -115,7 +130,7 @@ def recipe(preset: str, stage: str, arch: str = "wave") -> dict[str, Any]:
     if stage not in stages:
         raise ValueError(f"--recipe {preset}: the preset has no {stage} stage (it has {', '.join(stages)})")
     values: dict[str, Any] = {"task": stages[stage]["task"], "max_minutes": stages[stage]["minutes"],
-                              **stages[stage]["train"], **spec.get("arch", {}).get(arch, {})}
+                              **stages[stage]["train"], **speed_options(preset, arch, options)}
     if stage == FINAL_STAGE and "data" in spec:
         values["train_data"] = [str(paths.default_data(name)) for name in spec["data"]]
     return values

@@ -384,8 +384,8 @@ OPTION_HELP: dict[str, str] = {
                         "configs/deepspeed/zero2.json / zero3.json); \"auto\" values are filled from the run",
     "log_with": "tensorboard: also log the training curves to RUN/tensorboard (needs pip install "
                 "'nami[tensorboard]'; view with tensorboard --logdir RUN/tensorboard)",
-    "rope_base": "base of the RoPE phase-rotation angles (with --wave-rope)",
-    "rope_scale": "scale of the positions in the RoPE angles (with --wave-rope)",
+    "rope_base": "base of the RoPE angles (with --wave-rope / --attention-rope)",
+    "rope_scale": "scale of the positions in the RoPE angles (with --wave-rope / --attention-rope)",
     "preset": "model size: tiny (d=64, 2 layers), small (d=256, 4 layers), base (d=512, 8 layers)",
 }
 _QA = ("qa", "generative-qa")

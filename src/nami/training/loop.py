@@ -739,7 +739,7 @@ def compatible_init_config(config: TrainConfig, model_config: Any, init_model: A
     """This run's model config with the pretrained encoder's shape; mismatches are errors."""
     # the shapes, and what changes the maths without weights (positions as rotations, epsilons, windows)
     fields = ("arch", "mixers", "d_model", "n_layers", "d_ff", "n_heads", "wave_mode", "vocab_size", "pad_id", "causal",
-              "position_embedding", "wave_rope", "rope_base", "rope_scale", "local_window", "norm_eps", "wave_eps")
+              "position_embedding", "wave_rope", "attention_rope", "rope_base", "rope_scale", "local_window", "norm_eps", "wave_eps")
     different = [f"{f} ({getattr(model_config, f)} here, {getattr(init_model, f)} in --init-from)"
                  for f in fields if getattr(model_config, f) != getattr(init_model, f)]
     if different:
