@@ -18,6 +18,10 @@ DECODERS = {**{arch: dict(arch=arch) for arch in ARCHITECTURES},
             "wave-rope": dict(arch="wave", wave_rope=True, position_embedding="none"),
             "transformer-rope": dict(arch="transformer", attention_rope=True, position_embedding="none"),
             "hybrid-rope": dict(arch="wave", mixers=["wave", "attention"], attention_rope=True, wave_rope=True),
+            # causal local mixing: a conv branch beside the global mixer, and conv layers
+            "wave+conv": dict(arch="wave", branches=["conv"]),
+            "transformer+rope+conv": dict(arch="transformer", branches=["conv"], attention_rope=True),
+            "conv-layers": dict(arch="wave", mixers=["conv", "wave"], conv_kernel=3),
             "wave-interference": dict(arch="wave", wave_mode="interference"),
             "hybrid": dict(arch="wave", mixers=["wave", "attention"])}
 
@@ -452,3 +456,52 @@ def test_gradient_accumulation_takes_the_mean_over_the_whole_window(tmp_path, mo
     total.backward()
     for p, (_, grad) in zip(params, seen[0]):
         torch.testing.assert_close(grad, p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_causal_conv_state_has_a_fixed_size_and_the_conv_sees_only_the_past():
+    """The conv branch's decoding state is its last k-1 inputs per row, whatever the prompt length,
+    and a causal conv output never depends on later tokens (it would in the centred encoder conv)."""
+    model = decoder("wave+conv")
+    sizes = []
+    for length in (3, 12, 40):
+        cache = DecodingCache()
+        ids = torch.randint(5, 60, (2, length))
+        with torch.no_grad():
+            model(ids, torch.ones_like(ids, dtype=torch.bool), positions=torch.arange(length).expand(2, length),
+                  cache=cache)
+        sizes.append(sum(v.numel() for key, v in cache.states.items() if isinstance(key, tuple)))
+    k = model.config.conv_kernel
+    assert sizes == [2 * (k - 1) * model.config.d_model * model.config.n_layers] * 3
+    assert model.encoder.can_step()
+
+
+def test_causal_conv_refuses_a_real_token_after_padding_in_a_cached_chunk():
+    model = decoder("wave+conv")
+    ids = torch.randint(5, 60, (1, 5))
+    mask = torch.tensor([[True, False, True, True, True]])
+    with torch.no_grad(), pytest.raises(ValueError, match="right-padded"):
+        model(ids, mask, positions=torch.arange(5)[None], cache=DecodingCache())
+
+
+@pytest.mark.parametrize("name", ["transformer", "transformer-rope", "hybrid"])
+def test_static_kv_cache_equals_the_growing_cache_and_the_full_forward(name):
+    """Keys / values written in place into preallocated buffers give the same hidden states as the
+    torch.cat cache and the full causal forward, through forward and step, and the same generation."""
+    model = decoder(name)
+    torch.manual_seed(2)
+    ids = torch.randint(5, 60, (3, 11))
+    lengths = torch.tensor([11, 4, 8])
+    mask = torch.arange(11)[None] < lengths[:, None]
+    with torch.no_grad():
+        full = model(ids, mask)
+        cache = DecodingCache(capacity=11)
+        head = model(ids[:, :6], mask[:, :6], positions=torch.arange(6).expand(3, 6), cache=cache)
+        tail = [model.step(ids[:, t], mask[:, t], torch.full((3,), t), cache) for t in range(6, 11)]
+        with pytest.raises(ValueError, match="capacity=11 is full"):
+            model.step(ids[:, 0], mask[:, 0], torch.full((3,), 11), cache)
+    out = torch.cat([head, torch.stack(tail, 1)], 1)
+    torch.testing.assert_close(out[mask], full[mask], rtol=0, atol=1e-5)
+    prompts = [[7, 8, 9, 10, 11], [12, 13]]
+    static, cache = generate(model, prompts, max_new_tokens=6, eos_id=None)
+    grown, _ = generate(model, prompts, max_new_tokens=6, eos_id=None, static_cache=False)
+    assert static == grown and cache.capacity == 5 + 6

@@ -47,7 +47,7 @@ class SelfAttention(nn.Module):
             keys_allowed = None
         elif self.causal and inputs.cache is not None and inputs.cache.get(self.layer_index) is None \
                 and bool(inputs.padding_mask.all()):
-            inputs.cache.set(self.layer_index, (k, v, inputs.padding_mask))  # prefill without padding
+            _store(inputs.cache, self.layer_index, k, v, inputs.padding_mask)  # prefill without padding
             keys_allowed = None
         elif self.causal:
             keys_allowed, k, v = self._causal_keys(k, v, inputs)
@@ -68,11 +68,7 @@ class SelfAttention(nn.Module):
             .unbind(1)  # each (B, H, 1, D/H)
         if self.rope is not None:
             q, k = (rotate_heads(t, positions[:, None], *self.rope) for t in (q, k))
-        valid = mask[:, None]
-        past = cache.get(self.layer_index)
-        if past is not None:
-            k, v, valid = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2), torch.cat([past[2], valid], 1)
-        cache.set(self.layer_index, (k, v, valid))
+        k, v, valid = _store(cache, self.layer_index, k, v, mask[:, None])
         allowed = valid.clone()
         allowed[:, -1] = True  # itself: a finished row's query is never left without keys
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :])
@@ -82,14 +78,38 @@ class SelfAttention(nn.Module):
         """Keys/values with the cached past prepended, and the mask ``(B, 1, S, L)``: a query sees real
         keys at or before its own position (and always itself, so padded rows are never empty)."""
         valid = inputs.padding_mask
-        cache = inputs.cache
-        if cache is not None:
-            past = cache.get(self.layer_index)
-            if past is not None:
-                k, v, valid = (torch.cat([p, n], dim=d) for p, n, d in zip(past, (k, v, valid), (2, 2, 1)))
-            cache.set(self.layer_index, (k, v, valid))
+        if inputs.cache is not None:
+            k, v, valid = _store(inputs.cache, self.layer_index, k, v, valid)
         seq_len, total = inputs.padding_mask.shape[1], k.shape[2]
         query_at = torch.arange(total - seq_len, total, device=k.device)[:, None]  # (S, 1) key-axis positions
         key_at = torch.arange(total, device=k.device)[None, :]
         allowed = ((key_at <= query_at)[None] & valid[:, None, :]) | (key_at == query_at)[None]
         return allowed[:, None], k, v
+
+
+def _store(cache, slot, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor):
+    """Append keys / values ``(B, H, n, d)`` and their real-token mask ``(B, n)`` to ``cache[slot]``;
+    return all of them so far. With ``cache.capacity`` they are written in place into buffers
+    preallocated for that many positions (the returned tensors are views: nothing is copied);
+    without, the cache grows by ``torch.cat`` (a full copy every step)."""
+    past = cache.get(slot)
+    capacity = getattr(cache, "capacity", None)
+    if capacity is None:
+        if past is not None:
+            k, v, valid = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2), torch.cat([past[2], valid], 1)
+        cache.set(slot, (k, v, valid))
+        return k, v, valid
+    if past is None:
+        batch, heads, _, width = k.shape
+        past = (k.new_empty(batch, heads, capacity, width), v.new_empty(batch, heads, capacity, width),
+                valid.new_zeros(batch, capacity), 0)
+    keys, values, real, length = past
+    end = length + k.shape[2]
+    if end > capacity:
+        raise ValueError(f"DecodingCache capacity={capacity} is full: {end} positions needed (give a larger "
+                         "capacity, or None to grow the cache)")
+    keys[:, :, length:end] = k
+    values[:, :, length:end] = v
+    real[:, length:end] = valid
+    cache.set(slot, (keys, values, real, end))
+    return keys[:, :, :end], values[:, :, :end], real[:, :end]

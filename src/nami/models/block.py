@@ -57,11 +57,16 @@ class Block(nn.Module):
         return x + self.ffn(self.norm2(x))
 
     def step(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DecodingCache) -> torch.Tensor:
-        """One decoding step ``(B, D) -> (B, D)`` (inference; no branches): :meth:`forward` for one
-        token per row, through the mixer's ``step`` and functional calls (dropout is the identity
-        in eval mode). mamba's ``Block.step`` / ``Mamba.step`` shape."""
+        """One decoding step ``(B, D) -> (B, D)`` (inference): :meth:`forward` for one token per row,
+        through the ``step`` of the mixer and of every branch that is on, and functional calls
+        (dropout is the identity in eval mode). mamba's ``Block.step`` / ``Mamba.step`` shape."""
         h = F.layer_norm(x, self.norm1.normalized_shape, self.norm1.weight, self.norm1.bias, self.norm1.eps)
-        x = x + self.mixer.step(h, mask, positions, cache)
+        mixed = self.mixer.step(h, mask, positions, cache)
+        if self.branches is not None:
+            for branch, on in zip(self.branches, self.branch_on):
+                if on:
+                    mixed = mixed + branch.step(h, mask, positions, cache)
+        x = x + mixed
         ffn, norm = self.ffn, self.norm2
         h = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         h = F.gelu(F.linear(h, ffn.up.weight, ffn.up.bias), approximate=ffn.act.approximate)
@@ -87,6 +92,8 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config, mixer_class(name)) for name in config.layer_mixers())
         for index, block in enumerate(self.blocks):
             block.mixer.layer_index = index  # its slot in a DecodingCache
+            for j, branch in enumerate(block.branches or ()):
+                branch.layer_index = (index, j)  # a branch's own slot (causal conv: its last inputs)
         self.final_norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
         self.apply(init_weights)
         # Proxy tokens (created last: a model without them initialises exactly as before they existed).
@@ -121,10 +128,12 @@ class Encoder(nn.Module):
 
     def can_step(self) -> bool:
         """Whether :meth:`step` applies: a causal stack in eval mode whose mixers all have a ``step``
-        method (a registered causal mixer without one decodes through :meth:`forward`). Branches,
-        proxy tokens and sentence/segment groups have no causal form (``ModelConfig`` refuses them)."""
+        method, and so do their branches (a registered causal mixer without one decodes through
+        :meth:`forward`). Proxy tokens and sentence/segment groups have no causal form
+        (``ModelConfig`` refuses them)."""
         return self.config.causal and not self.training and all(
-            callable(getattr(block.mixer, "step", None)) and block.branches is None for block in self.blocks)
+            callable(getattr(module, "step", None)) for block in self.blocks
+            for module in (block.mixer, *(block.branches or ())))
 
     def step(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
              cache: DecodingCache) -> torch.Tensor:

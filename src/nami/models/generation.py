@@ -52,11 +52,14 @@ def generate(
     seed: int | None = None,
     prefill: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    static_cache: bool = True,
 ) -> tuple[list[list[int]], DecodingCache]:
     """New token ids for every prompt (``eos_id`` included when reached) and the final cache.
 
     ``prefill=False`` feeds the prompts one token per step instead of in one forward (the same
     result: a test checks it). ``on_token(ids (B,))`` is called after each step (streaming).
+    ``static_cache``: attention keys / values in buffers preallocated for ``prompt + max_new_tokens``
+    positions and written in place (``False``: grown by ``torch.cat``; the same tokens, tested).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
@@ -88,7 +91,9 @@ def generate(
     for row, prompt in enumerate(prompts):
         ids[row, : len(prompt)] = torch.as_tensor(list(prompt), device=device)
     mask = torch.arange(longest, device=device)[None] < lengths[:, None]
-    cache = DecodingCache()
+    # Attention keys / values preallocated for every position this call can reach, written in place
+    # (static_cache=False: grown by torch.cat, a full copy each step; the older baseline).
+    cache = DecodingCache(capacity=longest + max_new_tokens if static_cache else None)
     rows = torch.arange(batch, device=device)
     if prefill:
         positions = torch.arange(longest, device=device).expand(batch, longest)

@@ -38,11 +38,19 @@ class DecodingCache:
 
     A Wave layer keeps its running sum of squares ``(B, 1, 2D)`` (constant size); an attention
     layer keeps its keys / values ``(B, H, L, D/H)`` and which of them are real ``(B, L)`` (growing
-    with the prompt). ``nbytes()`` measures it.
+    with the prompt); a causal conv its last ``k − 1`` inputs. ``nbytes()`` measures it.
+
+    ``capacity``: attention layers preallocate keys / values for that many positions and write each
+    step in place (Hugging Face's ``StaticCache`` idea) instead of growing them with ``torch.cat``,
+    which copies the whole cache every step; ``None`` = grow (the older, slower baseline).
+    Keys beyond ``capacity`` are refused with an error.
     """
 
-    def __init__(self) -> None:
-        self.states: dict[int, Any] = {}
+    def __init__(self, capacity: int | None = None) -> None:
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"DecodingCache capacity={capacity!r}: expected a positive integer or None")
+        self.capacity = capacity
+        self.states: dict[Any, Any] = {}
 
     def get(self, layer: int) -> Any:
         return self.states.get(layer)

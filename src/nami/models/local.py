@@ -21,17 +21,65 @@ from nami.models.rotary import rotate_heads
 
 @register_mixer("conv", as_architecture=False)
 class DepthwiseConv(nn.Module):
-    """Depthwise 1-D convolution over the sequence, kernel ``k = conv_kernel`` (centred):
-    ``(B, S, D) -> (B, S, D)``. Cost O(S·D·k) time, O(S·D) memory; D·k + D parameters."""
+    """Depthwise 1-D convolution over the sequence, kernel ``k = conv_kernel``: ``(B, S, D) -> (B, S, D)``.
+    Cost O(S·D·k) time, O(S·D) memory; D·k + D parameters.
+
+    Centred in an encoder; in a causal decoder (``ModelConfig.causal``) it sees the token itself and
+    the ``k − 1`` before it (left padding), the short causal convolution that H3, Hyena, Mamba and
+    RWKV's token shift put beside their global mixers. Its decoding state is the last ``k − 1``
+    inputs of each row ``(B, k − 1, D)`` (constant size, whatever the prompt), kept in the
+    :class:`~nami.models.inputs.DecodingCache` under this module's ``layer_index``; padding (a
+    finished row, the tail of a shorter prompt) changes no state.
+    """
+
+    supports_causal = True  # left-padded, with a fixed-size state of the last k - 1 inputs
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         k = config.conv_kernel
-        self.conv = nn.Conv1d(config.d_model, config.d_model, k, padding=k // 2, groups=config.d_model)
+        self.causal = config.causal
+        self.layer_index: object = 0  # set by the Encoder: this module's slot in a DecodingCache
+        # The same weights either way (an encoder's conv loads into a decoder's); only the padding differs.
+        self.conv = nn.Conv1d(config.d_model, config.d_model, k, padding=0 if self.causal else k // 2,
+                              groups=config.d_model)
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         x = x * inputs.padding_mask.unsqueeze(-1).to(x.dtype)  # padding contributes nothing
-        return self.conv(x.transpose(1, 2)).transpose(1, 2)
+        if not self.causal:
+            return self.conv(x.transpose(1, 2)).transpose(1, 2)
+        k = self.conv.kernel_size[0]
+        cache = inputs.cache
+        past = cache.get(self.layer_index) if cache is not None else None
+        if past is None:
+            past = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+        seq = torch.cat([past.to(x.dtype), x], dim=1)  # (B, k - 1 + S, D)
+        if cache is not None:
+            cache.set(self.layer_index, self._last_real(seq, inputs.padding_mask, k))
+        return self.conv(seq.transpose(1, 2)).transpose(1, 2)
+
+    @staticmethod
+    def _last_real(seq: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+        """The last ``k − 1`` real inputs of each row of ``seq = [state, chunk]``: the chunk's real
+        tokens must come first in each row (right padding, as every nami decoder batches prompts)."""
+        if mask.shape[1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            raise ValueError("causal conv with a DecodingCache: a row has a real token after padding (expected "
+                             "right-padded prompts)")
+        count = mask.sum(1)  # (B,) real tokens of the chunk
+        index = count[:, None] + torch.arange(k - 1, device=seq.device)[None]  # (B, k - 1)
+        return seq.gather(1, index[..., None].expand(-1, -1, seq.shape[2]))
+
+    def step(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
+        """One decoding step ``x (B, D)`` → ``(B, D)``: the same as :meth:`forward` on ``(B, 1)``
+        inputs with the same cache (tested); a row with ``mask`` False keeps its state."""
+        k = self.conv.kernel_size[0]
+        x = x * mask.to(x.dtype)[:, None]
+        past = cache.get(self.layer_index)
+        if past is None:
+            past = x.new_zeros(x.shape[0], k - 1, x.shape[1])
+        window = torch.cat([past.to(x.dtype), x[:, None]], dim=1)  # (B, k, D)
+        cache.set(self.layer_index, torch.where(mask[:, None, None], window[:, 1:], past))
+        weight = self.conv.weight[:, 0].to(x.dtype)  # (D, k)
+        return torch.einsum("bkd,dk->bd", window, weight) + self.conv.bias.to(x.dtype)
 
 
 @register_mixer("local_attention", as_architecture=False)
