@@ -26,7 +26,7 @@ POSITIVE_INTEGER_OPTIONS = ("vocab_size", "max_length", "doc_stride", "max_quest
                             "log_every", "max_steps", "checkpoint_every_steps", "keep_checkpoints", "threads",
                             "pppl_sequences")
 POSITIVE_NUMBER_OPTIONS = ("lr", "epochs", "max_minutes", "eval_every_minutes", "checkpoint_every_minutes",
-                           "distill_temperature", "max_grad_norm")
+                           "distill_temperature", "max_grad_norm", "adam_eps")
 OPTIONAL_OPTIONS = ("max_steps", "checkpoint_every_steps", "threads", "max_minutes", "eval_every_minutes",
                     "checkpoint_every_minutes")
 
@@ -72,6 +72,8 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW's (beta1, beta2)
+    adam_eps: float = 1e-6
     warmup: float = 0.05  # fraction of training progress
     schedule: str = "cosine"
     max_grad_norm: float = 1.0
@@ -267,6 +269,11 @@ class TrainConfig:
                              f"not {self.task})")
         fraction("warmup", 0.0, 1.0, high_open=True)
         fraction("weight_decay", 0.0, math.inf, high_open=True)
+        betas = self.adam_betas
+        if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(f"option adam_betas={betas!r}: expected two numbers 0 <= beta < 1")
+        self.adam_betas = [float(b) for b in betas]
         if self.max_length > 4096:
             raise ValueError(f"option max_length={self.max_length}: at most 4096 for QA windows")
         if self.train_data is not None and (not isinstance(self.train_data, list) or not self.train_data
@@ -332,6 +339,8 @@ OPTION_HELP: dict[str, str] = {
     "grad_accum": "batches accumulated per optimizer step (the loss is the mean over all their tokens / windows, as in one big batch)",
     "lr": "peak learning rate (AdamW)",
     "weight_decay": "AdamW weight decay on matrices",
+    "adam_betas": "AdamW's beta1 beta2",
+    "adam_eps": "AdamW's epsilon",
     "warmup": "fraction of training progress spent warming up the learning rate (0-1)",
     "schedule": "learning-rate decay after warm-up",
     "max_grad_norm": "gradient clipping norm",

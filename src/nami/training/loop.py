@@ -41,7 +41,6 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.state import AcceleratorState
 from accelerate.data_loader import prepare_data_loader
-from accelerate.utils import convert_outputs_to_fp32
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -55,22 +54,8 @@ from nami.resources import peak_rss_mb, resolve_precision
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
-from nami.training.distributed import (
-    ZERO_STAGES,
-    Ranks,
-    ShardedBatches,
-    deepspeed_config,
-    deepspeed_engine,
-    deepspeed_full_optimizer_state,
-    deepspeed_full_weights,
-    deepspeed_load_optimizer_state,
-    deepspeed_step,
-    full_optimizer_state,
-    full_weights,
-    load_full_optimizer_state,
-    local,
-    shard_model,
-)
+from nami.training.distributed import Ranks, ShardedBatches
+from nami.training.strategy import first_nonfinite_gradient, param_groups, strategy_for  # noqa: F401 (re-exported)
 from nami.training.tasks import TASKS
 
 
@@ -178,23 +163,6 @@ def new_run_dir(config: TrainConfig) -> Path:
         raise FileExistsError(f"run directory {run_dir} was just created by another process; choose another "
                               "--run-name") from err
     return run_dir
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only (not on biases, LayerNorms or embedding tables)."""
-    decay, no_decay = [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            is_matrix = isinstance(module, torch.nn.Linear) and name == "weight"
-            (decay if is_matrix else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def first_nonfinite_gradient(model: torch.nn.Module) -> str:
-    for name, param in model.named_parameters():
-        if param.grad is not None and not torch.isfinite(local(param.grad)).all():
-            return name
-    return "<none found>"
 
 
 class NullLog:
@@ -320,95 +288,140 @@ def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResu
 
 
 def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks: list) -> TrainResult:
-    if config.threads:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        if cpus and config.threads > cpus:  # oversubscribed threads make every step many times slower
-            print(f"nami: warning: --threads {config.threads} is more than the {cpus} CPU(s) this process may use; "
-                  "steps will be much slower than with at most that many", file=sys.stderr, flush=True)
-        torch.set_num_threads(config.threads)
-    seed_everything(config.seed)
-    # Accelerate keeps a process-wide singleton; drop its mixed-precision settings so that a second
-    # run in the same process (notebooks, tests) can choose another precision. The process-group
-    # state (PartialState) is kept.
-    AcceleratorState._reset_state()
-    # Several processes without a GPU (torchrun on CPU): Accelerate sets up gloo only when told cpu=True.
-    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    if config.precision == "auto":  # the saved config records the choice, so a resume keeps it on any host
-        config.precision = resolve_precision("auto", "cuda" if torch.cuda.is_available() and not multi_cpu else "cpu")
-        if not quiet and os.environ.get("RANK", "0") == "0":
-            print(f"[nami] precision auto -> {config.precision}"
-                  + ("" if config.precision == "bf16" else " (no native bf16 here: bf16 autocast would be slower)"),
-                  flush=True)
-    accelerator = Accelerator(
-        cpu=multi_cpu,
-        mixed_precision="bf16" if config.precision == "bf16" else "no",
-        gradient_accumulation_steps=config.grad_accum,
-        # Stage-wise training switches branches off: their parameters get no gradient in that stage.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(config.branch_schedule))],
-    )
-    device = accelerator.device
-    ranks = Ranks(accelerator)
-    if ranks.distributed and config.batch_size < ranks.world:
-        raise ValueError(f"--batch-size {config.batch_size} is the global batch; with {ranks.world} processes it "
-                         f"must be at least {ranks.world}")
-    if run_dir is not None and ranks.is_main:
-        locks.append(ckpt.RunLock(run_dir))  # before anything slow: a second writer is refused at once
-    show = not quiet and ranks.is_main
-    if run_dir is not None:
+    """Setup, the steps, the end: where a reader finds each piece of a run (:class:`Trainer`)."""
+    trainer = Trainer(config, run_dir=run_dir, quiet=quiet, locks=locks)
+    finished = trainer.setup_process()
+    if finished is not None:
+        return finished
+    trainer.setup_model()
+    trainer.setup_optimizer()
+    trainer.setup_data()
+    trainer.open_run()
+    trainer.train()
+    return trainer.finish()
+
+
+class Trainer:
+    """One training run, in the order it happens.
+
+    ``setup_process`` (threads, seeds, Accelerate, processes) → ``setup_model`` (task, tokenizer,
+    model, the checkpoint's weights on resume) → ``setup_optimizer`` (the :class:`~nami.training.strategy.Strategy`
+    of ``--sharding``) → ``setup_data`` (the batch order) → ``open_run`` (run directory, metrics log,
+    RNG states on resume) → ``train`` (``train_step`` per batch; ``after_step`` logs, evaluates,
+    checkpoints and stops) → ``finish`` (final checkpoint, weights, the full evaluation).
+    """
+
+    def __init__(self, config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks: list) -> None:
+        self.config, self.run_dir, self.quiet, self.locks = config, run_dir, quiet, locks
+        self.compiled = None
+        self.torn: list[int] = []
+        self.window_units = 0.0  # loss units of the accumulation window so far
+        self.last_checkpoint_seconds = 0.0
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def setup_process(self) -> TrainResult | None:
+        """Threads, seeds, Accelerate and the processes; a finished run's recorded result (nothing to do)."""
+        config = self.config
+        if config.threads:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            if cpus and config.threads > cpus:  # oversubscribed threads make every step many times slower
+                print(f"nami: warning: --threads {config.threads} is more than the {cpus} CPU(s) this process may "
+                      "use; steps will be much slower than with at most that many", file=sys.stderr, flush=True)
+            torch.set_num_threads(config.threads)
+        seed_everything(config.seed)
+        # Accelerate keeps a process-wide singleton; drop its mixed-precision settings so that a second
+        # run in the same process (notebooks, tests) can choose another precision. The process-group
+        # state (PartialState) is kept.
+        AcceleratorState._reset_state()
+        # Several processes without a GPU (torchrun on CPU): Accelerate sets up gloo only when told cpu=True.
+        multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+        if config.precision == "auto":  # the saved config records the choice, so a resume keeps it on any host
+            config.precision = resolve_precision("auto", "cuda" if torch.cuda.is_available() and not multi_cpu
+                                                 else "cpu")
+            if not self.quiet and os.environ.get("RANK", "0") == "0":
+                print(f"[nami] precision auto -> {config.precision}"
+                      + ("" if config.precision == "bf16" else " (no native bf16 here: bf16 autocast would be slower)"),
+                      flush=True)
+        self.accelerator = Accelerator(
+            cpu=multi_cpu,
+            mixed_precision="bf16" if config.precision == "bf16" else "no",
+            gradient_accumulation_steps=config.grad_accum,
+            # Stage-wise training switches branches off: their parameters get no gradient in that stage.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=bool(config.branch_schedule))],
+        )
+        self.device = self.accelerator.device
+        self.ranks = ranks = Ranks(self.accelerator)
+        if ranks.distributed and config.batch_size < ranks.world:
+            raise ValueError(f"--batch-size {config.batch_size} is the global batch; with {ranks.world} processes it "
+                             f"must be at least {ranks.world}")
+        if self.run_dir is not None and ranks.is_main:
+            self.locks.append(ckpt.RunLock(self.run_dir))  # before anything slow: a second writer is refused at once
+        self.show = not self.quiet and ranks.is_main
+        if self.run_dir is None:
+            return None
         if ranks.is_main:
-            ckpt.recover_interrupted_save(run_dir)
-        finished = finished_result(run_dir)
-        if finished is not None:
-            if ranks.is_main:
-                print(f"[nami] {run_dir} is finished ({ckpt.FINAL_EVAL_FILE}, step {finished.steps:,}): nothing "
-                      "to resume", flush=True)
-            return finished
+            ckpt.recover_interrupted_save(self.run_dir)
+        finished = finished_result(self.run_dir)
+        if finished is not None and ranks.is_main:
+            print(f"[nami] {self.run_dir} is finished ({ckpt.FINAL_EVAL_FILE}, step {finished.steps:,}): nothing "
+                  "to resume", flush=True)
+        return finished
 
-    # The task validates its data first, before anything slow (the default tokenizer may need training).
-    task = TASKS[config.task](config)
-    init = ckpt.read_run_config(config.init_from) if config.init_from else None
-    with accelerator.main_process_first():  # a tokenizer trained on first use is trained once, by the main process
-        if run_dir is not None:
-            _, saved_model_config, fingerprint = ckpt.read_run_config(run_dir)
-            tokenizer = ckpt.load_tokenizer_checked(run_dir, saved_model_config, fingerprint)
-        elif init is not None:
-            tokenizer = init_tokenizer(config, init)
-        else:
-            tokenizer = load_tokenizer(config)
-    task.prepare(tokenizer, show)
+    def setup_model(self) -> None:
+        """The task, its tokenizer and data, the model (and on resume the checkpoint's weights)."""
+        config, run_dir, ranks = self.config, self.run_dir, self.ranks
+        # The task validates its data first, before anything slow (the default tokenizer may need training).
+        self.task = task = TASKS[config.task](config)
+        init = ckpt.read_run_config(config.init_from) if config.init_from else None
+        with self.accelerator.main_process_first():  # a tokenizer trained on first use is trained once, by the main process
+            if run_dir is not None:
+                _, saved_model_config, fingerprint = ckpt.read_run_config(run_dir)
+                tokenizer = ckpt.load_tokenizer_checked(run_dir, saved_model_config, fingerprint)
+            elif init is not None:
+                tokenizer = init_tokenizer(config, init)
+            else:
+                tokenizer = load_tokenizer(config)
+        self.tokenizer = tokenizer
+        task.prepare(tokenizer, self.show)
+        model_config = task.model_config(tokenizer)
+        if init is not None:
+            model_config = compatible_init_config(config, model_config, init[1])
+        config.model = self.model_config = model_config  # the saved config holds the model exactly as built
+        model = task.build_model(model_config)
+        # A run with a checkpoint continues from it; a run stopped before its first one starts again.
+        self.resumed = run_dir is not None and bool(ckpt.checkpoint_dirs(run_dir))
+        self.restarted = run_dir is not None and not self.resumed
+        if init is not None and not self.resumed:
+            load_encoder_from(model, Path(config.init_from))
+        if ranks.rank > 0:  # the same initial weights everywhere, then each rank its own dropout/masking stream
+            seed_everything((config.seed + 7919 * ranks.rank) % 2**32)
+        self.params = count_parameters(model)
+        self.compiled = compile_wave_layers(model) if config.compile_wave else None
+        if self.compiled is not None and self.show:
+            print("[nami] --compile-wave: the first training steps compile the Wave layer (C++ code, up to a minute "
+                  "the first time; cached after)", flush=True)
+        if not config.compile_wave and not config.wave_recompute:
+            autograd_wave_layers(model)
+        self.progress = Progress(next_eval_seconds=config.eval_every_minutes * 60 if config.eval_every_minutes
+                                 else math.inf)
+        if self.resumed:
+            self._load_checkpoint(model)
+        self.model = model
 
-    model_config = task.model_config(tokenizer)
-    if init is not None:
-        model_config = compatible_init_config(config, model_config, init[1])
-    config.model = model_config  # the saved config holds the model exactly as built
-    model = task.build_model(model_config)
-    # A run with a checkpoint continues from it; a run stopped before its first one starts again.
-    resumed = run_dir is not None and bool(ckpt.checkpoint_dirs(run_dir))
-    restarted = run_dir is not None and not resumed
-    if init is not None and not resumed:
-        load_encoder_from(model, Path(config.init_from))
-    if ranks.rank > 0:  # the same initial weights everywhere, then each rank its own dropout/masking stream
-        seed_everything((config.seed + 7919 * ranks.rank) % 2**32)
-    params = count_parameters(model)
-    compiled = compile_wave_layers(model) if config.compile_wave else None
-    if compiled is not None and show:
-        print("[nami] --compile-wave: the first training steps compile the Wave layer (C++ code, up to a minute "
-              "the first time; cached after)", flush=True)
-    if not config.compile_wave and not config.wave_recompute:
-        autograd_wave_layers(model)
-    progress = Progress(next_eval_seconds=config.eval_every_minutes * 60 if config.eval_every_minutes else math.inf)
-    torn: list[int] = []
-    if resumed:
+    def _load_checkpoint(self, model: torch.nn.Module) -> None:
+        """The newest checkpoint's weights into ``model``; its optimizer state, RNG and progress kept for later."""
+        run_dir, ranks = self.run_dir, self.ranks
         checkpoints = ckpt.checkpoint_dirs(run_dir)
-        latest = checkpoints[-1]
+        self.latest = latest = checkpoints[-1]
         try:
-            weights, optimizer_state, torch_rng, state = ckpt.load_checkpoint(latest)
+            weights, self.saved_optimizer, self.saved_torch_rng, self.saved_state = ckpt.load_checkpoint(latest)
         except ckpt.CheckpointError as err:
             if len(checkpoints) < 2:
                 raise
             raise ckpt.CheckpointError(f"{err}; the earlier checkpoint {checkpoints[-2].name} may be intact: move "
                                        f"{latest.name} out of {latest.parent} to resume from it") from err
-        saved_world = state.get("world_size", 1)
+        saved_world = self.saved_state.get("world_size", 1)
         if saved_world != ranks.world:
             raise ckpt.CheckpointError(f"{latest}: saved by {saved_world} process(es), resumed with {ranks.world}; "
                                        f"resume with {saved_world} (the data shards and RNG streams are per process)")
@@ -417,87 +430,91 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         except (RuntimeError, ValueError) as err:  # the saved config no longer describes these weights
             raise ckpt.CheckpointError(f"{latest}: does not fit the model of {run_dir / ckpt.CONFIG_FILE} "
                                        f"({' '.join(str(err).split())[:300]})") from err
-    sharded = config.sharding == "fsdp2"
-    zero = config.sharding in ZERO_STAGES  # DeepSpeed ZeRO: the engine does backward and step
-    if sharded:  # after loading full weights, before the optimizer (which must see the shards)
-        model = shard_model(model, device)
-    if (sharded or zero) and config.precision == "bf16":  # what Accelerate's prepare does for an unsharded model
-        model.forward = convert_outputs_to_fp32(torch.autocast(device.type, dtype=torch.bfloat16)(model.forward))
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    if zero:  # the parameters in the optimizer's order: the layout of the full optimizer state in checkpoints
-        zero_groups = [list(group["params"]) for group in optimizer.param_groups]
-        model, optimizer = deepspeed_engine(
-            model, optimizer, deepspeed_config(config.sharding, config.deepspeed_config, global_batch=config.batch_size,
-                                               world=ranks.world, max_grad_norm=config.max_grad_norm), device)
-    if resumed:
-        try:
-            if sharded:
-                load_full_optimizer_state(model, optimizer, optimizer_state)
-            elif zero:
-                deepspeed_load_optimizer_state(model, zero_groups, optimizer_state)
-            else:
-                optimizer.load_state_dict(optimizer_state)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ckpt.CheckpointError(f"{latest}: optimizer state does not fit the model of "
-                                       f"{run_dir / ckpt.CONFIG_FILE} ({' '.join(str(err).split())[:300]})") from err
-        progress = Progress(**state["progress"])
-    sampler = BucketBatchSampler(task.train_lengths, config.batch_size, seed=config.seed)
-    shards = ShardedBatches(sampler, ranks.rank, ranks.world)  # this rank's slice of every global batch
-    # Accelerate's loader wrapper for device placement, resume skipping and gradient accumulation's
-    # end-of-epoch sync, told not to shard again (ShardedBatches did) nor to synchronise RNGs.
-    # Its own generator: every DataLoader iterator draws a worker base seed, and drawn from torch's
-    # global RNG that draw would shift the dropout stream of a resumed run (which makes a new
-    # iterator right after restoring the RNG) against the uninterrupted one.
-    loader = prepare_data_loader(DataLoader(WindowDataset(task.train_lengths), batch_sampler=shards,
-                                            collate_fn=task.collate,
-                                            generator=torch.Generator().manual_seed(config.seed)),
-                                 device, num_processes=1, process_index=0, put_on_device=True, rng_types=[])
 
-    if resumed:
-        if ranks.is_main:
-            torn = truncate_metrics(run_dir / ckpt.METRICS_FILE, progress.step)
-    elif restarted:
-        if ranks.is_main:
-            torn = truncate_metrics(run_dir / ckpt.METRICS_FILE, -1)  # the stopped start logged nothing to keep
-    else:
-        if ranks.is_main:
-            run_dir = new_run_dir(config)
-            locks.append(ckpt.RunLock(run_dir))
-            ckpt.save_run_config(run_dir, config, model_config, tokenizer)
-        run_dir = Path(ranks.broadcast(str(run_dir) if ranks.is_main else None))
-    if sharded:
-        optimizer = accelerator.prepare(optimizer)  # FSDP2 is applied above; Accelerate must not wrap the model
-    elif not zero:  # a DeepSpeed engine is not wrapped again
-        model, optimizer = accelerator.prepare(model, optimizer)
+    def setup_optimizer(self) -> None:
+        """The strategy of ``--sharding`` lays out the model and builds the optimizer (on resume: its state)."""
+        self.strategy = strategy_for(self.config, self.accelerator, self.ranks,
+                                     lambda: self.task.build_model(self.model_config))
+        self.strategy.setup(self.model)
+        if self.resumed:
+            try:
+                self.strategy.load_optimizer_state(self.saved_optimizer)
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise ckpt.CheckpointError(f"{self.latest}: optimizer state does not fit the model of "
+                                           f"{self.run_dir / ckpt.CONFIG_FILE} ({' '.join(str(err).split())[:300]})"
+                                           ) from err
+            self.progress = Progress(**self.saved_state["progress"])
 
-    if ranks.is_main:
-        log = MetricsLog(run_dir / ckpt.METRICS_FILE,
-                         tensorboard_dir=run_dir / "tensorboard" if config.log_with == "tensorboard" else None)
-    else:
-        log = NullLog()
-    # Accelerate also steps on an epoch's last, partial accumulation window: ceil, not floor
-    steps_per_epoch = max(1, -(-len(shards) // config.grad_accum))
-    total_steps = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
-    budget_s = config.max_minutes * 60 if config.max_minutes else None
-    if torn:
-        print(f"[nami] {run_dir / ckpt.METRICS_FILE}: dropped {len(torn)} unreadable line(s) (line "
-              f"{', '.join(map(str, torn))}; a crash mid-write tears the last line)", file=sys.stderr, flush=True)
-    if resumed:
-        # Last: nothing above may consume randomness after it. Ranks > 0 saved theirs in state.json.
-        if ranks.rank == 0:
-            set_rng_state(state["rng"], torch_rng)
+    def setup_data(self) -> None:
+        """The batch order: a pure function of (seed, epoch), each process its slice of every global batch."""
+        config, task = self.config, self.task
+        self.sampler = BucketBatchSampler(task.train_lengths, config.batch_size, seed=config.seed)
+        self.shards = ShardedBatches(self.sampler, self.ranks.rank, self.ranks.world)
+        # Accelerate's loader wrapper for device placement, resume skipping and gradient accumulation's
+        # end-of-epoch sync, told not to shard again (ShardedBatches did) nor to synchronise RNGs.
+        # Its own generator: every DataLoader iterator draws a worker base seed, and drawn from torch's
+        # global RNG that draw would shift the dropout stream of a resumed run (which makes a new
+        # iterator right after restoring the RNG) against the uninterrupted one.
+        self.loader = prepare_data_loader(
+            DataLoader(WindowDataset(task.train_lengths), batch_sampler=self.shards, collate_fn=task.collate,
+                       generator=torch.Generator().manual_seed(config.seed)),
+            self.device, num_processes=1, process_index=0, put_on_device=True, rng_types=[])
+
+    def open_run(self) -> None:
+        """The run directory (new, or the resumed one's log cut back to its checkpoint), Accelerate's
+        wrapping, the metrics log, the budget, and — last, so nothing after draws randomness — the
+        checkpoint's RNG states."""
+        config, ranks = self.config, self.ranks
+        if self.resumed:
+            if ranks.is_main:
+                self.torn = truncate_metrics(self.run_dir / ckpt.METRICS_FILE, self.progress.step)
+        elif self.restarted:
+            if ranks.is_main:  # the stopped start logged nothing to keep
+                self.torn = truncate_metrics(self.run_dir / ckpt.METRICS_FILE, -1)
         else:
-            set_rank_rng_state(state["rank_rng"][ranks.rank - 1])
-        log.write({"type": "resume", "step": progress.step, "from": latest.name, "dropped_log_lines": torn})
-        if show:
-            print(f"[nami] resuming {run_dir} at step {progress.step} (epoch {progress.epoch})", flush=True)
-    else:
-        if restarted and ranks.is_main:
-            print(f"[nami] {run_dir} stopped before its first checkpoint: starting it again from step 0 with its "
+            if ranks.is_main:
+                self.run_dir = new_run_dir(config)
+                self.locks.append(ckpt.RunLock(self.run_dir))
+                ckpt.save_run_config(self.run_dir, config, self.model_config, self.tokenizer)
+            self.run_dir = Path(ranks.broadcast(str(self.run_dir) if ranks.is_main else None))
+        run_dir = self.run_dir
+        self.strategy.prepare()
+        if ranks.is_main:
+            self.log = MetricsLog(run_dir / ckpt.METRICS_FILE,
+                                  tensorboard_dir=run_dir / "tensorboard" if config.log_with == "tensorboard" else None)
+        else:
+            self.log = NullLog()
+        # Accelerate also steps on an epoch's last, partial accumulation window: ceil, not floor
+        steps_per_epoch = max(1, -(-len(self.shards) // config.grad_accum))
+        self.total_steps = config.max_steps or max(1, int(config.epochs * steps_per_epoch))
+        self.budget_s = config.max_minutes * 60 if config.max_minutes else None
+        if self.torn:
+            print(f"[nami] {run_dir / ckpt.METRICS_FILE}: dropped {len(self.torn)} unreadable line(s) (line "
+                  f"{', '.join(map(str, self.torn))}; a crash mid-write tears the last line)", file=sys.stderr,
+                  flush=True)
+        if self.resumed:
+            # Last: nothing above may consume randomness after it. Ranks > 0 saved theirs in state.json.
+            if ranks.rank == 0:
+                set_rng_state(self.saved_state["rng"], self.saved_torch_rng)
+            else:
+                set_rank_rng_state(self.saved_state["rank_rng"][ranks.rank - 1])
+            self.log.write({"type": "resume", "step": self.progress.step, "from": self.latest.name,
+                            "dropped_log_lines": self.torn})
+            if self.show:
+                print(f"[nami] resuming {run_dir} at step {self.progress.step} (epoch {self.progress.epoch})",
+                      flush=True)
+        else:
+            self._log_start()
+        self.last_checkpoint_seconds = self.progress.train_seconds
+
+    def _log_start(self) -> None:
+        config, ranks, task = self.config, self.ranks, self.task
+        if self.restarted and ranks.is_main:
+            print(f"[nami] {self.run_dir} stopped before its first checkpoint: starting it again from step 0 with its "
                   "saved config", file=sys.stderr, flush=True)
-        log.write({
-            "type": "start", "task": config.task, "run_dir": str(run_dir), "params": params, **task.summary(),
-            "total_steps": total_steps, "budget_minutes": config.max_minutes, "device": str(device),
+        self.log.write({
+            "type": "start", "task": config.task, "run_dir": str(self.run_dir), "params": self.params, **task.summary(),
+            "total_steps": self.total_steps, "budget_minutes": config.max_minutes, "device": str(self.device),
             "threads": torch.get_num_threads(), "init_from": config.init_from, "malloc_tuning": resources.MALLOC_TUNING,
             "processes": ranks.world, "global_batch": config.batch_size * config.grad_accum,
         })
@@ -506,213 +523,248 @@ def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks
         # The run directory is printed even with --quiet: it is what every later command needs.
         if ranks.is_main:
             processes = f", {ranks.world} processes" if ranks.distributed else ""
-            print(f"[nami] {config.task} {config.arch} ({params['total']:,} params{processes}) -> {run_dir}",
+            print(f"[nami] {config.task} {config.arch} ({self.params['total']:,} params{processes}) -> {self.run_dir}",
                   flush=True)
-        if show:
+        if self.show:
             print(f"[nami] data: {summary}", flush=True)
 
-    def fraction_done() -> float:
-        p = progress.step / total_steps
-        return max(p, progress.train_seconds / budget_s) if budget_s else p
+    # --- the steps ---------------------------------------------------------------------------
 
-    def full_model() -> torch.nn.Module:
-        """The model with whole parameters: itself, or under FSDP2 / ZeRO a gathered copy (a collective)."""
-        if not (sharded or zero):
-            # Only DDP (several processes) wraps it. Accelerate's unwrap_model imports DeepSpeed where it is
-            # installed, whose import prints a warning on stdout (an extra line in --quiet's two).
-            return accelerator.unwrap_model(model) if accelerator.num_processes > 1 else model
-        copy = task.build_model(model_config)
-        copy.load_state_dict(deepspeed_full_weights(model) if zero else full_weights(model))
-        return copy.to(device)
+    def fraction_done(self) -> float:
+        """Training progress in [0, 1]: steps of the total, or training seconds of the budget if further."""
+        p = self.progress.step / self.total_steps
+        return max(p, self.progress.train_seconds / self.budget_s) if self.budget_s else p
 
-    def save_checkpoint() -> torch.nn.Module:
-        # Every rank's RNG states and (FSDP2) the gathered weights and optimizer state: collectives,
-        # so every rank calls this at the same step.
+    def save_checkpoint(self) -> torch.nn.Module:
+        """Weights, optimizer state, progress and every rank's RNG states; returns the whole model.
+        Collectives (RNG gather; FSDP2 / ZeRO gathers): every rank calls this at the same step."""
+        ranks = self.ranks
         others = ranks.gather(rank_rng_state() if ranks.rank > 0 else None)[1:]
-        whole = full_model()
-        optimizer_state = (full_optimizer_state(model, optimizer.optimizer) if sharded else
-                           deepspeed_full_optimizer_state(model, zero_groups) if zero else optimizer)
+        whole = self.strategy.full_model()
+        optimizer_state = self.strategy.optimizer_state()
         if not ranks.is_main:
             return whole
-        state = {"progress": asdict(progress), "rng": rng_state(), "world_size": ranks.world,
-                 "sharding": config.sharding}
+        state = {"progress": asdict(self.progress), "rng": rng_state(), "world_size": ranks.world,
+                 "sharding": self.config.sharding}
         if others:
             state["rank_rng"] = others
-        ckpt.save_checkpoint(run_dir, progress.step, whole, optimizer_state, state, config.keep_checkpoints)
+        ckpt.save_checkpoint(self.run_dir, self.progress.step, whole, optimizer_state, state,
+                             self.config.keep_checkpoints)
         return whole  # the whole model (under FSDP2 gathered once for both uses)
 
-    last_checkpoint_seconds = progress.train_seconds
-    # With a time budget the bar counts training seconds (its total is the budget, so it has an ETA);
-    # otherwise it counts optimizer steps.
-    if budget_s:
-        bar = tqdm(total=round(budget_s), initial=min(round(progress.train_seconds), round(budget_s)),
-                   disable=not show,
-                   desc=f"train {config.arch}", unit="s",
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training "
-                              "[{elapsed}<{remaining}{postfix}]")
-    else:
-        bar = tqdm(total=total_steps, initial=progress.step, disable=not show, desc=f"train {config.arch}",
-                   unit="step")
-    model.train()
-    # Gradient accumulation weighs batches by their loss units (see the backward below); checkpoints
-    # and stops fall on optimizer steps, so a window never spans a resume.
-    accumulating, window_units = config.grad_accum > 1, 0.0
-    finished = fraction_done() >= 1.0
-    with StopSignals() as stop:
-        while not finished:
-            batches = loader
-            if progress.batch_in_epoch:  # exact resume: the epoch continues where it stopped
-                batches = accelerator.skip_first_batches(loader, progress.batch_in_epoch)
-            # Accelerate's loaders pass their own epoch counter to the sampler when iterated, so
-            # both must be told the epoch (a resumed run starts that counter anew).
-            sampler.set_epoch(progress.epoch)
-            batches.set_epoch(progress.epoch)
-            for batch in batches:
-                tick = time.perf_counter()
-                progress.batch_in_epoch += 1
-                if config.branch_schedule:  # stage-wise training: which branches this batch uses
-                    set_branches(model, fraction_done(), config.branch_schedule)
-                batch = task.ready(batch)  # e.g. masked LM's masks, drawn in step order (exact resume)
-                with accelerator.accumulate(model):
-                    loss = task.loss(model, batch)
-                    units = task.loss_units(batch) if ranks.distributed or accumulating else 1
-                    problem = None if torch.isfinite(loss) else f"non-finite loss ({loss.item()})"
-                    if ranks.distributed:
-                        # Weight this rank's mean by its share of the global batch (DDP averages over
-                        # ranks), and skip the batch on every rank if any rank's loss is not finite.
-                        total_units, bad = ranks.sum([units, 0.0 if problem is None else 1.0])
-                        if bad and problem is None:
-                            problem = "non-finite loss on another process"
-                        scale = units * ranks.world / total_units
-                    if problem is None and accelerator.sync_gradients:  # the learning rate of this step
-                        factor = lr_factor(fraction_done(), config.warmup, config.schedule)
-                        for group in optimizer.param_groups:
-                            group["lr"] = config.lr * factor
-                    if problem is None and zero:
-                        problem = deepspeed_step(model, loss * scale if ranks.distributed else loss)
-                    elif problem is None:
-                        if accumulating:
-                            # The window's mean over its loss units (tokens, windows), as one big batch
-                            # would take it, not the mean of its batches' means: each batch's sum now
-                            # (× world: DDP averages over processes), divided by the window's total at
-                            # its last batch (Accelerate divides every batch by grad_accum: undone there).
-                            accelerator.backward(loss * (units * ranks.world))
-                            window_units += total_units if ranks.distributed else units
-                        else:
-                            accelerator.backward(loss * scale if ranks.distributed else loss)
-                        if accelerator.sync_gradients:
-                            grads = [p.grad for p in model.parameters() if p.grad is not None]
-                            if accumulating:
-                                for grad in grads:
-                                    grad.mul_(config.grad_accum / max(window_units, 1))
-                            # Checked before clipping: a NaN norm would spread NaN into every gradient.
-                            if not torch.isfinite(local(torch.nn.utils.get_total_norm(grads))):
-                                problem = f"non-finite gradient in {first_nonfinite_gradient(model)}"
-                            elif sharded:  # DTensor gradients: torch's clipping computes the global norm
-                                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                            else:
-                                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    if problem is not None:
-                        where = f"at step {progress.step + 1} (epoch {progress.epoch}, batch {progress.batch_in_epoch})"
-                        if progress.skipped_batches >= config.nonfinite_skips:
-                            raise NonFiniteError(
-                                f"{problem} {where}; stopping (nonfinite_skips={config.nonfinite_skips}). "
-                                "Lower --lr, use --precision fp32, or check the data."
-                            )
-                        progress.skipped_batches += 1
-                        log.write({"type": "skipped_batch", "step": progress.step, "reason": f"{problem} {where}"})
-                        optimizer.zero_grad(set_to_none=True)
-                        window_units = 0.0  # the window's gradients so far are gone with it
-                        continue
-                    if not zero:
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        if accelerator.sync_gradients:
-                            window_units = 0.0
-                elapsed = time.perf_counter() - tick
-                # One clock, one token count and one stop signal for all ranks (no-op with one process).
-                elapsed, n_tokens, loss_sum, stop.received = ranks.agree(
-                    elapsed, int(batch["attention_mask"].sum()), loss.item(), units, stop.received)
-                batch_loss = loss_sum / total_units if ranks.distributed else loss_sum
-                progress.train_seconds += elapsed
-                progress.tokens_seen += n_tokens
-                window = progress.window
-                window["loss"] += batch_loss
-                window["tokens"] += n_tokens
-                window["seconds"] += elapsed
-                window["batches"] += 1
-                if not accelerator.sync_gradients:
-                    continue
-                progress.step += 1
-                bar.update(min(elapsed, max(bar.total - bar.n, 0)) if budget_s else 1)
-                if progress.step % config.log_every == 0:
-                    record = {
-                        "type": "train", "step": progress.step, "epoch": progress.epoch,
-                        "train_seconds": round(progress.train_seconds, 3),
-                        "loss": window["loss"] / window["batches"], "lr": optimizer.param_groups[0]["lr"],
-                        "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
-                        **task.train_metrics(),
-                    }
-                    log.write(record)
-                    bar.set_postfix(step=progress.step, loss=f"{record['loss']:.3f}",
-                                    tok_s=f"{record['tokens_per_s']:.0f}")
-                    progress.window = {"loss": 0.0, "tokens": 0, "seconds": 0.0, "batches": 0}
-                if fraction_done() >= 1.0:
-                    finished = True
-                    break
-                if progress.train_seconds >= progress.next_eval_seconds:
-                    progress.next_eval_seconds += config.eval_every_minutes * 60
-                    whole = full_model()  # one gather (FSDP2) for the evaluation and the weights file
-                    scores = task.evaluate_sharded(whole, device, full=False, show=False, ranks=ranks)
-                    log.write({"type": "eval", "step": progress.step, "train_seconds": round(progress.train_seconds, 3),
-                               **scalars(scores)})
-                    if show:
-                        tqdm.write(f"[nami] step {progress.step}: subset {task.describe(scores)}")
-                    if ranks.is_main:
-                        ckpt.save_weights(run_dir, whole)
-                due_by_steps = config.checkpoint_every_steps and progress.step % config.checkpoint_every_steps == 0
-                since_checkpoint = progress.train_seconds - last_checkpoint_seconds
-                due_by_time = (config.checkpoint_every_minutes
-                               and since_checkpoint >= config.checkpoint_every_minutes * 60)
-                if due_by_steps or due_by_time or stop.received:
-                    save_checkpoint()
-                    last_checkpoint_seconds = progress.train_seconds
-                if stop.received:
-                    log.write({"type": "interrupted", "step": progress.step, "signal": stop.received})
-                    log.close()
-                    bar.close()
-                    raise TrainingInterrupted(run_dir, progress.step, stop.received)
-            else:
-                progress.epoch += 1
-                progress.batch_in_epoch = 0
-    bar.close()
+    def _progress_bar(self) -> tqdm:
+        """With a time budget the bar counts training seconds (its total is the budget, so it has an
+        ETA); otherwise optimizer steps."""
+        config, show = self.config, self.show
+        if self.budget_s:
+            return tqdm(total=round(self.budget_s), initial=min(round(self.progress.train_seconds),
+                                                                round(self.budget_s)),
+                        disable=not show, desc=f"train {config.arch}", unit="s",
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of training "
+                                   "[{elapsed}<{remaining}{postfix}]")
+        return tqdm(total=self.total_steps, initial=self.progress.step, disable=not show, desc=f"train {config.arch}",
+                    unit="step")
 
-    whole = save_checkpoint()
-    if ranks.is_main:
-        ckpt.save_weights(run_dir, whole)
-    train_tokens_per_s = progress.tokens_seen / progress.train_seconds if progress.train_seconds else float("nan")
-    scores = task.evaluate_sharded(whole, device, full=True, show=show, ranks=ranks)
-    final = {
-        **scalars(scores), "threads": torch.get_num_threads(), "step": progress.step,
-        "train_seconds": progress.train_seconds, "train_tokens_per_s": train_tokens_per_s,
-        "skipped_batches": progress.skipped_batches, "params": params,
-        "peak_rss_mb": round(peak_rss_mb(), 1),  # the whole training process, data and evaluation included
-    }
-    if ranks.distributed:
-        final["processes"] = ranks.world  # tokens/s counts every process's tokens over the main one's clock
-    if compiled is not None:
-        final["compile_wave_failure"] = compiled.failure  # None: the compiled Wave maths ran throughout
-    if ranks.is_main:
-        if "predictions" in scores:
-            ckpt.write_json(run_dir / ckpt.PREDICTIONS_FILE, scores["predictions"])
-        ckpt.write_json(run_dir / ckpt.FINAL_EVAL_FILE, final)
-        log.write({"type": "final_eval", **final})
-        # One line even with --quiet: the final scores and where they are.
-        print(f"[nami] {config.task} {config.arch}: {task.describe(scores)} ({train_tokens_per_s:,.0f} train tok/s, "
-              f"{progress.step:,} steps) -> {run_dir}", flush=True)
-    log.close()
-    ranks.barrier()  # no rank leaves before the main process has written the run's results
-    return TrainResult(run_dir, final, params, train_tokens_per_s, progress.step)
+    def train(self) -> None:
+        """Epochs of batches until the budget (steps, epochs or minutes) is spent."""
+        progress = self.progress
+        self.bar = self._progress_bar()
+        self.strategy.model.train()
+        finished = self.fraction_done() >= 1.0
+        with StopSignals() as self.stop:
+            while not finished:
+                batches = self.loader
+                if progress.batch_in_epoch:  # exact resume: the epoch continues where it stopped
+                    batches = self.accelerator.skip_first_batches(self.loader, progress.batch_in_epoch)
+                # Accelerate's loaders pass their own epoch counter to the sampler when iterated, so
+                # both must be told the epoch (a resumed run starts that counter anew).
+                self.sampler.set_epoch(progress.epoch)
+                batches.set_epoch(progress.epoch)
+                for batch in batches:
+                    if not self.train_step(batch):
+                        continue  # inside an accumulation window, or a skipped batch
+                    if self.after_step():
+                        finished = True
+                        break
+                else:
+                    progress.epoch += 1
+                    progress.batch_in_epoch = 0
+        self.bar.close()
+
+    def train_step(self, batch: dict[str, Any]) -> bool:
+        """Forward, backward and (at the end of an accumulation window) the optimizer step for one
+        batch; whether an optimizer step was taken. Gradient accumulation weighs batches by their loss
+        units (tokens, windows), as one big batch would; a non-finite loss or gradient skips the batch
+        (up to ``nonfinite_skips``) or stops the run."""
+        config, progress, ranks, strategy, accelerator = (self.config, self.progress, self.ranks, self.strategy,
+                                                          self.accelerator)
+        model = strategy.model
+        tick = time.perf_counter()
+        progress.batch_in_epoch += 1
+        if config.branch_schedule:  # stage-wise training: which branches this batch uses
+            set_branches(model, self.fraction_done(), config.branch_schedule)
+        batch = self.task.ready(batch)  # e.g. masked LM's masks, drawn in step order (exact resume)
+        accumulating = config.grad_accum > 1
+        total_units = None
+        with accelerator.accumulate(model):
+            loss = self.task.loss(model, batch)
+            units = self.task.loss_units(batch) if ranks.distributed or accumulating else 1
+            problem = None if torch.isfinite(loss) else f"non-finite loss ({loss.item()})"
+            scale = 1.0
+            if ranks.distributed:
+                # Weight this rank's mean by its share of the global batch (DDP averages over
+                # ranks), and skip the batch on every rank if any rank's loss is not finite.
+                total_units, bad = ranks.sum([units, 0.0 if problem is None else 1.0])
+                if bad and problem is None:
+                    problem = "non-finite loss on another process"
+                scale = units * ranks.world / total_units
+            if problem is None and accelerator.sync_gradients:  # the learning rate of this step
+                factor = lr_factor(self.fraction_done(), config.warmup, config.schedule)
+                for group in strategy.optimizer.param_groups:
+                    group["lr"] = config.lr * factor
+            if problem is None:
+                problem = self._backward(loss, units, total_units, scale)
+            if problem is not None:
+                self._skip_batch(problem)
+                return False
+            strategy.step()
+            if accelerator.sync_gradients:
+                self.window_units = 0.0
+        self._account(tick, batch, loss, units, total_units)
+        return accelerator.sync_gradients
+
+    def _backward(self, loss: torch.Tensor, units: float, total_units: float | None, scale: float) -> str | None:
+        """Backward (and, at a window's end, the gradient check and clipping); the problem, if any."""
+        ranks, strategy = self.ranks, self.strategy
+        distributed = ranks.distributed
+        if strategy.engine_steps:  # DeepSpeed: backward, clipping and the step in its engine
+            return strategy.backward(loss * scale if distributed else loss)
+        accumulating = self.config.grad_accum > 1
+        if accumulating:
+            # The window's mean over its loss units, as one big batch would take it, not the mean of its
+            # batches' means: each batch's sum now (× world: DDP averages over processes), divided by the
+            # window's total at its last batch (Accelerate divides every batch by grad_accum: undone there).
+            strategy.backward(loss * (units * ranks.world))
+            self.window_units += total_units if distributed else units
+        else:
+            strategy.backward(loss * scale if distributed else loss)
+        if not self.accelerator.sync_gradients:
+            return None
+        rescale = self.config.grad_accum / max(self.window_units, 1) if accumulating else None
+        return strategy.clip(rescale)
+
+    def _skip_batch(self, problem: str) -> None:
+        progress, config = self.progress, self.config
+        where = f"at step {progress.step + 1} (epoch {progress.epoch}, batch {progress.batch_in_epoch})"
+        if progress.skipped_batches >= config.nonfinite_skips:
+            raise NonFiniteError(f"{problem} {where}; stopping (nonfinite_skips={config.nonfinite_skips}). "
+                                 "Lower --lr, use --precision fp32, or check the data.")
+        progress.skipped_batches += 1
+        self.log.write({"type": "skipped_batch", "step": progress.step, "reason": f"{problem} {where}"})
+        self.strategy.zero_grad()
+        self.window_units = 0.0  # the window's gradients so far are gone with it
+
+    def _account(self, tick: float, batch: dict[str, Any], loss: torch.Tensor, units: float,
+                 total_units: float | None) -> None:
+        """Training seconds, tokens and the logging window; one clock, one token count and one stop
+        signal for all ranks (a no-op with one process)."""
+        progress, ranks, stop = self.progress, self.ranks, self.stop
+        elapsed = time.perf_counter() - tick
+        elapsed, n_tokens, loss_sum, stop.received = ranks.agree(
+            elapsed, int(batch["attention_mask"].sum()), loss.item(), units, stop.received)
+        batch_loss = loss_sum / total_units if ranks.distributed else loss_sum
+        progress.train_seconds += elapsed
+        progress.tokens_seen += n_tokens
+        window = progress.window
+        window["loss"] += batch_loss
+        window["tokens"] += n_tokens
+        window["seconds"] += elapsed
+        window["batches"] += 1
+        self._elapsed = elapsed
+
+    def after_step(self) -> bool:
+        """After an optimizer step: the progress bar, the log, periodic evaluation and checkpoints, a
+        stop signal. Whether training is finished."""
+        config, progress = self.config, self.progress
+        progress.step += 1
+        self.bar.update(min(self._elapsed, max(self.bar.total - self.bar.n, 0)) if self.budget_s else 1)
+        if progress.step % config.log_every == 0:
+            self._log_train()
+        if self.fraction_done() >= 1.0:
+            return True
+        if progress.train_seconds >= progress.next_eval_seconds:
+            progress.next_eval_seconds += config.eval_every_minutes * 60
+            self._evaluate_subset()
+        due_by_steps = config.checkpoint_every_steps and progress.step % config.checkpoint_every_steps == 0
+        since_checkpoint = progress.train_seconds - self.last_checkpoint_seconds
+        due_by_time = config.checkpoint_every_minutes and since_checkpoint >= config.checkpoint_every_minutes * 60
+        if due_by_steps or due_by_time or self.stop.received:
+            self.save_checkpoint()
+            self.last_checkpoint_seconds = progress.train_seconds
+        if self.stop.received:
+            self.log.write({"type": "interrupted", "step": progress.step, "signal": self.stop.received})
+            self.log.close()
+            self.bar.close()
+            raise TrainingInterrupted(self.run_dir, progress.step, self.stop.received)
+        return False
+
+    def _log_train(self) -> None:
+        progress = self.progress
+        window = progress.window
+        record = {
+            "type": "train", "step": progress.step, "epoch": progress.epoch,
+            "train_seconds": round(progress.train_seconds, 3),
+            "loss": window["loss"] / window["batches"], "lr": self.strategy.optimizer.param_groups[0]["lr"],
+            "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
+            **self.task.train_metrics(),
+        }
+        self.log.write(record)
+        self.bar.set_postfix(step=progress.step, loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        progress.window = {"loss": 0.0, "tokens": 0, "seconds": 0.0, "batches": 0}
+
+    def _evaluate_subset(self) -> None:
+        """The periodic evaluation on the evaluation subset; the weights file refreshed."""
+        progress = self.progress
+        whole = self.strategy.full_model()  # one gather (FSDP2) for the evaluation and the weights file
+        scores = self.task.evaluate_sharded(whole, self.device, full=False, show=False, ranks=self.ranks)
+        self.log.write({"type": "eval", "step": progress.step, "train_seconds": round(progress.train_seconds, 3),
+                        **scalars(scores)})
+        if self.show:
+            tqdm.write(f"[nami] step {progress.step}: subset {self.task.describe(scores)}")
+        if self.ranks.is_main:
+            ckpt.save_weights(self.run_dir, whole)
+
+    # --- the end -----------------------------------------------------------------------------
+
+    def finish(self) -> TrainResult:
+        """The final checkpoint and weights, the full evaluation, ``final_eval.json`` and one line."""
+        config, progress, ranks, run_dir = self.config, self.progress, self.ranks, self.run_dir
+        whole = self.save_checkpoint()
+        if ranks.is_main:
+            ckpt.save_weights(run_dir, whole)
+        train_tokens_per_s = progress.tokens_seen / progress.train_seconds if progress.train_seconds else float("nan")
+        scores = self.task.evaluate_sharded(whole, self.device, full=True, show=self.show, ranks=ranks)
+        final = {
+            **scalars(scores), "threads": torch.get_num_threads(), "step": progress.step,
+            "train_seconds": progress.train_seconds, "train_tokens_per_s": train_tokens_per_s,
+            "skipped_batches": progress.skipped_batches, "params": self.params,
+            "peak_rss_mb": round(peak_rss_mb(), 1),  # the whole training process, data and evaluation included
+        }
+        if ranks.distributed:
+            final["processes"] = ranks.world  # tokens/s counts every process's tokens over the main one's clock
+        if self.compiled is not None:
+            final["compile_wave_failure"] = self.compiled.failure  # None: the compiled Wave maths ran throughout
+        if ranks.is_main:
+            if "predictions" in scores:
+                ckpt.write_json(run_dir / ckpt.PREDICTIONS_FILE, scores["predictions"])
+            ckpt.write_json(run_dir / ckpt.FINAL_EVAL_FILE, final)
+            self.log.write({"type": "final_eval", **final})
+            # One line even with --quiet: the final scores and where they are.
+            print(f"[nami] {config.task} {config.arch}: {self.task.describe(scores)} ({train_tokens_per_s:,.0f} "
+                  f"train tok/s, {progress.step:,} steps) -> {run_dir}", flush=True)
+        self.log.close()
+        ranks.barrier()  # no rank leaves before the main process has written the run's results
+        return TrainResult(run_dir, final, self.params, train_tokens_per_s, progress.step)
 
 
 def scalars(scores: dict[str, Any]) -> dict[str, Any]:
