@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from nami.data.features import ANSWER_BOUNDARIES
 from nami.training.config import TrainConfig
+from nami.training.tasks.registry import task_names
 
 EXIT_BAD_INPUT = 2
 
@@ -329,7 +330,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """``nami pretrain`` = ``nami train --task mlm`` (``--objective clm``: ``--task clm``, a causal decoder)."""
-    args.task = args.objective or (None if args.recipe else "mlm")  # the recipe's objective, else masked LM
+    from nami.training.tasks.registry import MLM
+
+    args.task = args.objective or (None if args.recipe else MLM)  # the recipe's objective, else masked LM
     return cmd_train(args)
 
 
@@ -640,11 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the run directory and final scores "
                                                            "are still printed, one line each)")
-    add_train_options(p, tasks=("qa", "generative-qa"))
+    add_train_options(p, tasks=task_names("train"))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pretrain", help="masked-LM (or causal-LM) pretraining (default corpus: JaQuAD train contexts)")
-    p.add_argument("--objective", choices=["mlm", "clm"], default=None,
+    p.add_argument("--objective", choices=task_names("pretrain"), default=None,
                    help="mlm: masked LM (an encoder); clm: causal LM (a decoder that generates, nami generate)")
     p.add_argument("--config", help="JSON file of training options (command-line options override it)")
     p.add_argument("--recipe", choices=_preset_names(), default=None,
@@ -653,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the run directory and final scores "
                                                            "are still printed, one line each)")
-    add_train_options(p, exclude={"task"}, tasks=("mlm", "clm"))
+    add_train_options(p, exclude={"task"}, tasks=task_names("pretrain"))
     p.set_defaults(func=cmd_pretrain, recipe_stage="pretrain")
 
     p = sub.add_parser("predict", help="answer every question of a SQuAD file with a trained run")

@@ -25,6 +25,7 @@ from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import PredictionOutput, predict_answers
 from nami.io import read_json, write_json
 from nami.training import checkpoint as ckpt
+from nami.training.tasks.registry import CLM, QA, info
 
 
 
@@ -95,7 +96,7 @@ class QuestionAnsweringPipeline(_RunPipeline):
     one is cut into overlapping windows whose best spans compete.
     """
 
-    task, run_task, how_to_train = "question-answering", "qa", "a QA run (nami train)"
+    task, run_task, how_to_train = "question-answering", QA, "a QA run (nami train)"
 
     def __init__(self, model: str | Path, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -193,7 +194,7 @@ class TextGenerationPipeline(_RunPipeline):
     end-of-document token of causal-LM pretraining; ``stopped: "eos"``) or after ``max_new_tokens``.
     """
 
-    task, run_task, how_to_train = "text-generation", "clm", "a causal-LM run (nami pretrain --objective clm)"
+    task, run_task, how_to_train = "text-generation", CLM, "a causal-LM run (nami pretrain --objective clm)"
 
     def __call__(self, prompts: str | Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
@@ -251,12 +252,18 @@ def pipeline(task: str, model: str | Path, **kwargs: Any):
     return PIPELINES[task](model, **kwargs)
 
 
+def _writes_answers(run_dir: str | Path) -> bool:
+    """Whether the run's task writes its answers (generative QA) rather than pointing at a span."""
+    task = ckpt.read_run_config(run_dir)[0].task
+    return info(task).answers == "generate"
+
+
 def predict_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
                  batch_size: int | None = None, threads: int | None = None, answer_boundaries: str | None = None,
                  quiet: bool = False, num_beams: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """``nami predict``: :meth:`QuestionAnsweringPipeline.predict_file` with a fresh pipeline, or, for a
     generative-QA run, generated answers (:func:`predict_generative_file`)."""
-    if ckpt.read_run_config(run_dir)[0].task == "generative-qa":
+    if _writes_answers(run_dir):
         if answer_boundaries is not None:
             raise ValueError("--answer-boundaries applies to extractive QA runs, not generative-QA runs")
         return predict_generative_file(run_dir, data, output, batch_size=batch_size, threads=threads, quiet=quiet,
@@ -284,7 +291,7 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3, de
     check_text("--question", question)
     if n_best < 1:
         raise ValueError(f"--n-best={n_best}: expected >= 1")
-    if ckpt.read_run_config(run_dir)[0].task == "generative-qa":
+    if _writes_answers(run_dir):
         return _ask_generative(run_dir, context=context, question=question, device=device)
     qa = pipeline("question-answering", run_dir, device=device)
     (cands,), (windows,) = qa.answer_spans([{"question": question, "context": context}], top_k=n_best)
@@ -326,7 +333,7 @@ def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], outp
     import time
 
     from nami.data.generative import build_generative
-    from nami.training.tasks import generate_answers
+    from nami.evaluation.generative import generate_answers
 
     if threads:
         torch.set_num_threads(threads)

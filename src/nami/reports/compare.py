@@ -56,6 +56,7 @@ from nami.reports.variants import VARIANTS, Variant, resolve
 from nami.training import checkpoint as ckpt
 from nami.training.config import TrainConfig
 from nami.training.tasks import resolve_eval_data, resolve_train_data
+from nami.training.tasks.registry import MLM, info
 
 MODELS = ("wave", "transformer")  # the models a comparison trains by default, in report order
 # Every model `nami compare --models` can train is a variant of the one table (nami.reports.variants),
@@ -281,14 +282,14 @@ def _rescore(run_dir: Path, eval_path: str, *, show: bool = False) -> dict[str, 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _pretrain_summary(run_dir: Path, task: str = "mlm") -> dict[str, Any]:
+def _pretrain_summary(run_dir: Path, task: str = MLM) -> dict[str, Any]:
     final = read_json(run_dir / ckpt.FINAL_EVAL_FILE)
     summary = {
         "task": task, "run_dir": str(run_dir), "train_minutes": final["train_seconds"] / 60, "steps": final["step"],
         "train_tokens_per_s": final["train_tokens_per_s"], "peak_mb": final.get("peak_rss_mb"),
         "eval_data": final.get("data"),
     }
-    if task == "clm":
+    if info(task).causal:
         return {**summary, "loss": final["loss"], "perplexity": final["perplexity"]}
     return {**summary, "masked_accuracy": final["masked_accuracy"], "masked_loss": final["masked_loss"],
             "pseudo_perplexity": final.get("pseudo_perplexity")}
@@ -460,7 +461,7 @@ def run_compare(
             "compile_wave": config.compile_wave,
             "compile_wave_failure": final.get("compile_wave_failure"),
             "task": config.task,
-            "answer_boundaries": config.answer_boundaries if config.task == "qa" else None,
+            "answer_boundaries": config.answer_boundaries if info(config.task).answers == "extract" else None,
             "question_match": config.question_match,
             "pretrain": pretrain,
             "run_dir": str(run_dir),

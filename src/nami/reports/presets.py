@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from nami import paths
+from nami.training.tasks.registry import CLM, GENERATIVE_QA, MLM, QA
 
 _SMOKE_QA = dict(preset="tiny", max_length=128, doc_stride=64, batch_size=16, lr=2e-3, eval_subset=50,
                  eval_every_minutes=None, epochs=1.0, log_every=2)  # seconds long: log often enough for curves
@@ -51,24 +52,24 @@ _SMOKE_PRETRAIN = dict(preset="tiny", max_length=128, batch_size=16, lr=2e-3, ev
                        eval_subset=20, pppl_sequences=2, log_every=2)
 COMPARE_PRESETS: dict[str, dict[str, Any]] = {
     # Seconds-long end-to-end checks of the whole pipeline (used by the tests).
-    "smoke": dict(stages=[dict(name="finetune", task="qa", minutes=0.3, train=_SMOKE_QA)]),
+    "smoke": dict(stages=[dict(name="finetune", task=QA, minutes=0.3, train=_SMOKE_QA)]),
     "smoke-pretrain": dict(stages=[
-        dict(name="pretrain", task="mlm", minutes=0.1, train=_SMOKE_PRETRAIN),
-        dict(name="finetune", task="qa", minutes=0.2, train=_SMOKE_QA, init_from="pretrain"),
+        dict(name="pretrain", task=MLM, minutes=0.1, train=_SMOKE_PRETRAIN),
+        dict(name="finetune", task=QA, minutes=0.2, train=_SMOKE_QA, init_from="pretrain"),
     ]),
     # The reported comparison: 55 training minutes per model on 2 CPU cores = 20 minutes of masked-LM
     # pretraining + 35 minutes of QA fine-tuning from it.
     "standard": dict(
         data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
-        stages=[dict(name="pretrain", task="mlm", minutes=20.0, train=_STANDARD_MLM),
-                dict(name="finetune", task="qa", minutes=35.0, train=_STANDARD_QA, init_from="pretrain")],
+        stages=[dict(name="pretrain", task=MLM, minutes=20.0, train=_STANDARD_MLM),
+                dict(name="finetune", task=QA, minutes=35.0, train=_STANDARD_QA, init_from="pretrain")],
     ),
     # Generative QA with decoders: causal-LM pretraining on JaQuAD train contexts, then generative
     # QA fine-tuning from it (answers written token by token, mapped back to the context's characters).
     "generative": dict(
         data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV],
-        stages=[dict(name="pretrain", task="clm", minutes=20.0, train=_STANDARD_CLM),
-                dict(name="finetune", task="generative-qa", minutes=35.0, train=_GENERATIVE_QA, init_from="pretrain")],
+        stages=[dict(name="pretrain", task=CLM, minutes=20.0, train=_STANDARD_CLM),
+                dict(name="finetune", task=GENERATIVE_QA, minutes=35.0, train=_GENERATIVE_QA, init_from="pretrain")],
     ),
     # The first thing to run: the standard recipe scaled down to 3.5 training minutes per model
     # (1.25 masked-LM + 2.25 QA; no periodic evaluation), about 11 minutes for both models with the
@@ -76,13 +77,13 @@ COMPARE_PRESETS: dict[str, dict[str, Any]] = {
     # results/compare-quick at 8bb54bf).
     "quick": dict(
         data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
-        stages=[dict(name="pretrain", task="mlm", minutes=1.25, train=_STANDARD_MLM),
-                dict(name="finetune", task="qa", minutes=2.25, train={**_STANDARD_QA, "eval_every_minutes": None},
+        stages=[dict(name="pretrain", task=MLM, minutes=1.25, train=_STANDARD_MLM),
+                dict(name="finetune", task=QA, minutes=2.25, train={**_STANDARD_QA, "eval_every_minutes": None},
                      init_from="pretrain")],
     ),
     # The same 55 minutes spent on QA training from scratch (the control for pretraining).
     "scratch": dict(data=[paths.JAQUAD_TRAIN, paths.JAQUAD_DEV], arch=dict(wave=_WAVE_SPEED),
-                    stages=[dict(name="finetune", task="qa", minutes=55.0, train=_STANDARD_QA)]),
+                    stages=[dict(name="finetune", task=QA, minutes=55.0, train=_STANDARD_QA)]),
 }
 FINAL_STAGE = "finetune"  # the scored QA stage of every preset
 PRESET_SUMMARIES = {

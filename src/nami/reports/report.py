@@ -14,6 +14,7 @@ from typing import Any
 from nami.reports.environment import provenance_lines
 from nami.reports.plots import plot_training_curves, read_metrics
 from nami.io import read_json, write_json
+from nami.training.tasks.registry import INFOS, QA
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -32,7 +33,12 @@ _CURVE_KEYS = ("type", "step", "train_seconds", "loss", "f1", "exact_match", "ma
 
 
 DISPLAY_NAMES = {"wave": "Wave", "transformer": "Transformer"}  # other models keep their names (wave_plus, ...)
-TASK_LABELS = {"qa": "QA", "generative-qa": "generative QA"}
+TASK_LABELS = {name: entry.label for name, entry in INFOS.items()}
+
+
+def _causal(task: str | None) -> bool:
+    """Whether a recorded task name is one that trains a decoder (unknown names: no)."""
+    return task in INFOS and INFOS[task].causal
 
 
 def display_name(model: str) -> str:
@@ -42,7 +48,7 @@ def display_name(model: str) -> str:
 def pretrain_kind(result: dict[str, Any]) -> str:
     """``causal-LM`` or ``masked-LM`` (results written before causal pretraining existed: masked-LM)."""
     tasks = {(m.get("pretrain") or {}).get("task") for m in result["models"].values()}
-    return "causal-LM" if "clm" in tasks else "masked-LM"
+    return "causal-LM" if any(_causal(t) for t in tasks) else "masked-LM"
 
 
 def _finetune(model: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +124,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     elif (out / "curves.png").is_file():
         plots["curves"] = "curves.png"  # kept: its records are not available any more
     pretrained = curves["pretrain"]
-    causal = any(m["pretrain"].get("task") == "clm" for m in models.values() if m.get("pretrain"))
+    causal = any(_causal(m["pretrain"].get("task")) for m in models.values() if m.get("pretrain"))
     if pretrained and complete["pretrain"]:
         if causal:
             plots["pretrain"] = str(plot_training_curves(
@@ -225,7 +231,7 @@ def pretrain_table(result: dict[str, Any]) -> str | None:
     pretrained = {arch: m["pretrain"] for arch, m in result["models"].items() if m.get("pretrain")}
     if not pretrained:
         return None
-    if any(p.get("task") == "clm" for p in pretrained.values()):
+    if any(_causal(p.get("task")) for p in pretrained.values()):
         rows = [_row(["model", "pretraining minutes", "steps", "train tok/s", "held-out loss", "held-out perplexity",
                       "peak MB"]), _row(["---"] * 7)]
         for arch, p in pretrained.items():
@@ -280,7 +286,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         *provenance_lines(result),
         *trained_lines(result),
         f"- training budget per model: {budget['total']:g} minutes ({budget['pretrain']:g} {pretrain_kind(result)} "
-        f"pretraining + {budget['finetune']:g} {TASK_LABELS.get(per_model.get('task') or 'qa', per_model.get('task'))} "
+        f"pretraining + {budget['finetune']:g} {TASK_LABELS.get(per_model.get('task') or QA, per_model.get('task'))} "
         f"fine-tuning), {mode}; "
         + ("every model reused from an earlier invocation (nothing trained by this one)"
            if all((m.get("trained") or {}).get("reused") for m in result["models"].values())
@@ -299,7 +305,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "- training min. to final F1: training-step time of all stages (evaluation pauses excluded)",
     ]
     # Reports of runs made before the option existed have no field: those decoded on token boundaries.
-    if any(m.get("task") == "generative-qa" for m in result["models"].values()):
+    if any(m.get("task") in INFOS and INFOS[m["task"]].answers == "generate" for m in result["models"].values()):
         stage = _finetune(per_model)
         beams = stage.get("num_beams", 1)
         decoding = "greedy" if beams == 1 else f"beam search, {beams} beams"

@@ -18,6 +18,7 @@ from typing import Any
 
 from nami.data.features import ANSWER_BOUNDARIES
 from nami.models.config import DATA_FIELDS, PRESETS, ModelConfig
+from nami.training.tasks.registry import INFOS, QA, option_tasks
 
 # Options that must be > 0 (checked by ``validate`` and, on the command line, when parsed: a bad
 # value is refused before torch is imported); those in OPTIONAL_OPTIONS may also be null.
@@ -51,7 +52,7 @@ class TrainConfig:
     without ``max_minutes`` is bitwise reproducible.
     """
 
-    task: str = "qa"  # a task of nami.training.tasks.TASKS: "qa" (extractive QA), "mlm" (masked-LM pretraining)
+    task: str = QA  # a task of the registry (nami.training.tasks.registry): extractive QA by default
     # The model: architecture, size, dropout. Its vocab_size / max_len / pad_id / type_vocab_size are
     # filled in by training from the tokenizer and the task (the saved config holds the filled values).
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_name("small"))
@@ -160,8 +161,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad option."""
-        from nami.training.tasks import TASKS  # the registry imports this module
-
         if not isinstance(self.model, ModelConfig):
             raise ValueError(f"option model={self.model!r}: expected a ModelConfig")
 
@@ -195,7 +194,7 @@ class TrainConfig:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"option seed={seed!r}: expected an integer 0 <= seed < 2**32")
 
-        choice("task", tuple(TASKS))
+        choice("task", tuple(INFOS))
         choice("loss_impl", LOSS_IMPLS)
         choice("loss_filter", LOSS_FILTERS)
         choice("loss_vocab_order", VOCAB_ORDERS)
@@ -207,9 +206,9 @@ class TrainConfig:
                              f"(got {self.loss_impl}: an exact implementation that cannot filter)")
         fraction("loss_filter_threshold", 0.0, 1.0, high_open=True, allow_none=True)
         for name in ("loss_filter", "loss_vocab_order"):  # read by the masked-LM loss only: never silently ignored
-            if getattr(self, name) != "none" and self.task != "mlm":
-                raise ValueError(f"option {name}={getattr(self, name)}: applies to masked-LM pretraining only "
-                                 f"(task mlm, not {self.task})")
+            if getattr(self, name) != "none" and self.task not in OPTION_TASKS[name]:
+                raise ValueError(f"option {name}={getattr(self, name)}: applies to task "
+                                 f"{' / '.join(OPTION_TASKS[name])} only (not {self.task})")
         choice("precision", PRECISIONS)
         choice("schedule", SCHEDULES)
         choice("on_bad_record", BAD_RECORD_POLICIES)
@@ -264,9 +263,9 @@ class TrainConfig:
         if self.self_distill and not self.model.exit_layers:
             raise ValueError(f"option self_distill={self.self_distill} needs early-exit heads to teach "
                              "(model option exit_layers, e.g. [1, 2])")
-        if self.model.exit_layers and self.task != "qa":
-            raise ValueError(f"model option exit_layers: early-exit span heads are for extractive QA (task qa, "
-                             f"not {self.task})")
+        if self.model.exit_layers and self.task not in OPTION_TASKS["exit_layers"]:
+            raise ValueError(f"model option exit_layers: early-exit span heads are for extractive QA (task "
+                             f"{' / '.join(OPTION_TASKS['exit_layers'])}, not {self.task})")
         fraction("warmup", 0.0, 1.0, high_open=True)
         fraction("weight_decay", 0.0, math.inf, high_open=True)
         betas = self.adam_betas
@@ -397,18 +396,8 @@ OPTION_HELP: dict[str, str] = {
     "rope_scale": "scale of the positions in the RoPE angles (with --wave-rope / --attention-rope)",
     "preset": "model size: tiny (d=64, 2 layers), small (d=256, 4 layers), base (d=512, 8 layers)",
 }
-_QA = ("qa", "generative-qa")
-OPTION_TASKS: dict[str, tuple[str, ...]] = {
-    **{name: ("qa",) for name in ("self_distill", "distill_temperature", "exit_layers")},
-    # generative QA reads the question / answer lengths and the title format, not the extractive windows
-    **{name: _QA for name in ("title_prefix", "max_question_tokens", "max_answer_tokens")},
-    **{name: ("qa",) for name in ("segment_embeddings", "question_match", "doc_stride", "negative_fraction",
-                                  "answer_boundaries")},
-    "num_beams": ("generative-qa",),
-    **{name: ("mlm",) for name in ("mlm_probability", "tie_embeddings", "pppl_sequences", "loss_filter",
-                                   "loss_filter_threshold", "loss_vocab_order")},
-    "loss_impl": ("mlm", "clm", "generative-qa"),
-}
+# Options only some tasks read (each task's registry entry names them); the others warn.
+OPTION_TASKS: dict[str, tuple[str, ...]] = option_tasks()
 
 
 # Model fields a training config (or a command line) may give flat; "preset" picks the size preset.

@@ -1,0 +1,47 @@
+"""Answers written by a decoder (generative QA), mapped back to their contexts' characters."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nami.data.batching import sorted_batches
+from nami.data.generative import locate_answer
+from nami.evaluation.predict import autocast_context
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DDP / Accelerate wrapper (``.module``), or the model itself."""
+    return model.module if hasattr(model, "module") else model
+
+
+@torch.no_grad()
+def generate_answers(model: nn.Module, tokenizer, examples: list, items: list, *, max_answer_tokens: int,
+                     batch_size: int, precision: str, device: torch.device | str = "cpu",
+                     show: bool = False, num_beams: int = 1) -> tuple[dict[str, str], int]:
+    """Generated answers ``{id: text}`` of ``examples`` (their prompts ``items``; greedy in batches by
+    length, or beam search one example at a time) and how many were found verbatim in their context
+    (the rest: detokenised text)."""
+    from nami.models.generation import beam_search, generate
+
+    device = torch.device(device)
+    answers: dict[str, str] = {}
+    located = 0
+    lengths = np.array([len(item.prompt) for item in items])
+    for batch in tqdm(sorted_batches(lengths, batch_size), desc="generate answers", disable=not show):
+        with autocast_context(device, precision):
+            if num_beams > 1:
+                outputs = [beam_search(_unwrap(model), items[b].prompt, num_beams=num_beams,
+                                       max_new_tokens=max_answer_tokens + 1, eos_id=tokenizer.sep_id) for b in batch]
+            else:
+                outputs, _ = generate(_unwrap(model), [items[b].prompt for b in batch],
+                                      max_new_tokens=max_answer_tokens + 1, eos_id=tokenizer.sep_id,
+                                      pad_id=tokenizer.pad_id)
+        for b, ids in zip(batch, outputs):
+            ids = ids[:-1] if ids and ids[-1] == tokenizer.sep_id else ids
+            text, found = locate_answer(ids, items[b], examples[b].context)
+            located += found
+            answers[examples[b].id] = text if found else tokenizer.decode(ids)
+    return answers, located

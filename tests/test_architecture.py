@@ -1,0 +1,91 @@
+"""The code's shape, checked: no import cycles, task names only in the task registry, short functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "nami"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        name = ".".join(("nami", *parts)).removesuffix(".__init__")
+        out[name] = path
+    return out
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """nami modules ``path`` imports anywhere in the file (function-level imports too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nami"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("nami"))
+    return {m for m in found if m in modules}
+
+
+def test_no_import_cycle():
+    """Following every import (a package's ``__init__`` excepted: its lazy re-exports point down into
+    the package by design), no module reaches itself again."""
+    modules = _modules()
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()
+             if not path.name == "__init__.py"}
+    graph = {name: {m for m in deps if m in graph} for name, deps in graph.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycles.append(stack[stack.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, stack + [dep])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, cycles
+
+
+# The model classes record which task's runs hold them: that is the saved format their
+# from_pretrained checks without importing the training package (a lower layer cannot ask the registry).
+_TASK_NAME_EXCEPTIONS = {"models/qa.py", "models/mlm.py", "models/clm.py", "models/pretrained.py"}
+
+
+def test_task_names_are_written_only_in_the_task_registry():
+    from nami.training.tasks.registry import INFOS
+
+    names = set(INFOS)
+    found = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        if rel.startswith("training/tasks/") or rel in _TASK_NAME_EXCEPTIONS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                found.append(f"{rel}:{node.lineno} {node.value!r}")
+    assert not found, found
+
+
+def test_adding_a_task_is_one_registration_and_the_cli_offers_its_options():
+    from nami.training.tasks import QATask, TaskInfo, register_task, task_names, unregister_task
+    from nami.training.config import TrainConfig
+
+    class ToyTask(QATask):
+        name = "toy-qa"
+        info = TaskInfo("toy-qa", __name__, "train", label="toy QA")
+
+    register_task(ToyTask)
+    try:
+        assert "toy-qa" in task_names("train") and "toy-qa" not in task_names("pretrain")
+        assert TrainConfig.from_dict({"task": "toy-qa"}).task == "toy-qa"
+    finally:
+        unregister_task("toy-qa")
+    assert "toy-qa" not in task_names()
