@@ -19,10 +19,28 @@ parametrisation) reads :data:`ARCHITECTURES` / :data:`MIXERS` from here.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # this module is imported by configuration code that must not need torch
+    import torch
     from torch import nn
+
+
+@runtime_checkable
+class Mixer(Protocol):
+    """The contract of a token mixer (checked for every registered mixer by ``tests/test_mixers.py``).
+
+    * ``__init__(config: ModelConfig)`` — its options are fields of the config;
+    * ``forward(x (B, S, D), inputs: MixerInputs) -> (B, S, D)`` — padding (``inputs.padding_mask``
+      False) never changes a real token's output, and rows of a batch never see each other;
+    * ``supports_causal`` (class attribute, default False) — it can run in a decoder: then it reads
+      ``config.causal``, sees only earlier tokens, and keeps its decoding state in
+      ``inputs.cache`` under its ``layer_index`` (set by the Encoder);
+    * optional ``step(x (B, D), mask (B,), positions (B,), cache) -> (B, D)`` — one decoding step, equal
+      to ``forward`` on ``(B, 1)`` inputs with the same cache.
+    """
+
+    def forward(self, x: "torch.Tensor", inputs: Any) -> "torch.Tensor": ...
 
 MIXERS: dict[str, type[nn.Module]] = {}
 ARCHITECTURES: dict[str, str] = {}  # architecture name -> the mixer of every layer
