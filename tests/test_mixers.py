@@ -81,3 +81,32 @@ def test_every_module_that_registers_a_mixer_is_imported_by_the_registry():
     src = Path(importlib.import_module("nami.models").__file__).parent
     registering = {p.stem for p in src.glob("*.py") if p.stem != "registry" and "@register_mixer(" in p.read_text("utf-8")}
     assert registering == set(BUILTIN_MIXER_MODULES)
+
+
+def test_slot_wave_with_one_slot_is_the_wave_layer_and_its_state_is_the_slots_energy():
+    """The reference for the new maths: one slot (every membership 1) gives the Wave layer's
+    sqrt(G² − w²) exactly; with several, a token only reads the energy of the slots it belongs to."""
+    from nami.models.slots import causal_slot_wave_mix, slot_wave_mix
+    from nami.models.wave import causal_wave_mix, wave_mix
+
+    torch.manual_seed(3)
+    w = torch.randn(2, 7, 8, dtype=torch.float64)
+    mask = torch.ones(2, 7, 1, dtype=torch.float64)
+    one = torch.ones(2, 7, 1, dtype=torch.float64)
+    for mode in ("modulation", "interference"):
+        torch.testing.assert_close(slot_wave_mix(w, one, 1e-6, mode), wave_mix(w, mask, 1e-6, mode))
+        causal, state = causal_slot_wave_mix(w, one, 1e-6, mode)
+        reference, running = causal_wave_mix(w, mask, 1e-6, mode)
+        torch.testing.assert_close(causal, reference)
+        torch.testing.assert_close(state, running)
+    # two hard slots: tokens 0-2 and 3-6; a token's imaginary part is the energy of its own slot's others
+    hard = torch.zeros(2, 7, 2, dtype=torch.float64)
+    hard[:, :3, 0] = 1
+    hard[:, 3:, 1] = 1
+    imag = slot_wave_mix(w, hard, 0.0, "interference")[..., 4:]  # [Re, Im] of Z1 + Z2: Im = im1 + im2
+    im = lambda group, j: torch.sqrt((group ** 2).sum(1) - w[:, j] ** 2)  # noqa: E731
+    first, second = w[:, :3], w[:, 3:]
+    expect = im(first, 1)[:, :4] + im(first, 1)[:, 4:]
+    torch.testing.assert_close(imag[:, 1], expect)
+    expect = im(second, 5)[:, :4] + im(second, 5)[:, 4:]
+    torch.testing.assert_close(imag[:, 5], expect)

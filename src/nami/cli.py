@@ -613,6 +613,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nami {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _add_data_commands(sub)
+    _add_training_commands(sub)
+    _add_inference_commands(sub)
+    _add_experiment_commands(sub)
+    _add_bench_commands(sub)
+    return parser
+
+
+def _add_data_commands(sub: Any) -> None:
+    """The tokenizer, data and evaluation tools subcommands."""
     tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
     p = tok.add_parser("train", help="train a MeCab + SentencePiece tokenizer")
     p.add_argument("--corpus", nargs="+", required=True,
@@ -635,6 +645,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_training_commands(sub: Any) -> None:
+    """The train and pretrain subcommands."""
     p = sub.add_parser("train", help="train an extractive QA model")
     p.add_argument("--config", help="JSON file of training options (command-line options override it)")
     p.add_argument("--recipe", choices=_preset_names(), default=None,
@@ -659,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(p, exclude={"task"}, tasks=task_names("pretrain"))
     p.set_defaults(func=cmd_pretrain, recipe_stage="pretrain")
 
+
+def _add_inference_commands(sub: Any) -> None:
+    """The predict, ask, generate and the baseline subcommands."""
     p = sub.add_parser("predict", help="answer every question of a SQuAD file with a trained run")
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("--data", required=True, nargs="+")
@@ -710,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_baseline)
 
+
+def _add_experiment_commands(sub: Any) -> None:
+    """The compare, ablate and report subcommands."""
     p = sub.add_parser("compare", help="train Wave and Transformer under one budget and write a report")
     p.add_argument("--preset", default="standard", help=f"compare preset: {_compare_presets_help()} (default: "
                    "standard, the reported comparison; start with quick)")
@@ -768,6 +787,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)
 
+    p = sub.add_parser("report", help="render a compare report directory's report.md again from its results.json")
+    p.add_argument("dir", help="directory written by `nami compare`")
+    p.add_argument("--results", default=None, metavar="JSON", help="also write its results JSON here")
+    p.set_defaults(func=cmd_report)
+
+
+def _add_bench_commands(sub: Any) -> None:
+    """The the benchmarks subcommands."""
     bench = sub.add_parser("bench", help="benchmarks (not tests): scaling with sequence length, roofline, generation")
     bench = bench.add_subparsers(dest="bench_command", required=True)
     p = bench.add_parser("scaling", help="time and memory of Wave vs Transformer against sequence length")
@@ -818,11 +845,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_roofline)
 
-    p = sub.add_parser("report", help="render a compare report directory's report.md again from its results.json")
-    p.add_argument("dir", help="directory written by `nami compare`")
-    p.add_argument("--results", default=None, metavar="JSON", help="also write its results JSON here")
-    p.set_defaults(func=cmd_report)
-    return parser
 
 
 def load_plugins() -> list[str]:

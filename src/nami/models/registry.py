@@ -46,9 +46,9 @@ MIXERS: dict[str, type[nn.Module]] = {}
 ARCHITECTURES: dict[str, str] = {}  # architecture name -> the mixer of every layer
 # The built-in mixer modules (load_builtin_mixers). Whatever module is imported first, the registry
 # keeps them in this order (the order of ARCHITECTURES: the seed's Wave first, then its baseline).
-BUILTIN_MIXER_MODULES = ("wave", "attention", "local", "fourier", "cross", "hierarchy")
+BUILTIN_MIXER_MODULES = ("wave", "attention", "local", "fourier", "cross", "hierarchy", "slots")
 _BUILTIN_ORDER = ("wave", "attention", "conv", "local_attention", "fft_gate", "cross_wave", "question_attention",
-                  "sentence_wave", "segment_wave")
+                  "sentence_wave", "segment_wave", "slot_wave")
 
 
 def _reorder() -> None:

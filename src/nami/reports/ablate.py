@@ -206,8 +206,6 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
     The screening protocol (no ``preset``) trains and scores on the selection split (:data:`SCREEN`)
     unless ``train_data`` / ``eval_data`` say otherwise."""
     specs = {name: resolve(name, custom) for name in variants}  # unknown names: one error naming the table
-    commit = git_commit()
-    _check_clean(commit, allow_dirty)
     screening = preset is None
     preset = preset or SCREEN["preset"]
     minutes = minutes if minutes is not None else (SCREEN["minutes"] if screening else None)
@@ -223,6 +221,8 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
     for suffix in (".json", ".md"):
         check_output_path(with_extension(out_path, suffix), "--out", inputs=given)
     runs_dir = out_path.parent / f"{out_path.name}-runs"
+    commit = git_commit()
+    _check_clean(commit, allow_dirty)  # after the argument checks: a wrong --out is named first
     plans = {(name, seed): stage_configs(preset, specs[name].arch, minutes=minutes,
                                          pretrain_minutes=pretrain_minutes, runs_dir=str(runs_dir),
                                          stamp=stamp, train_data=train_data, eval_data=eval_data,
@@ -231,21 +231,7 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
              for seed in seeds for name in variants}
     first = next(iter(plans.values()))
     budget = sum(c.max_minutes for c in first.values())
-    record: dict[str, Any] = {
-        "command": command, "commit": commit, "machine": machine_description(), "date": now_iso(),
-        "protocol": {"preset": preset, "budget_minutes": budget, "seeds": list(seeds),
-                     "stages": {k: {"task": c.task, "minutes": c.max_minutes} for k, c in first.items()},
-                     "description": ("screening: QA from scratch with the standard QA recipe, a short budget"
-                                     if screening else "the compare preset's full recipe"),
-                     "eval_data": resolve_eval_data(first[FINAL_STAGE]),
-                     "train_data": resolve_train_data(first[FINAL_STAGE]),
-                     "tokenizer": first[FINAL_STAGE].tokenizer},
-        "rows": [],
-    }
-    if selection:
-        record["protocol"]["split"] = SELECTION_SPLIT
-    if title:
-        record["title"] = title
+    record = _new_record(command, commit, preset, first, seeds, screening=screening, selection=selection, title=title)
     json_path = with_extension(out_path, ".json")
     earlier = _earlier_rows(json_path, record["protocol"])
     for name, spec in specs.items():
@@ -266,29 +252,12 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
             if not quiet:
                 print(f"[nami] ablate {name} seed {seed}: already in {json_path}", flush=True)
             continue
-        chain = []
-        for stage, config in stages.items():
-            path = runs_dir / f"{name}-s{seed}.{stage}.json"
-            path.write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2), "utf-8")
-            chain.append(_stage_command(path, None, True))
         if not quiet:
             print(f"[nami] ablate {name} seed {seed}: {budget:g} training minutes", flush=True)
-        started = time.perf_counter()
-        code, _ = _run_chain(chain, runs_dir / f"{name}-s{seed}.log")
-        if code != 0:
-            raise CommandFailed(f"variant {name} seed {seed} failed (exit {code}); see {runs_dir / f'{name}-s{seed}.log'}; "
-                                f"the finished rows are in {json_path}")
-        final_config = stages[FINAL_STAGE]
-        final = read_json(Path(final_config.runs_dir) / final_config.run_name / ckpt.FINAL_EVAL_FILE)
-        peaks = [read_json(Path(c.runs_dir) / c.run_name / ckpt.FINAL_EVAL_FILE)["peak_rss_mb"] for c in stages.values()]
-        run = {"seed": seed, "exact_match": final["exact_match"], "f1": final["f1"], "count": final["count"],
-               "params": final["params"]["total"], "train_tokens_per_s": final["train_tokens_per_s"],
-               "eval_questions_per_s": final["questions_per_s"], "train_peak_mb": max(peaks), "steps": final["step"],
-               "precision": final_config.precision, "wall_minutes": (time.perf_counter() - started) / 60,
-               "run_dir": str(Path(final_config.runs_dir) / final_config.run_name),
-               "machine": record["machine"], "commit": commit, "date": now_iso(), "command": command}
+        run = _train_one(name, seed, stages, runs_dir, json_path)
+        run.update(machine=record["machine"], commit=commit, date=now_iso(), command=command)
         results.setdefault(name, []).append(run)
-        record["protocol"]["questions"] = final["count"]
+        record["protocol"]["questions"] = run["count"]
         record["protocol"]["seeds"] = sorted({r["seed"] for rs in results.values() for r in rs})
         record["rows"] = [_row(n, table[n], rs, budget) for n, rs in results.items()]
         write_json(json_path, record)
@@ -300,6 +269,50 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
         record["rows"] = [_row(n, table[n], rs, budget) for n, rs in results.items()]
         record["nothing_trained"] = True
     return record
+
+
+def _new_record(command: str, commit: str, preset: str, first: dict[str, Any], seeds, *, screening: bool,
+                selection: bool, title: str | None) -> dict[str, Any]:
+    """The results record of an ablation, before any row: provenance and the protocol."""
+    record: dict[str, Any] = {
+        "command": command, "commit": commit, "machine": machine_description(), "date": now_iso(),
+        "protocol": {"preset": preset, "budget_minutes": sum(c.max_minutes for c in first.values()),
+                     "seeds": list(seeds),
+                     "stages": {k: {"task": c.task, "minutes": c.max_minutes} for k, c in first.items()},
+                     "description": ("screening: QA from scratch with the standard QA recipe, a short budget"
+                                     if screening else "the compare preset's full recipe"),
+                     "eval_data": resolve_eval_data(first[FINAL_STAGE]),
+                     "train_data": resolve_train_data(first[FINAL_STAGE]),
+                     "tokenizer": first[FINAL_STAGE].tokenizer},
+        "rows": [],
+    }
+    if selection:
+        record["protocol"]["split"] = SELECTION_SPLIT
+    if title:
+        record["title"] = title
+    return record
+
+
+def _train_one(name: str, seed: int, stages: dict[str, Any], runs_dir: Path, json_path: Path) -> dict[str, Any]:
+    """Train one (variant, seed) chain in subprocesses; its run record (scores, speed, memory, steps)."""
+    chain = []
+    for stage, config in stages.items():
+        path = runs_dir / f"{name}-s{seed}.{stage}.json"
+        path.write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2), "utf-8")
+        chain.append(_stage_command(path, None, True))
+    started = time.perf_counter()
+    code, _ = _run_chain(chain, runs_dir / f"{name}-s{seed}.log")
+    if code != 0:
+        raise CommandFailed(f"variant {name} seed {seed} failed (exit {code}); see {runs_dir / f'{name}-s{seed}.log'}; "
+                            f"the finished rows are in {json_path}")
+    final_config = stages[FINAL_STAGE]
+    final = read_json(Path(final_config.runs_dir) / final_config.run_name / ckpt.FINAL_EVAL_FILE)
+    peaks = [read_json(Path(c.runs_dir) / c.run_name / ckpt.FINAL_EVAL_FILE)["peak_rss_mb"] for c in stages.values()]
+    return {"seed": seed, "exact_match": final["exact_match"], "f1": final["f1"], "count": final["count"],
+            "params": final["params"]["total"], "train_tokens_per_s": final["train_tokens_per_s"],
+            "eval_questions_per_s": final["questions_per_s"], "train_peak_mb": max(peaks), "steps": final["step"],
+            "precision": final_config.precision, "wall_minutes": (time.perf_counter() - started) / 60,
+            "run_dir": str(Path(final_config.runs_dir) / final_config.run_name)}
 
 
 def merge_ablations(paths: list[str], out: str, *, command: str = "nami ablate --merge",

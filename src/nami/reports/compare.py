@@ -342,18 +342,7 @@ def run_compare(
     except ValueError as error:
         raise ValueError(f"--models: {error}") from None
     MODELS = tuple(models)  # noqa: N806  (this comparison's models, in report order)
-    if results_path is not None:
-        check_results_path(results_path)
-    for source in reuse:
-        if not Path(source).is_file():
-            raise ValueError(f"--reuse {source}: no such file (expected a results JSON written by `nami ablate`)")
-    # Given paths are checked before anything is created or trained (each child run would fail alone).
-    for option, paths in (("--train-data", train_data or ()), ("--eval-data", [eval_data] if eval_data else ())):
-        for path in paths:
-            if not Path(path).exists():
-                raise ValueError(f"{option} {path}: no such file or directory")
-    if tokenizer is not None and not Path(tokenizer).is_dir():
-        raise ValueError(f"--tokenizer {tokenizer}: no such tokenizer directory")
+    _check_inputs(results_path, reuse, train_data, eval_data, tokenizer)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     commit = git_commit()  # at the start: the code that trains is the code recorded
     out = check_output_dir(out_dir, "--out") if out_dir else Path("reports") / f"{stamp}-compare-{preset}"
@@ -377,98 +366,17 @@ def run_compare(
     this_invocation = {"commit": commit, "machine": machine_description(), "host_gflops": host_speed_gflops(),
                        "host_gflops_bf16": host_speed_gflops(dtype=torch.bfloat16),
                        "date": now_iso(), "reused": False}
-    trained: dict[str, dict[str, Any]] = {}
-    chains: dict[str, list[list[str]]] = {}
-    for arch, stages in plans.items():
-        chains[arch] = []
-        earlier = finished_chain(runs_dir, arch, stages)
-        if earlier is None and arch in recorded:  # scored by an earlier session; its runs are gone
-            trained[arch] = {**recorded[arch].get("trained", {}), "reused": True, "from_results": True}
-            if not quiet:
-                print(f"[nami] {arch}: taking its recorded results from {out / RESULTS_FILE} (trained "
-                      f"{trained[arch].get('date', 'unknown')}; its runs are not here, so it is not re-scored)",
-                      flush=True)
-            continue
-        if earlier is not None:  # trained by an earlier invocation into this --out: reuse it
-            plans[arch] = earlier
-            provenance = runs_dir / f"{arch}.trained.json"
-            trained[arch] = {**(read_json(provenance) if provenance.is_file() else
-                                {"commit": "unknown", "machine": "unknown", "date": "unknown"}), "reused": True}
-            if not quiet:
-                print(f"[nami] {arch}: reusing the finished runs under {runs_dir} (trained {trained[arch]['date']})",
-                      flush=True)
-            continue
-        trained[arch] = this_invocation
-        for stage, config in stages.items():
-            path = runs_dir / f"{arch}.{stage}.json"
-            path.write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2), "utf-8")
-            chains[arch].append(_stage_command(path, 1 if parallel else None, quiet or parallel))
-
-    started = time.perf_counter()
-    if parallel:
-        logs = {arch: runs_dir / f"{arch}.log" for arch in MODELS}
-        if not quiet:
-            print(f"[nami] training {', '.join(MODELS)} in parallel (1 thread each); logs: "
-                  f"{', '.join(str(p) for p in logs.values())}", flush=True)
-        with ThreadPoolExecutor(max_workers=len(MODELS)) as pool:
-            futures = {arch: pool.submit(_run_chain, chains[arch], logs[arch]) for arch in MODELS}
-            outcomes = {arch: future.result() for arch, future in futures.items()}
-    else:
-        outcomes = {arch: _run_chain(chains[arch], None) for arch in MODELS}
-    failed = [f"{arch} (exit {code})" for arch, (code, _) in outcomes.items() if code != 0]
-    if failed:
-        where = f"the logs {runs_dir}/<model>.log" if parallel else "the output above"
-        raise CommandFailed(f"training failed for {', '.join(failed)}: see {where}; the runs it wrote are kept "
-                            f"under {runs_dir}")
-    wall_minutes = (time.perf_counter() - started) / 60
+    trained, chains = _plan_chains(plans, recorded, runs_dir, out, this_invocation, parallel=parallel, quiet=quiet)
+    outcomes, wall_minutes = _train_chains(chains, runs_dir, MODELS, parallel=parallel, quiet=quiet)
     for arch in MODELS:
         if not trained[arch]["reused"]:
             write_json(runs_dir / f"{arch}.trained.json", {k: v for k, v in this_invocation.items() if k != "reused"})
-
     models: dict[str, Any] = {}
     for arch, stages in plans.items():
         if trained[arch].get("from_results"):
             models[arch] = {**recorded[arch], "trained": trained[arch]}
-            continue
-        config = stages["finetune"]
-        run_dir = Path(config.runs_dir) / config.run_name
-        final = read_json(run_dir / ckpt.FINAL_EVAL_FILE)
-        if not quiet:
-            print(f"[nami] re-scoring {arch} with `nami predict` (all threads)", flush=True)
-        check = _rescore(run_dir, eval_path, show=not quiet)
-        pretrain = _pretrain_summary(Path(stages["pretrain"].runs_dir) / stages["pretrain"].run_name,
-                                     stages["pretrain"].task) if "pretrain" in stages else None
-        train_minutes = final["train_seconds"] / 60
-        models[arch] = {
-            "exact_match": final["exact_match"],
-            "f1": final["f1"],
-            "count": final["count"],
-            "params": final["params"]["total"],
-            "non_embedding_params": final["params"]["non_embedding"],
-            "train_tokens_per_s": final["train_tokens_per_s"],
-            "train_minutes": train_minutes,
-            "steps": final["step"],
-            "eval_questions_per_s": check["questions_per_s"],
-            "infer_precision": ckpt.read_run_config(run_dir)[0].precision,  # what `nami predict` used
-            "rescored_f1": check["f1"],
-            "rescored_matches_recorded": check.get("matches_recorded", False),
-            "train_peak_mb": max(final["peak_rss_mb"], pretrain["peak_mb"] if pretrain else 0.0),
-            "finetune_peak_mb": final["peak_rss_mb"],
-            "infer_peak_mb": check["peak_rss_mb"],
-            # Training time (pretraining included) until the reported F1; evaluations excluded.
-            "minutes_to_final_f1": train_minutes + (pretrain["train_minutes"] if pretrain else 0.0),
-            "chain_wall_minutes": None if trained[arch]["reused"] else outcomes[arch][1],
-            "compile_wave": config.compile_wave,
-            "compile_wave_failure": final.get("compile_wave_failure"),
-            "task": config.task,
-            "answer_boundaries": config.answer_boundaries if info(config.task).answers == "extract" else None,
-            "question_match": config.question_match,
-            "pretrain": pretrain,
-            "run_dir": str(run_dir),
-            # Every stage's full training config: the recipe is in the results, not only in the code.
-            "stages": {name: stage.to_dict() for name, stage in stages.items()},
-            "trained": trained[arch],  # which invocation trained it (continued comparisons reuse runs)
-        }
+        else:
+            models[arch] = _model_result(stages, trained[arch], outcomes[arch], eval_path, arch=arch, quiet=quiet)
     baselines = {}
     if lexical_baseline:
         examples = load_squad(eval_path)
@@ -495,6 +403,127 @@ def run_compare(
     write_report(result, out)
     if results_path is not None:
         copy_results(out, results_path)
+    _print_done(result, out, results_path, preset, quiet)
+    return result
+
+
+def _check_inputs(results_path: str | None, reuse: tuple[str, ...], train_data: list[str] | None,
+                  eval_data: str | None, tokenizer: str | None) -> None:
+    """Given paths are checked before anything is created or trained (each child run would fail alone)."""
+    if results_path is not None:
+        check_results_path(results_path)
+    for source in reuse:
+        if not Path(source).is_file():
+            raise ValueError(f"--reuse {source}: no such file (expected a results JSON written by `nami ablate`)")
+    for option, paths in (("--train-data", train_data or ()), ("--eval-data", [eval_data] if eval_data else ())):
+        for path in paths:
+            if not Path(path).exists():
+                raise ValueError(f"{option} {path}: no such file or directory")
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise ValueError(f"--tokenizer {tokenizer}: no such tokenizer directory")
+
+
+def _plan_chains(plans: dict[str, dict[str, TrainConfig]], recorded: dict[str, Any], runs_dir: Path, out: Path,
+                 this_invocation: dict[str, Any], *, parallel: bool, quiet: bool):
+    """Per model: which invocation trained it (earlier ones are reused) and the commands still to run."""
+    trained: dict[str, dict[str, Any]] = {}
+    chains: dict[str, list[list[str]]] = {}
+    for arch, stages in plans.items():
+        chains[arch] = []
+        earlier = finished_chain(runs_dir, arch, stages)
+        if earlier is None and arch in recorded:  # scored by an earlier session; its runs are gone
+            trained[arch] = {**recorded[arch].get("trained", {}), "reused": True, "from_results": True}
+            if not quiet:
+                print(f"[nami] {arch}: taking its recorded results from {out / RESULTS_FILE} (trained "
+                      f"{trained[arch].get('date', 'unknown')}; its runs are not here, so it is not re-scored)",
+                      flush=True)
+            continue
+        if earlier is not None:  # trained by an earlier invocation into this --out: reuse it
+            plans[arch] = earlier
+            provenance = runs_dir / f"{arch}.trained.json"
+            trained[arch] = {**(read_json(provenance) if provenance.is_file() else
+                                {"commit": "unknown", "machine": "unknown", "date": "unknown"}), "reused": True}
+            if not quiet:
+                print(f"[nami] {arch}: reusing the finished runs under {runs_dir} (trained {trained[arch]['date']})",
+                      flush=True)
+            continue
+        trained[arch] = this_invocation
+        for stage, config in stages.items():
+            path = runs_dir / f"{arch}.{stage}.json"
+            path.write_text(json.dumps(config.to_dict(), ensure_ascii=False, indent=2), "utf-8")
+            chains[arch].append(_stage_command(path, 1 if parallel else None, quiet or parallel))
+    return trained, chains
+
+
+def _train_chains(chains: dict[str, list[list[str]]], runs_dir: Path, order: tuple[str, ...], *, parallel: bool,
+                  quiet: bool) -> tuple[dict[str, tuple[int, float]], float]:
+    """Run every model's chain (one after the other with all threads, or at once with one each)."""
+    MODELS = order  # noqa: N806
+    started = time.perf_counter()
+    if parallel:
+        logs = {arch: runs_dir / f"{arch}.log" for arch in MODELS}
+        if not quiet:
+            print(f"[nami] training {', '.join(MODELS)} in parallel (1 thread each); logs: "
+                  f"{', '.join(str(p) for p in logs.values())}", flush=True)
+        with ThreadPoolExecutor(max_workers=len(MODELS)) as pool:
+            futures = {arch: pool.submit(_run_chain, chains[arch], logs[arch]) for arch in MODELS}
+            outcomes = {arch: future.result() for arch, future in futures.items()}
+    else:
+        outcomes = {arch: _run_chain(chains[arch], None) for arch in MODELS}
+    failed = [f"{arch} (exit {code})" for arch, (code, _) in outcomes.items() if code != 0]
+    if failed:
+        where = f"the logs {runs_dir}/<model>.log" if parallel else "the output above"
+        raise CommandFailed(f"training failed for {', '.join(failed)}: see {where}; the runs it wrote are kept "
+                            f"under {runs_dir}")
+    return outcomes, (time.perf_counter() - started) / 60
+
+
+def _model_result(stages: dict[str, TrainConfig], trained: dict[str, Any], outcome: tuple[int, float],
+                  eval_path: str, *, arch: str, quiet: bool) -> dict[str, Any]:
+    """One model's entry of results.json: its recorded scores, re-scored by ``nami predict``."""
+    config = stages["finetune"]
+    run_dir = Path(config.runs_dir) / config.run_name
+    final = read_json(run_dir / ckpt.FINAL_EVAL_FILE)
+    if not quiet:
+        print(f"[nami] re-scoring {arch} with `nami predict` (all threads)", flush=True)
+    check = _rescore(run_dir, eval_path, show=not quiet)
+    pretrain = _pretrain_summary(Path(stages["pretrain"].runs_dir) / stages["pretrain"].run_name,
+                                 stages["pretrain"].task) if "pretrain" in stages else None
+    train_minutes = final["train_seconds"] / 60
+    return {
+        "exact_match": final["exact_match"],
+        "f1": final["f1"],
+        "count": final["count"],
+        "params": final["params"]["total"],
+        "non_embedding_params": final["params"]["non_embedding"],
+        "train_tokens_per_s": final["train_tokens_per_s"],
+        "train_minutes": train_minutes,
+        "steps": final["step"],
+        "eval_questions_per_s": check["questions_per_s"],
+        "infer_precision": ckpt.read_run_config(run_dir)[0].precision,  # what `nami predict` used
+        "rescored_f1": check["f1"],
+        "rescored_matches_recorded": check.get("matches_recorded", False),
+        "train_peak_mb": max(final["peak_rss_mb"], pretrain["peak_mb"] if pretrain else 0.0),
+        "finetune_peak_mb": final["peak_rss_mb"],
+        "infer_peak_mb": check["peak_rss_mb"],
+        # Training time (pretraining included) until the reported F1; evaluations excluded.
+        "minutes_to_final_f1": train_minutes + (pretrain["train_minutes"] if pretrain else 0.0),
+        "chain_wall_minutes": None if trained["reused"] else outcome[1],
+        "compile_wave": config.compile_wave,
+        "compile_wave_failure": final.get("compile_wave_failure"),
+        "task": config.task,
+        "answer_boundaries": config.answer_boundaries if info(config.task).answers == "extract" else None,
+        "question_match": config.question_match,
+        "pretrain": pretrain,
+        "run_dir": str(run_dir),
+        # Every stage's full training config: the recipe is in the results, not only in the code.
+        "stages": {name: stage.to_dict() for name, stage in stages.items()},
+        "trained": trained,  # which invocation trained it (continued comparisons reuse runs)
+    }
+
+
+def _print_done(result: dict[str, Any], out: Path, results_path: str | None, preset: str, quiet: bool) -> None:
+    models = result["models"]
     if not quiet:
         print((out / "report.md").read_text("utf-8"))
         print(f"[nami] wrote {out / 'results.json'} and {out / 'report.md'}", flush=True)
@@ -503,4 +532,3 @@ def run_compare(
     else:  # one line even with --quiet: the scores and where the report is
         scores = "; ".join(f"{arch} EM {m['exact_match']:.1f} / F1 {m['f1']:.1f}" for arch, m in models.items())
         print(f"[nami] compare {preset}: {scores} -> {out / 'report.md'}", flush=True)
-    return result

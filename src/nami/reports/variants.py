@@ -27,7 +27,7 @@ from typing import Any
 # The mixer of every layer of the built-in architectures (nami.models.registry.ARCHITECTURES without
 # importing torch); other architectures are looked up in the registry.
 _BUILTIN_ARCH_MIXERS = {"wave": "wave", "transformer": "attention"}
-_WAVE_MIXERS = {"wave", "cross_wave", "sentence_wave", "segment_wave"}
+_WAVE_MIXERS = {"wave", "cross_wave", "sentence_wave", "segment_wave", "slot_wave"}
 _ATTENTION_MIXERS = {"attention", "local_attention", "question_attention"}
 FAMILIES = ("wave", "transformer", "hybrid", "conv")
 
@@ -115,6 +115,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     _v("wave+conv+hierarchy", "wave", "", branches=["conv", *_HIERARCHY]),
     _v("wave+rope+conv+qattn", "wave", "", wave_rope=True, position_embedding="none",
        branches=["conv", "question_attention"]),
+    # Levers of the Wave-earns-its-place research (results/wave_earns.md): richer global state.
+    _v("slotwave", "wave", "Wave layers with 4 soft slots of global state (slot_wave)", mixers=["slot_wave"] * 4),
+    _v("slotwave+conv", "wave", "slot_wave layers + a depthwise-conv branch", mixers=["slot_wave"] * 4,
+       branches=["conv"]),
 ]}
 # Other names of table entries (``nami compare --models wave_plus`` before the table existed).
 ALIASES: dict[str, str] = {"wave_plus": "wave+conv"}

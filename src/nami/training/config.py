@@ -41,6 +41,35 @@ LOG_WITH = ("tensorboard",)
 SHARDINGS = ("none", "fsdp2", "zero2", "zero3")
 
 
+def _choice(config: "TrainConfig", name: str, allowed: tuple[str, ...]) -> None:
+    if getattr(config, name) not in allowed:
+        raise ValueError(f"option {name}={getattr(config, name)!r}: expected one of {', '.join(allowed)}")
+
+
+def _positive(config: "TrainConfig", name: str, *, allow_none: bool = False, integer: bool = True) -> None:
+    value = getattr(config, name)
+    if value is None and allow_none:
+        return
+    kind = int if integer else (int, float)
+    # NaN and inf are refused: NaN passes every comparison (a NaN budget never stops) and a
+    # literal NaN in config.json is not valid JSON.
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"option {name}={value!r}: expected a positive finite "
+                         f"{'integer' if integer else 'number'}")
+
+
+def _fraction(config: "TrainConfig", name: str, low: float, high: float, *, high_open: bool = False,
+              low_open: bool = False, allow_none: bool = False) -> None:
+    value = getattr(config, name)
+    if value is None and allow_none:
+        return
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (low < value if low_open else low <= value) and (value < high if high_open else value <= high))
+    if not ok:
+        bounds = f"{low:g} {'<' if low_open else '<='} value {'<' if high_open else '<='} {high:g}"
+        raise ValueError(f"option {name}={value!r}: expected a number with {bounds}")
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Paths are strings so the config is plain JSON.
@@ -164,56 +193,37 @@ class TrainConfig:
         if not isinstance(self.model, ModelConfig):
             raise ValueError(f"option model={self.model!r}: expected a ModelConfig")
 
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"option {name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
-
-        def positive(name: str, *, allow_none: bool = False, integer: bool = True) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            kind = int if integer else (int, float)
-            # NaN and inf are refused: NaN passes every comparison (a NaN budget never stops) and a
-            # literal NaN in config.json is not valid JSON.
-            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"option {name}={value!r}: expected a positive finite "
-                                 f"{'integer' if integer else 'number'}")
-
-        def fraction(name: str, low: float, high: float, *, high_open: bool = False, low_open: bool = False,
-                     allow_none: bool = False) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-                  and (low < value if low_open else low <= value) and (value < high if high_open else value <= high))
-            if not ok:
-                bounds = f"{low:g} {'<' if low_open else '<='} value {'<' if high_open else '<='} {high:g}"
-                raise ValueError(f"option {name}={value!r}: expected a number with {bounds}")
-
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
             raise ValueError(f"option seed={seed!r}: expected an integer 0 <= seed < 2**32")
 
-        choice("task", tuple(INFOS))
-        choice("loss_impl", LOSS_IMPLS)
-        choice("loss_filter", LOSS_FILTERS)
-        choice("loss_vocab_order", VOCAB_ORDERS)
+        self._validate_choices()
+        self._validate_numbers()
+        self._validate_model_options()
+        self._validate_paths()
+
+    def _validate_choices(self) -> None:
+        """Options with a fixed list of values, and the combinations they allow."""
+        _choice(self, "task", tuple(INFOS))
+        _choice(self, "loss_impl", LOSS_IMPLS)
+        _choice(self, "loss_filter", LOSS_FILTERS)
+        _choice(self, "loss_vocab_order", VOCAB_ORDERS)
         if self.loss_vocab_order != "none" and self.loss_impl not in ("auto", "blockwise"):
             raise ValueError(f"option loss_vocab_order={self.loss_vocab_order} needs loss_impl auto or blockwise "
                              f"(got {self.loss_impl}, which does not cut the vocabulary into blocks)")
         if self.loss_filter != "none" and self.loss_impl not in ("auto", "blockwise", "cce"):
             raise ValueError(f"option loss_filter={self.loss_filter} needs loss_impl auto, blockwise or cce "
                              f"(got {self.loss_impl}: an exact implementation that cannot filter)")
-        fraction("loss_filter_threshold", 0.0, 1.0, high_open=True, allow_none=True)
+        _fraction(self, "loss_filter_threshold", 0.0, 1.0, high_open=True, allow_none=True)
         for name in ("loss_filter", "loss_vocab_order"):  # read by the masked-LM loss only: never silently ignored
             if getattr(self, name) != "none" and self.task not in OPTION_TASKS[name]:
                 raise ValueError(f"option {name}={getattr(self, name)}: applies to task "
                                  f"{' / '.join(OPTION_TASKS[name])} only (not {self.task})")
-        choice("precision", PRECISIONS)
-        choice("schedule", SCHEDULES)
-        choice("on_bad_record", BAD_RECORD_POLICIES)
-        choice("answer_boundaries", ANSWER_BOUNDARIES)
-        choice("sharding", SHARDINGS)
+        _choice(self, "precision", PRECISIONS)
+        _choice(self, "schedule", SCHEDULES)
+        _choice(self, "on_bad_record", BAD_RECORD_POLICIES)
+        _choice(self, "answer_boundaries", ANSWER_BOUNDARIES)
+        _choice(self, "sharding", SHARDINGS)
         if self.deepspeed_config is not None and not self.sharding.startswith("zero"):
             raise ValueError(f"option deepspeed_config={self.deepspeed_config}: a DeepSpeed config needs "
                              f"--sharding zero2 or zero3 (not {self.sharding})")
@@ -227,20 +237,26 @@ class TrainConfig:
                              "(the DeepSpeed engine would count micro-batches across epoch ends differently); "
                              "use a larger --batch-size")
         if self.log_with is not None:
-            choice("log_with", LOG_WITH)
+            _choice(self, "log_with", LOG_WITH)
             import importlib.util
 
             if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
                 raise ValueError("option log_with=tensorboard needs the tensorboard package: "
                                  "pip install 'nami[tensorboard]' (or pip install tensorboard)")
+
+    def _validate_numbers(self) -> None:
+        """Counts, sizes, rates and fractions."""
         for name in POSITIVE_INTEGER_OPTIONS:
-            positive(name, allow_none=name in OPTIONAL_OPTIONS)
+            _positive(self, name, allow_none=name in OPTIONAL_OPTIONS)
         for name in POSITIVE_NUMBER_OPTIONS:
-            positive(name, allow_none=name in OPTIONAL_OPTIONS, integer=False)
+            _positive(self, name, allow_none=name in OPTIONAL_OPTIONS, integer=False)
         skips = self.nonfinite_skips
         if isinstance(skips, bool) or not isinstance(skips, int) or skips < 0:
             raise ValueError(f"option nonfinite_skips={self.nonfinite_skips!r}: expected an integer >= 0")
-        fraction("mlm_probability", 0.0, 1.0, low_open=True, high_open=True)
+        _fraction(self, "mlm_probability", 0.0, 1.0, low_open=True, high_open=True)
+
+    def _validate_model_options(self) -> None:
+        """Switches and the options that depend on the model (branches, early exits, Wave layers)."""
         if self.compile_wave is True and "wave" not in self.model.layer_mixers():
             raise ValueError(f"option compile_wave=true needs Wave layers (arch={self.arch} has none)")
         for name in ("tie_embeddings", "segment_embeddings", "question_match", "title_prefix", "compile_wave",
@@ -258,21 +274,24 @@ class TrainConfig:
                     raise ValueError(f"option branch_schedule[{name!r}]={at!r}: expected a fraction 0 <= value < 1")
         if self.question_match and not self.segment_embeddings:
             raise ValueError("option question_match=true needs segment_embeddings=true (it is a token type)")
-        fraction("negative_fraction", 0.0, 1.0)
-        fraction("self_distill", 0.0, 1.0)
+        _fraction(self, "negative_fraction", 0.0, 1.0)
+        _fraction(self, "self_distill", 0.0, 1.0)
         if self.self_distill and not self.model.exit_layers:
             raise ValueError(f"option self_distill={self.self_distill} needs early-exit heads to teach "
                              "(model option exit_layers, e.g. [1, 2])")
         if self.model.exit_layers and self.task not in OPTION_TASKS["exit_layers"]:
             raise ValueError(f"model option exit_layers: early-exit span heads are for extractive QA (task "
                              f"{' / '.join(OPTION_TASKS['exit_layers'])}, not {self.task})")
-        fraction("warmup", 0.0, 1.0, high_open=True)
-        fraction("weight_decay", 0.0, math.inf, high_open=True)
+        _fraction(self, "warmup", 0.0, 1.0, high_open=True)
+        _fraction(self, "weight_decay", 0.0, math.inf, high_open=True)
         betas = self.adam_betas
         if (not isinstance(betas, (list, tuple)) or len(betas) != 2
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)):
             raise ValueError(f"option adam_betas={betas!r}: expected two numbers 0 <= beta < 1")
         self.adam_betas = [float(b) for b in betas]
+
+    def _validate_paths(self) -> None:
+        """Data, tokenizer and run locations."""
         if self.max_length > 4096:
             raise ValueError(f"option max_length={self.max_length}: at most 4096 for QA windows")
         if self.train_data is not None and (not isinstance(self.train_data, list) or not self.train_data
