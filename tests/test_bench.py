@@ -117,22 +117,27 @@ def test_provenance_lines_name_command_commit_machine_and_date_in_one_form():
         provenance_lines({"command": "c", "machine": "m"})
 
 
-def test_generation_bench_measures_both_decoders(tmp_path):
-    from nami.bench.generation import run_generation_bench
+def test_generation_bench_measures_the_decoders(tmp_path):
+    from nami.bench.generation import MODELS, run_generation_bench
 
     result = run_generation_bench(prompt_lens=(16, 48), new_tokens=4, preset="tiny", precision="fp32", threads=1,
                                   batch=2, repeats=2, out=str(tmp_path / "generation.json"), quiet=True,
                                   time_limit_s=120)
     assert not result["skipped"]
     by = {(r["model"], r["prompt_len"]): r for r in result["records"]}
-    assert set(by) == {(m, p) for m in ("wave", "transformer") for p in (16, 48)}
-    assert by["wave", 16]["state_mb"] == by["wave", 48]["state_mb"]  # a constant decoding state
-    assert by["transformer", 48]["state_mb"] > by["transformer", 16]["state_mb"]
-    assert all(r["tokens_per_s"] > 0 for r in result["records"]) and len(result["ratios"]) == 2
+    assert set(by) == {(m, p) for m in MODELS for p in (16, 48)}
+    for wave in ("wave", "wave+conv"):
+        assert by[wave, 16]["state_mb"] == by[wave, 48]["state_mb"]  # a constant decoding state
+    for transformer in ("transformer", "transformer-static"):
+        assert by[transformer, 48]["state_mb"] > by[transformer, 16]["state_mb"]
+    assert all(r["tokens_per_s"] > 0 and r["bandwidth_gbs"] > 0 and r["bound_step_ms"] > 0 for r in result["records"])
+    assert len(result["ratios"]) == 2
     for r in result["records"]:  # the median step lies within the timed steps: at most their total (2 rows a step)
         assert r["batch"] == 2 and len(r["repeats_tokens_per_s"]) == 2  # one fresh process per repeat, median kept
         assert r["tokens_per_s"] == pytest.approx(sum(r["repeats_tokens_per_s"]) / 2)  # the median of two
         assert 0 < r["median_step_ms"] <= 1000 * (4 - 1) * 2 / min(r["repeats_tokens_per_s"])
+        bytes_mb = r["weights_mb_per_step"] + r["state_mb"]
+        assert r["bound_step_ms"] == pytest.approx(bytes_mb * 2**20 / (r["bandwidth_gbs"] * 1e9) * 1e3)
     # Same-size decoders read the same weights per step: 4·D² per mixer, the FFN, the tied (V, D) matrix, fp32.
     config = ModelConfig.from_name("tiny", "wave", vocab_size=32000)
     expected_mb = 4 * (config.n_layers * (4 * config.d_model**2 + 2 * config.d_model * config.d_ff)
@@ -141,11 +146,17 @@ def test_generation_bench_measures_both_decoders(tmp_path):
         == pytest.approx(expected_mb, abs=1e-3)
     for ratio in result["ratios"]:
         a, b = by["wave", ratio["prompt_len"]], by["transformer", ratio["prompt_len"]]
+        static = by["transformer-static", ratio["prompt_len"]]
         assert ratio["wave_over_transformer_median_step"] == pytest.approx(b["median_step_ms"] / a["median_step_ms"])
+        assert ratio["wave_over_transformer_static_median_step"] == pytest.approx(static["median_step_ms"]
+                                                                                 / a["median_step_ms"])
         assert ratio["bytes_ratio"] == pytest.approx((b["weights_mb_per_step"] + b["state_mb"])
                                                      / (a["weights_mb_per_step"] + a["state_mb"]))
+        conv = by["wave+conv", ratio["prompt_len"]]
+        assert ratio["conv_step_cost"] == pytest.approx(conv["median_step_ms"] / a["median_step_ms"] - 1)
     # The Transformer's cache grows with the prompt, Wave's state does not.
     assert result["ratios"][1]["bytes_ratio"] > result["ratios"][0]["bytes_ratio"] > 1
+    assert "transformer-static" in (tmp_path / "generation.md").read_text()
     for suffix in (".json", ".md", ".png"):
         assert (tmp_path / f"generation{suffix}").stat().st_size > 0
 

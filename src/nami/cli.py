@@ -551,7 +551,8 @@ def cmd_bench_generation(args: argparse.Namespace) -> int:
                                   batch=args.batch, repeats=args.repeats,
                                   precision=args.precision, threads=args.threads, memory_cap_mb=args.memory_cap_mb,
                                   time_limit_s=args.time_limit_s, out=args.out, quiet=args.quiet,
-                                  compile_step=args.compile, command=" ".join(["nami", *sys.argv[1:]]))
+                                  compile_step=args.compile, command=" ".join(["nami", *sys.argv[1:]]),
+                                  **({"models": tuple(args.models)} if args.models else {}))
     if not args.quiet:
         print(markdown(result))
     return 0
@@ -824,6 +825,10 @@ def _add_bench_commands(sub: Any) -> None:
                    help="prompts decoded together (tokens/s counts all rows)")
     p.add_argument("--repeats", type=positive_int, default=1,
                    help="fresh processes per case (the decoders alternating); medians are reported")
+    p.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                   choices=["wave", "wave+conv", "transformer-static", "transformer"],
+                   help="decoders to measure (default: all four; transformer-static: keys/values preallocated, "
+                        "transformer: grown by torch.cat)")
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 where the CPU/GPU has native bf16, else fp32 (recorded as chosen)")
@@ -831,7 +836,7 @@ def _add_bench_commands(sub: Any) -> None:
     p.add_argument("--memory-cap-mb", type=positive_float, default=16000.0)
     p.add_argument("--time-limit-s", type=positive_float, default=600.0)
     p.add_argument("--compile", action="store_true",
-                   help="decode through torch.compile(model), both decoders (compiled during the warm-up)")
+                   help="decode through torch.compile(model), every decoder (compiled during the warm-up)")
     p.add_argument("--out", default="results/generation.json", help="JSON (and .md / .png beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_generation)

@@ -59,6 +59,20 @@ def current_rss_mb() -> float:
     return resident_pages * resource.getpagesize() / 2**20
 
 
+def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
+    """This process's measured memory read bandwidth (GB/s): the median time to sum a ``megabytes``
+    fp32 tensor (larger than the caches), the threads torch uses. A decoding step bound by the
+    bytes it reads cannot take less than bytes ÷ this."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()  # warm-up: pages touched
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - tick)
+    return round(x.numel() * 4 / statistics.median(times) / 1e9, 2)
+
+
 def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
     """Generation from ``batch`` random prompts of ``prompt_len`` tokens each: prefill time, decoding
     tokens/s (all rows) for ``new_tokens`` greedy tokens per row, the decoding state's size, the bytes
@@ -69,8 +83,9 @@ def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     prompt_len, new_tokens = spec["prompt_len"], spec["new_tokens"]
-    config = ModelConfig.from_name(spec.get("preset", "small"), spec["model"], vocab_size=spec.get("vocab_size", 32000),
-                                   max_len=prompt_len + new_tokens + 1)
+    config = ModelConfig.from_name(spec.get("preset", "small"), spec.get("arch", spec["model"]),
+                                   vocab_size=spec.get("vocab_size", 32000), max_len=prompt_len + new_tokens + 1,
+                                   **spec.get("options", {}))
     model = CausalLMModel(config).eval()
     batch = spec.get("batch", 1)
     prompts = torch.randint(5, config.vocab_size, (batch, prompt_len)).tolist()
@@ -80,11 +95,13 @@ def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
     with context:
         # Warm-up (kernel creation; compiled: the prefill and step graphs, several steps so that a
         # growing key/value cache has become a dynamic dimension before the timed steps).
-        generate(runner, [p[:16] for p in prompts], max_new_tokens=8 if spec.get("compile") else 2, eos_id=None)
+        static = spec.get("static_cache", True)
+        generate(runner, [p[:16] for p in prompts], max_new_tokens=8 if spec.get("compile") else 2, eos_id=None,
+                 static_cache=static)
         rss_before = current_rss_mb()
         stamps: list[float] = []
         tick = time.perf_counter()
-        out, cache = generate(runner, prompts, max_new_tokens=new_tokens, eos_id=None,
+        out, cache = generate(runner, prompts, max_new_tokens=new_tokens, eos_id=None, static_cache=static,
                               on_token=lambda _: stamps.append(time.perf_counter()))
     prefill_s = stamps[0] - tick  # prefill + the first token
     decode_s = max(stamps[-1] - stamps[0], 1e-9)  # the new_tokens − 1 decoding steps after it, timed directly
@@ -102,6 +119,7 @@ def run_generation_case(spec: dict[str, Any]) -> dict[str, Any]:
             "weights_mb_per_step": round(weight_bytes / 2**20, 3),
             "median_step_ms": 1000 * median_step_s,
             "state_mb": round(cache.nbytes() / 2**20, 3), "peak_mb": round(peak_rss_mb(), 1),
+            "bandwidth_gbs": memory_bandwidth_gbs(),
             "added_mb": round(peak_rss_mb() - rss_before, 1), "threads_used": torch.get_num_threads()}
 
 

@@ -171,14 +171,15 @@ def plot_generation(result: dict, out_png: str | Path) -> Path:
     process peak) for both decoders."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = MODEL_COLOURS
-    for model in ("wave", "transformer"):
+    for model in dict.fromkeys(r["model"] for r in result["records"]):
         rs = [r for r in result["records"] if r["model"] == model]
         if not rs:
             continue
         xs = [r["prompt_len"] for r in rs]
-        axes[0].plot(xs, [r["tokens_per_s"] for r in rs], marker="o", color=colours[model], label=model)
-        axes[1].plot(xs, [r["peak_mb"] for r in rs], marker="o", color=colours[model], label=f"{model}: process peak")
-        axes[1].plot(xs, [max(r["state_mb"], 1e-3) for r in rs], marker="s", linestyle="--", color=colours[model],
+        colour = colours.get(model) or colour_of(model)
+        axes[0].plot(xs, [r["tokens_per_s"] for r in rs], marker="o", color=colour, label=model)
+        axes[1].plot(xs, [r["peak_mb"] for r in rs], marker="o", color=colour, label=f"{model}: process peak")
+        axes[1].plot(xs, [max(r["state_mb"], 1e-3) for r in rs], marker="s", linestyle="--", color=colour,
                      label=f"{model}: decoding state")
     batch = result["settings"].get("batch", 1)
     for ax, ylabel in zip(axes, (f"decoding tokens/s (batch {batch})", "MB")):

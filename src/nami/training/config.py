@@ -41,6 +41,12 @@ LOG_WITH = ("tensorboard",)
 SHARDINGS = ("none", "fsdp2", "zero2", "zero3")
 
 
+def _task_phrase(tasks: tuple[str, ...]) -> str:
+    """``masked-LM pretraining`` / ``QA fine-tuning``: how a message names the tasks an option is for."""
+    return " / ".join(f"{INFOS[t].label} {'pretraining' if INFOS[t].command == 'pretrain' else 'fine-tuning'}"
+                      for t in tasks if t in INFOS)
+
+
 def _choice(config: "TrainConfig", name: str, allowed: tuple[str, ...]) -> None:
     if getattr(config, name) not in allowed:
         raise ValueError(f"option {name}={getattr(config, name)!r}: expected one of {', '.join(allowed)}")
@@ -217,8 +223,8 @@ class TrainConfig:
         _fraction(self, "loss_filter_threshold", 0.0, 1.0, high_open=True, allow_none=True)
         for name in ("loss_filter", "loss_vocab_order"):  # read by the masked-LM loss only: never silently ignored
             if getattr(self, name) != "none" and self.task not in OPTION_TASKS[name]:
-                raise ValueError(f"option {name}={getattr(self, name)}: applies to task "
-                                 f"{' / '.join(OPTION_TASKS[name])} only (not {self.task})")
+                raise ValueError(f"option {name}={getattr(self, name)}: applies to {_task_phrase(OPTION_TASKS[name])} "
+                                 f"only (task {' / '.join(OPTION_TASKS[name])}, not {self.task})")
         _choice(self, "precision", PRECISIONS)
         _choice(self, "schedule", SCHEDULES)
         _choice(self, "on_bad_record", BAD_RECORD_POLICIES)

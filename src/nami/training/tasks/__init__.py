@@ -36,7 +36,7 @@ from nami.training.tasks.registry import (  # noqa: F401
 
 _LAZY = {"Task": "base", "resolve_train_data": "base", "resolve_eval_data": "base", "select_windows": "base",
          "load_option_data": "base", "load_qa_examples": "base", "corpus_documents": "base",
-         "sentence_boundary_ids": "base", "unwrap": "base", "QATask": "qa", "MLMTask": "mlm", "CLMTask": "clm",
+         "sentence_boundary_ids": "base", "unwrap": "base", "with_title_prefix": "base", "QATask": "qa", "MLMTask": "mlm", "CLMTask": "clm",
          "GenerativeQATask": "generative_qa"}
 
 
