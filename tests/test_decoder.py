@@ -505,3 +505,42 @@ def test_static_kv_cache_equals_the_growing_cache_and_the_full_forward(name):
     static, cache = generate(model, prompts, max_new_tokens=6, eos_id=None)
     grown, _ = generate(model, prompts, max_new_tokens=6, eos_id=None, static_cache=False)
     assert static == grown and cache.capacity == 5 + 6
+
+
+def test_span_constraint_allows_only_continuations_of_the_context():
+    from nami.data.generative import GenerativeExample, span_constraint
+
+    context = [10, 11, 12, 10, 13]
+    example = GenerativeExample(prompt=[2, *context, 3, 20, 3], target=[], context_ids=context,
+                                context_offsets=[(i, i + 1) for i in range(5)])
+    allowed = span_constraint(example, eos_id=3)
+    assert allowed([]) == [10, 11, 12, 13]  # any context token starts an answer, the end does not
+    assert allowed([10]) == [3, 11, 13]  # 10 occurs twice: either continuation, or stop
+    assert allowed([10, 11]) == [3, 12]
+    assert allowed([13]) == [3]  # the context's last token: only the end
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_constrained_decoding_writes_spans_of_the_context_only(num_beams):
+    """A random decoder writes anything; constrained to the context, every answer is found there."""
+    from nami.data.generative import GenerativeExample, locate_span, span_constraint
+    from nami.models.generation import beam_search
+
+    model = decoder("wave+conv")
+    torch.manual_seed(4)
+    examples = []
+    for _ in range(3):
+        context = torch.randint(5, 60, (12,)).tolist()
+        examples.append(GenerativeExample(prompt=[2, *context, 3, 7, 8, 3], target=[], context_ids=context,
+                                          context_offsets=[(i, i + 1) for i in range(12)]))
+    rules = [span_constraint(e, eos_id=3) for e in examples]
+    if num_beams == 1:
+        outputs, _ = generate(model, [e.prompt for e in examples], max_new_tokens=6, eos_id=3, allowed=rules)
+        free, _ = generate(model, [e.prompt for e in examples], max_new_tokens=6, eos_id=3)
+        assert any(locate_span([t for t in ids if t != 3], e) is None for ids, e in zip(free, examples))
+    else:
+        outputs = [beam_search(model, e.prompt, num_beams=num_beams, max_new_tokens=6, eos_id=3, allowed=rule)
+                   for e, rule in zip(examples, rules)]
+    for ids, example in zip(outputs, examples):
+        answer = ids[:-1] if ids and ids[-1] == 3 else ids
+        assert answer and locate_span(answer, example) is not None, (ids, example.context_ids)

@@ -230,6 +230,7 @@ def _choice_lists() -> dict[str, Any]:
         "loss_vocab_order": lambda: train_config.VOCAB_ORDERS,
         "on_bad_record": lambda: train_config.BAD_RECORD_POLICIES,
         "answer_boundaries": lambda: ANSWER_BOUNDARIES,
+        "constrain": lambda: train_config.CONSTRAINTS,
         "position_embedding": lambda: POSITION_EMBEDDINGS,
         "log_with": lambda: train_config.LOG_WITH,
         "sharding": lambda: train_config.SHARDINGS,
@@ -308,6 +309,20 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     # The bad records once each, on stdout (above); the summary counts them.
     print(format_report(report, list_bad=False), file=sys.stderr if report.bad else sys.stdout)
     return 1 if report.bad else 0
+
+
+def cmd_data_articles(args: argparse.Namespace) -> int:
+    from nami.data.articles import article_view, to_squad
+    from nami.data.squad import load_squad
+    from nami.io import check_output_path, write_json
+
+    check_output_path(args.out, "--out", inputs=args.paths)
+    examples = article_view(load_squad(args.paths), separator=args.separator)
+    write_json(Path(args.out), to_squad(examples))
+    lengths = sorted(len(c) for c in {ex.context for ex in examples})
+    print(f"[nami] {len(examples):,} questions over {len(lengths):,} articles (characters: median "
+          f"{lengths[len(lengths) // 2]:,}, longest {lengths[-1]:,}) -> {args.out}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -397,17 +412,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     result = predict_file(args.checkpoint, args.data, args.output, batch_size=args.batch_size,
                           threads=args.threads, answer_boundaries=args.answer_boundaries, quiet=args.quiet,
-                          num_beams=args.num_beams, device=args.device)
+                          num_beams=args.num_beams, constrain=args.constrain, device=args.device)
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)  # this process did nothing but predict
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from nami.pipelines import ask
+    import time
 
-    answer = ask(args.checkpoint, context=args.context, question=args.question, n_best=args.n_best,
+    from nami.pipelines import ask
+    from nami.resources import peak_rss_mb
+
+    context = args.context
+    if args.context_file is not None:
+        try:
+            context = Path(args.context_file).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"--context-file {args.context_file}: cannot read it as UTF-8 text ({error})") from None
+    started = time.perf_counter()
+    answer = ask(args.checkpoint, context=context, question=args.question, n_best=args.n_best,
                  device=args.device)
+    if args.verbose:
+        print(f"[nami] {len(context):,} characters in {answer.get('windows', 1)} window(s), "
+              f"{time.perf_counter() - started:.2f} s, peak {peak_rss_mb():,.0f} MB", file=sys.stderr)
     if args.json:
         print(json.dumps(answer, ensure_ascii=False))
     else:
@@ -639,6 +667,12 @@ def _add_data_commands(sub: Any) -> None:
     p.add_argument("paths", nargs="+", help="files or directories of *.json shards")
     p.add_argument("--allow-unanswered", action="store_true", help="questions without answers are fine")
     p.set_defaults(func=cmd_data_check)
+    p = data.add_parser("articles", help="the article-level view: every question asked about its whole article "
+                                         "(paragraphs joined, answer offsets shifted) → one SQuAD file")
+    p.add_argument("paths", nargs="+", help="SQuAD files or directories of *.json shards")
+    p.add_argument("--out", required=True, help="the SQuAD JSON file to write")
+    p.add_argument("--separator", default="\n", help="between paragraphs (default: a newline)")
+    p.set_defaults(func=cmd_data_articles)
 
     p = sub.add_parser("evaluate", help="JSQuAD EM / F1 of a predictions file")
     p.add_argument("--data", required=True, nargs="+")
@@ -687,14 +721,21 @@ def _add_inference_commands(sub: Any) -> None:
                         "answer_boundaries; runs saved before the option existed: token)")
     p.add_argument("--num-beams", type=positive_int, default=None,
                    help="generative-QA runs: beam search width (default: the run's num_beams, 1 = greedy)")
+    p.add_argument("--constrain", choices=["none", "context"], default=None,
+                   help="generative-QA runs: context = answers decoded as spans of their context only (default: the "
+                        "run's constrain, none = free generation)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps, ... (default: cpu)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ask", help="answer one question about one context")
     p.add_argument("--checkpoint", required=True, help="run directory (extractive or generative QA)")
-    p.add_argument("--context", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--context", help="the text to answer from")
+    where.add_argument("--context-file", metavar="FILE", help="read the context from a UTF-8 text file (a whole "
+                       "document: it is read in windows of the run's length, the best span over all of them)")
     p.add_argument("--question", required=True)
+    p.add_argument("--verbose", action="store_true", help="also print the windows read, the time and peak memory")
     p.add_argument("--n-best", type=positive_int, default=3, help="answer spans to list (extractive runs; a "
                    "generative run writes one answer)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps, ... (default: cpu)")

@@ -260,16 +260,18 @@ def _writes_answers(run_dir: str | Path) -> bool:
 
 def predict_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
                  batch_size: int | None = None, threads: int | None = None, answer_boundaries: str | None = None,
-                 quiet: bool = False, num_beams: int | None = None, device: str = "cpu") -> dict[str, Any]:
+                 quiet: bool = False, num_beams: int | None = None, constrain: str | None = None,
+                 device: str = "cpu") -> dict[str, Any]:
     """``nami predict``: :meth:`QuestionAnsweringPipeline.predict_file` with a fresh pipeline, or, for a
     generative-QA run, generated answers (:func:`predict_generative_file`)."""
     if _writes_answers(run_dir):
         if answer_boundaries is not None:
             raise ValueError("--answer-boundaries applies to extractive QA runs, not generative-QA runs")
         return predict_generative_file(run_dir, data, output, batch_size=batch_size, threads=threads, quiet=quiet,
-                                       num_beams=num_beams, device=device)
-    if num_beams is not None:
-        raise ValueError("--num-beams applies to generative-QA runs (nami train --task generative-qa)")
+                                       num_beams=num_beams, constrain=constrain, device=device)
+    for option, value in (("--num-beams", num_beams), ("--constrain", constrain)):
+        if value is not None:
+            raise ValueError(f"{option} applies to generative-QA runs (nami train --task generative-qa)")
     return pipeline("question-answering", run_dir, threads=threads, device=device).predict_file(
         data, output, batch_size=batch_size, answer_boundaries=answer_boundaries, quiet=quiet)
 
@@ -327,9 +329,11 @@ def _ask_generative(run_dir: str | Path, *, context: str, question: str, device:
 
 def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
                             batch_size: int | None = None, threads: int | None = None,
-                            quiet: bool = False, num_beams: int | None = None, device: str = "cpu") -> dict[str, Any]:
+                            quiet: bool = False, num_beams: int | None = None, constrain: str | None = None,
+                            device: str = "cpu") -> dict[str, Any]:
     """``{question_id: answer}`` written by a generative-QA run (greedy, or beam search with
-    ``num_beams``; default: the run's), scored when answers exist."""
+    ``num_beams``; free, or as spans of the context with ``constrain="context"``; defaults: the
+    run's), scored when answers exist."""
     import time
 
     from nami.data.generative import build_generative
@@ -345,17 +349,18 @@ def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], outp
     if num_beams is not None and num_beams < 1:
         raise ValueError(f"--num-beams={num_beams}: expected >= 1")
     beams = num_beams or config.num_beams
+    constraint = constrain or config.constrain
     answers, located = generate_answers(model, tokenizer, examples, items, max_answer_tokens=config.max_answer_tokens,
                                         batch_size=batch_size or config.eval_batch_size, precision=config.precision,
-                                        show=not quiet, num_beams=beams, device=device)
+                                        show=not quiet, num_beams=beams, device=device, constrain=constraint)
     seconds = time.perf_counter() - started
     write_json(Path(output), answers)
     summary: dict[str, Any] = {"output": str(output), "count": len(examples), "located": located / len(examples),
-                               "num_beams": beams,
+                               "num_beams": beams, "constrain": constraint,
                                "questions_per_s": round(len(examples) / seconds, 2)}
     if all(ex.answers for ex in examples):
         scores = evaluate_predictions(examples, answers)
         summary.update(exact_match=scores["exact_match"], f1=scores["f1"])
-        if beams == config.num_beams:
+        if beams == config.num_beams and constraint == config.constrain:
             summary.update(_recorded_match(Path(run_dir), data, scores))
     return summary

@@ -103,6 +103,26 @@ def locate_span(generated: Sequence[int], example: GenerativeExample) -> tuple[i
     return None
 
 
+def span_constraint(example: GenerativeExample, eos_id: int):
+    """Decoding constrained to spans of the context (``--constrain context``): a function from the
+    tokens generated so far to the tokens that may come next — any context token first, then only a
+    token that continues one of the places where the answer so far occurs among the prompt's context
+    tokens, or ``eos_id`` — so every answer is a contiguous span of the context (found by
+    :func:`locate_span`)."""
+    ids = list(example.context_ids)
+    first = sorted(set(ids))
+
+    def allowed(generated: Sequence[int]) -> list[int]:
+        n = len(generated)
+        if n == 0:
+            return first
+        tail = list(generated)
+        following = {ids[p + n] for p in range(len(ids) - n) if ids[p : p + n] == tail}
+        return sorted(following | {eos_id})
+
+    return allowed
+
+
 def locate_answer(generated: Sequence[int], example: GenerativeExample, context: str) -> tuple[str, bool]:
     """The generated answer as text of the original ``context``: where :func:`locate_span` finds it,
     the exact original characters (``True``); otherwise ``("", False)``."""

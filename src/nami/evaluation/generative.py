@@ -8,8 +8,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nami.data.batching import sorted_batches
-from nami.data.generative import locate_answer
+from nami.data.generative import locate_answer, span_constraint
 from nami.evaluation.predict import autocast_context
+
+
+CONSTRAINTS = ("none", "context")
+
+
+def _rule(item, tokenizer, constrain: str):
+    return span_constraint(item, tokenizer.sep_id) if constrain == "context" else None
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -20,10 +27,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def generate_answers(model: nn.Module, tokenizer, examples: list, items: list, *, max_answer_tokens: int,
                      batch_size: int, precision: str, device: torch.device | str = "cpu",
-                     show: bool = False, num_beams: int = 1) -> tuple[dict[str, str], int]:
+                     show: bool = False, num_beams: int = 1, constrain: str = "none") -> tuple[dict[str, str], int]:
     """Generated answers ``{id: text}`` of ``examples`` (their prompts ``items``; greedy in batches by
     length, or beam search one example at a time) and how many were found verbatim in their context
-    (the rest: detokenised text)."""
+    (the rest: detokenised text). ``constrain="context"``: every answer is a span of its context
+    (:func:`nami.data.generative.span_constraint`); ``"none"``: free generation."""
+    if constrain not in CONSTRAINTS:
+        raise ValueError(f"constrain={constrain!r}: expected one of {', '.join(CONSTRAINTS)}")
     from nami.models.generation import beam_search, generate
 
     device = torch.device(device)
@@ -34,11 +44,14 @@ def generate_answers(model: nn.Module, tokenizer, examples: list, items: list, *
         with autocast_context(device, precision):
             if num_beams > 1:
                 outputs = [beam_search(_unwrap(model), items[b].prompt, num_beams=num_beams,
-                                       max_new_tokens=max_answer_tokens + 1, eos_id=tokenizer.sep_id) for b in batch]
+                                       max_new_tokens=max_answer_tokens + 1, eos_id=tokenizer.sep_id,
+                                       allowed=_rule(items[b], tokenizer, constrain)) for b in batch]
             else:
                 outputs, _ = generate(_unwrap(model), [items[b].prompt for b in batch],
                                       max_new_tokens=max_answer_tokens + 1, eos_id=tokenizer.sep_id,
-                                      pad_id=tokenizer.pad_id)
+                                      pad_id=tokenizer.pad_id,
+                                      allowed=None if constrain == "none"
+                                      else [_rule(items[b], tokenizer, constrain) for b in batch])
         for b, ids in zip(batch, outputs):
             ids = ids[:-1] if ids and ids[-1] == tokenizer.sep_id else ids
             text, found = locate_answer(ids, items[b], examples[b].context)

@@ -53,6 +53,7 @@ def generate(
     prefill: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
     static_cache: bool = True,
+    allowed: Sequence[Callable[[list[int]], Sequence[int]] | None] | None = None,
 ) -> tuple[list[list[int]], DecodingCache]:
     """New token ids for every prompt (``eos_id`` included when reached) and the final cache.
 
@@ -60,6 +61,9 @@ def generate(
     result: a test checks it). ``on_token(ids (B,))`` is called after each step (streaming).
     ``static_cache``: attention keys / values in buffers preallocated for ``prompt + max_new_tokens``
     positions and written in place (``False``: grown by ``torch.cat``; the same tokens, tested).
+    ``allowed``: per prompt, ``None`` or a function from the tokens generated so far to the ids that
+    may come next (constrained decoding, e.g. :func:`nami.data.generative.span_constraint`); the
+    others get probability 0.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
@@ -112,8 +116,11 @@ def generate(
     live = torch.ones(batch, dtype=torch.bool, device=device)  # (B,): rows still generating
     out: list[list[int]] = [[] for _ in prompts]
     for step in range(max_new_tokens):
-        next_ids = sample_next(model.logits(last), temperature=temperature, top_k=top_k, top_p=top_p,
-                               generator=generator)
+        logits = model.logits(last)
+        if allowed is not None:
+            logits = constrain_logits(logits, [None if finished[row] else allowed[row] for row in range(batch)],
+                                      out)
+        next_ids = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         if any(finished):
             next_ids = next_ids.masked_fill(~live, pad_id)
         for row, token in enumerate(next_ids.tolist()):
@@ -132,6 +139,19 @@ def generate(
     return out, cache
 
 
+def constrain_logits(logits: torch.Tensor, allowed: Sequence[Callable[[list[int]], Sequence[int]] | None],
+                     generated: Sequence[list[int]]) -> torch.Tensor:
+    """``logits (B, V)`` with ``-inf`` outside the ids ``allowed[row](generated[row])`` (rows whose
+    ``allowed`` is None are left as they are)."""
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    for row, rule in enumerate(allowed):
+        if rule is None:
+            mask[row] = True
+        else:
+            mask[row, torch.as_tensor(list(rule(generated[row])), dtype=torch.long, device=logits.device)] = True
+    return logits.masked_fill(~mask, float("-inf"))
+
+
 def _step(model: torch.nn.Module, ids: torch.Tensor, live: torch.Tensor, positions: torch.Tensor,
           cache: DecodingCache) -> torch.Tensor:
     """Hidden states ``(B, D)`` of one new token per row: the model's ``step`` (its decoding fast
@@ -144,14 +164,15 @@ def _step(model: torch.nn.Module, ids: torch.Tensor, live: torch.Tensor, positio
 
 @torch.no_grad()
 def beam_search(model: torch.nn.Module, prompt: Sequence[int], *, num_beams: int, max_new_tokens: int,
-                eos_id: int, length_penalty: float = 1.0, return_score: bool = False):
+                eos_id: int, length_penalty: float = 1.0, return_score: bool = False,
+                allowed: Callable[[list[int]], Sequence[int]] | None = None):
     """The most likely continuation of one prompt under beam search (ids, ``eos_id`` included if reached).
 
     ``num_beams`` hypotheses advance together as one batch through a :class:`DecodingCache`, which is
     reordered after each step to follow the surviving beams. A finished hypothesis scores
     ``log p / length ** length_penalty``; the search stops when ``num_beams`` are finished or after
     ``max_new_tokens``. ``num_beams=1`` is greedy decoding. ``return_score``: also return the
-    chosen sequence's summed log-probability.
+    chosen sequence's summed log-probability. ``allowed``: constrained decoding, as in :func:`generate`.
     """
     if num_beams < 1 or max_new_tokens < 1:
         raise ValueError("beam_search: expected num_beams >= 1 and max_new_tokens >= 1")
@@ -167,7 +188,10 @@ def beam_search(model: torch.nn.Module, prompt: Sequence[int], *, num_beams: int
     beams: list[list[int]] = [[]]
     finished: list[tuple[float, list[int], float]] = []
     for step in range(max_new_tokens):
-        logp = torch.log_softmax(model.logits(last), dim=-1)  # (beams, V)
+        logits = model.logits(last)
+        if allowed is not None:
+            logits = constrain_logits(logits, [allowed] * len(beams), beams)
+        logp = torch.log_softmax(logits, dim=-1)  # (beams, V)
         vocab = logp.shape[-1]
         total = (scores[:, None] + logp).view(-1)
         top_scores, top = total.topk(min(2 * num_beams, total.numel()))

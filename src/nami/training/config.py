@@ -39,6 +39,7 @@ SCHEDULES = ("cosine", "linear")
 BAD_RECORD_POLICIES = ("error", "skip")
 LOG_WITH = ("tensorboard",)
 SHARDINGS = ("none", "fsdp2", "zero2", "zero3")
+CONSTRAINTS = ("none", "context")  # generative QA decoding (nami.evaluation.generative)
 
 
 def _task_phrase(tasks: tuple[str, ...]) -> str:
@@ -121,6 +122,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     max_answer_tokens: int = 16  # ~24 characters; JaQuAD train answers: median 5, p99 19 characters
     num_beams: int = 1  # generative QA: beam search width when answers are generated (1 = greedy)
+    constrain: str = "none"  # generative QA: "context" = answers decoded as spans of the context only
     answer_boundaries: str = "word"  # decoded answers begin/end on MeCab word boundaries ("token": anywhere)
     precision: str = "auto"  # resolved to bf16 / fp32 when a run starts (nami.resources.resolve_precision)
     seed: int = 0
@@ -230,6 +232,7 @@ class TrainConfig:
         _choice(self, "on_bad_record", BAD_RECORD_POLICIES)
         _choice(self, "answer_boundaries", ANSWER_BOUNDARIES)
         _choice(self, "sharding", SHARDINGS)
+        _choice(self, "constrain", CONSTRAINTS)
         if self.deepspeed_config is not None and not self.sharding.startswith("zero"):
             raise ValueError(f"option deepspeed_config={self.deepspeed_config}: a DeepSpeed config needs "
                              f"--sharding zero2 or zero3 (not {self.sharding})")
@@ -377,6 +380,8 @@ OPTION_HELP: dict[str, str] = {
     "eval_batch_size": "windows per evaluation batch",
     "max_answer_tokens": "longest answer span (tokens) the decoder considers",
     "num_beams": "generative QA: beam-search width when answers are generated (1 = greedy)",
+    "constrain": "generative QA: none = free generation; context = every answer decoded as a span of its context "
+                 "(tokens that continue a place where the answer so far occurs, or the end)",
     "answer_boundaries": "answers begin/end on MeCab word boundaries (word) or on any token (token)",
     "precision": "auto (bf16 autocast where the hardware has native bf16: AMX / AVX512-BF16 CPUs, Ampere+ GPUs; "
                  "else fp32, which is faster there), bf16 or fp32; the run saves what auto chose",

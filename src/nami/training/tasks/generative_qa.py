@@ -53,7 +53,8 @@ class GenerativeQATask(CLMTask):
         return generate_answers(model, self.tokenizer, [self.eval_examples[i] for i in indices],
                                 [self.eval_items[i] for i in indices], max_answer_tokens=self.config.max_answer_tokens,
                                 batch_size=self.config.eval_batch_size, precision=self.config.precision,
-                                device=device, show=show, num_beams=self.config.num_beams)
+                                device=device, show=show, num_beams=self.config.num_beams,
+                                constrain=self.config.constrain)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device, *, full: bool, show: bool) -> dict[str, Any]:

@@ -63,7 +63,8 @@ INFOS: dict[str, TaskInfo] = {
     CLM: TaskInfo(CLM, "nami.training.tasks.clm", "pretrain", _LM_LOSS, "causal-LM", paths.JAQUAD_DEV, causal=True,
                   pipeline="text-generation"),
     GENERATIVE_QA: TaskInfo(GENERATIVE_QA, "nami.training.tasks.generative_qa", "train",
-                            _QA_SHARED + _LM_LOSS + ("num_beams",), "generative QA", paths.JSQUAD_DEV, causal=True,
+                            _QA_SHARED + _LM_LOSS + ("num_beams", "constrain"), "generative QA", paths.JSQUAD_DEV,
+                            causal=True,
                             answers="generate"),
 }
 
