@@ -544,3 +544,23 @@ def test_constrained_decoding_writes_spans_of_the_context_only(num_beams):
     for ids, example in zip(outputs, examples):
         answer = ids[:-1] if ids and ids[-1] == 3 else ids
         assert answer and locate_span(answer, example) is not None, (ids, example.context_ids)
+
+
+def test_sampling_options_at_the_edges_are_handled_or_refused():
+    """Temperatures and top-p below float32's smallest number sample the most likely token (they made
+    NaN probabilities); NaN, inf, fractional or boolean options are refused by name; beams wider than
+    the vocabulary are refused before the search grows."""
+    from nami.models.generation import beam_search
+
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, -1.0, 0.5]])
+    generator = torch.Generator().manual_seed(0)
+    assert sample_next(logits, temperature=1e-46, generator=generator).tolist() == [1, 0]
+    assert sample_next(logits, temperature=1.0, top_p=1e-46, generator=generator).tolist() == [1, 0]
+    model = decoder("wave")
+    for bad in (dict(temperature=float("nan")), dict(temperature=float("inf")), dict(temperature=1.0, top_k=2.5),
+                dict(temperature=1.0, top_k=True), dict(temperature=1.0, top_p=float("nan"))):
+        name = next(k for k in bad if k != "temperature") if len(bad) > 1 else "temperature"
+        with pytest.raises(ValueError, match=name):
+            generate(model, [[5, 6]], max_new_tokens=2, eos_id=None, **bad)
+    with pytest.raises(ValueError, match="exceeds the vocabulary"):
+        beam_search(model, [5, 6], num_beams=61, max_new_tokens=2, eos_id=3)

@@ -265,3 +265,51 @@ def test_checkpoint_written_by_an_interrupted_save_is_ignored(uninterrupted, tmp
     run = copy_run(uninterrupted, tmp_path / "run")
     (run / "checkpoints" / ".tmp-step-00000041").mkdir()
     assert ckpt.checkpoint_dirs(run)[-1].name == "step-00000040"
+
+
+def test_resume_refuses_an_edited_config_and_never_re_signs_it(tiny_squad, tiny_tokenizer_dir, tmp_path):
+    """A run directory is untrusted: an edited config.json (here lr 3e-3 → 50) is refused on resume,
+    and the manifest still records the config the run started with (it was re-signed before)."""
+    from nami.io import MANIFEST_FILE
+
+    config = TrainConfig.from_dict(config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "edited",
+                                               max_steps=4, checkpoint_every_steps=2, precision="fp32", dropout=0.0))
+    result = train(config, quiet=True)
+    run_dir = result.run_dir
+    (run_dir / ckpt.FINAL_EVAL_FILE).unlink()  # as if stopped after its last checkpoint
+    manifest = (run_dir / MANIFEST_FILE).read_text()
+    saved = json.loads((run_dir / ckpt.CONFIG_FILE).read_text())
+    saved["train"]["lr"] = 50.0
+    (run_dir / ckpt.CONFIG_FILE).write_text(json.dumps(saved))
+    with pytest.raises(ckpt.CheckpointError, match="config.json: checksum mismatch"):
+        resume(run_dir, quiet=True)
+    assert (run_dir / MANIFEST_FILE).read_text() == manifest
+
+
+def test_a_weights_refresh_keeps_the_recorded_checksums_of_files_it_did_not_write(tmp_path):
+    from nami.io import MANIFEST_FILE, update_manifest, write_manifest
+
+    (tmp_path / "a.json").write_text("1")
+    (tmp_path / "b.bin").write_text("x")
+    write_manifest(tmp_path, ["a.json", "b.bin"])
+    before = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    (tmp_path / "a.json").write_text("2")  # edited by someone else
+    (tmp_path / "b.bin").write_text("y")  # written by this process
+    (tmp_path / "c.txt").write_text("new")
+    update_manifest(tmp_path, ["b.bin"], ["a.json", "b.bin", "c.txt"])
+    after = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    assert after["a.json"] == before["a.json"] and after["b.bin"] != before["b.bin"] and "c.txt" in after
+
+
+def test_saving_a_loaded_model_again_in_place_keeps_its_tokenizer_usable(tmp_path):
+    import shutil
+
+    from nami.pipelines import pipeline
+
+    run = tmp_path / "wave"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "runs" / "wave", run)
+    model = QAModel.from_pretrained(run)
+    model.save_pretrained(run)  # no tokenizer given: the one in the directory stays tied to the weights
+    assert json.loads((run / ckpt.CONFIG_FILE).read_text())["tokenizer_fingerprint"] is not None
+    answer = pipeline("question-answering", run)({"question": "富士山の標高は?", "context": "富士山の標高は3776メートルである。"})
+    assert answer["answer"]

@@ -175,3 +175,35 @@ def test_ablate_refuses_a_modified_checkout_unless_allowed(monkeypatch, tmp_path
     with pytest.raises(ValueError, match="uncommitted changes"):
         ablate.run_ablation(variants=["wave"], preset="smoke", out=str(tmp_path / "x"))
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_stage_option_reaches_only_its_stage():
+    from nami.reports.compare import stage_configs
+
+    data = str(FIXTURES / "tiny_qa.json")
+    given = parse_variant("tr-lr=transformer:attention_rope=true,pretrain.lr=0.0005,finetune.warmup=0.1")["tr-lr"]
+    stages = stage_configs("smoke-pretrain", given.arch, minutes=None, pretrain_minutes=None, runs_dir="/tmp/x",
+                           stamp="s", train_data=[data], eval_data=data, options=given.options, name=given.name)
+    assert stages["pretrain"].lr == 0.0005 and stages["finetune"].lr != 0.0005
+    assert stages["finetune"].warmup == 0.1 and stages["pretrain"].warmup != 0.1
+    assert stages["pretrain"].model.attention_rope and stages["finetune"].model.attention_rope
+    with pytest.raises(ValueError, match="no stage 'pretrainn'"):
+        stage_configs("smoke-pretrain", "wave", minutes=None, pretrain_minutes=None, runs_dir="/tmp/x", stamp="s",
+                      train_data=[data], eval_data=data, options={"pretrainn.lr": 1.0})
+
+
+def test_a_preset_records_a_recipe_per_family(monkeypatch):
+    from nami.reports import presets
+    from nami.reports.compare import stage_configs
+
+    spec = dict(presets.COMPARE_PRESETS["smoke-pretrain"])
+    spec["family"] = {"transformer": {"pretrain": {"lr": 7e-4}, "finetune": {"warmup": 0.2}}}
+    monkeypatch.setitem(presets.COMPARE_PRESETS, "smoke-pretrain", spec)
+    data = str(FIXTURES / "tiny_qa.json")
+    plan = {name: stage_configs("smoke-pretrain", resolve(name).arch, minutes=None, pretrain_minutes=None,
+                                runs_dir="/tmp/x", stamp="s", train_data=[data], eval_data=data,
+                                options=resolve(name).options, name=name)
+            for name in ("transformer+rope", "wave+conv")}
+    assert plan["transformer+rope"]["pretrain"].lr == 7e-4 and plan["transformer+rope"]["finetune"].warmup == 0.2
+    assert plan["wave+conv"]["pretrain"].lr != 7e-4 and plan["wave+conv"]["finetune"].warmup != 0.2
+    assert presets.recipe("smoke-pretrain", "pretrain", "transformer")["lr"] == 7e-4

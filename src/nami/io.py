@@ -223,6 +223,44 @@ def write_manifest(directory: Path, names: Iterable[str]) -> None:
     write_json(directory / MANIFEST_FILE, {name: sha256_file(directory / name) for name in sorted(names)})
 
 
+def update_manifest(directory: Path, written: Iterable[str], names: Iterable[str]) -> None:
+    """Refresh the manifest for the files this process has just ``written``; the other ``names`` keep
+    the checksums already recorded (a file first seen is recorded as it is). A file someone else
+    modified is therefore never re-signed: its old checksum stays and the next verification names
+    it. A missing or unreadable manifest is written anew."""
+    directory = Path(directory)
+    written = set(written)
+    try:
+        recorded = read_json(directory / MANIFEST_FILE)
+    except (OSError, ValueError):
+        recorded = {}
+    recorded = recorded if isinstance(recorded, dict) else {}
+    entries = {name: sha256_file(directory / name) if name in written or name not in recorded else recorded[name]
+               for name in sorted(names)}
+    write_json(directory / MANIFEST_FILE, entries)
+
+
+def verify_files(directory: Path, names: Iterable[str]) -> None:
+    """Raise :class:`CheckpointError` naming the first of ``names`` that is missing, not listed in the
+    manifest, or modified since it was recorded (the other files of the manifest are not read)."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{manifest_path}: missing (cannot verify the files of {directory})")
+    manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{manifest_path}: not a manifest")
+    for name in names:
+        path = directory / name
+        if name not in manifest:
+            raise CheckpointError(f"{manifest_path}: does not list {name}")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (listed in {manifest_path})")
+        if sha256_file(path) != manifest[name]:
+            raise CheckpointError(f"{path}: checksum mismatch (modified since the run wrote it: the run is not "
+                                  "resumed with settings it was not started with)")
+
+
 def verify_manifest(directory: Path, required: Iterable[str] = ()) -> None:
     """Raise :class:`CheckpointError` naming the first missing or modified file.
 

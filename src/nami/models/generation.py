@@ -9,11 +9,25 @@ changes no state.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 
 from nami.models.inputs import DecodingCache
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Sampling options as the Python API receives them: NaN, inf, a float top_k, a bool are refused."""
+    def number(x: object) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not number(temperature) or temperature < 0:
+        raise ValueError(f"generate: temperature={temperature!r}: expected a finite number >= 0")
+    if top_p is not None and (not number(top_p) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"generate: top_p={top_p!r}: expected a number 0 < top_p <= 1")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"generate: top_k={top_k!r}: expected an integer >= 1")
 
 
 def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None,
@@ -24,8 +38,9 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | 
     if temperature == 0.0:
         return logits.argmax(dim=-1)
     # The row maximum first: then nothing overflows however small the temperature (1e-40 made
-    # inf / inf = NaN probabilities), and the most likely token keeps logit 0.
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    # inf / inf = NaN probabilities), and the most likely token keeps logit 0. In float64: a
+    # temperature below float32's smallest number (1e-46) would be 0 there, and 0 / 0 = NaN.
+    logits = (logits.double() - logits.double().amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         # By index, not by value: a `< k-th value` test keeps every token tied with the k-th.
         keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, logits.topk(top_k, dim=-1).indices, True)
@@ -34,6 +49,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float = 0.0, top_k: int | 
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs >= top_p  # tokens after the set already reaching top_p
+        drop[..., 0] = False  # the most likely token always stays (a top_p below the float floor kept none)
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
@@ -69,8 +85,7 @@ def generate(
         raise ValueError("generate: every prompt needs at least one token")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
-    if temperature < 0 or (top_p is not None and not 0.0 < top_p <= 1.0) or (top_k is not None and top_k < 1):
-        raise ValueError("generate: expected temperature >= 0, 0 < top_p <= 1 and top_k >= 1")
+    _check_sampling(temperature, top_k, top_p)
     if temperature == 0 and (top_k is not None or top_p is not None):
         raise ValueError("generate: top_k / top_p restrict sampling; with temperature 0 (greedy) they would be "
                          "ignored: give temperature > 0")
@@ -176,6 +191,9 @@ def beam_search(model: torch.nn.Module, prompt: Sequence[int], *, num_beams: int
     """
     if num_beams < 1 or max_new_tokens < 1:
         raise ValueError("beam_search: expected num_beams >= 1 and max_new_tokens >= 1")
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab_size is not None and num_beams > vocab_size:  # wider than the vocabulary: the whole tree
+        raise ValueError(f"beam_search: num_beams={num_beams} exceeds the vocabulary ({vocab_size} tokens)")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from nami.io import CheckpointError, atomic_write, read_json, verify_manifest, write_json, write_manifest
+from nami.io import CheckpointError, atomic_write, read_json, update_manifest, verify_manifest, write_json
 from nami.models.config import ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -41,11 +41,25 @@ def root_files(directory: Path) -> list[str]:
     return names + ([WEIGHTS_FILE] if (directory / WEIGHTS_FILE).is_file() else [])
 
 
-def save_weights_file(directory: Path, model: torch.nn.Module) -> None:
-    """Write ``model.safetensors`` atomically and refresh the manifest."""
+def _kept_fingerprint(directory: Path) -> str | None:
+    """Saving again into a directory that holds a tokenizer, without giving one: the tokenizer stays, and
+    so does the fingerprint that ties it to the weights (writing ``null`` made the directory unloadable)."""
+    if not (directory / TOKENIZER_DIR).is_dir() or not (directory / CONFIG_FILE).is_file():
+        return None
+    try:
+        saved = read_json(directory / CONFIG_FILE)
+    except (OSError, ValueError):
+        return None
+    return saved.get("tokenizer_fingerprint") if isinstance(saved, dict) else None
+
+
+def save_weights_file(directory: Path, model: torch.nn.Module, also_written: tuple[str, ...] = ()) -> None:
+    """Write ``model.safetensors`` atomically and refresh the manifest for it (and ``also_written``,
+    the other files the caller has just written); files this process did not write keep their
+    recorded checksums, so an edit by someone else is never re-signed."""
     weights = weights_of(model)
     atomic_write(Path(directory) / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp)))
-    write_manifest(directory, root_files(directory))
+    update_manifest(directory, (WEIGHTS_FILE, *also_written), root_files(directory))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -87,15 +101,17 @@ class PreTrainedMixin:
         when loaded: see :func:`nami.training.checkpoint.read_run_config`)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        fingerprint = tokenizer.fingerprint if tokenizer is not None else _kept_fingerprint(directory)
         if tokenizer is not None:
             tokenizer.save(directory / TOKENIZER_DIR)
         train = dict(train_config if train_config is not None else getattr(self, "saved_train_config", None) or {})
         train.setdefault("task", self.task)
         write_json(directory / CONFIG_FILE, {
-            "train": train, "model": self.config.to_dict(),
-            "tokenizer_fingerprint": tokenizer.fingerprint if tokenizer is not None else None,
+            "train": train, "model": self.config.to_dict(), "tokenizer_fingerprint": fingerprint,
         })
-        save_weights_file(directory, self)  # type: ignore[arg-type]
+        written = [CONFIG_FILE] + ([n for n in root_files(directory) if n.startswith(f"{TOKENIZER_DIR}/")]
+                                   if tokenizer is not None else [])
+        save_weights_file(directory, self, tuple(written))  # type: ignore[arg-type]
         return directory
 
     @classmethod

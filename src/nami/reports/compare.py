@@ -50,7 +50,7 @@ from nami.reports.environment import git_commit, host_speed_gflops, machine_desc
 from nami.resources import resolve_precision
 # The presets (their recipes) are data in nami.reports.presets, re-exported here.
 from nami.reports.presets import (COMPARE_PRESETS, FINAL_STAGE, PRESET_SUMMARIES, describe_presets,  # noqa: F401
-                                  speed_options)
+                                  family_options, speed_options)
 from nami.reports.report import RESULTS_FILE, write_report
 from nami.reports.variants import VARIANTS, Variant, resolve
 from nami.training import checkpoint as ckpt
@@ -102,6 +102,7 @@ def stage_configs(
     if train_data is None and "data" in spec:
         train_data = [str(paths.default_data(name)) for name in spec["data"]]
     arch_options = speed_options(preset, arch, options)  # compile_wave only where there are Wave layers
+    family_recipe = family_options(preset, arch, options)  # the recipe the selection chose for this family
     stages: dict[str, TrainConfig] = {}
     for stage in spec["stages"]:
         budget = budgets.get(stage["name"])
@@ -117,12 +118,28 @@ def stage_configs(
             "train_data": train_data if final else pretrain_data,
             "eval_data": eval_data if final else None,
             "tokenizer": None if init_dir else tokenizer, "init_from": init_dir,
-            **stage["train"], **arch_options, **(options or {}),
+            **stage["train"], **family_recipe.get(stage["name"], {}), **arch_options,
+            **_stage_options(options, stage["name"], names),
         })
         # "auto" precision is decided here, for every stage and model alike, so the plan (and the
         # recorded results it is matched against later) names the precision the runs train in.
         stages[stage["name"]].precision = resolve_precision(stages[stage["name"]].precision, _train_device_type())
     return stages
+
+
+def _stage_options(options: dict[str, Any] | None, stage: str, stages: list[str]) -> dict[str, Any]:
+    """The options of one stage: plain ones apply to every stage, ``"STAGE.option"`` only to that
+    stage (``{"pretrain.lr": 5e-4}``: a pretraining learning rate, the fine-tuning one unchanged)."""
+    out: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        target, dot, option = key.partition(".")
+        if not dot:
+            out[key] = value
+        elif target not in stages:
+            raise ValueError(f"option {key!r}: the preset has no stage {target!r} (stages: {', '.join(stages)})")
+        elif target == stage:
+            out[option] = value
+    return out
 
 
 def _train_device_type() -> str:

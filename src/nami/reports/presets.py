@@ -119,6 +119,16 @@ def speed_options(preset: str, arch: str, options: dict[str, Any] | None = None)
     return values
 
 
+def family_options(preset: str, arch: str, options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Per stage, the options a preset sets for the model's *family* (``spec["family"]``, e.g.
+    ``{"transformer": {"finetune": {"lr": 5e-4}}}``): the recipe a selection chose for that family,
+    recorded in the preset so every later run of it uses the same one."""
+    from nami.reports.variants import Variant
+
+    family = Variant("model", arch, dict(options or {})).family
+    return COMPARE_PRESETS[preset].get("family", {}).get(family, {})
+
+
 def recipe(preset: str, stage: str, arch: str = "wave", options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The training options of one stage of a compare preset (``nami train --recipe standard`` takes
     the ``finetune`` stage, ``nami pretrain --recipe standard`` the ``pretrain`` one): the exact
@@ -131,7 +141,8 @@ def recipe(preset: str, stage: str, arch: str = "wave", options: dict[str, Any] 
     if stage not in stages:
         raise ValueError(f"--recipe {preset}: the preset has no {stage} stage (it has {', '.join(stages)})")
     values: dict[str, Any] = {"task": stages[stage]["task"], "max_minutes": stages[stage]["minutes"],
-                              **stages[stage]["train"], **speed_options(preset, arch, options)}
+                              **stages[stage]["train"], **family_options(preset, arch, options).get(stage, {}),
+                              **speed_options(preset, arch, options)}
     if stage == FINAL_STAGE and "data" in spec:
         values["train_data"] = [str(paths.default_data(name)) for name in spec["data"]]
     return values

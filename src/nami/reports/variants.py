@@ -8,6 +8,9 @@ table, their ``--help`` is generated from it, and a new combination needs no cod
   parse as JSON: ``branches=["conv","cross_wave"]``, ``d_ff=1536``, ``question_match=false``), or
 - ``--variant FILE.json`` holding ``{"NAME": {"arch": ..., "options": {...}}, ...}``.
 
+An option ``STAGE.name`` applies to one stage of a preset only (``pretrain.lr=0.0005``: the
+masked-LM learning rate of a recipe sweep, the QA one unchanged).
+
 A suffix names the same setting on any variant: ``-noqm`` turns the question-match token type off
 (``conv-only-noqm``, ``wave+conv-noqm``), so a model must relate question and context itself.
 
@@ -198,7 +201,7 @@ def parse_variant(spec: str) -> dict[str, Variant]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ValueError(f"--variant {spec!r}: option {item!r} is not key=value")
-        options[key.strip().replace("-", "_")] = _value(value.strip())
+        options[key.strip().replace("-", "_")] = _value(value.strip())  # "pretrain.lr" keeps its dot
     return {name.strip(): Variant(name.strip(), arch.strip(), options, "given on the command line")}
 
 

@@ -253,10 +253,30 @@ def resume(run_dir: str | Path, *, quiet: bool = False, threads: int | None = No
     checkpoint (a crash, SIGKILL) starts again from step 0 with its saved config. A finished run
     (``final_eval.json``) is left as it is: its recorded result is returned, nothing is retrained."""
     run_dir = Path(run_dir)
+    _verify_run_settings(run_dir)
     config, _, _ = ckpt.read_run_config(run_dir)
     if threads:
         config.threads = threads
     return _fit(config, run_dir=run_dir, quiet=quiet)
+
+
+def _verify_run_settings(run_dir: Path) -> None:
+    """A run directory is untrusted input: its config and tokenizer must be the ones its manifest
+    recorded when the run started (an edited ``config.json`` would otherwise train with settings the
+    run never had, and the next weights refresh would have re-signed them). A run stopped before its
+    manifest existed has no checkpoint and restarts from its config, as a new run would."""
+    from nami.io import MANIFEST_FILE, read_json, verify_files
+    from nami.models.pretrained import TOKENIZER_DIR
+
+    manifest_path = run_dir / MANIFEST_FILE
+    if not manifest_path.is_file() and not ckpt.checkpoint_dirs(run_dir):
+        return
+    try:
+        listed = read_json(manifest_path) if manifest_path.is_file() else {}
+    except (OSError, ValueError):
+        listed = {}
+    tokenizer = [n for n in (listed if isinstance(listed, dict) else {}) if n.startswith(f"{TOKENIZER_DIR}/")]
+    verify_files(run_dir, [ckpt.CONFIG_FILE, *tokenizer])  # a missing or unreadable manifest: named there
 
 
 def finished_result(run_dir: Path) -> TrainResult | None:
