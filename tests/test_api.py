@@ -291,6 +291,7 @@ def test_the_command_line_parses_and_answers_help_without_torch():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_builtin_mixers_keep_their_order_whichever_module_is_imported_first():
     for first in ("nami.models.hierarchy", "nami.models.wave", "nami.models.attention", "nami.models.block"):
         code = (f"import {first}\n"

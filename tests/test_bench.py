@@ -117,6 +117,7 @@ def test_provenance_lines_name_command_commit_machine_and_date_in_one_form():
         provenance_lines({"command": "c", "machine": "m"})
 
 
+@pytest.mark.slow
 def test_generation_bench_measures_the_decoders(tmp_path):
     from nami.bench.generation import MODELS, run_generation_bench
 

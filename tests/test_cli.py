@@ -187,6 +187,7 @@ def test_evaluating_predictions_of_another_dataset_is_an_error(tmp_path, capsys)
     assert main(["evaluate", "--data", data, "--predictions", write(tmp_path / "q.json", {"q1": "東京"})]) == 0
 
 
+@pytest.mark.slow
 def test_a_plugin_mixer_trains_and_predicts_from_the_command_line(tmp_path):
     """README: a module in $NAMI_PLUGINS registers a mixer; `nami train --arch` and `nami predict` know it."""
     import os

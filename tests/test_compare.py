@@ -122,6 +122,7 @@ def test_results_path_under_a_file_is_refused(tmp_path):
     check_results_path(tmp_path / "new" / "compare.json")  # a missing parent is created later: fine
 
 
+@pytest.mark.slow
 def test_ablate_writes_one_row_per_variant_with_every_field(tmp_path):
     from nami.reports.ablate import run_ablation
     from nami.reports.variants import VARIANTS
@@ -241,6 +242,7 @@ def test_report_keeps_the_curves_it_draws_so_it_renders_without_runs(tmp_path):
     assert (out / "curves.png").is_file()  # redrawn from curves.json
 
 
+@pytest.mark.slow
 def test_a_continued_compare_trains_only_the_models_it_lacks(tiny_squad, tiny_tokenizer_dir, tmp_path):
     """A comparison longer than one sitting is finished model by model into the same --out."""
     out = tmp_path / "report"
@@ -268,6 +270,7 @@ def test_a_continued_compare_trains_only_the_models_it_lacks(tiny_squad, tiny_to
     assert json.loads((out / "results.json").read_text("utf-8"))["models"]["wave"]["trained"]["reused"] is False
 
 
+@pytest.mark.slow
 def test_compare_reuse_adopts_ablation_runs_with_the_same_plan_only(tmp_path):
     """`nami compare --reuse ABLATION.json` reuses a run `nami ablate` trained with exactly a model's plan
     (ablate's wave+conv seed 0 is compare's wave_plus), records where it came from, and trains the rest."""
@@ -297,6 +300,7 @@ def test_compare_reuse_adopts_ablation_runs_with_the_same_plan_only(tmp_path):
     assert not (tmp_path / "cmp3").exists()  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_a_compare_continues_in_a_fresh_checkout_from_its_recorded_results(tmp_path):
     """A later session has the committed results.json and curves.json but not runs/ (ignored by git):
     models recorded there with the same plan are reported as recorded, the others are trained."""

@@ -25,8 +25,9 @@ from nami.training.loop import train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                 reason="torch.distributed with gloo is not available"),
+              pytest.mark.slow]  # every test here starts processes (torchrun, DeepSpeed)
 
 
 # --- the pieces --------------------------------------------------------------------------------

@@ -124,6 +124,7 @@ def quick_start_commands() -> list[str]:
     return [c for c in commands if c.startswith(NEEDS_NO_RUN)]
 
 
+@pytest.mark.slow
 def test_readme_quick_start_commands_that_need_no_run_succeed_as_written(tmp_path, monkeypatch, capsys):
     import shlex
     import shutil

@@ -92,6 +92,7 @@ def uninterrupted(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
     return train(config, quiet=True).run_dir
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(uninterrupted, tiny_squad, tiny_tokenizer_dir,
                                                                    tmp_path):
     kill_at = random.Random().randint(4, 34)
@@ -111,6 +112,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(uninterrupted
     assert deterministic_records(run_dir) == deterministic_records(uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(uninterrupted, tiny_squad, tiny_tokenizer_dir, tmp_path):
     config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "terminated", checkpoint_every_steps=100)
     run_dir = tmp_path / "runs" / "terminated"

@@ -85,6 +85,7 @@ def test_compile_refuses_a_model_without_wave_layers():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True], ids=["global", "causal"])
+@pytest.mark.slow
 def test_compiled_wave_layer_matches_eager_values_and_gradients(causal):
     """The compiled tail (maths, LayerNorm, projection) against the eager node, causal layers too."""
     torch.manual_seed(2)
@@ -111,6 +112,7 @@ def test_compiled_wave_layer_matches_eager_values_and_gradients(causal):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True], ids=["global", "causal"])
+@pytest.mark.slow
 def test_compiled_tail_keeps_what_the_eager_node_keeps(causal):
     """With the activation memory budget the compiled tail saves about what the hand-written node saves
     for backward (w and small statistics), not autograd's several (B, S, 2D) tensors."""
