@@ -25,7 +25,7 @@ from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import PredictionOutput, predict_answers
 from nami.io import read_json, write_json
 from nami.training import checkpoint as ckpt
-from nami.training.tasks.registry import CLM, QA, info
+from nami.training.tasks.registry import CLM, GENERATIVE_QA, QA, info
 
 
 
@@ -158,6 +158,12 @@ class QuestionAnsweringPipeline(_RunPipeline):
             device=self.device, show_progress=show_progress,
         )
 
+    def ask(self, question: str, context: str, *, n_best: int = 3) -> dict[str, Any]:
+        """``nami ask``: ``{"answer", "candidates": [{"text", "score", "start", "end"}], "windows"}``."""
+        (cands,), (windows,) = self.answer_spans([{"question": question, "context": context}], top_k=n_best)
+        candidates = [{"text": c["answer"], "score": c["score"], "start": c["start"], "end": c["end"]} for c in cands]
+        return {"answer": candidates[0]["text"] if candidates else "", "candidates": candidates, "windows": windows}
+
     def predict_file(self, data: str | Sequence[str], output: str | Path, *, batch_size: int | None = None,
                      answer_boundaries: str | None = None, quiet: bool = False) -> dict[str, Any]:
         """Write ``{question_id: answer}`` for every question in ``data``; score it when answers exist.
@@ -238,17 +244,110 @@ class TextGenerationPipeline(_RunPipeline):
         return results[0] if single else results
 
 
+class GenerativeQAPipeline(_RunPipeline):
+    """Question answering with a generative-QA run (``nami train --task generative-qa``): the decoder
+    writes each answer, which is then looked up among the context's tokens and, where found, given
+    as the context's own characters. ``pipeline("question-answering", RUN)`` returns this for such a
+    run. Greedy or beam search (``num_beams``) and free or span-constrained (``constrain="context"``)
+    decoding; defaults: the run's."""
+
+    task, run_task, how_to_train = "question-answering", GENERATIVE_QA, \
+        "a generative-QA run (nami train --task generative-qa)"
+
+    def __call__(self, inputs: dict[str, str] | Sequence[dict[str, str]] | None = None, *,
+                 question: str | None = None, context: str | None = None, num_beams: int | None = None,
+                 constrain: str | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+        """``{"answer", "start", "end", "found_in_context"}`` per item (``start`` / ``end`` None when the
+        written answer is not in the context)."""
+        single = inputs is None or isinstance(inputs, dict)
+        items = [{"question": question, "context": context}] if inputs is None else \
+            [inputs] if isinstance(inputs, dict) else list(inputs)
+        examples = []
+        for i, item in enumerate(items):
+            where = "" if single else f"inputs[{i}]."
+            if not isinstance(item, dict):
+                raise ValueError(f"inputs[{i}]: expected a dict with question and context")
+            check_text(f"{where}question", item.get("question"))
+            check_text(f"{where}context", item.get("context"))
+            examples.append(QAExample(str(i), item["question"], item["context"], (), "", "<pipeline>"))
+        answers = self._answers(examples, num_beams=num_beams, constrain=constrain)
+        return answers[0] if single else answers
+
+    def _answers(self, examples: list[QAExample], *, num_beams: int | None = None, constrain: str | None = None,
+                 batch_size: int | None = None, show: bool = False) -> list[dict[str, Any]]:
+        from nami.data.generative import build_generative, locate_span
+        from nami.evaluation.generative import generate_token_answers
+
+        config = self.config
+        if num_beams is not None and (isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1):
+            raise ValueError(f"num_beams={num_beams!r}: expected an integer >= 1")
+        items = build_generative(examples, self.tokenizer, config.max_length,
+                                 max_question_tokens=config.max_question_tokens,
+                                 max_answer_tokens=config.max_answer_tokens, training=False)
+        generated = generate_token_answers(self.model, self.tokenizer, items, max_answer_tokens=config.max_answer_tokens,
+                                           batch_size=batch_size or config.eval_batch_size,
+                                           precision=config.precision, device=self.device, show=show,
+                                           num_beams=num_beams or config.num_beams,
+                                           constrain=constrain or config.constrain)
+        out = []
+        for example, item, ids in zip(examples, items, generated):
+            span = locate_span(ids, item)
+            text = example.context[span[0] : span[1]] if span else self.tokenizer.decode(ids)
+            out.append({"answer": text, "start": span[0] if span else None, "end": span[1] if span else None,
+                        "found_in_context": span is not None})
+        return out
+
+    def ask(self, question: str, context: str, *, n_best: int = 1) -> dict[str, Any]:
+        """``nami ask``: the one written answer, with its character span where it is found in the context."""
+        answer = self(question=question, context=context)
+        candidate = {"text": answer["answer"], "score": None, "start": answer["start"], "end": answer["end"]}
+        return {"answer": answer["answer"], "candidates": [candidate] if answer["answer"] else [], "windows": 1,
+                "generated": True, "found_in_context": answer["found_in_context"]}
+
+    def predict_file(self, data: str | Sequence[str], output: str | Path, *, batch_size: int | None = None,
+                     num_beams: int | None = None, constrain: str | None = None,
+                     quiet: bool = False) -> dict[str, Any]:
+        """Write ``{question_id: answer}`` for every question in ``data``; scored when answers exist
+        (and checked against the run's recorded F1 when decoded as the run was)."""
+        import time
+
+        config = self.config
+        examples = load_squad(data, require_answers=False, on_bad_record=config.on_bad_record)
+        started = time.perf_counter()
+        answers = self._answers(examples, num_beams=num_beams, constrain=constrain, batch_size=batch_size,
+                                show=not quiet)
+        seconds = time.perf_counter() - started
+        predictions = {ex.id: a["answer"] for ex, a in zip(examples, answers)}
+        write_json(Path(output), predictions)
+        beams, constraint = num_beams or config.num_beams, constrain or config.constrain
+        summary: dict[str, Any] = {"output": str(output), "count": len(examples),
+                                   "located": sum(a["found_in_context"] for a in answers) / len(examples),
+                                   "num_beams": beams, "constrain": constraint,
+                                   "questions_per_s": round(len(examples) / seconds, 2)}
+        if all(ex.answers for ex in examples):
+            scores = evaluate_predictions(examples, predictions)
+            summary.update(exact_match=scores["exact_match"], f1=scores["f1"])
+            if beams == config.num_beams and constraint == config.constrain:
+                summary.update(_recorded_match(self.run_dir, data, scores))
+        return summary
+
+
 PIPELINES = {"question-answering": QuestionAnsweringPipeline, "text-generation": TextGenerationPipeline}
+# A run whose task writes its answers is answered by the generative pipeline of the same name.
+_WRITTEN = {"question-answering": GenerativeQAPipeline}
 
 
 def pipeline(task: str, model: str | Path, **kwargs: Any):
     """A ready pipeline for ``task`` over the trained run directory ``model`` (loaded once).
 
-    ``task``: ``"question-answering"`` (:class:`QuestionAnsweringPipeline`) or ``"text-generation"``
+    ``task``: ``"question-answering"`` (:class:`QuestionAnsweringPipeline`, or
+    :class:`GenerativeQAPipeline` for a generative-QA run) or ``"text-generation"``
     (:class:`TextGenerationPipeline`). Keyword arguments: ``device`` (default ``"cpu"``), ``threads``.
     """
     if task not in PIPELINES:
         raise ValueError(f"unknown pipeline task {task!r}: expected one of {', '.join(PIPELINES)}")
+    if task in _WRITTEN and _writes_answers(model):
+        return _WRITTEN[task](model, **kwargs)
     return PIPELINES[task](model, **kwargs)
 
 
@@ -262,22 +361,23 @@ def predict_file(run_dir: str | Path, data: str | Sequence[str], output: str | P
                  batch_size: int | None = None, threads: int | None = None, answer_boundaries: str | None = None,
                  quiet: bool = False, num_beams: int | None = None, constrain: str | None = None,
                  device: str = "cpu") -> dict[str, Any]:
-    """``nami predict``: :meth:`QuestionAnsweringPipeline.predict_file` with a fresh pipeline, or, for a
-    generative-QA run, generated answers (:func:`predict_generative_file`)."""
-    if _writes_answers(run_dir):
+    """``nami predict``: the question-answering pipeline of the run (extractive or generative)'s
+    ``predict_file``; options the run's pipeline does not take are refused by name."""
+    qa = pipeline("question-answering", run_dir, threads=threads, device=device)
+    if isinstance(qa, GenerativeQAPipeline):
         if answer_boundaries is not None:
             raise ValueError("--answer-boundaries applies to extractive QA runs, not generative-QA runs")
-        return predict_generative_file(run_dir, data, output, batch_size=batch_size, threads=threads, quiet=quiet,
-                                       num_beams=num_beams, constrain=constrain, device=device)
+        return qa.predict_file(data, output, batch_size=batch_size, num_beams=num_beams, constrain=constrain,
+                               quiet=quiet)
     for option, value in (("--num-beams", num_beams), ("--constrain", constrain)):
         if value is not None:
             raise ValueError(f"{option} applies to generative-QA runs (nami train --task generative-qa)")
-    return pipeline("question-answering", run_dir, threads=threads, device=device).predict_file(
-        data, output, batch_size=batch_size, answer_boundaries=answer_boundaries, quiet=quiet)
+    return qa.predict_file(data, output, batch_size=batch_size, answer_boundaries=answer_boundaries, quiet=quiet)
 
 
 def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3, device: str = "cpu") -> dict[str, Any]:
-    """``nami ask``: the ``n_best`` answer spans of ``context`` for ``question``.
+    """``nami ask``: the ``n_best`` answer spans of ``context`` for ``question`` (a generative-QA run:
+    its one written answer, ``"generated": True``, with its span where found).
 
     Returns ``{"answer", "candidates": [{"text", "score", "start", "end"}], "windows"}`` with
     ``text == context[start:end]`` (never empty). Control characters other than tab and newline
@@ -293,74 +393,13 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3, de
     check_text("--question", question)
     if n_best < 1:
         raise ValueError(f"--n-best={n_best}: expected >= 1")
-    if _writes_answers(run_dir):
-        return _ask_generative(run_dir, context=context, question=question, device=device)
-    qa = pipeline("question-answering", run_dir, device=device)
-    (cands,), (windows,) = qa.answer_spans([{"question": question, "context": context}], top_k=n_best)
-    candidates = [{"text": c["answer"], "score": c["score"], "start": c["start"], "end": c["end"]} for c in cands]
-    return {"answer": candidates[0]["text"] if candidates else "", "candidates": candidates, "windows": windows}
-
-
-def _ask_generative(run_dir: str | Path, *, context: str, question: str, device: str) -> dict[str, Any]:
-    """``nami ask`` with a generative-QA run: its one written answer (greedy or the run's beam search),
-    with its character span where it is found in the context (``start`` / ``end`` None otherwise)."""
-    from nami.data.generative import build_generative, locate_span
-    from nami.evaluation.predict import autocast_context
-    from nami.models.generation import beam_search, generate
-
-    model, tokenizer, config = ckpt.load_run(run_dir, device=device)
-    item = build_generative([QAExample("ask", question, context, (), "", "")], tokenizer, config.max_length,
-                            max_question_tokens=config.max_question_tokens,
-                            max_answer_tokens=config.max_answer_tokens, training=False)[0]
-    with torch.no_grad(), autocast_context(torch.device(device), config.precision):
-        if config.num_beams > 1:
-            ids = beam_search(model, item.prompt, num_beams=config.num_beams,
-                              max_new_tokens=config.max_answer_tokens + 1, eos_id=tokenizer.sep_id)
-        else:
-            ids = generate(model, [item.prompt], max_new_tokens=config.max_answer_tokens + 1,
-                           eos_id=tokenizer.sep_id, pad_id=tokenizer.pad_id)[0][0]
-    ids = ids[:-1] if ids and ids[-1] == tokenizer.sep_id else ids
-    span = locate_span(ids, item)
-    text = context[span[0] : span[1]] if span else tokenizer.decode(ids)
-    candidate = {"text": text, "score": None, "start": span[0] if span else None, "end": span[1] if span else None}
-    return {"answer": text, "candidates": [candidate] if text else [], "windows": 1, "generated": True,
-            "found_in_context": span is not None}
+    return pipeline("question-answering", run_dir, device=device).ask(question, context, n_best=n_best)
 
 
 def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
-                            batch_size: int | None = None, threads: int | None = None,
-                            quiet: bool = False, num_beams: int | None = None, constrain: str | None = None,
+                            batch_size: int | None = None, threads: int | None = None, quiet: bool = False,
+                            num_beams: int | None = None, constrain: str | None = None,
                             device: str = "cpu") -> dict[str, Any]:
-    """``{question_id: answer}`` written by a generative-QA run (greedy, or beam search with
-    ``num_beams``; free, or as spans of the context with ``constrain="context"``; defaults: the
-    run's), scored when answers exist."""
-    import time
-
-    from nami.data.generative import build_generative
-    from nami.evaluation.generative import generate_answers
-
-    if threads:
-        torch.set_num_threads(threads)
-    model, tokenizer, config = ckpt.load_run(run_dir, device=device)
-    examples = load_squad(data, require_answers=False, on_bad_record=config.on_bad_record)
-    items = build_generative(examples, tokenizer, config.max_length, max_question_tokens=config.max_question_tokens,
-                             max_answer_tokens=config.max_answer_tokens, training=False)
-    started = time.perf_counter()
-    if num_beams is not None and num_beams < 1:
-        raise ValueError(f"--num-beams={num_beams}: expected >= 1")
-    beams = num_beams or config.num_beams
-    constraint = constrain or config.constrain
-    answers, located = generate_answers(model, tokenizer, examples, items, max_answer_tokens=config.max_answer_tokens,
-                                        batch_size=batch_size or config.eval_batch_size, precision=config.precision,
-                                        show=not quiet, num_beams=beams, device=device, constrain=constraint)
-    seconds = time.perf_counter() - started
-    write_json(Path(output), answers)
-    summary: dict[str, Any] = {"output": str(output), "count": len(examples), "located": located / len(examples),
-                               "num_beams": beams, "constrain": constraint,
-                               "questions_per_s": round(len(examples) / seconds, 2)}
-    if all(ex.answers for ex in examples):
-        scores = evaluate_predictions(examples, answers)
-        summary.update(exact_match=scores["exact_match"], f1=scores["f1"])
-        if beams == config.num_beams and constraint == config.constrain:
-            summary.update(_recorded_match(Path(run_dir), data, scores))
-    return summary
+    """:meth:`GenerativeQAPipeline.predict_file` with a fresh pipeline (kept for older callers)."""
+    return GenerativeQAPipeline(run_dir, threads=threads, device=device).predict_file(
+        data, output, batch_size=batch_size, num_beams=num_beams, constrain=constrain, quiet=quiet)
