@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from nami.cli import main
 
 

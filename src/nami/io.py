@@ -231,8 +231,8 @@ def update_manifest(directory: Path, written: Iterable[str], names: Iterable[str
     directory = Path(directory)
     written = set(written)
     try:
-        recorded = read_json(directory / MANIFEST_FILE)
-    except (OSError, ValueError):
+        recorded = read_json(directory / MANIFEST_FILE) if (directory / MANIFEST_FILE).is_file() else {}
+    except (OSError, ValueError, CheckpointError):  # an unreadable manifest is written anew
         recorded = {}
     recorded = recorded if isinstance(recorded, dict) else {}
     entries = {name: sha256_file(directory / name) if name in written or name not in recorded else recorded[name]
