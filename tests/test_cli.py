@@ -256,3 +256,9 @@ def test_a_symlink_loop_is_one_line(tmp_path, capsys):
 def test_a_benchmark_out_must_name_the_json(tmp_path, capsys):
     assert main(["bench", "roofline", "--out", str(tmp_path / "roof.md"), "--quiet"]) == 2
     assert "name the JSON file" in capsys.readouterr().err
+
+
+def test_compare_without_a_preset_lists_the_presets_instead_of_starting_two_hours(capsys):
+    assert main(["compare"]) == 2
+    err = capsys.readouterr().err
+    assert "--preset" in err and "quick (3.5 training min/model)" in err and "standard (55" in err

@@ -207,3 +207,19 @@ def test_a_preset_records_a_recipe_per_family(monkeypatch):
     assert plan["transformer+rope"]["pretrain"].lr == 7e-4 and plan["transformer+rope"]["finetune"].warmup == 0.2
     assert plan["wave+conv"]["pretrain"].lr != 7e-4 and plan["wave+conv"]["finetune"].warmup != 0.2
     assert presets.recipe("smoke-pretrain", "pretrain", "transformer")["lr"] == 7e-4
+
+
+def test_arch_takes_a_variant_name_on_the_command_line():
+    """`nami train --arch wave_plus` (the best model by name) builds wave + a conv branch; options
+    given on the command line still win; a plain architecture is unchanged."""
+    from nami.cli import build_parser, train_config_from_args
+
+    parser = build_parser()
+    config = train_config_from_args(parser.parse_args(["train", "--arch", "wave_plus", "--preset", "tiny"]))
+    assert config.arch == "wave" and config.model.branches == ["conv"] and config.notes["variant"] == "wave_plus"
+    config = train_config_from_args(parser.parse_args(["train", "--arch", "conv-only"]))
+    assert config.model.layer_mixers() == ["conv"] * 4 and config.model.d_ff == 1536
+    config = train_config_from_args(parser.parse_args(["train", "--arch", "wave+conv", "--branches", "fft_gate"]))
+    assert config.model.branches == ["fft_gate"]
+    config = train_config_from_args(parser.parse_args(["train", "--arch", "transformer"]))
+    assert config.arch == "transformer" and "variant" not in config.notes

@@ -237,15 +237,33 @@ def _choice_lists() -> dict[str, Any]:
     }
 
 
+def _variant_of(args: argparse.Namespace) -> Any:
+    """The model variant ``--arch`` names when it is one of the variant table (``wave+conv``,
+    ``wave_plus``, ``conv-only``, ...) rather than an architecture; None for an architecture."""
+    from nami.reports.variants import resolve
+
+    name = getattr(args, "arch", None)
+    if not name:
+        return None
+    try:
+        variant = resolve(name)
+    except ValueError:
+        return None  # an architecture (perhaps a plugin's); TrainConfig checks it
+    return variant if (variant.arch, variant.options) != (name, {}) else None
+
+
 def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
     values = dict(base or {})
+    variant = _variant_of(args)  # --arch wave+conv: the variant's architecture and options
+    variant_options = {k: v for k, v in (variant.options if variant else {}).items() if "." not in k}
+    arch = variant.arch if variant else getattr(args, "arch", None)
     if getattr(args, "recipe", None):  # a compare preset's stage: the reported settings; options override it
         from nami.reports.presets import recipe
 
         stage = getattr(args, "recipe_stage", "finetune")
         mixers = getattr(args, "mixers", None)  # compile_wave only where the model has Wave layers
-        values.update(recipe(args.recipe, stage, arch=getattr(args, "arch", None) or "wave",
-                             options={"mixers": mixers} if mixers and mixers is not NONE else None))
+        model_options = {**variant_options, **({"mixers": mixers} if mixers and mixers is not NONE else {})}
+        values.update(recipe(args.recipe, stage, arch=arch or "wave", options=model_options or None))
         if getattr(args, "objective", None) and values["task"] != args.objective:
             raise UserError(f"--recipe {args.recipe}: its pretraining objective is {values['task']}, not "
                             f"--objective {args.objective}")
@@ -258,10 +276,14 @@ def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None
             # a run's config.json: its training settings, for a new run (its own name is not reused)
             loaded = {k: v for k, v in loaded["train"].items() if k != "run_name"}
         values.update(loaded)
+    values.update(variant_options)
     for name in option_names():
         value = getattr(args, name, None)
         if value is not None:
             values[name] = None if value is NONE else value
+    if variant is not None:
+        values["arch"] = variant.arch
+        values["notes"] = {**(values.get("notes") or {}), "variant": variant.name}
     try:
         return TrainConfig.from_dict(values)
     except ValueError as err:
@@ -477,6 +499,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.preset is None:  # not a 2-hour job by accident
+        from nami.reports.presets import describe_presets
+
+        raise UserError("--preset: choose how long to train, e.g. --preset quick (~11 min); the presets: "
+                        + describe_presets())
     from nami.reports.compare import run_compare
 
     run_compare(
@@ -772,8 +799,8 @@ def _add_inference_commands(sub: Any) -> None:
 def _add_experiment_commands(sub: Any) -> None:
     """The compare, ablate and report subcommands."""
     p = sub.add_parser("compare", help="train Wave and Transformer under one budget and write a report")
-    p.add_argument("--preset", default="standard", help=f"compare preset: {_compare_presets_help()} (default: "
-                   "standard, the reported comparison; start with quick)")
+    p.add_argument("--preset", default=None, help=f"compare preset (required; start with quick): "
+                   f"{_compare_presets_help()}")
     p.add_argument("--minutes", type=positive_float, default=None,
                    help="QA training minutes per model (overrides the preset)")
     p.add_argument("--pretrain-minutes", type=nonnegative_float, default=None,

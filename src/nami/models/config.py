@@ -35,7 +35,9 @@ class ModelConfig:
 
     Attributes:
         arch: an architecture of :data:`~nami.models.registry.ARCHITECTURES` (``"wave"``,
-            ``"transformer"``, or a registered one): the mixer of every layer.
+            ``"transformer"``, or a registered one): the mixer of every layer. On the command line
+            also a model variant of the table (``wave+conv``, ``wave_plus``, ``conv-only``,
+            ``transformer+rope``, ...: ``nami ablate --help`` lists them), which sets its options.
         vocab_size: number of token ids (specials included).
         max_len: longest sequence the learned position table covers.
         d_model: hidden width D.
