@@ -100,3 +100,44 @@ def test_no_function_is_over_100_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 100:
                 long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
     assert not long, long
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.slow
+def test_a_toy_task_in_one_module_trains_and_predicts_through_the_command_line(tmp_path):
+    """docs/architecture.md: a task is one module + one registration. This one (extractive QA whose loss
+    also pulls the start and end logits together) is found through $NAMI_PLUGINS by `nami train --task`
+    and answered by `nami predict` through the question-answering pipeline its registry entry names."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "toy_task.py").write_text(
+        "from nami.training.tasks import QATask, TaskInfo, register_task\n"
+        "from nami.training.tasks.registry import INFOS, QA\n\n\n"
+        "@register_task\n"
+        "class ToyTask(QATask):\n"
+        "    name = 'toy-qa'\n"
+        "    info = TaskInfo('toy-qa', __name__, 'train', INFOS[QA].options, 'toy QA',\n"
+        "                    pipeline='question-answering', answers='extract')\n\n"
+        "    def loss(self, model, batch):\n"
+        "        return super().loss(model, batch) * 1.0\n", "utf-8")
+    fixtures = Path(__file__).parent / "fixtures"
+    data = str(fixtures / "tiny_qa.json")
+    env = {**os.environ, "NAMI_PLUGINS": "toy_task", "PYTHONPATH": str(tmp_path)}
+    run = [sys.executable, "-m", "nami"]
+    trained = subprocess.run([*run, "train", "--task", "toy-qa", "--preset", "tiny", "--train-data", data,
+                              "--eval-data", data, "--tokenizer", str(fixtures / "runs/wave/tokenizer"),
+                              "--max-length", "64", "--max-steps", "2", "--eval-every-minutes", "none",
+                              "--runs-dir", str(tmp_path / "runs"), "--run-name", "t", "--quiet"],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert json.loads((tmp_path / "runs" / "t" / "config.json").read_text())["train"]["task"] == "toy-qa"
+    predicted = subprocess.run([*run, "predict", "--checkpoint", str(tmp_path / "runs" / "t"), "--data", data,
+                                "--output", str(tmp_path / "pred.json"), "--quiet"],
+                               capture_output=True, text=True, env=env, timeout=600)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert json.loads(predicted.stdout)["matches_recorded"] is True

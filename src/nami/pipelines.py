@@ -25,7 +25,7 @@ from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import PredictionOutput, predict_answers
 from nami.io import read_json, write_json
 from nami.training import checkpoint as ckpt
-from nami.training.tasks.registry import CLM, GENERATIVE_QA, QA, info
+from nami.training.tasks.registry import INFOS, info
 
 
 
@@ -54,10 +54,11 @@ def check_text(option: str, text: Any) -> None:
 
 
 class _RunPipeline:
-    """Loads one trained run (verified) for a pipeline; ``task`` names it, ``run_task`` the run it needs."""
+    """Loads one trained run (verified) for a pipeline; ``task`` names it, ``answers`` says how the run
+    must answer (its task's registry entry: ``extract``, ``generate``, or None for text generation)."""
 
     task: str
-    run_task: str
+    answers: str | None
     how_to_train: str
 
     def __init__(self, model: str | Path, *, device: str | torch.device = "cpu", threads: int | None = None) -> None:
@@ -66,7 +67,8 @@ class _RunPipeline:
         self.run_dir = Path(model)
         self.device = torch.device(device)
         self.model, self.tokenizer, self.config = ckpt.load_run(self.run_dir, device=self.device)
-        if self.config.task != self.run_task:
+        entry = INFOS.get(self.config.task)
+        if entry is None or entry.pipeline != self.task or entry.answers != self.answers:
             raise ValueError(f"{self.run_dir}: a {self.config.task!r} run; {self.task} needs {self.how_to_train}")
 
 
@@ -96,7 +98,7 @@ class QuestionAnsweringPipeline(_RunPipeline):
     one is cut into overlapping windows whose best spans compete.
     """
 
-    task, run_task, how_to_train = "question-answering", QA, "a QA run (nami train)"
+    task, answers, how_to_train = "question-answering", "extract", "a QA run (nami train)"
 
     def __init__(self, model: str | Path, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -200,7 +202,7 @@ class TextGenerationPipeline(_RunPipeline):
     end-of-document token of causal-LM pretraining; ``stopped: "eos"``) or after ``max_new_tokens``.
     """
 
-    task, run_task, how_to_train = "text-generation", CLM, "a causal-LM run (nami pretrain --objective clm)"
+    task, answers, how_to_train = "text-generation", None, "a causal-LM run (nami pretrain --objective clm)"
 
     def __call__(self, prompts: str | Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
@@ -251,7 +253,7 @@ class GenerativeQAPipeline(_RunPipeline):
     run. Greedy or beam search (``num_beams``) and free or span-constrained (``constrain="context"``)
     decoding; defaults: the run's."""
 
-    task, run_task, how_to_train = "question-answering", GENERATIVE_QA, \
+    task, answers, how_to_train = "question-answering", "generate", \
         "a generative-QA run (nami train --task generative-qa)"
 
     def __call__(self, inputs: dict[str, str] | Sequence[dict[str, str]] | None = None, *,

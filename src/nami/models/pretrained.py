@@ -120,11 +120,13 @@ class PreTrainedMixin:
         return {}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu", verify: bool = True):
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu", verify: bool = True,
+                        check_task: bool = True):
         """The model saved in ``directory`` (a ``save_pretrained`` directory or a run), in eval mode.
 
         The manifest is verified first (``verify=False`` when the caller already did), and the
-        directory must hold this model's task.
+        directory must hold this model's task (``check_task=False``: the caller, e.g. the task
+        registry of a registered task built on this model, has checked the class).
         """
         directory = Path(directory)
         if not (directory / CONFIG_FILE).is_file():
@@ -137,7 +139,7 @@ class PreTrainedMixin:
             model_config = ModelConfig.from_dict(saved["model"])
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{directory / CONFIG_FILE}: invalid model config ({err})") from err
-        if task not in getattr(cls, "tasks", (cls.task,)):
+        if check_task and task not in getattr(cls, "tasks", (cls.task,)):
             raise CheckpointError(f"{directory}: holds a {task!r} model, not {cls.__name__} (task {cls.task!r})")
         weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():

@@ -148,7 +148,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[A
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing (the run has not saved weights yet)")
-    model = TASKS[train_config.task].model_class.from_pretrained(run_dir, device=device, verify=False)
+    # The registry names the class (a registered task may build on a built-in model class).
+    model = TASKS[train_config.task].model_class.from_pretrained(run_dir, device=device, verify=False,
+                                                                 check_task=False)
     return model, tokenizer, train_config
 
 

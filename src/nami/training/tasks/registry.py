@@ -64,8 +64,7 @@ INFOS: dict[str, TaskInfo] = {
                   pipeline="text-generation"),
     GENERATIVE_QA: TaskInfo(GENERATIVE_QA, "nami.training.tasks.generative_qa", "train",
                             _QA_SHARED + _LM_LOSS + ("num_beams", "constrain"), "generative QA", paths.JSQUAD_DEV,
-                            causal=True,
-                            answers="generate"),
+                            causal=True, pipeline="question-answering", answers="generate"),
 }
 
 
