@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nami.models.wave import WaveLayer, causal_wave_mix, wave_mix, wave_mix_recompute, wave_mixer_recompute
+from nami.models.wave import WaveLayer, causal_wave_mix, wave_mix, wave_mixer_recompute
 
 # AOTAutograd's activation memory budget for the compiled tail (torch._functorch.config): the fraction
 # of what autograd would keep for backward that the partitioner may keep, recomputing the rest. At
@@ -133,7 +133,7 @@ def compile_wave_layers(model: nn.Module, compiled: Callable[..., torch.Tensor] 
     if not layers:
         raise ValueError("compile_wave_layers: the model has no Wave layers (is it a Transformer?)")
     for layer in layers:
-        layer.mix = mix
+        layer.set_backend("compiled", mix)
     return mix
 
 
@@ -148,7 +148,7 @@ def recompute_wave_layers(model: nn.Module) -> int:
     if not layers:
         raise ValueError("recompute_wave_layers: the model has no Wave layers")
     for layer in layers:
-        layer.mix = wave_mix_recompute
+        layer.set_backend("recompute")
     return len(layers)
 
 
@@ -159,5 +159,5 @@ def autograd_wave_layers(model: nn.Module) -> int:
     tensors kept per layer for backward. Returns how many layers changed."""
     layers = [m for m in model.modules() if isinstance(m, WaveLayer)]
     for layer in layers:
-        layer.mix = wave_mix
+        layer.set_backend("autograd")
     return len(layers)

@@ -449,10 +449,11 @@ class WaveLayer(nn.Module):
     memory-light autograd node (:func:`wave_mixer_recompute`, causal or not; with RoPE, whose rotation
     sits between the maths and the LayerNorm, the maths alone: :func:`wave_mix_recompute`); evaluation
     and decoding run the plain maths (:func:`wave_mix`, :func:`causal_wave_mix`) — the same values.
-    ``self.mix`` selects this: :func:`nami.models.speed.autograd_wave_layers` sets :func:`wave_mix`
-    (autograd through the plain maths: the reference, more memory), and
-    :func:`nami.models.speed.compile_wave_layers` a ``torch.compile``-d one (training steps: everything
-    after ``to_waves`` as one compiled graph that keeps what the node keeps).
+    ``self.backend`` says which runs a training step (:meth:`set_backend`): ``"recompute"`` (the
+    default: that node), ``"autograd"`` (autograd through the plain maths :func:`wave_mix`: the
+    reference, more memory; :func:`nami.models.speed.autograd_wave_layers`) or ``"compiled"``
+    (everything after ``to_waves`` as one ``torch.compile``-d graph that keeps what the node keeps;
+    :func:`nami.models.speed.compile_wave_layers`). Evaluation runs the plain maths with any of them.
     """
 
     supports_causal = True  # prefix norms (causal_wave_mix), constant-size decoding state
@@ -467,18 +468,34 @@ class WaveLayer(nn.Module):
         self.to_waves = nn.Linear(d, 2 * d)  # the two real vectors that become Z1 and Z2
         self.norm = nn.LayerNorm(2 * d, eps=config.norm_eps)
         self.out = nn.Linear(2 * d, d)
-        self.mix = wave_mix_recompute  # takes_low_precision: the memory-light training path (above)
+        self.backend = "recompute"  # the memory-light training path (above); set_backend changes it
+        self.compiled = None  # the compiled functions of the "compiled" backend (nami.models.speed)
         self.rope = (config.rope_base, config.rope_scale) if config.wave_rope else None
+
+    BACKENDS = ("recompute", "autograd", "compiled")
+
+    def set_backend(self, backend: str, compiled=None) -> None:
+        """Which code runs this layer's training steps: ``recompute`` | ``autograd`` | ``compiled``
+        (``compiled``: a :class:`nami.models.speed.CompiledWaveMix`). The same values either way."""
+        if backend not in self.BACKENDS:
+            raise ValueError(f"Wave layer backend {backend!r}: expected one of {', '.join(self.BACKENDS)}")
+        if backend == "compiled" and compiled is None:
+            raise ValueError("the compiled backend needs its compiled functions (nami.models.speed.compile_wave_layers)")
+        self.backend, self.compiled = backend, compiled if backend == "compiled" else None
+
+    @property
+    def mix(self):
+        """The maths function of the backend (what older code patched in as ``layer.mix``)."""
+        return {"recompute": wave_mix_recompute, "autograd": wave_mix}.get(self.backend, self.compiled)
 
     def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
         w = self.to_waves(x)
         wave_dtype = torch.promote_types(w.dtype, torch.float32)  # >= fp32 even under bf16 autocast (module docstring)
         mask = inputs.padding_mask.to(wave_dtype).unsqueeze(-1)
         training = torch.is_grad_enabled() and inputs.cache is None
-        if training and self.rope is None and hasattr(self.mix, "tail"):  # compile_wave: the tail as one graph
-            return self.mix.tail(w, mask, self.eps, self.mode, self.causal, self.norm, self.out)
-        light = getattr(self.mix, "takes_low_precision", False)
-        if light and training:  # a training step
+        if training and self.rope is None and self.backend == "compiled":  # the tail as one graph
+            return self.compiled.tail(w, mask, self.eps, self.mode, self.causal, self.norm, self.out)
+        if training and self.backend == "recompute":  # a training step, memory-light
             if self.rope is None:  # mixing, LayerNorm and projection in one memory-light node
                 return wave_mixer_recompute(w, mask, self.eps, self.mode, self.norm, self.out, self.causal)
             mixed = wave_mix_recompute(w, mask, self.eps, self.mode, self.causal)  # keeps w as it is
@@ -491,7 +508,8 @@ class WaveLayer(nn.Module):
             if cache is not None:
                 cache.set(self.layer_index, running)
         else:  # evaluation runs the plain maths: the same values, faster without autograd (measured)
-            mixed = (wave_mix if light else self.mix)(w, mask, self.eps, self.mode)
+            maths = self.compiled if self.backend == "compiled" else wave_mix  # compiled: its training steps only
+            mixed = maths(w, mask, self.eps, self.mode)
         return self._finish(mixed, x, inputs)
 
     def step(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
