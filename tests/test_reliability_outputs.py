@@ -160,3 +160,60 @@ def test_loading_a_run_while_its_trainer_refreshes_the_weights_waits_for_the_man
         assert time.perf_counter() - started >= 0.4
     finally:
         lock.release()
+
+
+@pytest.mark.parametrize("field, value, says", [("d_ff", 10**9, "ffn"), ("vocab_size", 10**9, "token"),
+                                                ("n_layers", 10**6, "n_layers=1000000"),
+                                                ("max_len", 10**9, "position")])
+def test_a_config_that_does_not_fit_its_weights_is_refused_before_anything_is_allocated(tmp_path, field, value,
+                                                                                          says):
+    """An untrusted run whose config.json was edited (and its manifest regenerated) to sizes of ~1e9
+    made from_pretrained allocate hundreds of GB; now the config is checked against the weights first."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from nami.io import write_manifest
+    from nami.models import QAModel
+    from nami.models.pretrained import root_files
+    from nami.training import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "runs" / "wave", run)
+    saved = json.loads((run / "config.json").read_text())
+    saved["model"][field] = value
+    (run / "config.json").write_text(json.dumps(saved))
+    write_manifest(run, root_files(run))
+    with pytest.raises(ckpt.CheckpointError, match=says):
+        QAModel.from_pretrained(run)
+
+
+@pytest.mark.parametrize("entry", ["/etc/hostname", "../outside.txt", "tokenizer/../../outside.txt", "link"])
+def test_manifest_entries_outside_the_run_are_refused_before_any_file_is_read(tmp_path, entry):
+    """An entry naming a file outside the run (or a symlink leading out) is refused by its name alone,
+    the same way whether that file exists or not (the error must not reveal it, nor read /proc files)."""
+    import json
+
+    from nami.io import MANIFEST_FILE, CheckpointError, verify_manifest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "outside.txt").write_text("secret")
+    (run / "link").symlink_to(tmp_path / "outside.txt")
+    (run / MANIFEST_FILE).write_text(json.dumps({entry: "0" * 64}))
+    with pytest.raises(CheckpointError, match="not a plain relative path|leads outside"):
+        verify_manifest(run)
+
+
+def test_a_copy_tools_stray_files_in_the_tokenizer_folder_do_not_block_loading(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from nami.pipelines import pipeline
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "runs" / "wave", run)
+    (run / "tokenizer" / ".DS_Store").write_bytes(b"\0\1")
+    (run / "tokenizer" / "__MACOSX").mkdir()
+    answer = pipeline("question-answering", run)(question="富士山の高さは?", context="富士山の高さは3776メートル。")
+    assert answer["answer"]

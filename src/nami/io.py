@@ -223,6 +223,22 @@ def write_manifest(directory: Path, names: Iterable[str]) -> None:
     write_json(directory / MANIFEST_FILE, {name: sha256_file(directory / name) for name in sorted(names)})
 
 
+def _entry_path(directory: Path, name: object, manifest_path: Path) -> Path:
+    """The file a manifest entry names, which must be a plain relative path inside ``directory``
+    (checked on the name and its resolved place before the file is touched: an entry such as
+    ``/proc/self/pagemap`` or ``../../x`` would make verification read, or hang on, files outside the
+    run, and its error would tell whether they exist)."""
+    parts = Path(name).parts if isinstance(name, str) else ()
+    if not parts or Path(name).is_absolute() or ".." in parts or "\\" in name:
+        raise CheckpointError(f"{manifest_path}: entry {name!r} is not a plain relative path inside {directory}")
+    path = directory / name
+    try:
+        path.resolve().relative_to(Path(directory).resolve())
+    except ValueError:  # a symlink leading out of the directory
+        raise CheckpointError(f"{manifest_path}: entry {name!r} leads outside {directory}") from None
+    return path
+
+
 def update_manifest(directory: Path, written: Iterable[str], names: Iterable[str]) -> None:
     """Refresh the manifest for the files this process has just ``written``; the other ``names`` keep
     the checksums already recorded (a file first seen is recorded as it is). A file someone else
@@ -251,7 +267,7 @@ def verify_files(directory: Path, names: Iterable[str]) -> None:
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{manifest_path}: not a manifest")
     for name in names:
-        path = directory / name
+        path = _entry_path(directory, name, manifest_path)
         if name not in manifest:
             raise CheckpointError(f"{manifest_path}: does not list {name}")
         if not path.is_file():
@@ -315,7 +331,7 @@ def _verify_once(directory: Path, manifest_path: Path, required: tuple[str, ...]
         if name not in manifest:
             raise CheckpointError(f"{manifest_path}: does not list {name} (required to load {directory})")
     for name, expected in manifest.items():
-        path = directory / name
+        path = _entry_path(directory, name, manifest_path)
         if not path.is_file():
             raise CheckpointError(f"{path}: missing (listed in {manifest_path})")
         if sha256_file(path) != expected:

@@ -13,6 +13,8 @@ checkpoints, so ``QAModel.from_pretrained("runs/<run>")`` loads a trained run di
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,8 +39,35 @@ def root_files(directory: Path) -> list[str]:
     directory = Path(directory)
     names = [CONFIG_FILE]
     if (directory / TOKENIZER_DIR).is_dir():
-        names += [f"{TOKENIZER_DIR}/{p.name}" for p in sorted((directory / TOKENIZER_DIR).iterdir())]
+        # Files only: a folder or hidden file a copy tool added (__MACOSX/, .DS_Store) is nothing nami
+        # reads, and requiring it in the manifest made the run refuse to load.
+        names += [f"{TOKENIZER_DIR}/{p.name}" for p in sorted((directory / TOKENIZER_DIR).iterdir())
+                  if p.is_file() and not p.name.startswith(".")]
     return names + ([WEIGHTS_FILE] if (directory / WEIGHTS_FILE).is_file() else [])
+
+
+_LEGACY_MIXER_KEY = re.compile(r"(blocks\.\d+\.)(?:wave|attn)\.")  # names before the mixer registry
+_BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def check_config_fits_weights(cls: type, model_config: ModelConfig, kwargs: dict[str, Any],
+                              weights: dict[str, torch.Tensor], directory: Path) -> None:
+    """Refuse a ``config.json`` whose model does not have the shapes of the saved weights, *before* the
+    model is built: an untrusted directory whose config says ``d_ff = 1e9`` (its manifest regenerated)
+    would otherwise allocate hundreds of GB. The layer count is checked first (a million layers are
+    slow to build even without memory), then every tensor of the model built on the meta device
+    (no memory) against the weights' shapes."""
+    blocks = {int(m.group(1)) for key in weights for m in [_BLOCK_INDEX.search(key)] if m}
+    if blocks and model_config.n_layers != len(blocks):
+        raise CheckpointError(f"{directory / CONFIG_FILE}: n_layers={model_config.n_layers} but the weights hold "
+                              f"{len(blocks)} blocks")
+    with torch.device("meta"):
+        shapes = {key: tuple(t.shape) for key, t in cls(model_config, **kwargs).state_dict().items()}
+    saved = {_LEGACY_MIXER_KEY.sub(r"\1mixer.", key): tuple(t.shape) for key, t in weights.items()}
+    for key, shape in shapes.items():
+        if key in saved and saved[key] != shape:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: describes {key} as {shape}, but the weights hold "
+                                  f"{saved[key]} (config.json and the weights disagree)")
 
 
 def _kept_fingerprint(directory: Path) -> str | None:
@@ -146,7 +175,9 @@ class PreTrainedMixin:
             raise CheckpointError(f"{weights_path}: missing (the run has not saved weights yet)")
         weights = read_weights(weights_path)
         check_finite_weights(weights, weights_path)
-        model = cls(model_config, **cls.model_kwargs(saved, weights))  # type: ignore[call-arg]
+        kwargs = cls.model_kwargs(saved, weights)
+        check_config_fits_weights(cls, model_config, kwargs, weights, directory)  # before allocating anything
+        model = cls(model_config, **kwargs)  # type: ignore[call-arg]
         try:
             missing, unexpected = model.load_state_dict(weights, strict=False)  # type: ignore[attr-defined]
         except RuntimeError as err:  # a shape differs: config.json and the weights disagree
