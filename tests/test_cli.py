@@ -262,3 +262,20 @@ def test_compare_without_a_preset_lists_the_presets_instead_of_starting_two_hour
     assert main(["compare"]) == 2
     err = capsys.readouterr().err
     assert "--preset" in err and "quick (3.5 training min/model)" in err and "standard (55" in err
+
+
+@pytest.mark.slow
+def test_plugins_that_clash_exit_or_fail_are_one_line_naming_the_plugin(tmp_path):
+    import os
+
+    (tmp_path / "clash.py").write_text("import torch\nfrom nami import register_mixer\n\n\n"
+                                       "@register_mixer('wave')\nclass Mine(torch.nn.Module):\n    pass\n", "utf-8")
+    (tmp_path / "quits.py").write_text("import sys\nsys.exit(3)\n", "utf-8")
+    (tmp_path / "broken.py").write_text("import no_such_dependency\n", "utf-8")
+    for plugin, says in (("clash", "importing 'clash' failed (ValueError: mixer 'wave' is already registered"),
+                         ("quits", "importing 'quits' called sys.exit(3)"),
+                         ("broken", "'broken' imports a module that is missing")):
+        proc = subprocess.run([sys.executable, "-m", "nami", "train", "--help"], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "NAMI_PLUGINS": plugin, "PYTHONPATH": str(tmp_path)})
+        assert proc.returncode == 2 and says in proc.stderr, (plugin, proc.stderr[-1000:])
+        assert "Traceback" not in proc.stderr

@@ -927,12 +927,24 @@ def load_plugins() -> list[str]:
     import importlib
 
     names = [n.strip() for n in os.environ.get("NAMI_PLUGINS", "").split(",") if n.strip()]
+    if names:  # the built-in mixers and tasks first: a plugin reusing one of their names is refused at once
+        from nami.models.registry import load_builtin_mixers
+        from nami.training.tasks.registry import load_builtin_tasks
+
+        load_builtin_mixers()
+        load_builtin_tasks()
     for name in names:
         try:
             importlib.import_module(name)
-        except Exception as err:  # a plugin's own error, whatever it is: one line naming it
+        except ModuleNotFoundError as err:
+            if err.name != name.split(".")[0] and err.name != name:
+                raise UserError(f"NAMI_PLUGINS: {name!r} imports a module that is missing ({err})") from err
             raise UserError(f"NAMI_PLUGINS: cannot import {name!r} ({type(err).__name__}: {err}); is its "
                             "directory on PYTHONPATH?") from err
+        except SystemExit as err:  # a plugin calling sys.exit() must not end nami silently
+            raise UserError(f"NAMI_PLUGINS: importing {name!r} called sys.exit({err.code})") from None
+        except Exception as err:  # a plugin's own error, whatever it is: one line naming it
+            raise UserError(f"NAMI_PLUGINS: importing {name!r} failed ({type(err).__name__}: {err})") from err
     return names
 
 
