@@ -217,3 +217,37 @@ def test_a_copy_tools_stray_files_in_the_tokenizer_folder_do_not_block_loading(t
     (run / "tokenizer" / "__MACOSX").mkdir()
     answer = pipeline("question-answering", run)(question="富士山の高さは?", context="富士山の高さは3776メートル。")
     assert answer["answer"]
+
+
+@pytest.mark.parametrize("content", ["{}", "[]", '{"data": "x", "f1": "high", "exact_match": 1}', "not json"])
+def test_a_malformed_final_eval_is_a_warning_not_a_traceback(tmp_path, content, capsys):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from nami.pipelines import predict_file
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "runs" / "wave", run)
+    (run / "final_eval.json").write_text(content)
+    data = Path(__file__).parent / "fixtures" / "tiny_qa.json"
+    summary = predict_file(run, str(data), tmp_path / "pred.json", quiet=True)
+    assert summary["matches_recorded"] is None and "f1" in summary
+    assert "final_eval.json: unreadable" in capsys.readouterr().err
+    assert json.loads((tmp_path / "pred.json").read_text())
+
+
+@pytest.mark.parametrize("record, says", [({"rows": [1]}, "rows[0] is not a row"),
+                                          ({"rows": [{"runs": []}]}, "rows[0] is not a row"),
+                                          ({"rows": [{"name": "w", "runs": [{"run_dir": "x"}]}]}, "runs[0].seed"),
+                                          ({"rows": [{"name": "w", "runs": [{"seed": 0, "run_dir": 5}]}]},
+                                           "runs[0].run_dir")])
+def test_a_malformed_reuse_file_names_its_field(tmp_path, record, says):
+    import json
+
+    from nami.reports.compare import adopt_ablation_runs
+
+    path = tmp_path / "abl.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        adopt_ablation_runs([str(path)], tmp_path / "runs", {})

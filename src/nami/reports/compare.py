@@ -181,6 +181,26 @@ def finished_chain(runs_dir: Path, name: str, stages: dict[str, TrainConfig]) ->
     return saved
 
 
+def _check_ablation_record(record: Any, source: str) -> None:
+    """The shape ``--reuse`` reads, checked up front: an error names the file and the field, never a
+    KeyError or TypeError from deep inside."""
+    if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+        raise ValueError(f"--reuse {source}: not an ablation results file (no \"rows\" list)")
+    for i, row in enumerate(record["rows"]):
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise ValueError(f"--reuse {source}: rows[{i}] is not a row with a \"name\"")
+        if not isinstance(row.get("runs", []), list):
+            raise ValueError(f"--reuse {source}: rows[{i}].runs is not a list")
+        for j, run in enumerate(row.get("runs", [])):
+            where = f"--reuse {source}: rows[{i}].runs[{j}]"
+            if not isinstance(run, dict):
+                raise ValueError(f"{where} is not a run record")
+            if isinstance(run.get("seed"), bool) or not isinstance(run.get("seed"), int):
+                raise ValueError(f"{where}.seed: expected an integer, got {run.get('seed')!r}")
+            if "run_dir" in run and not isinstance(run["run_dir"], str):
+                raise ValueError(f"{where}.run_dir: expected a path, got {run['run_dir']!r}")
+
+
 def adopt_ablation_runs(sources: list[str], runs_dir: Path, plans: dict[str, dict[str, TrainConfig]],
                         *, quiet: bool = False) -> dict[str, str]:
     """Let models of this comparison reuse runs that ``nami ablate`` already trained with exactly
@@ -200,8 +220,7 @@ def adopt_ablation_runs(sources: list[str], runs_dir: Path, plans: dict[str, dic
         if not path.is_file():
             raise ValueError(f"--reuse {source}: no such file (expected a results JSON written by `nami ablate`)")
         record = read_json(path)
-        if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
-            raise ValueError(f"--reuse {source}: not an ablation results file (no \"rows\" list)")
+        _check_ablation_record(record, source)
         for arch, stages in plans.items():
             if arch in adopted or finished_chain(runs_dir, arch, stages) is not None:
                 continue
