@@ -223,3 +223,22 @@ def test_arch_takes_a_variant_name_on_the_command_line():
     assert config.model.branches == ["fft_gate"]
     config = train_config_from_args(parser.parse_args(["train", "--arch", "transformer"]))
     assert config.arch == "transformer" and "variant" not in config.notes
+
+
+def test_two_writers_of_one_output_are_refused(tmp_path):
+    """Two nami ablate / compare into one --out at once lost a result (both exited 0); the second is refused."""
+    from nami.io import CommandFailed, OutputLock
+    from nami.reports.ablate import run_ablation
+
+    data = str(FIXTURES / "tiny_qa.json")
+    with OutputLock(tmp_path / ".abl.lock"):
+        with pytest.raises(CommandFailed, match="another nami process is writing there"):
+            run_ablation(variants=["wave"], preset="smoke", minutes=0.03, out=str(tmp_path / "abl"),
+                         train_data=[data], eval_data=data, tokenizer=str(FIXTURES / "runs/wave/tokenizer"),
+                         quiet=True, allow_dirty=True)
+    assert not (tmp_path / "abl.json").exists()
+    (tmp_path / "target").write_text("keep")
+    (tmp_path / ".planted.lock").symlink_to(tmp_path / "target")
+    with pytest.raises(CommandFailed, match="cannot lock"):
+        OutputLock(tmp_path / ".planted.lock")
+    assert (tmp_path / "target").read_text() == "keep"

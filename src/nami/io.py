@@ -336,3 +336,40 @@ def _verify_once(directory: Path, manifest_path: Path, required: tuple[str, ...]
             raise CheckpointError(f"{path}: missing (listed in {manifest_path})")
         if sha256_file(path) != expected:
             raise CheckpointError(f"{path}: checksum mismatch (corrupt or modified file)")
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``path`` while a command writes an output (released on exit, even after
+    SIGKILL, by the kernel): two ``nami compare`` (or ``nami ablate``) into one ``--out`` at once both
+    exited 0 while one result was lost; the second is now refused. The lock file is opened without
+    following a symlink (a symlink planted there would have nami create or lock its target)."""
+
+    def __init__(self, path: Path, option: str = "--out") -> None:
+        import fcntl
+
+        self.path = Path(path)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            raise CommandFailed(f"{option}: cannot lock {self.path} ({describe_os_error(err)})") from None
+        self.handle = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise CommandFailed(f"{option} {self.path.parent}: another nami process is writing there (it holds "
+                                f"{self.path}); wait for it to finish or choose another {option}") from None
+
+    def release(self) -> None:
+        import fcntl
+
+        if not self.handle.closed:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+    def __enter__(self) -> "OutputLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+

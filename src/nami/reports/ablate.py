@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nami import paths
-from nami.io import CommandFailed, check_output_path, read_json, write_json
+from nami.io import CommandFailed, OutputLock, check_output_path, read_json, write_json
 from nami.reports.compare import COMPARE_PRESETS, FINAL_STAGE, _run_chain, _stage_command, stage_configs
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 from nami.training import checkpoint as ckpt
@@ -233,42 +233,44 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
     budget = sum(c.max_minutes for c in first.values())
     record = _new_record(command, commit, preset, first, seeds, screening=screening, selection=selection, title=title)
     json_path = with_extension(out_path, ".json")
-    earlier = _earlier_rows(json_path, record["protocol"])
-    for name, spec in specs.items():
-        if name in earlier and (earlier[name][0].arch, earlier[name][0].options) != (spec.arch, spec.options):
-            raise ValueError(f"--out {json_path}: its row {name!r} was trained with other options "
-                             f"({earlier[name][0].to_dict()}) than {name} has now ({spec.to_dict()}); give the new "
-                             "definition another name")
-    table = {name: spec for name, (spec, _) in earlier.items()} | specs
-    results = {name: runs for name, (_, runs) in earlier.items()}
-    if json_path.exists():
-        before = read_json(json_path)
-        record["earlier_commands"] = [c for c in _commands(before)]
-        record["title"] = record.get("title") or before.get("title")
-        record["notes"] = before.get("notes", [])
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    for (name, seed), stages in plans.items():
-        if any(run["seed"] == seed for run in results.get(name, [])):
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out_path.parent / f".{out_path.name}.lock"):  # one nami ablate adds to an OUT at a time
+        earlier = _earlier_rows(json_path, record["protocol"])
+        for name, spec in specs.items():
+            if name in earlier and (earlier[name][0].arch, earlier[name][0].options) != (spec.arch, spec.options):
+                raise ValueError(f"--out {json_path}: its row {name!r} was trained with other options "
+                                 f"({earlier[name][0].to_dict()}) than {name} has now ({spec.to_dict()}); give the new "
+                                 "definition another name")
+        table = {name: spec for name, (spec, _) in earlier.items()} | specs
+        results = {name: runs for name, (_, runs) in earlier.items()}
+        if json_path.exists():
+            before = read_json(json_path)
+            record["earlier_commands"] = [c for c in _commands(before)]
+            record["title"] = record.get("title") or before.get("title")
+            record["notes"] = before.get("notes", [])
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for (name, seed), stages in plans.items():
+            if any(run["seed"] == seed for run in results.get(name, [])):
+                if not quiet:
+                    print(f"[nami] ablate {name} seed {seed}: already in {json_path}", flush=True)
+                continue
             if not quiet:
-                print(f"[nami] ablate {name} seed {seed}: already in {json_path}", flush=True)
-            continue
-        if not quiet:
-            print(f"[nami] ablate {name} seed {seed}: {budget:g} training minutes", flush=True)
-        run = _train_one(name, seed, stages, runs_dir, json_path)
-        run.update(machine=record["machine"], commit=commit, date=now_iso(), command=command)
-        results.setdefault(name, []).append(run)
-        record["protocol"]["questions"] = run["count"]
-        record["protocol"]["seeds"] = sorted({r["seed"] for rs in results.values() for r in rs})
-        record["rows"] = [_row(n, table[n], rs, budget) for n, rs in results.items()]
-        write_json(json_path, record)
-        with_extension(out_path, ".md").write_text(markdown(record), "utf-8")
-        if not quiet:
-            print(f"[nami] {name} seed {seed}: EM {run['exact_match']:.2f} F1 {run['f1']:.2f} "
-                  f"({run['train_tokens_per_s']:,.0f} train tok/s, {run['steps']} steps)", flush=True)
-    if not record["rows"]:  # every variant and seed was already recorded: the file is left as it was
-        record["rows"] = [_row(n, table[n], rs, budget) for n, rs in results.items()]
-        record["nothing_trained"] = True
-    return record
+                print(f"[nami] ablate {name} seed {seed}: {budget:g} training minutes", flush=True)
+            run = _train_one(name, seed, stages, runs_dir, json_path)
+            run.update(machine=record["machine"], commit=commit, date=now_iso(), command=command)
+            results.setdefault(name, []).append(run)
+            record["protocol"]["questions"] = run["count"]
+            record["protocol"]["seeds"] = sorted({r["seed"] for rs in results.values() for r in rs})
+            record["rows"] = [_row(n, table[n], rs, budget) for n, rs in results.items()]
+            write_json(json_path, record)
+            with_extension(out_path, ".md").write_text(markdown(record), "utf-8")
+            if not quiet:
+                print(f"[nami] {name} seed {seed}: EM {run['exact_match']:.2f} F1 {run['f1']:.2f} "
+                      f"({run['train_tokens_per_s']:,.0f} train tok/s, {run['steps']} steps)", flush=True)
+        if not record["rows"]:  # every variant and seed was already recorded: the file is left as it was
+            record["rows"] = [_row(n, table[n], rs, budget) for n, rs in results.items()]
+            record["nothing_trained"] = True
+        return record
 
 
 def _new_record(command: str, commit: str, preset: str, first: dict[str, Any], seeds, *, screening: bool,

@@ -45,7 +45,7 @@ from nami import paths
 from nami.data.squad import load_squad
 from nami.evaluation import lexical
 from nami.evaluation.metric import evaluate_predictions
-from nami.io import CommandFailed, check_output_dir, check_output_path, read_json, write_json
+from nami.io import CommandFailed, OutputLock, check_output_dir, check_output_path, read_json, write_json
 from nami.reports.environment import git_commit, host_speed_gflops, machine_description, now_iso
 from nami.resources import resolve_precision
 # The presets (their recipes) are data in nami.reports.presets, re-exported here.
@@ -396,51 +396,52 @@ def run_compare(
     if results_path is not None:  # now that the data paths are known (the defaults too)
         check_results_path(results_path, [*resolved_train, eval_path, *([tokenizer] if tokenizer else [])])
     runs_dir.mkdir(parents=True, exist_ok=True)
-    if reuse:
-        adopt_ablation_runs(list(reuse), runs_dir, plans, quiet=quiet)
-    recorded = recorded_models(out / RESULTS_FILE, plans)
-    this_invocation = {"commit": commit, "machine": machine_description(), "host_gflops": host_speed_gflops(),
-                       "host_gflops_bf16": host_speed_gflops(dtype=torch.bfloat16),
-                       "date": now_iso(), "reused": False}
-    trained, chains = _plan_chains(plans, recorded, runs_dir, out, this_invocation, parallel=parallel, quiet=quiet)
-    outcomes, wall_minutes = _train_chains(chains, runs_dir, MODELS, parallel=parallel, quiet=quiet)
-    for arch in MODELS:
-        if not trained[arch]["reused"]:
-            write_json(runs_dir / f"{arch}.trained.json", {k: v for k, v in this_invocation.items() if k != "reused"})
-    models: dict[str, Any] = {}
-    for arch, stages in plans.items():
-        if trained[arch].get("from_results"):
-            models[arch] = {**recorded[arch], "trained": trained[arch]}
-        else:
-            models[arch] = _model_result(stages, trained[arch], outcomes[arch], eval_path, arch=arch, quiet=quiet)
-    baselines = {}
-    if lexical_baseline:
-        examples = load_squad(eval_path)
-        scores = evaluate_predictions(examples, lexical.predict(examples, show_progress=not quiet))
-        baselines["lexical"] = {k: scores[k] for k in ("exact_match", "f1", "count")} | {"window": 8}
-    result = {
-        "command": command,
-        "commit": commit,
-        "machine": machine_description(),
-        "date": now_iso(),
-        "preset": preset,
-        "parallel": parallel,
-        "budget_minutes": {
-            "pretrain": first["pretrain"].max_minutes if "pretrain" in first else 0.0,
-            "finetune": first["finetune"].max_minutes,
-        },
-        "wall_minutes": wall_minutes,
-        "train_data": resolved_train,
-        "eval_data": eval_path,
-        "models": models,
-        "baselines": baselines,
-    }
-    result["budget_minutes"]["total"] = result["budget_minutes"]["pretrain"] + result["budget_minutes"]["finetune"]
-    write_report(result, out)
-    if results_path is not None:
-        copy_results(out, results_path)
-    _print_done(result, out, results_path, preset, quiet)
-    return result
+    with OutputLock(out / ".compare.lock"):  # one nami compare writes into an --out at a time
+        if reuse:
+            adopt_ablation_runs(list(reuse), runs_dir, plans, quiet=quiet)
+        recorded = recorded_models(out / RESULTS_FILE, plans)
+        this_invocation = {"commit": commit, "machine": machine_description(), "host_gflops": host_speed_gflops(),
+                           "host_gflops_bf16": host_speed_gflops(dtype=torch.bfloat16),
+                           "date": now_iso(), "reused": False}
+        trained, chains = _plan_chains(plans, recorded, runs_dir, out, this_invocation, parallel=parallel, quiet=quiet)
+        outcomes, wall_minutes = _train_chains(chains, runs_dir, MODELS, parallel=parallel, quiet=quiet)
+        for arch in MODELS:
+            if not trained[arch]["reused"]:
+                write_json(runs_dir / f"{arch}.trained.json", {k: v for k, v in this_invocation.items() if k != "reused"})
+        models: dict[str, Any] = {}
+        for arch, stages in plans.items():
+            if trained[arch].get("from_results"):
+                models[arch] = {**recorded[arch], "trained": trained[arch]}
+            else:
+                models[arch] = _model_result(stages, trained[arch], outcomes[arch], eval_path, arch=arch, quiet=quiet)
+        baselines = {}
+        if lexical_baseline:
+            examples = load_squad(eval_path)
+            scores = evaluate_predictions(examples, lexical.predict(examples, show_progress=not quiet))
+            baselines["lexical"] = {k: scores[k] for k in ("exact_match", "f1", "count")} | {"window": 8}
+        result = {
+            "command": command,
+            "commit": commit,
+            "machine": machine_description(),
+            "date": now_iso(),
+            "preset": preset,
+            "parallel": parallel,
+            "budget_minutes": {
+                "pretrain": first["pretrain"].max_minutes if "pretrain" in first else 0.0,
+                "finetune": first["finetune"].max_minutes,
+            },
+            "wall_minutes": wall_minutes,
+            "train_data": resolved_train,
+            "eval_data": eval_path,
+            "models": models,
+            "baselines": baselines,
+        }
+        result["budget_minutes"]["total"] = result["budget_minutes"]["pretrain"] + result["budget_minutes"]["finetune"]
+        write_report(result, out)
+        if results_path is not None:
+            copy_results(out, results_path)
+        _print_done(result, out, results_path, preset, quiet)
+        return result
 
 
 def _check_inputs(results_path: str | None, reuse: tuple[str, ...], train_data: list[str] | None,
