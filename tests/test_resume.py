@@ -315,3 +315,26 @@ def test_saving_a_loaded_model_again_in_place_keeps_its_tokenizer_usable(tmp_pat
     assert json.loads((run / ckpt.CONFIG_FILE).read_text())["tokenizer_fingerprint"] is not None
     answer = pipeline("question-answering", run)({"question": "富士山の標高は?", "context": "富士山の標高は3776メートルである。"})
     assert answer["answer"]
+
+
+def test_resume_does_not_write_through_symlinks_in_the_run(tiny_squad, tiny_tokenizer_dir, tmp_path):
+    """An untrusted run directory: a .lock symlink had nami create its target, a checkpoints symlink had
+    checkpoints written (and step-* folders deleted) in another directory. Both are refused now."""
+    import shutil
+
+    config = TrainConfig.from_dict(config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "linked",
+                                               max_steps=4, checkpoint_every_steps=2, precision="fp32", dropout=0.0))
+    run_dir = train(config, quiet=True).run_dir
+    (run_dir / ckpt.FINAL_EVAL_FILE).unlink()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(run_dir / ckpt.CHECKPOINTS_DIR), elsewhere)
+    (run_dir / ckpt.CHECKPOINTS_DIR).symlink_to(elsewhere)
+    with pytest.raises(ckpt.CheckpointError, match="checkpoints: a symlink"):
+        resume(run_dir, quiet=True)
+    (run_dir / ckpt.CHECKPOINTS_DIR).unlink()
+    shutil.move(str(elsewhere), run_dir / ckpt.CHECKPOINTS_DIR)
+    (run_dir / ckpt.LOCK_FILE).unlink(missing_ok=True)
+    (run_dir / ckpt.LOCK_FILE).symlink_to(tmp_path / "created-by-nami")
+    with pytest.raises(ckpt.CheckpointError, match="symlink"):
+        resume(run_dir, quiet=True)
+    assert not (tmp_path / "created-by-nami").exists()

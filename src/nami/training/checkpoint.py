@@ -154,6 +154,26 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[A
     return model, tokenizer, train_config
 
 
+# What a run's training writes: none of it may be a symlink (a run directory from elsewhere could lead
+# nami's checkpoints into another directory, and then delete its step-* folders there).
+WRITTEN_PATHS = (LOCK_FILE, CHECKPOINTS_DIR, METRICS_FILE, FINAL_EVAL_FILE, PREDICTIONS_FILE, WEIGHTS_FILE,
+                 MANIFEST_FILE, CONFIG_FILE, "tensorboard")
+
+
+def refuse_symlinks(run_dir: Path) -> None:
+    """Raise :class:`CheckpointError` if a path training writes inside ``run_dir`` is a symlink."""
+    for name in WRITTEN_PATHS:
+        if (run_dir / name).is_symlink():
+            raise CheckpointError(f"{run_dir / name}: a symlink; nami writes there and does not follow links "
+                                  "out of a run directory (replace it with the file or folder itself)")
+    checkpoints = run_dir / CHECKPOINTS_DIR
+    if checkpoints.is_dir():
+        for entry in checkpoints.iterdir():
+            if entry.is_symlink():
+                raise CheckpointError(f"{entry}: a symlink; nami replaces and deletes checkpoints there and does "
+                                      "not follow links out of a run directory")
+
+
 class RunLock:
     """An exclusive ``flock`` on ``RUN/.lock`` while a process trains the run (released on exit, even
     after SIGKILL, by the kernel): a second ``nami train --resume`` of a run being trained is refused."""
@@ -162,7 +182,12 @@ class RunLock:
         import fcntl
 
         self.path = Path(run_dir) / LOCK_FILE
-        self.handle = open(self.path, "a+")
+        refuse_symlinks(Path(run_dir))  # a resumed run is untrusted: nami must not write through its links
+        try:  # never through a symlink: a planted .lock would have nami create (and lock) its target
+            self.handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644),
+                                    "a+")
+        except OSError as err:
+            raise CheckpointError(f"{self.path}: cannot open the run's lock ({err.strerror})") from None
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
