@@ -338,3 +338,24 @@ def test_resume_does_not_write_through_symlinks_in_the_run(tiny_squad, tiny_toke
     with pytest.raises(ckpt.CheckpointError, match="symlink"):
         resume(run_dir, quiet=True)
     assert not (tmp_path / "created-by-nami").exists()
+
+
+def test_resume_sees_changed_training_data(tiny_squad, tiny_tokenizer_dir, tmp_path):
+    """A run records a fingerprint of its data; --resume on changed data is refused, or with
+    allow_changed_data continued and logged (it went on silently before)."""
+    import shutil
+
+    data = tmp_path / "train.json"
+    shutil.copy(tiny_squad, data)
+    config = TrainConfig.from_dict(config_dict(data, tiny_tokenizer_dir, tmp_path / "runs", "data", max_steps=4,
+                                               checkpoint_every_steps=2, precision="fp32", dropout=0.0))
+    run_dir = train(config, quiet=True).run_dir
+    (run_dir / ckpt.FINAL_EVAL_FILE).unlink()
+    shrunk = json.loads(data.read_text("utf-8"))
+    shrunk["data"][0]["paragraphs"] = shrunk["data"][0]["paragraphs"][:-2]
+    data.write_text(json.dumps(shrunk, ensure_ascii=False), "utf-8")
+    with pytest.raises(ckpt.CheckpointError, match="data changed since the run started"):
+        resume(run_dir, quiet=True)
+    resume(run_dir, quiet=True, allow_changed_data=True)
+    records = [json.loads(line) for line in (run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
+    assert any(r["type"] == "resume" and "data_changed" in r for r in records)

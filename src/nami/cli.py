@@ -395,6 +395,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     # Options are checked before torch is imported, so a bad value is refused at once.
     config = None
+    if getattr(args, "allow_changed_data", False) and not args.resume:
+        raise UserError("--allow-changed-data applies with --resume (a new run records its data as it is)")
     if args.resume:
         given = [f"--{name.replace('_', '-')}" for name in option_names()
                  if name not in ("threads", "task") and getattr(args, name, None) is not None]
@@ -411,7 +413,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         if config is None:
-            resume(args.resume, quiet=args.quiet, threads=args.threads)
+            resume(args.resume, quiet=args.quiet, threads=args.threads,
+                   allow_changed_data=getattr(args, "allow_changed_data", False))
         else:
             train(config, quiet=args.quiet)
     except TrainingInterrupted as stopped:
@@ -716,6 +719,9 @@ def _add_training_commands(sub: Any) -> None:
                    help="start from the settings of a compare preset's stage (e.g. standard: the reported runs); "
                         "--config and other options override them")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="with --resume: continue even though the training or evaluation data changed since the run "
+                        "started (refused by default; recorded in metrics.jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the run directory and final scores "
                                                            "are still printed, one line each)")
     add_train_options(p, tasks=task_names("train"))
@@ -729,6 +735,9 @@ def _add_training_commands(sub: Any) -> None:
                    help="start from the settings of a compare preset's stage (e.g. standard: the reported runs); "
                         "--config and other options override them")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="with --resume: continue even though the training or evaluation data changed since the run "
+                        "started (refused by default; recorded in metrics.jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the run directory and final scores "
                                                            "are still printed, one line each)")
     add_train_options(p, exclude={"task"}, tasks=task_names("pretrain"))

@@ -239,6 +239,19 @@ def _entry_path(directory: Path, name: object, manifest_path: Path) -> Path:
     return path
 
 
+def fingerprint_files(paths: Iterable[str | Path]) -> str:
+    """sha256 over the names and contents of the data files ``paths`` stand for (a directory: its
+    ``*.json`` files, sorted): a run records it at its start and ``--resume`` compares it, so a run
+    never continues on changed data without saying so."""
+    digest = hashlib.sha256()
+    for given in paths:
+        path = Path(given)
+        files = sorted(p for p in path.glob("*.json") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(f"{file.name}\0{sha256_file(file) if file.is_file() else 'missing'}\0".encode())
+    return digest.hexdigest()[:16]
+
+
 def update_manifest(directory: Path, written: Iterable[str], names: Iterable[str]) -> None:
     """Refresh the manifest for the files this process has just ``written``; the other ``names`` keep
     the checksums already recorded (a file first seen is recorded as it is). A file someone else

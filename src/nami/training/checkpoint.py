@@ -69,12 +69,20 @@ LOCK_FILE = RUN_LOCK_FILE  # ".lock"
 # --- run directory -------------------------------------------------------------------------------
 
 
-def save_run_config(run_dir: Path, train: TrainConfig, model: ModelConfig, tokenizer: JapaneseTokenizer) -> None:
+def save_run_config(run_dir: Path, train: TrainConfig, model: ModelConfig, tokenizer: JapaneseTokenizer,
+                    data_fingerprint: str | None = None) -> None:
     tokenizer.save(run_dir / TOKENIZER_DIR)
     write_json(
         run_dir / CONFIG_FILE,
-        {"train": train.to_dict(), "model": model.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint},
+        {"train": train.to_dict(), "model": model.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint,
+         "data_fingerprint": data_fingerprint},
     )
+
+
+def recorded_data_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of the training data a run started with (None: runs saved before it was kept)."""
+    saved = read_json(Path(run_dir) / CONFIG_FILE)
+    return saved.get("data_fingerprint") if isinstance(saved, dict) else None
     write_manifest(run_dir, root_files(run_dir))
 
 

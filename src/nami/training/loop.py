@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from nami import resources
 from nami.data.batching import BucketBatchSampler, WindowDataset
-from nami.io import read_jsonl
+from nami.io import fingerprint_files, read_jsonl
 from nami.models import count_parameters
 from nami.models.block import set_branches
 from nami.models.speed import autograd_wave_layers, compile_wave_layers
@@ -248,7 +248,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> TrainResult:
     return _fit(config, run_dir=None, quiet=quiet)
 
 
-def resume(run_dir: str | Path, *, quiet: bool = False, threads: int | None = None) -> TrainResult:
+def resume(run_dir: str | Path, *, quiet: bool = False, threads: int | None = None,
+           allow_changed_data: bool = False) -> TrainResult:
     """Continue the run in ``run_dir`` from its newest checkpoint; a run stopped before its first
     checkpoint (a crash, SIGKILL) starts again from step 0 with its saved config. A finished run
     (``final_eval.json``) is left as it is: its recorded result is returned, nothing is retrained."""
@@ -257,7 +258,7 @@ def resume(run_dir: str | Path, *, quiet: bool = False, threads: int | None = No
     config, _, _ = ckpt.read_run_config(run_dir)
     if threads:
         config.threads = threads
-    return _fit(config, run_dir=run_dir, quiet=quiet)
+    return _fit(config, run_dir=run_dir, quiet=quiet, allow_changed_data=allow_changed_data)
 
 
 def _verify_run_settings(run_dir: Path) -> None:
@@ -298,18 +299,20 @@ def finished_result(run_dir: Path) -> TrainResult | None:
     return None
 
 
-def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool) -> TrainResult:
+def _fit(config: TrainConfig, *, run_dir: Path | None, quiet: bool, allow_changed_data: bool = False) -> TrainResult:
     locks: list[ckpt.RunLock] = []  # the run directory's lock, held while this process writes to it
     try:
-        return _fit_locked(config, run_dir=run_dir, quiet=quiet, locks=locks)
+        return _fit_locked(config, run_dir=run_dir, quiet=quiet, locks=locks, allow_changed_data=allow_changed_data)
     finally:
         for lock in locks:
             lock.release()
 
 
-def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks: list) -> TrainResult:
+def _fit_locked(config: TrainConfig, *, run_dir: Path | None, quiet: bool, locks: list,
+                allow_changed_data: bool = False) -> TrainResult:
     """Setup, the steps, the end: where a reader finds each piece of a run (:class:`Trainer`)."""
     trainer = Trainer(config, run_dir=run_dir, quiet=quiet, locks=locks)
+    trainer.allow_changed_data = allow_changed_data
     finished = trainer.setup_process()
     if finished is not None:
         return finished
@@ -403,6 +406,9 @@ class Trainer:
             else:
                 tokenizer = load_tokenizer(config)
         self.tokenizer = tokenizer
+        self.data_fingerprint = fingerprint_files(task.data_files())
+        if run_dir is not None:
+            self._check_data(run_dir)
         task.prepare(tokenizer, self.show)
         model_config = task.model_config(tokenizer)
         if init is not None:
@@ -428,6 +434,16 @@ class Trainer:
         if self.resumed:
             self._load_checkpoint(model)
         self.model = model
+
+    def _check_data(self, run_dir: Path) -> None:
+        """A resumed run on changed data is refused (``allow_changed_data``: continued, and logged)."""
+        recorded = ckpt.recorded_data_fingerprint(run_dir)
+        self.data_changed = recorded is not None and recorded != self.data_fingerprint
+        if self.data_changed and not getattr(self, "allow_changed_data", False):
+            raise ckpt.CheckpointError(
+                f"{run_dir}: its training / evaluation data changed since the run started (data fingerprint "
+                f"{recorded} then, {self.data_fingerprint} now: {', '.join(self.task.data_files())}); resume with "
+                "--allow-changed-data to continue on the data as it is now (recorded in metrics.jsonl)")
 
     def _load_checkpoint(self, model: torch.nn.Module) -> None:
         """The newest checkpoint's weights into ``model``; its optimizer state, RNG and progress kept for later."""
@@ -495,7 +511,8 @@ class Trainer:
             if ranks.is_main:
                 self.run_dir = new_run_dir(config)
                 self.locks.append(ckpt.RunLock(self.run_dir))
-                ckpt.save_run_config(self.run_dir, config, self.model_config, self.tokenizer)
+                ckpt.save_run_config(self.run_dir, config, self.model_config, self.tokenizer,
+                                     data_fingerprint=self.data_fingerprint)
             self.run_dir = Path(ranks.broadcast(str(self.run_dir) if ranks.is_main else None))
         run_dir = self.run_dir
         self.strategy.prepare()
@@ -519,7 +536,9 @@ class Trainer:
             else:
                 set_rank_rng_state(self.saved_state["rank_rng"][ranks.rank - 1])
             self.log.write({"type": "resume", "step": self.progress.step, "from": self.latest.name,
-                            "dropped_log_lines": self.torn})
+                            "dropped_log_lines": self.torn,
+                            **({"data_changed": self.data_fingerprint} if getattr(self, "data_changed", False)
+                               else {})})
             if self.show:
                 print(f"[nami] resuming {run_dir} at step {self.progress.step} (epoch {self.progress.epoch})",
                       flush=True)

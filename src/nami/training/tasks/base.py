@@ -70,6 +70,10 @@ class Task:
         resume."""
         return batch
 
+    def data_files(self) -> list[str]:
+        """The files the task trains and evaluates on (their fingerprint is checked on ``--resume``)."""
+        return [*getattr(self, "train_paths", []), *([self.eval_path] if getattr(self, "eval_path", None) else [])]
+
     def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
         """What :meth:`loss` averages over in ``batch``: its target tokens (language models) or its
         windows (QA). Multi-process training weights each rank's mean by its share of these."""
