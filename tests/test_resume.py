@@ -359,3 +359,27 @@ def test_resume_sees_changed_training_data(tiny_squad, tiny_tokenizer_dir, tmp_p
     resume(run_dir, quiet=True, allow_changed_data=True)
     records = [json.loads(line) for line in (run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
     assert any(r["type"] == "resume" and "data_changed" in r for r in records)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda s: {}, "progress"), (lambda s: [1], "expected a JSON object"),
+    (lambda s: {**s, "progress": {**s["progress"], "step": -100}}, "progress.step=-100"),
+    (lambda s: {**s, "progress": {**s["progress"], "extra": 1}}, "progress: expected an object"),
+    (lambda s: {**s, "rng": {**s["rng"], "python": [3, [1, 2], None]}}, "rng.python")])
+def test_a_checkpoint_state_of_the_wrong_shape_names_its_field(tiny_squad, tiny_tokenizer_dir, tmp_path, edit, says):
+    from dataclasses import fields
+
+    from nami.io import write_manifest
+    from nami.training.loop import Progress
+
+    assert tuple(f.name for f in fields(Progress)) == ckpt.PROGRESS_FIELDS
+    config = TrainConfig.from_dict(config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "state", max_steps=2,
+                                               checkpoint_every_steps=2, precision="fp32", dropout=0.0))
+    run_dir = train(config, quiet=True).run_dir
+    (run_dir / ckpt.FINAL_EVAL_FILE).unlink()
+    checkpoint = ckpt.checkpoint_dirs(run_dir)[-1]
+    state = json.loads((checkpoint / ckpt.STATE_FILE).read_text())
+    (checkpoint / ckpt.STATE_FILE).write_text(json.dumps(edit(state)))
+    write_manifest(checkpoint, [ckpt.WEIGHTS_FILE, ckpt.OPTIMIZER_FILE, ckpt.STATE_FILE])  # as an attacker would
+    with pytest.raises(ckpt.CheckpointError, match=says.replace("[", r"\[")):
+        resume(run_dir, quiet=True)

@@ -286,4 +286,44 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
         blob = torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{directory / OPTIMIZER_FILE}: cannot read optimizer state ({err})") from err
-    return weights, blob["optimizer"], blob["torch_rng"], read_json(directory / STATE_FILE)
+    if not isinstance(blob, dict) or not isinstance(blob.get("optimizer"), dict) \
+            or not isinstance(blob.get("torch_rng"), torch.Tensor) or blob["torch_rng"].dtype != torch.uint8 \
+            or blob["torch_rng"].dim() != 1 or blob["torch_rng"].numel() < 16:
+        raise CheckpointError(f"{directory / OPTIMIZER_FILE}: not a nami checkpoint's optimizer file (expected "
+                              "{optimizer: state dict, torch_rng: uint8 RNG state})")
+    state = read_json(directory / STATE_FILE)
+    check_state(state, directory / STATE_FILE)
+    return weights, blob["optimizer"], blob["torch_rng"], state
+
+
+# The fields of nami.training.loop.Progress (kept in state.json; a test keeps the two lists equal).
+PROGRESS_FIELDS = ("step", "epoch", "batch_in_epoch", "train_seconds", "tokens_seen", "skipped_batches",
+                   "next_eval_seconds", "window")
+
+
+def check_state(state: Any, path: Path) -> None:
+    """The shape of a checkpoint's ``state.json``, checked before anything is restored from it: an
+    error names the file and the field (a wrong shape raised KeyError / TypeError deep in the resume)."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    progress = state.get("progress")
+    known = PROGRESS_FIELDS
+    if not isinstance(progress, dict) or set(progress) - set(known):
+        raise CheckpointError(f"{path}: progress: expected an object with the fields {', '.join(known)}")
+    for name in ("step", "epoch", "batch_in_epoch", "tokens_seen", "skipped_batches"):
+        value = progress.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise CheckpointError(f"{path}: progress.{name}={value!r}: expected an integer >= 0")
+    for name in ("train_seconds", "next_eval_seconds"):
+        value = progress.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+            raise CheckpointError(f"{path}: progress.{name}={value!r}: expected a number >= 0")
+    rng = state.get("rng")
+    python = rng.get("python") if isinstance(rng, dict) else None
+    numpy_state = rng.get("numpy") if isinstance(rng, dict) else None
+    if (not isinstance(python, list) or len(python) != 3 or not isinstance(python[1], list)
+            or len(python[1]) != 625 or not all(isinstance(x, int) for x in python[1])):
+        raise CheckpointError(f"{path}: rng.python: not a Python random state")
+    if not isinstance(numpy_state, list) or len(numpy_state) != 5 or not isinstance(numpy_state[1], list) \
+            or len(numpy_state[1]) != 624:
+        raise CheckpointError(f"{path}: rng.numpy: not a NumPy random state")
