@@ -359,3 +359,25 @@ def test_ablation_files_keep_dotted_names_and_their_training_data_in_the_protoco
     ours = {**base, "train_data": ["a.json"], "tokenizer": None}
     assert _protocol_differences({**base, "train_data": ["b.json"], "tokenizer": None}, ours) == ["train_data"]
     assert _protocol_differences(base, ours) == []  # a file written before train_data was recorded
+
+
+@pytest.mark.parametrize("field, value", [("wall_minutes", "x"), ("f1", float("nan")), ("f1", float("inf"))])
+def test_report_on_an_edited_results_file_names_the_field(tmp_path, field, value):
+    import shutil
+
+    from nami.reports.report import rerender
+
+    source = Path(__file__).resolve().parents[1] / "results" / "compare-quick"
+    out = tmp_path / "cmp"
+    shutil.copytree(source, out)
+    result = json.loads((out / "results.json").read_text())
+    if field == "wall_minutes":
+        result["wall_minutes"] = value
+        where = "wall_minutes"
+    else:
+        name = next(iter(result["models"]))
+        result["models"][name]["f1"] = value
+        where = f"models.{name}.f1"
+    (out / "results.json").write_text(json.dumps(result))
+    with pytest.raises(ValueError, match=f"{where}=.*expected a finite number"):
+        rerender(out)

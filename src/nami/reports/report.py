@@ -153,11 +153,41 @@ def rerender(out_dir: str | Path) -> Path:
     if not isinstance(models, dict) or not models or not all(isinstance(m, dict) for m in models.values()):
         raise ValueError(f"{out / RESULTS_FILE}: not a `nami compare` results record (expected an object whose "
                          "\"models\" maps model names to their results)")
+    _check_numbers(result, out / RESULTS_FILE)
     try:
         return write_report({k: v for k, v in result.items() if k not in ("plots", "references")}, out)
-    except (KeyError, TypeError, AttributeError) as err:
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"{out / RESULTS_FILE}: incomplete `nami compare` results record (missing or malformed "
                          f"field {err})") from err
+
+
+# Numbers a report prints: each must be a finite number where present (an edited results.json with
+# "x" or NaN there gave "Unknown format code" naming nothing, or a table of nan with the headline
+# silently leaving that model out).
+_MODEL_NUMBERS = ("exact_match", "f1", "params", "train_tokens_per_s", "train_minutes", "steps",
+                  "eval_questions_per_s", "train_peak_mb", "infer_peak_mb", "minutes_to_final_f1")
+
+
+def _check_numbers(result: dict[str, Any], path: Path) -> None:
+    import math
+
+    def check(value: Any, where: str) -> None:
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{path}: {where}={value!r}: expected a finite number")
+
+    check(result.get("wall_minutes"), "wall_minutes")
+    for key, value in (result.get("budget_minutes") or {}).items():
+        check(value, f"budget_minutes.{key}")
+    for name, model in result["models"].items():
+        for key in _MODEL_NUMBERS:
+            if key in model:
+                check(model[key], f"models.{name}.{key}")
+    for name, baseline in (result.get("baselines") or {}).items():
+        for key in ("exact_match", "f1"):
+            if isinstance(baseline, dict) and key in baseline:
+                check(baseline[key], f"baselines.{name}.{key}")
 
 
 def _row(cells: list[Any]) -> str:
