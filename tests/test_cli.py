@@ -279,3 +279,13 @@ def test_plugins_that_clash_exit_or_fail_are_one_line_naming_the_plugin(tmp_path
                               timeout=600, env={**os.environ, "NAMI_PLUGINS": plugin, "PYTHONPATH": str(tmp_path)})
         assert proc.returncode == 2 and says in proc.stderr, (plugin, proc.stderr[-1000:])
         assert "Traceback" not in proc.stderr
+
+
+def test_generate_refuses_a_meta_device_and_an_overflowing_seed_in_one_line(capsys):
+    run = "tests/fixtures/runs/wave"
+    for argv, says in ((["generate", "--checkpoint", run, "--prompt", "a", "--device", "meta"], "nami runs on cpu"),
+                       (["generate", "--checkpoint", run, "--prompt", "a", "--seed", "99999999999999999999999"],
+                        "below 2**63")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err

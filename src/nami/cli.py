@@ -102,7 +102,18 @@ def _device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available here")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: no MPS device is available here")
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):  # meta, ipu, ...: nothing nami can run on
+        raise argparse.ArgumentTypeError(f"{text!r}: nami runs on cpu, cuda, mps or xpu devices")
+    if device.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise argparse.ArgumentTypeError(f"{text!r}: no XPU device is available here")
     return text
+
+
+def _seed(text: str) -> int:
+    value = nonnegative_int(text)
+    if value >= 2**63:  # torch.Generator.manual_seed takes a 64-bit integer (larger overflowed with a traceback)
+        raise argparse.ArgumentTypeError(f"{text}: expected a seed below 2**63")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -787,7 +798,8 @@ def _add_inference_commands(sub: Any) -> None:
                    "(with --temperature > 0)")
     p.add_argument("--top-p", type=probability, default=None, help="sample from the smallest set of tokens "
                    "whose probability reaches P (nucleus; with --temperature > 0)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the sampler (sampling is reproducible)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the sampler, 0 <= seed < 2**63 (sampling is "
+                   "reproducible)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--no-stream", action="store_true", help="print the text at the end, not token by token")
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps, ... (default: cpu)")
