@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,24 @@ def test_options_a_task_never_reads_are_named(options, message):
 
     assert [line for line in TrainConfig.from_dict(options).ignored_options() if message in line]
     assert TrainConfig.from_dict({"task": options["task"]}).ignored_options() == []  # the defaults are fine
+
+
+@pytest.mark.parametrize("config, says", [
+    ({"zero_optimization": {"stage": 3}, "optimizer": {"type": "SGD", "params": {"lr": 100}}}, '"optimizer" section'),
+    ({"zero_optimization": {"stage": 3}, "scheduler": {"type": "WarmupLR"}}, '"scheduler" section'),
+    ({"zero_optimization": 3}, "zero_optimization: expected an object"),
+    ({"zero_optimization": {"stage": 3}, "bf16": True}, "bf16: expected an object"),
+    ({"zero_optimization": {"stage": 3}, "gradient_clipping": float("nan")}, "gradient_clipping=nan"),
+    ({"zero_optimization": {"stage": 3}, "gradient_clipping": "x"}, "gradient_clipping='x'"),
+    ({"zero_optimization": {"stage": 3}, "train_batch_size": 7}, "train_batch_size=7 must be"),
+    ({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 0}, "train_micro_batch_size_per_gpu=0"),
+])
+def test_a_deepspeed_config_nami_would_ignore_or_deepspeed_would_crash_on_is_refused(tmp_path, config, says):
+    import json
+
+    from nami.training.distributed import deepspeed_config
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=re.escape(says)):
+        deepspeed_config("zero3", str(path), global_batch=32, world=1, max_grad_norm=1.0)

@@ -250,7 +250,8 @@ def deepspeed_config(sharding: str, path: str | None, *, global_batch: int, worl
             raise ValueError(f"{where}: not valid JSON (line {err.lineno}: {err.msg})") from err
         if not isinstance(config, dict):
             raise ValueError(f"{where}: expected a JSON object")
-        found = (config.get("zero_optimization") or {}).get("stage")
+        _check_deepspeed_fields(config, where)
+        found = config["zero_optimization"].get("stage")
         if found != stage:
             raise ValueError(f"{where}: zero_optimization.stage is {found}, but --sharding {sharding} is stage {stage}")
     micro = -(-global_batch // world)
@@ -263,6 +264,17 @@ def deepspeed_config(sharding: str, path: str | None, *, global_batch: int, worl
     if left:  # DeepSpeed would fail on the string later, with a traceback
         raise ValueError(f"{where}: nami fills \"auto\" only for {', '.join(auto)}; give a value for "
                          f"{', '.join(left)}")
+    for key in ("train_micro_batch_size_per_gpu", "train_batch_size"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {key}={value!r}: expected a positive integer (or \"auto\")")
+    if config["train_batch_size"] != config["train_micro_batch_size_per_gpu"] * world:
+        raise ValueError(f"{where}: train_batch_size={config['train_batch_size']} must be "
+                         f"train_micro_batch_size_per_gpu × processes = {config['train_micro_batch_size_per_gpu'] * world} "
+                         f"(nami's --batch-size {global_batch} over {world} process(es))")
+    clip = config["gradient_clipping"]
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip < 0:
+        raise ValueError(f"{where}: gradient_clipping={clip!r}: expected a finite number >= 0 (or \"auto\")")
     if config["gradient_accumulation_steps"] != 1:
         raise ValueError(f"{where}: gradient_accumulation_steps must be 1 (use a larger --batch-size)")
     for key in ("bf16", "fp16"):
@@ -271,6 +283,25 @@ def deepspeed_config(sharding: str, path: str | None, *, global_batch: int, worl
                              "autocast (--precision bf16)")
         config.setdefault(key, {})["enabled"] = False
     return config
+
+
+# Sections nami does not apply: the optimizer and its schedule are nami's (AdamW, --lr, --warmup,
+# --schedule); a DeepSpeed config that sets them would be silently ignored, so it is refused by name.
+_REFUSED_DEEPSPEED_SECTIONS = ("optimizer", "scheduler", "fp16", "amp")
+
+
+def _check_deepspeed_fields(config: dict[str, Any], where: str) -> None:
+    """The types of the fields nami reads, and the sections it would ignore, before DeepSpeed sees them
+    (it raised AttributeError for ``{"zero_optimization": 3}`` or ``"bf16": true``)."""
+    for key in _REFUSED_DEEPSPEED_SECTIONS:
+        if key in config and not (key == "fp16" and config[key] in ({}, {"enabled": False})):
+            raise ValueError(f"{where}: the \"{key}\" section is not applied by nami (its optimizer, learning rate "
+                             "and schedule are nami's options: --lr, --warmup, --schedule); remove it")
+    if not isinstance(config.get("zero_optimization"), dict):
+        raise ValueError(f"{where}: zero_optimization: expected an object with \"stage\"")
+    for key in ("bf16", "fp16"):
+        if key in config and not isinstance(config[key], dict):
+            raise ValueError(f"{where}: {key}: expected an object such as {{\"enabled\": false}}")
 
 
 def _auto_keys(config: Any, prefix: str = "") -> list[str]:
