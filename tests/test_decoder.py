@@ -562,5 +562,8 @@ def test_sampling_options_at_the_edges_are_handled_or_refused():
         name = next(k for k in bad if k != "temperature") if len(bad) > 1 else "temperature"
         with pytest.raises(ValueError, match=name):
             generate(model, [[5, 6]], max_new_tokens=2, eos_id=None, **bad)
+    for seed in (-1, 2**64, 1.5):
+        with pytest.raises(ValueError, match="seed"):
+            generate(model, [[5, 6]], max_new_tokens=2, eos_id=None, temperature=1.0, seed=seed)
     with pytest.raises(ValueError, match="exceeds the vocabulary"):
         beam_search(model, [5, 6], num_beams=61, max_new_tokens=2, eos_id=3)

@@ -86,6 +86,8 @@ def generate(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
     _check_sampling(temperature, top_k, top_p)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"generate: seed={seed!r}: expected an integer 0 <= seed < 2**63 (or None)")
     if temperature == 0 and (top_k is not None or top_p is not None):
         raise ValueError("generate: top_k / top_p restrict sampling; with temperature 0 (greedy) they would be "
                          "ignored: give temperature > 0")
