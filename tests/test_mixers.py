@@ -110,3 +110,14 @@ def test_slot_wave_with_one_slot_is_the_wave_layer_and_its_state_is_the_slots_en
     torch.testing.assert_close(imag[:, 1], expect)
     expect = im(second, 5)[:, :4] + im(second, 5)[:, 4:]
     torch.testing.assert_close(imag[:, 5], expect)
+
+
+def test_window_energy_is_the_sum_over_each_window():
+    from nami.models.slots import window_energy
+
+    squares = torch.rand(2, 9, 3, dtype=torch.float64)
+    for causal in (False, True):
+        got = window_energy(squares, 2, causal)
+        for j in range(9):
+            lo, hi = max(0, j - 2), (j + 1 if causal else min(9, j + 3))
+            torch.testing.assert_close(got[:, j], squares[:, lo:hi].sum(1))

@@ -48,7 +48,7 @@ ARCHITECTURES: dict[str, str] = {}  # architecture name -> the mixer of every la
 # keeps them in this order (the order of ARCHITECTURES: the seed's Wave first, then its baseline).
 BUILTIN_MIXER_MODULES = ("wave", "attention", "local", "fourier", "cross", "hierarchy", "slots")
 _BUILTIN_ORDER = ("wave", "attention", "conv", "local_attention", "fft_gate", "cross_wave", "question_attention",
-                  "sentence_wave", "segment_wave", "slot_wave")
+                  "sentence_wave", "segment_wave", "slot_wave", "window_wave")
 
 
 def _reorder() -> None:

@@ -103,3 +103,45 @@ class SlotWave(nn.Module):
         norm = self.norm
         return F.linear(F.layer_norm(mixed[:, 0], norm.normalized_shape, norm.weight, norm.bias, norm.eps),
                         self.out.weight, self.out.bias)
+
+
+def window_energy(squares: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
+    """``Σ_{i ∈ window(j)} squares_i`` for every position j of ``squares (B, S, C)``: tokens within
+    ``±window`` (causal: the ``window`` before and j itself), by differences of one cumulative sum, O(S·C)."""
+    batch, seq_len, width = squares.shape
+    zero = squares.new_zeros(batch, 1, width)
+    total = torch.cat([zero, squares.cumsum(dim=1)], dim=1)  # total[k] = Σ_{i<k}
+    ends = torch.arange(seq_len, device=squares.device) + (1 if causal else window + 1)
+    starts = torch.arange(seq_len, device=squares.device) - window
+    ends, starts = ends.clamp(max=seq_len), starts.clamp(min=0)
+    return total[:, ends] - total[:, starts]
+
+
+@register_mixer("window_wave", as_architecture=False)
+class WindowWave(nn.Module):
+    """The Wave maths against each token's *window* norm (research lever: per-window global state):
+    ``G_{j,k}² = Σ_{|i − j| ≤ W} w_{i,k}²`` with ``W = local_window``, so a token's imaginary part
+    is the energy of its neighbourhood's other tokens — between the conv's few neighbours and the Wave
+    layer's whole sequence. ``(B, S, D) -> (B, S, D)``; O(S·D) time and memory; 4·D² parameters.
+    Causal: the window is the ``W`` tokens before and the token itself (no decoding state kept: refused
+    for step-by-step decoding, it would need the last W inputs)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.causal = config.causal
+        self.window = config.local_window
+        self.mode = config.wave_mode
+        self.eps = config.wave_eps
+        self.to_waves = nn.Linear(d, 2 * d)
+        self.norm = nn.LayerNorm(2 * d, eps=config.norm_eps)
+        self.out = nn.Linear(2 * d, d)
+
+    def forward(self, x: torch.Tensor, inputs: MixerInputs) -> torch.Tensor:
+        w = self.to_waves(x)
+        dtype = torch.promote_types(w.dtype, torch.float32)
+        w = w.to(dtype) * inputs.padding_mask.to(dtype).unsqueeze(-1)
+        squares = w * w
+        others = window_energy(squares, self.window, self.causal) + self.eps - squares
+        mixed = combine_waves(w, torch.sqrt(others.clamp_min(0.0) + self.eps), self.mode)
+        return self.out(self.norm(mixed))

@@ -30,7 +30,7 @@ from typing import Any
 # The mixer of every layer of the built-in architectures (nami.models.registry.ARCHITECTURES without
 # importing torch); other architectures are looked up in the registry.
 _BUILTIN_ARCH_MIXERS = {"wave": "wave", "transformer": "attention"}
-_WAVE_MIXERS = {"wave", "cross_wave", "sentence_wave", "segment_wave", "slot_wave"}
+_WAVE_MIXERS = {"wave", "cross_wave", "sentence_wave", "segment_wave", "slot_wave", "window_wave"}
 _ATTENTION_MIXERS = {"attention", "local_attention", "question_attention"}
 FAMILIES = ("wave", "transformer", "hybrid", "conv")
 
@@ -122,6 +122,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     _v("slotwave", "wave", "Wave layers with 4 soft slots of global state (slot_wave)", mixers=["slot_wave"] * 4),
     _v("slotwave+conv", "wave", "slot_wave layers + a depthwise-conv branch", mixers=["slot_wave"] * 4,
        branches=["conv"]),
+    _v("wave+conv+window", "wave", "+ a window-norm wave branch (±local_window tokens)",
+       branches=["conv", "window_wave"]),
 ]}
 # Other names of table entries (``nami compare --models wave_plus`` before the table existed).
 ALIASES: dict[str, str] = {"wave_plus": "wave+conv"}
