@@ -230,7 +230,7 @@ def run_ablation(*, variants: list[str], preset: str | None = None, minutes: flo
                                          name=f"{name}-s{seed}")
              for seed in seeds for name in variants}
     first = next(iter(plans.values()))
-    budget = sum(c.max_minutes for c in first.values())
+    budget = sum(c.max_minutes or 0.0 for c in first.values())  # step-limited runs (max_minutes null) add 0
     record = _new_record(command, commit, preset, first, seeds, screening=screening, selection=selection, title=title)
     json_path = with_extension(out_path, ".json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,9 +278,11 @@ def _new_record(command: str, commit: str, preset: str, first: dict[str, Any], s
     """The results record of an ablation, before any row: provenance and the protocol."""
     record: dict[str, Any] = {
         "command": command, "commit": commit, "machine": machine_description(), "date": now_iso(),
-        "protocol": {"preset": preset, "budget_minutes": sum(c.max_minutes for c in first.values()),
+        "protocol": {"preset": preset, "budget_minutes": sum(c.max_minutes or 0.0 for c in first.values()),
                      "seeds": list(seeds),
-                     "stages": {k: {"task": c.task, "minutes": c.max_minutes} for k, c in first.items()},
+                     # max_steps only where set: tables of time-budgeted runs keep the protocol they had
+                     "stages": {k: {"task": c.task, "minutes": c.max_minutes,
+                                    **({"max_steps": c.max_steps} if c.max_steps else {})} for k, c in first.items()},
                      "description": ("screening: QA from scratch with the standard QA recipe, a short budget"
                                      if screening else "the compare preset's full recipe"),
                      "eval_data": resolve_eval_data(first[FINAL_STAGE]),
