@@ -344,6 +344,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 1 if report.bad else 0
 
 
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from nami.data.fetch import fetch
+
+    files = fetch(args.dataset, args.dir, base_url=args.base_url, timeout=args.timeout,
+                  progress=lambda line: print(f"[nami] {line}", flush=True))
+    print(f"[nami] {args.dataset}: {len(files)} file(s) in place and verified")
+    return 0
+
+
 def cmd_data_articles(args: argparse.Namespace) -> int:
     from nami.data.articles import article_view, to_squad
     from nami.data.squad import load_squad
@@ -708,6 +717,13 @@ def _add_data_commands(sub: Any) -> None:
     p.add_argument("paths", nargs="+", help="files or directories of *.json shards")
     p.add_argument("--allow-unanswered", action="store_true", help="questions without answers are fine")
     p.set_defaults(func=cmd_data_check)
+    p = data.add_parser("fetch", help="download JSQuAD dev / JaQuAD from their official homes, verified by sha256, "
+                                      "into the folder the defaults read")
+    p.add_argument("dataset", choices=["jsquad", "jaquad"])
+    p.add_argument("--dir", default=None, help="the data folder (default: $NAMI_DATA, else ../shared/data)")
+    p.add_argument("--base-url", default=None, help="a mirror with the same layout (default: the official home)")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request")
+    p.set_defaults(func=cmd_data_fetch)
     p = data.add_parser("articles", help="the article-level view: every question asked about its whole article "
                                          "(paragraphs joined, answer offsets shifted) → one SQuAD file")
     p.add_argument("paths", nargs="+", help="SQuAD files or directories of *.json shards")
