@@ -588,6 +588,19 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"nami serve needs {' and '.join(missing)}: pip install 'nami[serve]'")
+    from nami.serve import serve
+
+    serve(args.runs, host=args.host, port=args.port, device=args.device, max_context_chars=args.max_context_chars,
+          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from nami.reports.report import RESULTS_FILE, rerender
 
@@ -696,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(sub)
     _add_inference_commands(sub)
     _add_experiment_commands(sub)
+    _add_serve_command(sub)
     _add_bench_commands(sub)
     return parser
 
@@ -897,6 +911,22 @@ def _add_experiment_commands(sub: Any) -> None:
     p.add_argument("dir", help="directory written by `nami compare`")
     p.add_argument("--results", default=None, metavar="JSON", help="also write its results JSON here")
     p.set_defaults(func=cmd_report)
+
+
+def _add_serve_command(sub: Any) -> None:
+    """The serve subcommand."""
+    p = sub.add_parser("serve", help="serve trained runs over HTTP: a JSON API and a web page (pip install "
+                                     "'nami[serve]')")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (QA, generative-QA or causal-LM runs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--max-context-chars", type=positive_int, default=100_000,
+                   help="longest context or prompt a request may send (longer: HTTP 413)")
+    p.add_argument("--batch-window-ms", type=nonnegative_float, default=5.0,
+                   help="how long a question waits for others to share its forward pass (micro-batching)")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="questions per forward pass at most")
+    p.set_defaults(func=cmd_serve)
 
 
 def _add_bench_commands(sub: Any) -> None:

@@ -1,0 +1,346 @@
+"""``nami serve``: trained runs behind an HTTP API and a web page (``pip install 'nami[serve]'``).
+
+Starlette + uvicorn; each run is loaded once, through the same pipelines as ``nami ask`` / ``pipeline()``:
+
+* ``POST /v1/question-answering`` — ``{"model"?, "question", "context", "top_k"?}`` →
+  ``[{"answer", "score", "start", "end"}]`` with ``context[start:end] == answer`` (a generative-QA run:
+  its written answer, ``score`` null, ``start`` / ``end`` null when it is not in the context);
+* ``POST /v1/completions`` — decoder runs, OpenAI's completion shape (``prompt``, ``max_tokens``,
+  ``temperature``, ``top_p``, ``seed``, ``stream``: server-sent events, one per token);
+* ``GET /v1/models`` (name, task, architecture, parameters, the run's recorded scores), ``GET /health``;
+* ``GET /`` — a page to paste a context, ask and see the answer highlighted (several runs side by side),
+  or stream a generation (no build step, no CDN).
+
+Concurrent question-answering requests are *micro-batched*: the first request of a batch waits up to
+``batch_window_ms`` for others (at most ``max_batch``), and the batch runs as one forward pass on the
+one inference thread (torch's own threads inside it), so throughput under load grows with the batch
+while one request alone waits at most the window. Bad requests get a 4xx JSON error naming the field
+(``{"error": {"field", "message"}}``); nothing a request sends names a file; the server binds to
+127.0.0.1 unless ``--host`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from nami.io import read_json
+from nami.pipelines import GenerativeQAPipeline, QuestionAnsweringPipeline, check_text, pipeline
+from nami.serve_page import PAGE
+
+MAX_BODY_BYTES = 4 * 2**20
+
+
+class RequestError(Exception):
+    """A bad request: the HTTP status, the field at fault and what is wrong with it."""
+
+    def __init__(self, status: int, field_name: str | None, message: str) -> None:
+        super().__init__(message)
+        self.status, self.field, self.message = status, field_name, message
+
+
+@dataclass
+class _Pending:
+    payload: Any
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Runs ``fn(list_of_payloads) -> list_of_results`` on batches gathered over ``window_s``."""
+
+    def __init__(self, fn: Callable[[list[Any]], list[Any]], executor: ThreadPoolExecutor, *, window_s: float,
+                 max_batch: int) -> None:
+        self.fn, self.executor, self.window_s, self.max_batch = fn, executor, window_s, max_batch
+        self.queue: asyncio.Queue | None = None
+        self.worker: asyncio.Task | None = None
+        self.batches: list[int] = []  # sizes of the batches run (the load test reads them)
+
+    async def submit(self, payload: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if self.queue is None or self.worker is None or self.worker.done():
+            self.queue = asyncio.Queue()
+            self.worker = loop.create_task(self._work())
+        future = loop.create_future()
+        await self.queue.put(_Pending(payload, future))
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.window_s
+            while len(batch) < self.max_batch:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            self.batches.append(len(batch))
+            try:
+                results = await loop.run_in_executor(self.executor, self.fn, [p.payload for p in batch])
+            except Exception as err:  # the whole batch fails alike; the server keeps serving
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(err)
+                continue
+            for pending, result in zip(batch, results):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+
+@dataclass
+class Served:
+    """One loaded run: its name (the run folder's), pipeline and what ``/v1/models`` says of it."""
+
+    name: str
+    run_dir: Path
+    pipe: Any
+    card: dict[str, Any] = field(default_factory=dict)
+    batcher: MicroBatcher | None = None
+
+    @property
+    def kind(self) -> str:
+        if isinstance(self.pipe, GenerativeQAPipeline):
+            return "generative-qa"
+        return "question-answering" if isinstance(self.pipe, QuestionAnsweringPipeline) else "text-generation"
+
+
+def _card(run_dir: Path, pipe: Any, kind: str) -> dict[str, Any]:
+    from nami.models import count_parameters
+
+    card = {"id": run_dir.name, "object": "model", "task": kind, "arch": pipe.config.arch,
+            "params": count_parameters(pipe.model)["total"]}
+    final = run_dir / "final_eval.json"
+    try:
+        recorded = read_json(final) if final.is_file() else {}
+    except (OSError, ValueError):
+        recorded = {}
+    if isinstance(recorded, dict):
+        card["scores"] = {k: v for k, v in recorded.items()
+                          if k in ("exact_match", "f1", "perplexity", "count", "data")
+                          and isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    return card
+
+
+def load_runs(runs: list[str], *, device: str = "cpu") -> dict[str, Served]:
+    """Each run folder through its pipeline (question answering, or text generation for causal-LM runs)."""
+    from nami.training import checkpoint as ckpt
+    from nami.training.tasks.registry import info
+
+    served: dict[str, Served] = {}
+    for run in runs:
+        run_dir = Path(run)
+        config = ckpt.read_run_config(run_dir)[0]
+        entry = info(config.task)
+        if entry.pipeline is None:
+            raise ValueError(f"{run_dir}: a {config.task!r} run answers nothing over HTTP (serve QA or causal-LM runs)")
+        pipe = pipeline(entry.pipeline, run_dir, device=device)
+        name = run_dir.name
+        if name in served:
+            raise ValueError(f"two runs named {name!r}: serve runs whose folders have different names")
+        item = Served(name, run_dir, pipe)
+        item.card = _card(run_dir, pipe, item.kind)
+        served[name] = item
+    if not served:
+        raise ValueError("nami serve: expected at least one run directory")
+    return served
+
+
+def _text(body: dict[str, Any], name: str, limit: int, *, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(422, name, f"expected text, got {type(value).__name__ if value is not None else 'nothing'}")
+    if not value.strip():
+        raise RequestError(422, name, "is empty")
+    if len(value) > limit:
+        raise RequestError(413, name, f"{len(value):,} characters: more than this server takes ({limit:,})")
+    return value
+
+
+def _number(body: dict[str, Any], name: str, default: Any, low: float, high: float, *, integer: bool) -> Any:
+    value = body.get(name, default)
+    kind = int if integer else (int, float)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, kind) or not (low <= value <= high) or value != value:
+        what = "an integer" if integer else "a number"
+        raise RequestError(422, name, f"expected {what} from {low:g} to {high:g}, got {value!r}")
+    return value
+
+
+def create_app(served: dict[str, Served], *, max_context_chars: int = 100_000, batch_window_ms: float = 5.0,
+               max_batch: int = 32, threads: int = 1):
+    """The Starlette application serving ``served`` (:func:`load_runs`)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nami-infer")
+    for item in served.values():
+        if isinstance(item.pipe, QuestionAnsweringPipeline):
+            item.batcher = MicroBatcher(_qa_batch(item.pipe), executor, window_s=batch_window_ms / 1000,
+                                        max_batch=max_batch)
+
+    def error(status: int, field_name: str | None, message: str) -> JSONResponse:
+        return JSONResponse({"error": {"field": field_name, "message": message}}, status_code=status)
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        if "application/json" not in request.headers.get("content-type", ""):
+            raise RequestError(415, None, "send a JSON body (Content-Type: application/json)")
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise RequestError(413, None, f"the body is over {MAX_BODY_BYTES >> 20} MB")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RequestError(400, None, f"not valid JSON ({err})") from None
+        if not isinstance(body, dict):
+            raise RequestError(400, None, "expected a JSON object")
+        return body
+
+    def model_of(body: dict[str, Any], kinds: tuple[str, ...]) -> Served:
+        name = body.get("model")
+        candidates = [s for s in served.values() if s.kind in kinds]
+        if name is None:
+            if not candidates:
+                raise RequestError(404, "model", f"no {' or '.join(kinds)} model is served here")
+            return candidates[0]
+        if not isinstance(name, str):
+            raise RequestError(422, "model", f"expected a model name, got {type(name).__name__}")
+        if name not in served:
+            raise RequestError(404, "model", f"no model {name!r} here (served: {', '.join(served)})")
+        if served[name].kind not in kinds:
+            raise RequestError(422, "model", f"{name!r} is a {served[name].kind} model, not {' or '.join(kinds)}")
+        return served[name]
+
+    def handled(handler):
+        async def run(request: Request):
+            try:
+                return await handler(request)
+            except RequestError as err:
+                return error(err.status, err.field, err.message)
+        return run
+
+    async def health(request: Request):
+        return JSONResponse({"status": "ok", "models": list(served)})
+
+    async def models(request: Request):
+        return JSONResponse({"object": "list", "data": [s.card for s in served.values()]})
+
+    async def question_answering(request: Request):
+        body = await body_of(request)
+        item = model_of(body, ("question-answering", "generative-qa"))
+        question = _text(body, "question", 10_000)
+        context = _text(body, "context", max_context_chars)
+        top_k = _number(body, "top_k", 1, 1, 20, integer=True)
+        for name, text in (("question", question), ("context", context)):
+            try:  # text the pipeline cannot use (no visible character, lone surrogates): the request's fault
+                check_text(name, text)
+            except ValueError as err:
+                raise RequestError(422, name, str(err)) from None
+        try:
+            if item.batcher is not None:
+                return JSONResponse(await item.batcher.submit((question, context, top_k)))
+            loop = asyncio.get_running_loop()
+            answer = await loop.run_in_executor(executor, lambda: item.pipe(question=question, context=context))
+            return JSONResponse([{"answer": answer["answer"], "score": None, "start": answer["start"],
+                                  "end": answer["end"]}])
+        except ValueError as err:  # text the pipeline refuses (check_text): the request's fault
+            raise RequestError(422, "context", str(err)) from None
+
+    async def completions(request: Request):
+        body = await body_of(request)
+        item = model_of(body, ("text-generation",))
+        prompt = _text(body, "prompt", max_context_chars)
+        options = dict(max_new_tokens=_number(body, "max_tokens", 16, 1, 1024, integer=True),
+                       temperature=_number(body, "temperature", 0.0, 0.0, 100.0, integer=False),
+                       top_p=_number(body, "top_p", None, 1e-9, 1.0, integer=False),
+                       seed=_number(body, "seed", 0, 0, 2**63 - 1, integer=True))
+        if options["temperature"] == 0 and options["top_p"] is not None:
+            raise RequestError(422, "top_p", "applies when sampling (temperature > 0)")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise RequestError(422, "stream", f"expected true or false, got {stream!r}")
+        loop = asyncio.get_running_loop()
+        created = int(time.time())
+        if not stream:
+            out = await loop.run_in_executor(executor, lambda: item.pipe(prompt, **options))
+            return JSONResponse({"id": f"cmpl-{created}", "object": "text_completion", "created": created,
+                                 "model": item.name,
+                                 "choices": [{"index": 0, "text": out["generated_text"],
+                                              "finish_reason": "stop" if out["stopped"] == "eos" else "length"}],
+                                 "usage": {"completion_tokens": len(out["token_ids"])}})
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def produce() -> None:
+            try:
+                out = item.pipe(prompt, on_text=lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece),
+                                **options)
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", out))
+            except Exception as err:  # reported in the stream: the response has started
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", str(err)))
+
+        loop.run_in_executor(executor, produce)
+
+        async def events():
+            while True:
+                piece = await queue.get()
+                if isinstance(piece, tuple):
+                    kind, value = piece
+                    if kind == "error":
+                        yield f"data: {json.dumps({'error': {'message': value}}, ensure_ascii=False)}\n\n"
+                    else:
+                        reason = "stop" if value["stopped"] == "eos" else "length"
+                        chunk = {"object": "text_completion", "created": created, "model": item.name,
+                                 "choices": [{"index": 0, "text": "", "finish_reason": reason}]}
+                        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                chunk = {"object": "text_completion", "created": created, "model": item.name,
+                         "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def page(request: Request):
+        return HTMLResponse(PAGE)
+
+    routes = [Route("/", page), Route("/health", health), Route("/v1/models", models),
+              Route("/v1/question-answering", handled(question_answering), methods=["POST"]),
+              Route("/v1/completions", handled(completions), methods=["POST"])]
+    app = Starlette(routes=routes)
+    app.state.served = served
+    return app
+
+
+def _qa_batch(pipe: QuestionAnsweringPipeline) -> Callable[[list[Any]], list[Any]]:
+    """One forward pass for a batch of ``(question, context, top_k)`` requests."""
+
+    def run(payloads: list[tuple[str, str, int]]) -> list[Any]:  # texts already checked by the handler
+        k = max(top_k for _, _, top_k in payloads)
+        candidates, _ = pipe.answer_spans([{"question": q, "context": c} for q, c, _ in payloads], top_k=k)
+        return [cands[:top_k] for cands, (_, _, top_k) in zip(candidates, payloads)]
+
+    return run
+
+
+def serve(runs: list[str], *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+          max_context_chars: int = 100_000, batch_window_ms: float = 5.0, max_batch: int = 32) -> None:
+    """Load the runs and serve them until interrupted."""
+    import uvicorn
+
+    app = create_app(load_runs(runs, device=device), max_context_chars=max_context_chars,
+                     batch_window_ms=batch_window_ms, max_batch=max_batch)
+    print(f"[nami] serving {', '.join(app.state.served)} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
