@@ -138,3 +138,15 @@ def test_concurrent_questions_share_forward_passes_and_get_their_own_answers():
     assert [a["answer"] for a in answers] == [alone(question=q, context=context)["answer"] for q in questions]
     batcher = app.state.served["wave"].batcher
     assert max(batcher.batches) > 1 and sum(batcher.batches) == len(questions)
+
+
+@pytest.mark.slow
+def test_the_load_benchmark_serves_and_measures_both_modes(tmp_path):
+    """`nami bench serve`, shortened: a real server process on a loopback port per mode, no errors."""
+    from nami.bench.serve import run_serve_bench
+
+    result = run_serve_bench(str(WAVE), levels=(1, 4), seconds=1.0, out=str(tmp_path / "serve.json"), quiet=True)
+    assert {(r["batching"], r["concurrency"]) for r in result["records"]} == {
+        (b, c) for b in ("micro-batched", "batch-1") for c in (1, 4)}
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in result["records"])
+    assert (tmp_path / "serve.md").read_text().count("| micro-batched |") == 2

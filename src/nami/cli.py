@@ -601,6 +601,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from nami.bench.serve import markdown, run_serve_bench
+
+    _check_results_out(args.out)
+    result = run_serve_bench(args.run, levels=tuple(args.concurrency), seconds=args.seconds, out=args.out,
+                             quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
+    if not args.quiet:
+        print(markdown(result))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from nami.reports.report import RESULTS_FILE, rerender
 
@@ -975,6 +986,15 @@ def _add_bench_commands(sub: Any) -> None:
     p.add_argument("--out", default="results/generation.json", help="JSON (and .md / .png beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_generation)
+    p = bench.add_parser("serve", help="requests/s and latency of nami serve under concurrent clients on 127.0.0.1, "
+                                       "micro-batched and batch-1")
+    p.add_argument("run", help="the run to serve (e.g. tests/fixtures/runs/wave)")
+    p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--seconds", type=positive_float, default=15.0, help="seconds per concurrency level")
+    p.add_argument("--out", default="results/serve.json", help="JSON (and .md beside it)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_serve)
+
     p = bench.add_parser("roofline", help="GEMM roof of this machine and the models' training FLOP utilisation")
     p.add_argument("--seq-len", type=positive_int, default=512)
     p.add_argument("--tokens", type=positive_int, default=16384)

@@ -1,0 +1,139 @@
+"""``nami bench serve``: requests/s and latency of ``nami serve`` under concurrent clients on 127.0.0.1.
+
+For each batching mode (micro-batched: ``--max-batch 32``; batch-1: ``--max-batch 1``) a fresh server
+process serves the run on a free loopback port; then, for each concurrency level, that many clients
+send question-answering requests back to back for ``seconds`` (bounded in count and time, loopback only).
+Recorded per (batching, concurrency): requests/s, p50 / p99 latency, errors (anything but HTTP 200 with
+an answer), and the server's resident memory at the start and end of the level (it must stay flat).
+``batching_gain_c16``: micro-batched ÷ batch-1 requests/s at concurrency 16.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nami.io import write_json
+from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
+
+DEFAULT_LEVELS = (1, 4, 16, 64)
+QUESTIONS = ["富士山の標高は何メートル?", "富士山はどこにある?", "いつ世界文化遺産に登録された?", "日本で最も高い山は?"]
+CONTEXT = ("富士山は静岡県と山梨県にまたがる活火山で、標高は3776メートルである。日本で最も高い山として知られ、"
+           "2013年に世界文化遺産に登録された。")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _load(url: str, concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+    sent = 0
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        nonlocal errors, sent
+        while time.perf_counter() < stop_at and sent < max_requests:
+            sent += 1
+            body = {"question": QUESTIONS[(index + sent) % len(QUESTIONS)], "context": CONTEXT}
+            tick = time.perf_counter()
+            try:
+                response = await http.post(f"{url}/v1/question-answering", json=body)
+                ok = response.status_code == 200 and isinstance(response.json(), list)
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - tick)
+            errors += not ok
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=60.0, limits=httpx.Limits(max_connections=concurrency)) as http:
+        await asyncio.gather(*(client(i, http) for i in range(concurrency)))
+    wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {"requests": len(latencies), "requests_per_s": len(latencies) / wall,
+            "p50_ms": 1000 * statistics.median(ordered),
+            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "errors": errors}
+
+
+def run_serve_bench(run: str, *, levels=DEFAULT_LEVELS, seconds: float = 15.0, max_requests: int = 100_000,
+                    out: str = "results/serve.json", quiet: bool = False, command: str = "nami bench serve"
+                    ) -> dict[str, Any]:
+    if seconds <= 0 or not levels or any(c < 1 for c in levels):
+        raise ValueError("nami bench serve: expected --seconds > 0 and concurrency levels >= 1")
+    records = []
+    for batching, max_batch in (("micro-batched", 32), ("batch-1", 1)):
+        port = _free_port()
+        server = subprocess.Popen([sys.executable, "-m", "nami", "serve", run, "--host", "127.0.0.1", "--port",
+                                   str(port), "--max-batch", str(max_batch)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(url, server)
+            for concurrency in levels:
+                start_mb = _rss_mb(server.pid)
+                result = asyncio.run(_load(url, concurrency, seconds, max_requests))
+                records.append({"batching": batching, "concurrency": concurrency, **result,
+                                "rss_mb_start": round(start_mb, 1), "rss_mb_end": round(_rss_mb(server.pid), 1)})
+                if not quiet:
+                    r = records[-1]
+                    print(f"[nami] {batching} c={concurrency}: {r['requests_per_s']:.1f} req/s, p50 "
+                          f"{r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {r['errors']}", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    by = {(r["batching"], r["concurrency"]): r for r in records}
+    gain = (by[("micro-batched", 16)]["requests_per_s"] / by[("batch-1", 16)]["requests_per_s"]
+            if ("micro-batched", 16) in by and ("batch-1", 16) in by else None)
+    result = {"command": command, "commit": git_commit(), "machine": machine_description(), "date": now_iso(),
+              "run": run, "seconds_per_level": seconds, "records": records, "batching_gain_c16": gain}
+    path = Path(out)
+    write_json(path, result)
+    path.with_suffix(".md").write_text(markdown(result), "utf-8")
+    return result
+
+
+def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"nami serve exited ({server.returncode}): {server.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nami serve did not answer on {url} within {timeout:.0f} s")
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["# nami serve under load", "",
+             f"Run `{result['run']}`; {result['seconds_per_level']:g} s per level; clients on 127.0.0.1 send "
+             "question-answering requests back to back. micro-batched: `--max-batch 32`; batch-1: `--max-batch 1`.",
+             "", "| batching | concurrency | requests/s | p50 ms | p99 ms | errors | server RSS MB (start → end) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["records"]:
+        lines.append(f"| {r['batching']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} | "
+                     f"{r['p99_ms']:.0f} | {r['errors']} | {r['rss_mb_start']:.0f} → {r['rss_mb_end']:.0f} |")
+    if result.get("batching_gain_c16") is not None:
+        lines += ["", f"Micro-batching gain at concurrency 16: **{result['batching_gain_c16']:.2f}×** requests/s."]
+    return "\n".join(lines + [""] + provenance_lines(result)) + "\n"
