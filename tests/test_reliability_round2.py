@@ -266,7 +266,7 @@ def test_an_edited_model_shape_with_a_regenerated_manifest_is_one_error_line(tmp
     (run / "config.json").write_text(json.dumps(config))
     write_manifest(run, ckpt.root_files(run))
     assert run_main(_ask(run)) == 2
-    one_error_line(capsys, "weights do not fit")
+    one_error_line(capsys, "config.json and the weights disagree")  # checked before the model is built
 
 
 def test_non_finite_span_scores_are_refused(monkeypatch):

@@ -108,7 +108,7 @@ class Served:
     @property
     def kind(self) -> str:
         if isinstance(self.pipe, GenerativeQAPipeline):
-            return "generative-qa"
+            return "written-answers"  # question answering by a decoder that writes its answers
         return "question-answering" if isinstance(self.pipe, QuestionAnsweringPipeline) else "text-generation"
 
 
@@ -177,24 +177,13 @@ def _number(body: dict[str, Any], name: str, default: Any, low: float, high: flo
     return value
 
 
-def create_app(served: dict[str, Served], *, max_context_chars: int = 100_000, batch_window_ms: float = 5.0,
-               max_batch: int = 32, threads: int = 1):
-    """The Starlette application serving ``served`` (:func:`load_runs`)."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
-    from starlette.routing import Route
+class _Api:
+    """The handlers of :func:`create_app` over the served runs, their limits and the inference thread."""
 
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nami-infer")
-    for item in served.values():
-        if isinstance(item.pipe, QuestionAnsweringPipeline):
-            item.batcher = MicroBatcher(_qa_batch(item.pipe), executor, window_s=batch_window_ms / 1000,
-                                        max_batch=max_batch)
+    def __init__(self, served: dict[str, Served], executor: ThreadPoolExecutor, max_context_chars: int) -> None:
+        self.served, self.executor, self.max_context_chars = served, executor, max_context_chars
 
-    def error(status: int, field_name: str | None, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"field": field_name, "message": message}}, status_code=status)
-
-    async def body_of(request: Request) -> dict[str, Any]:
+    async def body_of(self, request) -> dict[str, Any]:
         if "application/json" not in request.headers.get("content-type", ""):
             raise RequestError(415, None, "send a JSON body (Content-Type: application/json)")
         raw = await request.body()
@@ -208,60 +197,62 @@ def create_app(served: dict[str, Served], *, max_context_chars: int = 100_000, b
             raise RequestError(400, None, "expected a JSON object")
         return body
 
-    def model_of(body: dict[str, Any], kinds: tuple[str, ...]) -> Served:
+    def model_of(self, body: dict[str, Any], kinds: tuple[str, ...]) -> Served:
         name = body.get("model")
-        candidates = [s for s in served.values() if s.kind in kinds]
         if name is None:
+            candidates = [s for s in self.served.values() if s.kind in kinds]
             if not candidates:
                 raise RequestError(404, "model", f"no {' or '.join(kinds)} model is served here")
             return candidates[0]
         if not isinstance(name, str):
             raise RequestError(422, "model", f"expected a model name, got {type(name).__name__}")
-        if name not in served:
-            raise RequestError(404, "model", f"no model {name!r} here (served: {', '.join(served)})")
-        if served[name].kind not in kinds:
-            raise RequestError(422, "model", f"{name!r} is a {served[name].kind} model, not {' or '.join(kinds)}")
-        return served[name]
+        if name not in self.served:
+            raise RequestError(404, "model", f"no model {name!r} here (served: {', '.join(self.served)})")
+        if self.served[name].kind not in kinds:
+            raise RequestError(422, "model", f"{name!r} is a {self.served[name].kind} model, not {' or '.join(kinds)}")
+        return self.served[name]
 
-    def handled(handler):
-        async def run(request: Request):
-            try:
-                return await handler(request)
-            except RequestError as err:
-                return error(err.status, err.field, err.message)
-        return run
+    async def health(self, request):
+        from starlette.responses import JSONResponse
 
-    async def health(request: Request):
-        return JSONResponse({"status": "ok", "models": list(served)})
+        return JSONResponse({"status": "ok", "models": list(self.served)})
 
-    async def models(request: Request):
-        return JSONResponse({"object": "list", "data": [s.card for s in served.values()]})
+    async def models(self, request):
+        from starlette.responses import JSONResponse
 
-    async def question_answering(request: Request):
-        body = await body_of(request)
-        item = model_of(body, ("question-answering", "generative-qa"))
+        return JSONResponse({"object": "list", "data": [s.card for s in self.served.values()]})
+
+    async def page(self, request):
+        from starlette.responses import HTMLResponse
+
+        return HTMLResponse(PAGE)
+
+    async def question_answering(self, request):
+        from starlette.responses import JSONResponse
+
+        body = await self.body_of(request)
+        item = self.model_of(body, ("question-answering", "written-answers"))
         question = _text(body, "question", 10_000)
-        context = _text(body, "context", max_context_chars)
+        context = _text(body, "context", self.max_context_chars)
         top_k = _number(body, "top_k", 1, 1, 20, integer=True)
         for name, text in (("question", question), ("context", context)):
             try:  # text the pipeline cannot use (no visible character, lone surrogates): the request's fault
                 check_text(name, text)
             except ValueError as err:
                 raise RequestError(422, name, str(err)) from None
-        try:
-            if item.batcher is not None:
-                return JSONResponse(await item.batcher.submit((question, context, top_k)))
-            loop = asyncio.get_running_loop()
-            answer = await loop.run_in_executor(executor, lambda: item.pipe(question=question, context=context))
-            return JSONResponse([{"answer": answer["answer"], "score": None, "start": answer["start"],
-                                  "end": answer["end"]}])
-        except ValueError as err:  # text the pipeline refuses (check_text): the request's fault
-            raise RequestError(422, "context", str(err)) from None
+        if item.batcher is not None:
+            return JSONResponse(await item.batcher.submit((question, context, top_k)))
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(self.executor, lambda: item.pipe(question=question, context=context))
+        return JSONResponse([{"answer": answer["answer"], "score": None, "start": answer["start"],
+                              "end": answer["end"]}])
 
-    async def completions(request: Request):
-        body = await body_of(request)
-        item = model_of(body, ("text-generation",))
-        prompt = _text(body, "prompt", max_context_chars)
+    async def completions(self, request):
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        body = await self.body_of(request)
+        item = self.model_of(body, ("text-generation",))
+        prompt = _text(body, "prompt", self.max_context_chars)
         options = dict(max_new_tokens=_number(body, "max_tokens", 16, 1, 1024, integer=True),
                        temperature=_number(body, "temperature", 0.0, 0.0, 100.0, integer=False),
                        top_p=_number(body, "top_p", None, 1e-9, 1.0, integer=False),
@@ -272,14 +263,18 @@ def create_app(served: dict[str, Served], *, max_context_chars: int = 100_000, b
         if not isinstance(stream, bool):
             raise RequestError(422, "stream", f"expected true or false, got {stream!r}")
         loop = asyncio.get_running_loop()
-        created = int(time.time())
+        head = {"object": "text_completion", "created": int(time.time()), "model": item.name}
         if not stream:
-            out = await loop.run_in_executor(executor, lambda: item.pipe(prompt, **options))
-            return JSONResponse({"id": f"cmpl-{created}", "object": "text_completion", "created": created,
-                                 "model": item.name,
-                                 "choices": [{"index": 0, "text": out["generated_text"],
-                                              "finish_reason": "stop" if out["stopped"] == "eos" else "length"}],
+            out = await loop.run_in_executor(self.executor, lambda: item.pipe(prompt, **options))
+            reason = "stop" if out["stopped"] == "eos" else "length"
+            return JSONResponse({"id": f"cmpl-{head['created']}", **head,
+                                 "choices": [{"index": 0, "text": out["generated_text"], "finish_reason": reason}],
                                  "usage": {"completion_tokens": len(out["token_ids"])}})
+        return StreamingResponse(self._stream(item, prompt, options, head), media_type="text/event-stream")
+
+    async def _stream(self, item: Served, prompt: str, options: dict[str, Any], head: dict[str, Any]):
+        """Server-sent events: one chunk per new piece of text, a last chunk with the finish reason, [DONE]."""
+        loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
         def produce() -> None:
@@ -290,34 +285,48 @@ def create_app(served: dict[str, Served], *, max_context_chars: int = 100_000, b
             except Exception as err:  # reported in the stream: the response has started
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", str(err)))
 
-        loop.run_in_executor(executor, produce)
+        loop.run_in_executor(self.executor, produce)
+        while True:
+            piece = await queue.get()
+            if isinstance(piece, tuple):
+                kind, value = piece
+                if kind == "error":
+                    yield f"data: {json.dumps({'error': {'message': value}}, ensure_ascii=False)}\n\n"
+                else:
+                    reason = "stop" if value["stopped"] == "eos" else "length"
+                    chunk = {**head, "choices": [{"index": 0, "text": "", "finish_reason": reason}]}
+                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            chunk = {**head, "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
+            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
-        async def events():
-            while True:
-                piece = await queue.get()
-                if isinstance(piece, tuple):
-                    kind, value = piece
-                    if kind == "error":
-                        yield f"data: {json.dumps({'error': {'message': value}}, ensure_ascii=False)}\n\n"
-                    else:
-                        reason = "stop" if value["stopped"] == "eos" else "length"
-                        chunk = {"object": "text_completion", "created": created, "model": item.name,
-                                 "choices": [{"index": 0, "text": "", "finish_reason": reason}]}
-                        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
-                chunk = {"object": "text_completion", "created": created, "model": item.name,
-                         "choices": [{"index": 0, "text": piece, "finish_reason": None}]}
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+def create_app(served: dict[str, Served], *, max_context_chars: int = 100_000, batch_window_ms: float = 5.0,
+               max_batch: int = 32, threads: int = 1):
+    """The Starlette application serving ``served`` (:func:`load_runs`)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
 
-    async def page(request: Request):
-        return HTMLResponse(PAGE)
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="nami-infer")
+    for item in served.values():
+        if isinstance(item.pipe, QuestionAnsweringPipeline):
+            item.batcher = MicroBatcher(_qa_batch(item.pipe), executor, window_s=batch_window_ms / 1000,
+                                        max_batch=max_batch)
+    api = _Api(served, executor, max_context_chars)
 
-    routes = [Route("/", page), Route("/health", health), Route("/v1/models", models),
-              Route("/v1/question-answering", handled(question_answering), methods=["POST"]),
-              Route("/v1/completions", handled(completions), methods=["POST"])]
+    def handled(handler):
+        async def run(request):
+            try:
+                return await handler(request)
+            except RequestError as err:
+                return JSONResponse({"error": {"field": err.field, "message": err.message}}, status_code=err.status)
+        return run
+
+    routes = [Route("/", api.page), Route("/health", api.health), Route("/v1/models", api.models),
+              Route("/v1/question-answering", handled(api.question_answering), methods=["POST"]),
+              Route("/v1/completions", handled(api.completions), methods=["POST"])]
     app = Starlette(routes=routes)
     app.state.served = served
     return app

@@ -77,13 +77,13 @@ def save_run_config(run_dir: Path, train: TrainConfig, model: ModelConfig, token
         {"train": train.to_dict(), "model": model.to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint,
          "data_fingerprint": data_fingerprint},
     )
+    write_manifest(run_dir, root_files(run_dir))
 
 
 def recorded_data_fingerprint(run_dir: Path) -> str | None:
     """The fingerprint of the training data a run started with (None: runs saved before it was kept)."""
     saved = read_json(Path(run_dir) / CONFIG_FILE)
     return saved.get("data_fingerprint") if isinstance(saved, dict) else None
-    write_manifest(run_dir, root_files(run_dir))
 
 
 def save_weights(run_dir: Path, model: torch.nn.Module) -> None:
