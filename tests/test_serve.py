@@ -150,3 +150,19 @@ def test_the_load_benchmark_serves_and_measures_both_modes(tmp_path):
         (b, c) for b in ("micro-batched", "batch-1") for c in (1, 4)}
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in result["records"])
     assert (tmp_path / "serve.md").read_text().count("| micro-batched |") == 2
+
+
+def test_look_inside_reports_every_layer_and_context_token(client):
+    response = client.post("/v1/inspect", json={"question": QUESTION, "context": CONTEXT})
+    assert response.status_code == 200, response.text
+    inside = response.json()
+    n = len(inside["tokens"])
+    assert len(inside["layers"]) == 2 and n == len(inside["offsets"]) == len(inside["start_scores"])
+    for layer in inside["layers"]:
+        assert len(layer["mixer_share"]) == n and all(0.0 <= v <= 1.0 for v in layer["mixer_share"])
+        assert all(v == 1.0 for v in layer["mixer_share"])  # the fixture model has no branches
+        assert len(layer["alignment"]) == n and all(-1.0 <= v <= 1.0 for v in layer["alignment"])
+    spans = [o for o in inside["offsets"] if o]
+    assert spans and all(0 <= s < e <= len(CONTEXT) for s, e in spans)
+    assert client.post("/v1/inspect", json={"model": "decoder", "question": QUESTION,
+                                            "context": CONTEXT}).status_code == 422

@@ -7,6 +7,9 @@ Starlette + uvicorn; each run is loaded once, through the same pipelines as ``na
   its written answer, ``score`` null, ``start`` / ``end`` null when it is not in the context);
 * ``POST /v1/completions`` — decoder runs, OpenAI's completion shape (``prompt``, ``max_tokens``,
   ``temperature``, ``top_p``, ``seed``, ``stream``: server-sent events, one per token);
+* ``POST /v1/inspect`` — a look inside an extractive QA model for one question: per layer and token, the
+  main mixer's share of the block's mixing (global wave vs conv branch), the Wave layer's alignment,
+  the block's update, and the span scores (:mod:`nami.evaluation.inspect`);
 * ``GET /v1/models`` (name, task, architecture, parameters, the run's recorded scores), ``GET /health``;
 * ``GET /`` — a page to paste a context, ask and see the answer highlighted (several runs side by side),
   or stream a generation (no build step, no CDN).
@@ -247,6 +250,28 @@ class _Api:
         return JSONResponse([{"answer": answer["answer"], "score": None, "start": answer["start"],
                               "end": answer["end"]}])
 
+    async def inspect(self, request):
+        """``POST /v1/inspect``: a look inside an extractive QA model for one question (per layer, per token)."""
+        from starlette.responses import JSONResponse
+
+        from nami.evaluation.inspect import inspect_qa
+
+        body = await self.body_of(request)
+        item = self.model_of(body, ("question-answering",))
+        question = _text(body, "question", 10_000)
+        context = _text(body, "context", self.max_context_chars)
+        for name, text in (("question", question), ("context", context)):
+            try:
+                check_text(name, text)
+            except ValueError as err:
+                raise RequestError(422, name, str(err)) from None
+        pipe = item.pipe
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self.executor, lambda: inspect_qa(
+            pipe.model, pipe.tokenizer, pipe.feature_config, question=question, context=context,
+            question_match=pipe.config.question_match, device=pipe.device))
+        return JSONResponse(result)
+
     async def completions(self, request):
         from starlette.responses import JSONResponse, StreamingResponse
 
@@ -326,7 +351,8 @@ def create_app(served: dict[str, Served], *, max_context_chars: int = 100_000, b
 
     routes = [Route("/", api.page), Route("/health", api.health), Route("/v1/models", api.models),
               Route("/v1/question-answering", handled(api.question_answering), methods=["POST"]),
-              Route("/v1/completions", handled(api.completions), methods=["POST"])]
+              Route("/v1/completions", handled(api.completions), methods=["POST"]),
+              Route("/v1/inspect", handled(api.inspect), methods=["POST"])]
     app = Starlette(routes=routes)
     app.state.served = served
     return app

@@ -27,6 +27,9 @@ PAGE = """<!doctype html>
              font-size: 0.92rem; color: #3b4754; } mark { background: #ffe58a; padding: 0 1px; border-radius: 2px; }
   .alt { color: #55616e; font-size: 0.9rem; } .error { color: #b42318; } .meta { color: #6b7785; font-size: 0.85rem; }
   section { margin-bottom: 2rem; } #generated { white-space: pre-wrap; min-height: 3rem; }
+  .inside { overflow-x: auto; } .inside table { border-collapse: collapse; font-size: 0.8rem; }
+  .inside td, .inside th { padding: 2px 5px; text-align: center; border: 1px solid #eef1f4; white-space: nowrap; }
+  .inside th { background: #f3f5f8; font-weight: 600; } .tok { text-align: left !important; font-weight: 600; }
 </style>
 </head>
 <body>
@@ -41,7 +44,9 @@ PAGE = """<!doctype html>
   <label for="topk">候補数 / top-k</label>
   <input id="topk" type="number" min="1" max="20" value="3" style="width: 6rem">
   <button id="ask">質問する / Ask</button>
+  <button id="look">中を見る / Look inside</button>
   <div class="answers" id="answers"></div>
+  <div class="card inside" id="inside" hidden></div>
 </section>
 <section id="gen" hidden>
   <label for="prompt">生成 / generate (decoder runs)</label>
@@ -110,7 +115,38 @@ async function generate() {
     }
   }
 }
+function cell(value, hue) {  // value in [0, 1]: white to the layer's colour
+  const v = Math.max(0, Math.min(1, value));
+  return `<td style="background: hsla(${hue}, 80%, 55%, ${(0.08 + 0.8 * v).toFixed(2)})">${value.toFixed(2)}</td>`;
+}
+async function look() {
+  const model = (document.querySelector("#qa-models input:checked") || {}).value;
+  const box = document.getElementById("inside"); box.hidden = false; box.textContent = "…";
+  const response = await fetch("/v1/inspect", {method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({model, question: document.getElementById("question").value,
+                          context: document.getElementById("context").value})});
+  const r = await response.json();
+  if (!response.ok) { box.innerHTML = `<div class="error">${esc(r.error.message)}</div>`; return; }
+  const finite = (xs) => xs.filter((x) => x !== null);
+  const norm = (xs) => { const f = finite(xs), lo = Math.min(...f), hi = Math.max(...f);
+                         return (x) => x === null ? 0 : (x - lo) / ((hi - lo) || 1); };
+  const ns = norm(r.start_scores), ne = norm(r.end_scores);
+  let head = "<tr><th>token</th>" + r.layers.map((l) => `<th title="${esc(l.mixer)}">L${l.block} mixer share</th>` +
+    (l.alignment ? `<th>L${l.block} alignment</th>` : "")).join("") + "<th>start</th><th>end</th></tr>";
+  let rows = "";
+  r.tokens.forEach((t, i) => {
+    if (!r.offsets[i]) return;  // question and special tokens: not part of the context
+    rows += `<tr><td class="tok">${esc(t)}</td>` + r.layers.map((l) => cell(l.mixer_share[i], 210) +
+      (l.alignment ? cell(Math.abs(l.alignment[i]) * 4, 280) : "")).join("") +
+      cell(ns(r.start_scores[i]), 120) + cell(ne(r.end_scores[i]), 0) + "</tr>";
+  });
+  box.innerHTML = `<h3>${esc(model)}: inside, per layer and context token</h3><div class="meta">mixer share: ` +
+    `the main mixer's part of each block's mixing (blue: global wave; pale: the conv branch did the work); ` +
+    `alignment: mean w/G, the token's share of its dimensions' global norm; start / end: the span head's scores.</div>` +
+    `<table>${head}${rows}</table>`;
+}
 document.getElementById("ask").addEventListener("click", ask);
+document.getElementById("look").addEventListener("click", look);
 document.getElementById("generate").addEventListener("click", generate);
 loadModels();
 </script>
