@@ -89,7 +89,11 @@ def _recorded_match(run_dir: Path, data, scores: dict[str, Any]) -> dict[str, An
         print(f"nami: warning: {recorded}: unreadable ({err}); not compared with the recorded score", file=sys.stderr)
         return {"matches_recorded": None}
     data_paths = [str(Path(d).resolve()) for d in ([data] if isinstance(data, (str, Path)) else data)]
-    if [str(Path(fields["data"]).resolve())] != data_paths:
+    try:
+        recorded_data = str(Path(fields["data"]).resolve())
+    except (OSError, ValueError):  # not a path (a NUL byte, ...): not this data
+        return {}
+    if [recorded_data] != data_paths:
         return {}
     return {"recorded_f1": fields["f1"],
             "matches_recorded": (fields["f1"], fields["exact_match"]) == (scores["f1"], scores["exact_match"])}

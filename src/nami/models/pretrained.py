@@ -64,6 +64,10 @@ def check_config_fits_weights(cls: type, model_config: ModelConfig, kwargs: dict
     with torch.device("meta"):
         shapes = {key: tuple(t.shape) for key, t in cls(model_config, **kwargs).state_dict().items()}
     saved = {_LEGACY_MIXER_KEY.sub(r"\1mixer.", key): tuple(t.shape) for key, t in weights.items()}
+    missing = [key for key in shapes if key not in saved]
+    if missing:  # e.g. proxy tokens, branches or exit heads the weights never had: refused before they are made
+        raise CheckpointError(f"{directory / CONFIG_FILE}: describes tensors the weights do not hold "
+                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
     for key, shape in shapes.items():
         if key in saved and saved[key] != shape:
             raise CheckpointError(f"{directory / CONFIG_FILE}: describes {key} as {shape}, but the weights hold "
