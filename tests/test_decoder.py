@@ -567,3 +567,18 @@ def test_sampling_options_at_the_edges_are_handled_or_refused():
             generate(model, [[5, 6]], max_new_tokens=2, eos_id=None, temperature=1.0, seed=seed)
     with pytest.raises(ValueError, match="exceeds the vocabulary"):
         beam_search(model, [5, 6], num_beams=61, max_new_tokens=2, eos_id=3)
+
+
+def test_constrained_beam_search_never_keeps_a_forbidden_candidate():
+    """With fewer allowed continuations than 2 × beams, the top-k held -inf candidates: a forbidden token
+    became a beam, or a forbidden end filled `finished` and stopped the search early."""
+    from nami.data.generative import GenerativeExample, locate_span, span_constraint
+    from nami.models.generation import beam_search
+
+    model = decoder("wave")
+    example = GenerativeExample(prompt=[2, 9, 10, 3, 7, 3], target=[], context_ids=[9, 10],
+                                context_offsets=[(0, 1), (1, 2)])
+    ids = beam_search(model, example.prompt, num_beams=4, max_new_tokens=5, eos_id=3,
+                      allowed=span_constraint(example, eos_id=3))
+    answer = ids[:-1] if ids and ids[-1] == 3 else ids
+    assert answer and locate_span(answer, example) is not None, ids

@@ -101,6 +101,8 @@ BAD = [
     ("/v1/completions", {"prompt": "a", "seed": -1}, 422, "seed"),
     ("/v1/completions", {"prompt": "a", "stream": "yes"}, 422, "stream"),
     ("/v1/completions", {"prompt": "a", "model": "wave"}, 422, "model"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 1000}, 422, "max_tokens"),  # beyond the 128 positions
+    ("/v1/completions", {"prompt": "富士山" * 200, "max_tokens": 2}, 422, "prompt"),
 ]
 
 

@@ -39,6 +39,10 @@ from nami.serve_page import PAGE
 MAX_BODY_BYTES = 4 * 2**20
 
 
+class _Cancelled(Exception):
+    """Raised inside a generation whose client has disconnected."""
+
+
 class RequestError(Exception):
     """A bad request: the HTTP status, the field at fault and what is wrong with it."""
 
@@ -65,8 +69,8 @@ class MicroBatcher:
 
     async def submit(self, payload: Any) -> Any:
         loop = asyncio.get_running_loop()
-        if self.queue is None or self.worker is None or self.worker.done():
-            self.queue = asyncio.Queue()
+        if self.queue is None or self.worker is None or self.worker.done() or self.worker.get_loop() is not loop:
+            self.queue = asyncio.Queue()  # first use, or another event loop (a restarted server, a test client)
             self.worker = loop.create_task(self._work())
         future = loop.create_future()
         await self.queue.put(_Pending(payload, future))
@@ -287,6 +291,13 @@ class _Api:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise RequestError(422, "stream", f"expected true or false, got {stream!r}")
+        config = item.pipe.model.config
+        if config.position_embedding == "learned":  # the model's positions bound prompt + new tokens
+            prompt_tokens = 1 + len(item.pipe.tokenizer.encode(prompt).ids)
+            if prompt_tokens + options["max_new_tokens"] - 1 > config.max_len:
+                field_name = "prompt" if prompt_tokens > config.max_len else "max_tokens"
+                raise RequestError(422, field_name, f"{prompt_tokens} prompt tokens + max_tokens "
+                                   f"{options['max_new_tokens']} exceed the model's {config.max_len} positions")
         loop = asyncio.get_running_loop()
         head = {"object": "text_completion", "created": int(time.time()), "model": item.name}
         if not stream:
@@ -301,16 +312,31 @@ class _Api:
         """Server-sent events: one chunk per new piece of text, a last chunk with the finish reason, [DONE]."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        cancelled = False
+
+        def on_text(piece: str) -> None:
+            if cancelled:  # the client went away: stop generating, free the inference thread
+                raise _Cancelled
+            loop.call_soon_threadsafe(queue.put_nowait, piece)
 
         def produce() -> None:
             try:
-                out = item.pipe(prompt, on_text=lambda piece: loop.call_soon_threadsafe(queue.put_nowait, piece),
-                                **options)
+                out = item.pipe(prompt, on_text=on_text, **options)
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", out))
+            except _Cancelled:
+                pass
             except Exception as err:  # reported in the stream: the response has started
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", str(err)))
 
         loop.run_in_executor(self.executor, produce)
+        try:
+            async for event in self._events(queue, head):
+                yield event
+        finally:  # the response ended, or the client disconnected (the generator is closed)
+            cancelled = True
+
+    @staticmethod
+    async def _events(queue: asyncio.Queue, head: dict[str, Any]):
         while True:
             piece = await queue.get()
             if isinstance(piece, tuple):

@@ -59,7 +59,8 @@ class ModelConfig:
         type_vocab_size: number of segment (token type) embeddings added to the input, BERT's
             question / context distinction; 0 = none. The same for both architectures.
         mixers: one mixer name per layer (a hybrid stack, e.g. ``["wave", "wave", "attention",
-            "wave"]``); ``None`` = the architecture's mixer in every layer.
+            "wave"]``), or one name for every layer (``"conv"``); ``None`` = the architecture's mixer
+            in every layer.
         branches: mixers added in parallel to every layer's mixer (``x + mixer(h) + Σ branch(h)``
             with ``h = LN(x)``), e.g. ``["conv"]``: local, frequency-domain or cross-segment mixing
             next to the Wave layer's global norm. ``None`` = none (the plain block).
@@ -128,6 +129,8 @@ class ModelConfig:
         load_builtin_mixers()  # imports torch: validation is where a config meets the models
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"model option arch={self.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+        if isinstance(self.mixers, str):  # one mixer name: every layer (a variant that fits any depth)
+            self.mixers = [self.mixers] * self.n_layers if isinstance(self.n_layers, int) else self.mixers
         if self.mixers is not None:
             if not isinstance(self.mixers, (list, tuple)) or len(self.mixers) != self.n_layers:
                 raise ValueError(f"model option mixers={self.mixers!r}: expected a list of n_layers={self.n_layers} "

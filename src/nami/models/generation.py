@@ -217,6 +217,8 @@ def beam_search(model: torch.nn.Module, prompt: Sequence[int], *, num_beams: int
         top_scores, top = total.topk(min(2 * num_beams, total.numel()))
         rows, tokens, new_scores, new_beams = [], [], [], []
         for score, flat in zip(top_scores.tolist(), top.tolist()):
+            if score == float("-inf"):  # a token the constraint forbids: never a beam, never finished
+                break
             row, token = divmod(flat, vocab)
             sequence = beams[row] + [token]
             if token == eos_id:

@@ -370,6 +370,8 @@ def merge_ablations(paths: list[str], out: str, *, command: str = "nami ablate -
     out_path = Path(out)
     for suffix in (".json", ".md"):
         check_output_path(with_extension(out_path, suffix), "--out", inputs=paths)
-    write_json(with_extension(out_path, ".json"), merged)
-    with_extension(out_path, ".md").write_text(markdown(merged), "utf-8")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(out_path.parent / f".{out_path.name}.lock"):  # not while an ablate writes the same --out
+        write_json(with_extension(out_path, ".json"), merged)
+        with_extension(out_path, ".md").write_text(markdown(merged), "utf-8")
     return merged

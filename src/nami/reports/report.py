@@ -33,7 +33,9 @@ _CURVE_KEYS = ("type", "step", "train_seconds", "loss", "f1", "exact_match", "ma
 
 
 DISPLAY_NAMES = {"wave": "Wave", "transformer": "Transformer"}  # other models keep their names (wave_plus, ...)
-TASK_LABELS = {name: entry.label for name, entry in INFOS.items()}
+def _task_label(task: str | None) -> str | None:
+    """How reports name a recorded task (its registry label; an unknown name as it is)."""
+    return INFOS[task].label if task in INFOS else task
 
 
 def _causal(task: str | None) -> bool:
@@ -316,7 +318,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         *provenance_lines(result),
         *trained_lines(result),
         f"- training budget per model: {budget['total']:g} minutes ({budget['pretrain']:g} {pretrain_kind(result)} "
-        f"pretraining + {budget['finetune']:g} {TASK_LABELS.get(per_model.get('task') or QA, per_model.get('task'))} "
+        f"pretraining + {budget['finetune']:g} {_task_label(per_model.get('task') or QA)} "
         f"fine-tuning), {mode}; "
         + ("every model reused from an earlier invocation (nothing trained by this one)"
            if all((m.get("trained") or {}).get("reused") for m in result["models"].values())

@@ -45,8 +45,10 @@ class Variant:
     about: str = ""
 
     def layer_mixers(self) -> list[str]:
-        """The mixer of each layer (``options["mixers"]`` or the architecture's mixer)."""
-        return list(self.options.get("mixers") or [arch_mixer(self.arch)])
+        """The mixers of the layers (``options["mixers"]``: a list, or one name for every layer; or the
+        architecture's mixer)."""
+        mixers = self.options.get("mixers")
+        return [mixers] if isinstance(mixers, str) else list(mixers or [arch_mixer(self.arch)])
 
     def mixers(self) -> set[str]:
         """Every mixer the model uses: layers and parallel branches."""
@@ -80,8 +82,9 @@ def _v(name: str, arch: str, about: str = "", **options: Any) -> Variant:
 
 _HIERARCHY = ["sentence_wave", "segment_wave"]
 # Width of the conv-only model's feed-forward layer: a conv mixer has D·k + D weights where a Wave
-# layer has ~4·D² + 5·D, so at D = 256 the FFN grows 1024 → 1536 (2·D + 1 weights per unit) to keep
-# the parameter count within 1 % of wave's (tested).
+# layer has ~4·D² + 5·D, so at D = 256 (the small preset the comparisons use) the FFN grows 1024 →
+# 1536 (2·D + 1 weights per unit) to keep the parameter count within 1 % of wave's (tested); at other
+# widths the variant trains but is not size-matched (give d_ff = d_ff + 2·D there).
 CONV_ONLY_D_FF = 1536
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
@@ -93,7 +96,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
        branches=["conv"]),
     _v("transformer+rope+conv", "transformer", "both", attention_rope=True, branches=["conv"]),
     _v("conv-only", "wave", "depthwise conv + FFN in every block, no Wave layer (FFN widened to equal size)",
-       mixers=["conv"] * 4, d_ff=CONV_ONLY_D_FF),
+       mixers="conv", d_ff=CONV_ONLY_D_FF),
     _v("wave+conv", "wave", "Wave + a depthwise-conv branch in every block", branches=["conv"]),
     # Earlier screens' Wave extensions (results/ablations-screen.md).
     _v("wave+rope", "wave", "RoPE as phase rotation, no position table", wave_rope=True, position_embedding="none"),
@@ -119,9 +122,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     _v("wave+rope+conv+qattn", "wave", "", wave_rope=True, position_embedding="none",
        branches=["conv", "question_attention"]),
     # Levers of the Wave-earns-its-place research (results/wave_earns.md): richer global state.
-    _v("slotwave", "wave", "Wave layers with 4 soft slots of global state (slot_wave)", mixers=["slot_wave"] * 4),
-    _v("slotwave+conv", "wave", "slot_wave layers + a depthwise-conv branch", mixers=["slot_wave"] * 4,
-       branches=["conv"]),
+    _v("slotwave", "wave", "Wave layers with n_heads soft slots of global state (slot_wave)", mixers="slot_wave"),
+    _v("slotwave+conv", "wave", "slot_wave layers + a depthwise-conv branch", mixers="slot_wave", branches=["conv"]),
     _v("wave+conv+window", "wave", "+ a window-norm wave branch (±local_window tokens)",
        branches=["conv", "window_wave"]),
 ]}

@@ -318,6 +318,16 @@ def check_state(state: Any, path: Path) -> None:
         value = progress.get(name, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
             raise CheckpointError(f"{path}: progress.{name}={value!r}: expected a number >= 0")
+    window = progress.get("window", {})
+    if not isinstance(window, dict) or not all(
+            isinstance(window.get(k, 0), (int, float)) and not isinstance(window.get(k, 0), bool)
+            for k in ("loss", "tokens", "seconds", "batches")):
+        raise CheckpointError(f"{path}: progress.window: expected an object of numbers (loss, tokens, seconds, "
+                              "batches)")
+    others = state.get("rank_rng", [])
+    if not isinstance(others, list) or not all(isinstance(r, dict) and isinstance(r.get("torch"), list)
+                                               for r in others):
+        raise CheckpointError(f"{path}: rank_rng: expected one RNG state object per other process")
     rng = state.get("rng")
     python = rng.get("python") if isinstance(rng, dict) else None
     numpy_state = rng.get("numpy") if isinstance(rng, dict) else None

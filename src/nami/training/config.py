@@ -427,7 +427,36 @@ OPTION_HELP: dict[str, str] = {
     "preset": "model size: tiny (d=64, 2 layers), small (d=256, 4 layers), base (d=512, 8 layers)",
 }
 # Options only some tasks read (each task's registry entry names them); the others warn.
-OPTION_TASKS: dict[str, tuple[str, ...]] = option_tasks()
+class _LiveOptionTasks(dict):
+    """:func:`~nami.training.tasks.registry.option_tasks` read at each use, so tasks a plugin registers
+    after this module was imported count too."""
+
+    def _now(self) -> dict[str, tuple[str, ...]]:
+        return option_tasks()
+
+    def __getitem__(self, key: str) -> tuple[str, ...]:
+        return self._now()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._now()
+
+    def get(self, key: str, default=None):
+        return self._now().get(key, default)
+
+    def items(self):
+        return self._now().items()
+
+    def keys(self):
+        return self._now().keys()
+
+    def __iter__(self):
+        return iter(self._now())
+
+    def __len__(self) -> int:
+        return len(self._now())
+
+
+OPTION_TASKS: dict[str, tuple[str, ...]] = _LiveOptionTasks()
 
 
 # Model fields a training config (or a command line) may give flat; "preset" picks the size preset.
