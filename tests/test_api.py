@@ -302,3 +302,11 @@ def test_builtin_mixers_keep_their_order_whichever_module_is_imported_first():
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode == 0, (first, proc.stderr)
         assert proc.stdout.startswith("['wave', 'transformer'] ['wave', 'attention']"), (first, proc.stdout)
+
+
+def test_the_command_line_imports_neither_numpy_nor_tqdm_before_a_command_runs():
+    """`nami --help` and argument errors answer at once: numpy, tqdm and torch load only when a command runs."""
+    code = ("import sys\nfrom nami.cli import build_parser\nbuild_parser()\n"
+            "heavy = [m for m in ('numpy', 'tqdm', 'torch') if m in sys.modules]\nassert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

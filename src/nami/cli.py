@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from nami.data.features import ANSWER_BOUNDARIES
+from nami.data.choices import ANSWER_BOUNDARIES
 from nami.training.config import TrainConfig
 from nami.training.tasks.registry import task_names
 

@@ -37,10 +37,8 @@ from typing import Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from nami.data.choices import ANSWER_BOUNDARIES  # noqa: F401  (re-exported: word or token answer boundaries)
 from nami.data.squad import QAExample
-
-# Where a decoded answer may begin and end: on MeCab word boundaries, or on any context token.
-ANSWER_BOUNDARIES = ("word", "token")
 
 
 class Tokenizer(Protocol):

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nami.data.features import ANSWER_BOUNDARIES
+from nami.data.choices import ANSWER_BOUNDARIES
 from nami.models.config import DATA_FIELDS, PRESETS, ModelConfig
 from nami.training.tasks.registry import INFOS, QA, option_tasks
 
