@@ -289,3 +289,22 @@ def test_generate_refuses_a_meta_device_and_an_overflowing_seed_in_one_line(caps
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from nami.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                missing.append(f"{' '.join(path)} {action.option_strings or action.dest}")
+
+    walk(build_parser(), ["nami"])
+    assert not missing, missing

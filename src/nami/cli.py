@@ -722,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_commands(sub)
     _add_serve_command(sub)
     _add_bench_commands(sub)
+    _fill_help(parser)
     return parser
 
 
@@ -922,6 +923,52 @@ def _add_experiment_commands(sub: Any) -> None:
     p.add_argument("dir", help="directory written by `nami compare`")
     p.add_argument("--results", default=None, metavar="JSON", help="also write its results JSON here")
     p.set_defaults(func=cmd_report)
+
+
+# Help for options whose meaning is the same in every command that has them (``--quiet``, ...), and
+# for the positional and specific ones without a text where they are defined; every option of every
+# command has a help text (tested).
+_COMMON_HELP = {
+    "--quiet": "no progress bars (results are still printed)",
+    "--threads": "CPU threads torch uses (default: all usable)",
+    "--preset": "model size preset: tiny, small or base",
+    "--train-data": "SQuAD-format training files or folders of *.json shards (default: the preset's)",
+    "--eval-data": "SQuAD-format evaluation file (default: the preset's; the screen: JaQuAD dev)",
+    "--tokenizer": "a saved tokenizer folder (default: the cached default tokenizer)",
+    "--data": "SQuAD-format files or folders of *.json shards",
+    "--on-bad-record": "error: stop at a bad record (default); skip: drop it with one warning line",
+    "--predictions": "a JSON file {question_id: answer} (what nami predict writes)",
+    "--question": "the question to answer",
+    "--json": "print the result as one JSON object",
+    "--prompt": "the text to continue",
+    "--max-new-tokens": "tokens to generate at most",
+    "--vocab-size": "pieces of the SentencePiece vocabulary",
+    "--model-type": "SentencePiece model type",
+    "--pretrain-minutes": "masked-LM pretraining minutes per run (overrides the preset; 0 = none)",
+    "--seeds": "one run per seed and variant (a table's rows average them)",
+    "--port": "TCP port (default: 8000)",
+    "--seq-lens": "sequence lengths to measure",
+    "--prompt-lens": "prompt lengths to measure",
+    "--new-tokens": "tokens generated per prompt",
+    "--memory-cap-mb": "a case over this resident memory is stopped and reported",
+    "--time-limit-s": "a case over this time is stopped and reported",
+    "--concurrency": "numbers of concurrent clients to measure",
+    "--seq-len": "sequence length of the measured steps",
+    "--tokens": "tokens per measured step",
+    "--repeats": "repeats per case (medians are reported)",
+    "dataset": "jsquad (JSQuAD dev) or jaquad (JaQuAD train and dev)",
+    "kind": "the baseline: lexical (the noun chunk whose neighbouring words overlap the question most)",
+}
+
+
+def _fill_help(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _fill_help(sub)
+        elif not action.help and not isinstance(action, argparse._HelpAction):
+            key = action.option_strings[0] if action.option_strings else action.dest
+            action.help = _COMMON_HELP.get(key)
 
 
 def _add_serve_command(sub: Any) -> None:
