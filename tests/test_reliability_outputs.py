@@ -251,3 +251,39 @@ def test_a_malformed_reuse_file_names_its_field(tmp_path, record, says):
     path.write_text(json.dumps(record))
     with pytest.raises(ValueError, match=says.replace("[", r"\[").replace("]", r"\]")):
         adopt_ablation_runs([str(path)], tmp_path / "runs", {})
+
+
+def test_a_read_only_output_folder_names_the_output_not_a_temporary_file(tmp_path):
+    import os
+
+    from nami.io import write_json
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o500)
+    try:
+        if os.access(folder, os.W_OK):  # root ignores permissions: nothing to check here
+            pytest.skip("permissions are not enforced for this user")
+        with pytest.raises(OSError) as raised:
+            write_json(folder / "report.json", {"a": 1})
+        assert str(folder / "report.json") in str(raised.value) and ".tmp" not in str(raised.value)
+    finally:
+        os.chmod(folder, 0o700)
+
+
+def test_a_lock_file_a_reader_cannot_open_does_not_hide_the_real_error(tmp_path):
+    """An unreadable .lock (an immutable or foreign file) made verification report the lock instead of the
+    modified file; the checksum mismatch is named."""
+    import shutil
+    from pathlib import Path
+
+    from nami.io import verify_manifest
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "runs" / "wave", run)
+    (run / ".lock").mkdir()  # cannot be opened as a file by anyone, root included
+    (run / "config.json").write_text((run / "config.json").read_text() + " ")
+    from nami.io import CheckpointError
+
+    with pytest.raises(CheckpointError, match="config.json: checksum mismatch"):
+        verify_manifest(run)

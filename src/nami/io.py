@@ -129,8 +129,11 @@ def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # a read-only folder: name the output, not the temporary file beside it
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
     os.close(fd)
     try:
         write(Path(tmp))
@@ -325,11 +328,17 @@ def _being_trained(directory: Path) -> bool:
     lock = directory / RUN_LOCK_FILE
     if not lock.is_file():
         return False
-    with open(lock, "a+") as handle:
+    try:  # read-only: a reader must not need write access to the run (an immutable .lock hid the real error)
+        handle = open(lock, "r")
+    except OSError:
+        return False  # cannot tell: the verification's own error (e.g. a checksum mismatch) is the one to show
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
+        except OSError:
+            return False
         fcntl.flock(handle, fcntl.LOCK_UN)
     return False
 
