@@ -73,3 +73,31 @@ def test_ask_reads_a_whole_document_from_a_file(tmp_path, capsys):
         assert article[cand["start"] : cand["end"]] == cand["text"]
     assert main(["ask", "--checkpoint", str(run), "--context-file", str(tmp_path / "none.txt"), "--question", "x"]) == 2
     assert "--context-file" in capsys.readouterr().err
+
+
+def test_a_model_without_positions_reads_a_whole_document_in_one_window(tmp_path):
+    """`nami ask --whole`: a Wave model without a position table takes the whole context in one window
+    (its answer spans still index the context); a model with learned positions refuses a longer window."""
+    import pytest
+    import torch
+
+    from nami.models import ModelConfig, QAModel
+    from nami.pipelines import ask
+    from nami.text import JapaneseTokenizer
+
+    tokenizer = JapaneseTokenizer.load(FIXTURES / "runs" / "wave" / "tokenizer")
+    torch.manual_seed(0)
+    model = QAModel(ModelConfig.from_name("tiny", "wave", vocab_size=tokenizer.vocab_size, max_len=64,
+                                          pad_id=tokenizer.pad_id, wave_rope=True, position_embedding="none"))
+    run = tmp_path / "nopos"
+    model.save_pretrained(run, tokenizer=tokenizer, train_config={"task": "qa", "max_length": 64, "doc_stride": 32,
+                                                                  "max_question_tokens": 16})
+    document = "".join(p["context"] for a in json.loads((FIXTURES / "tiny_qa.json").read_text("utf-8"))["data"]
+                       for p in a["paragraphs"]) * 5
+    windowed = ask(run, context=document, question="富士山の標高は?")
+    whole = ask(run, context=document, question="富士山の標高は?", whole=True)
+    assert windowed["windows"] > 1 and whole["windows"] == 1
+    for cand in whole["candidates"]:
+        assert document[cand["start"]:cand["end"]] == cand["text"]
+    with pytest.raises(ValueError, match="reads at most 64 tokens"):
+        ask(FIXTURES / "runs" / "wave", context=document, question="富士山の標高は?", whole=True)

@@ -477,7 +477,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             raise UserError(f"--context-file {args.context_file}: cannot read it as UTF-8 text ({error})") from None
     started = time.perf_counter()
     answer = ask(args.checkpoint, context=context, question=args.question, n_best=args.n_best,
-                 device=args.device)
+                 device=args.device, whole=args.whole)
     if args.verbose:
         print(f"[nami] {len(context):,} characters in {answer.get('windows', 1)} window(s), "
               f"{time.perf_counter() - started:.2f} s, peak {peak_rss_mb():,.0f} MB", file=sys.stderr)
@@ -825,6 +825,9 @@ def _add_inference_commands(sub: Any) -> None:
                        "document: it is read in windows of the run's length, the best span over all of them)")
     p.add_argument("--question", required=True)
     p.add_argument("--verbose", action="store_true", help="also print the windows read, the time and peak memory")
+    p.add_argument("--whole", action="store_true",
+                   help="read the whole context in one window (a model without a learned position table: "
+                        "--wave-rope / no positions; linear time for Wave-family models) instead of the run's windows")
     p.add_argument("--n-best", type=positive_int, default=3, help="answer spans to list (extractive runs; a "
                    "generative run writes one answer)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, mps, ... (default: cpu)")

@@ -114,9 +114,26 @@ class QuestionAnsweringPipeline(_RunPipeline):
 
     task, answers, how_to_train = "question-answering", "extract", "a QA run (nami train)"
 
-    def __init__(self, model: str | Path, **kwargs: Any) -> None:
+    def __init__(self, model: str | Path, *, window: int | None = None, **kwargs: Any) -> None:
+        """``window``: tokens per window instead of the run's ``max_length`` — longer windows (a whole
+        document at once) only for models without a learned position table (``wave_rope`` or no
+        positions), whose cost grows linearly with the window for Wave-family mixers."""
         super().__init__(model, **kwargs)
         self.feature_config = FeatureConfig.from_config(self.config)
+        if window is not None:
+            self.feature_config = self._window(window)
+
+    def _window(self, window: int) -> FeatureConfig:
+        config = self.model.config
+        if isinstance(window, bool) or not isinstance(window, int) or window < 8:
+            raise ValueError(f"window={window!r}: expected an integer >= 8 tokens")
+        positional = config.position_embedding == "learned" or "fft_gate" in (config.branches or ())
+        if positional and window > config.max_len:
+            raise ValueError(f"window={window}: this run's model reads at most {config.max_len} tokens at once (a "
+                             "learned position table or a sized frequency filter); windows longer than that need a "
+                             "model without positions or with RoPE (--wave-rope --position-embedding none)")
+        base = self.feature_config
+        return FeatureConfig(window, min(base.doc_stride, max(1, window // 2)), base.max_question_tokens)
 
     def __call__(self, inputs: dict[str, str] | Sequence[dict[str, str]] | None = None, *,
                  question: str | None = None, context: str | None = None, top_k: int = 1,
@@ -391,7 +408,8 @@ def predict_file(run_dir: str | Path, data: str | Sequence[str], output: str | P
     return qa.predict_file(data, output, batch_size=batch_size, answer_boundaries=answer_boundaries, quiet=quiet)
 
 
-def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3, device: str = "cpu") -> dict[str, Any]:
+def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3, device: str = "cpu",
+        whole: bool = False) -> dict[str, Any]:
     """``nami ask``: the ``n_best`` answer spans of ``context`` for ``question`` (a generative-QA run:
     its one written answer, ``"generated": True``, with its span where found).
 
@@ -409,7 +427,11 @@ def ask(run_dir: str | Path, *, context: str, question: str, n_best: int = 3, de
     check_text("--question", question)
     if n_best < 1:
         raise ValueError(f"--n-best={n_best}: expected >= 1")
-    return pipeline("question-answering", run_dir, device=device).ask(question, context, n_best=n_best)
+    qa = pipeline("question-answering", run_dir, device=device)
+    if whole and isinstance(qa, QuestionAnsweringPipeline):  # the whole context in one window: one pass
+        needed = len(qa.tokenizer.encode(context).ids) + qa.feature_config.max_question_tokens + 3
+        qa.feature_config = qa._window(-(-needed // 16) * 16)
+    return qa.ask(question, context, n_best=n_best)
 
 
 def predict_generative_file(run_dir: str | Path, data: str | Sequence[str], output: str | Path, *,
