@@ -147,6 +147,17 @@ def corpus_documents(paths_: list[str], option: str = "--train-data") -> list[st
     return docs
 
 
+class QADataMixin:
+    """The data of a task trained on SQuAD-format QA files (extractive and generative QA alike):
+    validated train / eval examples, training contexts in JSQuAD's title format when asked."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.train_paths = resolve_train_data(config)
+        self.eval_path = resolve_eval_data(config)
+        self.train_examples, self.eval_examples = load_qa_examples(config, self.train_paths, self.eval_path)
+
+
 class _CorpusTask(Task):
     """A pretraining task on the contexts of SQuAD-format files (or text files): its documents."""
 

@@ -12,8 +12,7 @@ from torch import nn
 from nami.data.generative import GenerativeCollator, build_generative
 from nami.evaluation.generative import generate_answers
 from nami.evaluation.metric import evaluate_predictions
-from nami.training.config import TrainConfig
-from nami.training.tasks.base import load_qa_examples, resolve_eval_data, resolve_train_data
+from nami.training.tasks.base import QADataMixin
 from nami.training.tasks.clm import CLMTask
 from nami.training.tasks.registry import GENERATIVE_QA, register_task
 
@@ -27,11 +26,7 @@ class GenerativeQATask(CLMTask):
 
     name = GENERATIVE_QA
 
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-        self.train_paths = resolve_train_data(config)
-        self.eval_path = resolve_eval_data(config)
-        self.train_examples, self.eval_examples = load_qa_examples(config, self.train_paths, self.eval_path)
+    __init__ = QADataMixin.__init__  # validated QA examples (shared with the other QA task)
 
     def prepare(self, tokenizer, show: bool) -> None:
         config = self.config

@@ -13,9 +13,8 @@ from nami.data.features import FeatureConfig, QAFeatures, build_features
 from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import predict_answers
 from nami.models import QAModel
-from nami.training.config import TrainConfig
 from nami.training.distributed import Ranks, merge_answers, shard_examples
-from nami.training.tasks.base import Task, load_qa_examples, resolve_eval_data, resolve_train_data, select_windows
+from nami.training.tasks.base import QADataMixin, Task, select_windows
 from nami.training.tasks.registry import QA, register_task
 
 
@@ -26,11 +25,7 @@ class QATask(Task):
     name = QA
     model_class = QAModel
 
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-        self.train_paths = resolve_train_data(config)
-        self.eval_path = resolve_eval_data(config)
-        self.train_examples, self.eval_examples = load_qa_examples(config, self.train_paths, self.eval_path)
+    __init__ = QADataMixin.__init__  # validated QA examples (shared with the other QA task)
 
     def prepare(self, tokenizer, show: bool) -> None:
         config, fconfig = self.config, FeatureConfig.from_config(self.config)
