@@ -238,7 +238,7 @@ def test_old_run_configs_load_with_their_saved_model():
 
 # --- layers ------------------------------------------------------------------------------------------
 
-RANK = {"io": 0, "paths": 0, "resources": 0, "text": 1, "data": 2, "models": 3, "losses": 3, "evaluation": 4,
+RANK = {"io": 0, "paths": 0, "checks": 0, "resources": 0, "text": 1, "data": 2, "models": 3, "losses": 3, "evaluation": 4,
         "training": 5, "pipelines": 6, "reports": 7, "serve": 7, "serve_page": 7, "bench": 8, "cli": 9,
         "__main__": 9}
 

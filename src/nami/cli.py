@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+from nami.checks import in_range
 from nami.data.choices import ANSWER_BOUNDARIES
 from nami.training.config import TrainConfig
 from nami.training.tasks.registry import task_names
@@ -53,7 +54,7 @@ def _number(text: str, kind: type, low: float, *, low_open: bool = False, high: 
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-    if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+    if not in_range(value, low, high, low_open=low_open):
         bound = f"> {low:g}" if low_open else f">= {low:g}"
         bound += f" and <= {high:g}" if high != math.inf else ""
         raise argparse.ArgumentTypeError(f"expected a finite {'integer' if kind is int else 'number'} {bound}, "

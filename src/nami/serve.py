@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from nami.checks import in_range
 from nami.io import read_json
 from nami.pipelines import GenerativeQAPipeline, QuestionAnsweringPipeline, check_text, pipeline
 from nami.serve_page import PAGE
@@ -175,10 +176,9 @@ def _text(body: dict[str, Any], name: str, limit: int, *, required: bool = True)
 
 def _number(body: dict[str, Any], name: str, default: Any, low: float, high: float, *, integer: bool) -> Any:
     value = body.get(name, default)
-    kind = int if integer else (int, float)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, kind) or not (low <= value <= high) or value != value:
+    if not in_range(value, low, high, integer=integer):
         what = "an integer" if integer else "a number"
         raise RequestError(422, name, f"expected {what} from {low:g} to {high:g}, got {value!r}")
     return value

@@ -250,6 +250,6 @@ def preset_config(name: str, arch: str, **overrides: Any) -> ModelConfig:
 
 def _number_in(value: Any, low: float, high: float, *, low_open: bool = False) -> bool:
     """A finite int/float (not a bool) with ``low <= value < high`` (``low < value`` if ``low_open``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return False
-    return (low < value if low_open else low <= value) and value < high
+    from nami.checks import in_range
+
+    return in_range(value, low, high, low_open=low_open, high_open=True)

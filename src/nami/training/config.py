@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from nami.checks import in_range
 from nami.data.choices import ANSWER_BOUNDARIES
 from nami.models.config import DATA_FIELDS, PRESETS, ModelConfig
 from nami.training.tasks.registry import INFOS, QA, option_tasks
@@ -57,10 +58,7 @@ def _positive(config: "TrainConfig", name: str, *, allow_none: bool = False, int
     value = getattr(config, name)
     if value is None and allow_none:
         return
-    kind = int if integer else (int, float)
-    # NaN and inf are refused: NaN passes every comparison (a NaN budget never stops) and a
-    # literal NaN in config.json is not valid JSON.
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
+    if not in_range(value, 0, low_open=True, integer=integer):  # NaN, inf, bools and 0 refused (nami.checks)
         raise ValueError(f"option {name}={value!r}: expected a positive finite "
                          f"{'integer' if integer else 'number'}")
 
@@ -70,9 +68,7 @@ def _fraction(config: "TrainConfig", name: str, low: float, high: float, *, high
     value = getattr(config, name)
     if value is None and allow_none:
         return
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-          and (low < value if low_open else low <= value) and (value < high if high_open else value <= high))
-    if not ok:
+    if not in_range(value, low, high, low_open=low_open, high_open=high_open):
         bounds = f"{low:g} {'<' if low_open else '<='} value {'<' if high_open else '<='} {high:g}"
         raise ValueError(f"option {name}={value!r}: expected a number with {bounds}")
 
