@@ -101,3 +101,20 @@ def test_a_model_without_positions_reads_a_whole_document_in_one_window(tmp_path
         assert document[cand["start"]:cand["end"]] == cand["text"]
     with pytest.raises(ValueError, match="reads at most 64 tokens"):
         ask(FIXTURES / "runs" / "wave", context=document, question="富士山の標高は?", whole=True)
+
+
+def test_the_long_context_benchmark_records_both_levels_and_buckets(tmp_path):
+    from nami.bench.long_context import run_long_context
+
+    run = FIXTURES / "runs" / "wave"
+    result = run_long_context({"wave-windows": (str(run), "windows"), "transformer": (str(FIXTURES / "runs" /
+                                                                                        "transformer"), "windows")},
+                              data=str(FIXTURES / "tiny_qa.json"), out=str(tmp_path / "lc.json"), quiet=True,
+                              buckets=(200, float("inf")))
+    wave = result["readers"]["wave-windows"]
+    assert wave["family"] == "wave" and result["readers"]["transformer"]["family"] == "attention"
+    for level in ("article", "paragraph"):
+        assert 0 <= wave[level]["f1"] <= 100 and wave[level]["questions_per_s"] > 0
+    assert sum(b["questions"] for b in wave["buckets"]) == wave["article"]["count"] == 24
+    for suffix in (".json", ".md", ".png"):
+        assert (tmp_path / f"lc{suffix}").stat().st_size > 0

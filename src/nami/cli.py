@@ -602,6 +602,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_long_context(args: argparse.Namespace) -> int:
+    from nami.bench.long_context import markdown, run_long_context
+
+    _check_results_out(args.out)
+    readers = {}
+    for spec in args.readers:
+        name, _, rest = spec.partition("=")
+        run, _, mode = rest.partition(":")
+        if not name or not run:
+            raise UserError(f"--readers {spec!r}: expected NAME=RUN[:windows|:whole]")
+        readers[name] = (run, mode or "windows")
+    from nami import paths
+
+    data = args.data or str(paths.default_data(paths.JSQUAD_DEV))
+    result = run_long_context(readers, data=data, out=args.out, quiet=args.quiet,
+                              command=" ".join(["nami", *sys.argv[1:]]))
+    if not args.quiet:
+        print(markdown(result))
+    return 0
+
+
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     from nami.bench.serve import markdown, run_serve_bench
 
@@ -1037,6 +1058,16 @@ def _add_bench_commands(sub: Any) -> None:
     p.add_argument("--out", default="results/generation.json", help="JSON (and .md / .png beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_generation)
+    p = bench.add_parser("long-context", help="QA readers on whole articles vs paragraphs: EM/F1, questions/s, "
+                                              "memory, F1 against article length")
+    p.add_argument("--readers", nargs="+", required=True, metavar="NAME=RUN[:MODE]",
+                   help="readers: a run and how it reads an article: windows (the run's sliding windows, default) "
+                        "or whole (one window; models without a learned position table)")
+    p.add_argument("--data", default=None, help="SQuAD file (default: JSQuAD dev)")
+    p.add_argument("--out", default="results/long_context.json", help="JSON (and .md / .png beside it)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_bench_long_context)
+
     p = bench.add_parser("serve", help="requests/s and latency of nami serve under concurrent clients on 127.0.0.1, "
                                        "micro-batched and batch-1")
     p.add_argument("run", help="the run to serve (e.g. tests/fixtures/runs/wave)")
