@@ -582,3 +582,22 @@ def test_constrained_beam_search_never_keeps_a_forbidden_candidate():
                       allowed=span_constraint(example, eos_id=3))
     answer = ids[:-1] if ids and ids[-1] == 3 else ids
     assert answer and locate_span(answer, example) is not None, ids
+
+
+def test_the_text_generation_pipeline_and_nami_generate_work_with_a_conv_decoder(tmp_path, capsys):
+    """A wave+conv decoder (causal conv branch) saved as a causal-LM run generates through the pipeline
+    and the command line, streaming through its conv state."""
+    from nami.cli import main
+    from nami.pipelines import pipeline
+    from nami.text import JapaneseTokenizer
+
+    tokenizer = JapaneseTokenizer.load(FIXTURES / "runs" / "wave" / "tokenizer")
+    torch.manual_seed(5)
+    model = CausalLMModel(ModelConfig.from_name("tiny", "wave", vocab_size=tokenizer.vocab_size, max_len=64,
+                                                pad_id=tokenizer.pad_id, causal=True, branches=["conv"]))
+    run = tmp_path / "conv-decoder"
+    model.save_pretrained(run, tokenizer=tokenizer, train_config={"task": "clm", "max_length": 64})
+    out = pipeline("text-generation", run)("富士山は", max_new_tokens=6)
+    assert out["token_ids"] and out["prompt"] == "富士山は"
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "富士山は", "--max-new-tokens", "6"]) == 0
+    assert out["generated_text"] in capsys.readouterr().out
