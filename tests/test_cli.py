@@ -272,7 +272,8 @@ def test_plugins_that_clash_exit_or_fail_are_one_line_naming_the_plugin(tmp_path
                                        "@register_mixer('wave')\nclass Mine(torch.nn.Module):\n    pass\n", "utf-8")
     (tmp_path / "quits.py").write_text("import sys\nsys.exit(3)\n", "utf-8")
     (tmp_path / "broken.py").write_text("import no_such_dependency\n", "utf-8")
-    for plugin, says in (("clash", "importing 'clash' failed (ValueError: mixer 'wave' is already registered"),
+    for plugin, says in (("clash", "importing 'clash' failed (ValueError: mixer 'wave' is already registered by "
+                                   "nami.models.wave.WaveLayer; clash.Mine cannot take its name"),
                          ("quits", "importing 'quits' called sys.exit(3)"),
                          ("broken", "'broken' imports a module that is missing")):
         proc = subprocess.run([sys.executable, "-m", "nami", "train", "--help"], capture_output=True, text=True,

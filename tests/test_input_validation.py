@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,30 @@ def test_a_deepspeed_config_nami_would_ignore_or_deepspeed_would_crash_on_is_ref
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=re.escape(says)):
         deepspeed_config("zero3", str(path), global_batch=32, world=1, max_grad_norm=1.0)
+
+
+def test_a_stale_extension_build_lock_is_found(tmp_path):
+    """A DeepSpeed op build killed midway leaves torch's build lock, and every later ZeRO run waited on it
+    forever; nami names it instead (fresh locks of a build in progress are left alone)."""
+    from nami.training.distributed import stale_extension_locks
+
+    op = tmp_path / "py311_cpu" / "cpu_adam"
+    op.mkdir(parents=True)
+    (op / "lock").write_text("")
+    assert stale_extension_locks(tmp_path) == []  # fresh: a build may hold it right now
+    old = time.time() - 3600
+    os.utime(op / "lock", (old, old))
+    assert stale_extension_locks(tmp_path) == [op / "lock"]
+    assert stale_extension_locks(tmp_path / "none") == []
+
+
+def test_a_name_clash_names_both_modules():
+    import torch
+
+    from nami.models.registry import register_mixer
+
+    class Mine(torch.nn.Module):
+        pass
+
+    with pytest.raises(ValueError, match=r"registered by nami\.models\.wave\.WaveLayer; .*Mine cannot take its name"):
+        register_mixer("wave", Mine)

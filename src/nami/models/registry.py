@@ -73,7 +73,9 @@ def register_mixer(name: str, cls: type[nn.Module] | None = None, *, arch: str |
     def add(mixer_cls: type[nn.Module]) -> type[nn.Module]:
         arch_name = arch or name
         if name in MIXERS and MIXERS[name] is not mixer_cls:
-            raise ValueError(f"mixer {name!r} is already registered ({MIXERS[name].__qualname__})")
+            raise ValueError(f"mixer {name!r} is already registered by {MIXERS[name].__module__}."
+                             f"{MIXERS[name].__qualname__}; {mixer_cls.__module__}.{mixer_cls.__qualname__} "
+                             "cannot take its name")
         if as_architecture and arch_name in ARCHITECTURES and ARCHITECTURES[arch_name] != name:
             raise ValueError(f"architecture {arch_name!r} is already registered (mixer {ARCHITECTURES[arch_name]!r})")
         MIXERS[name] = mixer_cls

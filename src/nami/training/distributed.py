@@ -32,7 +32,10 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -331,11 +334,29 @@ def deepspeed_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, c
     # The language models multiply by the token embedding in their own forward (tied output
     # matrix): ZeRO-3 must gather it there too, not only inside the embedding's forward.
     tied = getattr(model, "output_weight", None)
+    stale = stale_extension_locks()
+    if stale:  # a build killed midway leaves its lock, and every later ZeRO run waits on it forever
+        raise ValueError(f"a stale DeepSpeed/torch extension build lock blocks the op build: {', '.join(map(str, stale))} "
+                         "(left by a build that was stopped); remove it and run again")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("[nami] DeepSpeed: building or loading its optimizer op (the first time on a machine: 30 s to 2 min)",
+              file=sys.stderr, flush=True)
     engine, ds_optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
                                                      dist_init_required=False)
     if config["zero_optimization"]["stage"] == 3 and isinstance(tied, torch.nn.Parameter):
         deepspeed.zero.register_external_parameter(engine.module, tied)
     return engine, ds_optimizer
+
+
+def stale_extension_locks(root: str | Path | None = None, older_than_s: float = 900.0) -> list[Path]:
+    """``lock`` files of torch's C++ extension builds (``$TORCH_EXTENSIONS_DIR``, default
+    ``~/.cache/torch_extensions``) older than ``older_than_s``: a build holds its lock for at most a few
+    minutes, so an older one was left by a build that was killed."""
+    base = Path(root or os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    if not base.is_dir():
+        return []
+    now = time.time()
+    return sorted(p for p in base.rglob("lock") if p.is_file() and now - p.stat().st_mtime > older_than_s)
 
 
 def deepspeed_step(engine: Any, loss: torch.Tensor) -> str | None:

@@ -131,7 +131,9 @@ def register_task(cls: type, info: TaskInfo | None = None) -> type:
     its own."""
     name = cls.name
     if dict.__contains__(TASKS, name) and dict.__getitem__(TASKS, name) is not cls:
-        raise ValueError(f"task {name!r} is already registered")
+        existing = dict.__getitem__(TASKS, name)
+        raise ValueError(f"task {name!r} is already registered by {existing.__module__}.{existing.__qualname__}; "
+                         f"{cls.__module__}.{cls.__qualname__} cannot take its name")
     info = info or getattr(cls, "info", None) or INFOS.get(name) or TaskInfo(name, cls.__module__, "train", label=name)
     INFOS[name] = info
     dict.__setitem__(TASKS, name, cls)
