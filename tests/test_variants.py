@@ -242,3 +242,17 @@ def test_two_writers_of_one_output_are_refused(tmp_path):
     with pytest.raises(CommandFailed, match="cannot lock"):
         OutputLock(tmp_path / ".planted.lock")
     assert (tmp_path / "target").read_text() == "keep"
+
+
+def test_a_second_compare_into_the_same_out_is_refused_while_the_first_writes(tmp_path):
+    from nami.io import CommandFailed, OutputLock
+    from nami.reports.compare import run_compare
+
+    data = str(FIXTURES / "tiny_qa.json")
+    out = tmp_path / "cmp"
+    (out / "runs").mkdir(parents=True)
+    with OutputLock(out / ".compare.lock"):
+        with pytest.raises(CommandFailed, match="another nami process is writing there"):
+            run_compare(preset="smoke", out_dir=str(out), train_data=[data], eval_data=data,
+                        tokenizer=str(FIXTURES / "runs/wave/tokenizer"), lexical_baseline=False, quiet=True)
+    assert not (out / "results.json").exists()
