@@ -22,16 +22,11 @@ def _data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_squad(tmp_path_factory) -> Path:
-    """16 JaQuAD train questions with contexts cut to ~80 characters around the answer; a checkout
-    without the shared data takes them from the committed fixture tests/fixtures/tiny_qa.json instead
-    (the same checks on other text), so the tests that train stand alone."""
+    """16 JaQuAD train questions with contexts cut to ~80 characters around the answer (the tests that
+    use it skip without the shared data: several check properties of these very questions)."""
     from nami.data.squad import load_squad
-    from nami.paths import DataNotFoundError, data_root
 
-    try:
-        examples = load_squad(data_root() / "jaquad" / "train" / "jaquad_train_0000.json")
-    except DataNotFoundError:
-        examples = load_squad(Path(__file__).parent / "fixtures" / "tiny_qa.json")
+    examples = load_squad(_data_root() / "jaquad" / "train" / "jaquad_train_0000.json")
     paragraphs = []
     for ex in examples[:: max(1, len(examples) // 16)][:16]:
         answer = ex.answers[0]

@@ -125,7 +125,9 @@ def test_compile_wave_reaches_only_models_with_wave_layers():
     assert speed_options("standard", "transformer") == {}
     assert speed_options("standard", "wave", {"mixers": ["conv"] * 4}) == {}  # conv-only is not refused
     assert speed_options("standard", "wave", {"mixers": ["conv", "wave", "conv", "conv"]}) == {"compile_wave": True}
-    assert "compile_wave" not in recipe("scratch", "finetune", "wave", {"mixers": ["conv"] * 4})
+    # (a pretraining stage: no data paths, so the test needs no shared data)
+    assert "compile_wave" not in recipe("quick", "pretrain", "wave", {"mixers": ["conv"] * 4})
+    assert recipe("quick", "pretrain", "wave")["compile_wave"] is True
 
 
 def _record(command, rows, **extra):
