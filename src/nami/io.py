@@ -277,11 +277,7 @@ def verify_files(directory: Path, names: Iterable[str]) -> None:
     manifest, or modified since it was recorded (the other files of the manifest are not read)."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise CheckpointError(f"{manifest_path}: missing (cannot verify the files of {directory})")
-    manifest = read_json(manifest_path)
-    if not isinstance(manifest, dict):
-        raise CheckpointError(f"{manifest_path}: not a manifest")
+    manifest = _read_manifest(directory, manifest_path)
     for name in names:
         path = _entry_path(directory, name, manifest_path)
         if name not in manifest:
@@ -343,12 +339,17 @@ def _being_trained(directory: Path) -> bool:
     return False
 
 
-def _verify_once(directory: Path, manifest_path: Path, required: tuple[str, ...]) -> None:
+def _read_manifest(directory: Path, manifest_path: Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise CheckpointError(f"{manifest_path}: missing (cannot verify the files of {directory})")
     manifest = read_json(manifest_path)
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{manifest_path}: not a manifest")
+    return manifest
+
+
+def _verify_once(directory: Path, manifest_path: Path, required: tuple[str, ...]) -> None:
+    manifest = _read_manifest(directory, manifest_path)
     for name in required:
         if name not in manifest:
             raise CheckpointError(f"{manifest_path}: does not list {name} (required to load {directory})")

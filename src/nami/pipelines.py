@@ -53,6 +53,26 @@ def check_text(option: str, text: Any) -> None:
         raise ValueError(f"{option} has no visible text (only whitespace, control or format characters)")
 
 
+def _checked_items(inputs: Any, question: str | None, context: str | None) -> tuple[list[dict[str, str]], bool]:
+    """A QA pipeline's ``{"question", "context"}`` items (from ``inputs`` or ``question=`` / ``context=``),
+    each text checked (:func:`check_text`), and whether one item was given."""
+    if inputs is None:
+        items, single = [{"question": question, "context": context}], True
+    elif question is not None or context is not None:
+        raise ValueError("give either inputs or question= and context=, not both")
+    elif isinstance(inputs, dict):
+        items, single = [inputs], True
+    else:
+        items, single = list(inputs), False
+    for i, item in enumerate(items):
+        where = "" if single else f"inputs[{i}]."
+        if not isinstance(item, dict):
+            raise ValueError(f"inputs[{i}]: expected a dict with question and context")
+        check_text(f"{where}question", item.get("question"))
+        check_text(f"{where}context", item.get("context"))
+    return items, single
+
+
 class _RunPipeline:
     """Loads one trained run (verified) for a pipeline; ``task`` names it, ``answers`` says how the run
     must answer (its task's registry entry: ``extract``, ``generate``, or None for text generation)."""
@@ -140,20 +160,7 @@ class QuestionAnsweringPipeline(_RunPipeline):
                  batch_size: int | None = None) -> dict[str, Any] | list[Any]:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k={top_k!r}: expected an integer >= 1")
-        if inputs is None:
-            items, single = [{"question": question, "context": context}], True
-        elif question is not None or context is not None:
-            raise ValueError("give either inputs or question= and context=, not both")
-        elif isinstance(inputs, dict):
-            items, single = [inputs], True
-        else:
-            items, single = list(inputs), False
-        for i, item in enumerate(items):
-            where = "" if single else f"inputs[{i}]."
-            if not isinstance(item, dict):
-                raise ValueError(f"inputs[{i}]: expected a dict with question and context")
-            check_text(f"{where}question", item.get("question"))
-            check_text(f"{where}context", item.get("context"))
+        items, single = _checked_items(inputs, question, context)
         candidates, _ = self.answer_spans(items, top_k=top_k, batch_size=batch_size)
         answers = [cands if top_k > 1 else (cands[0] if cands else {"answer": "", "score": None, "start": 0,
                                                                         "end": 0})
@@ -292,17 +299,9 @@ class GenerativeQAPipeline(_RunPipeline):
                  constrain: str | None = None) -> dict[str, Any] | list[dict[str, Any]]:
         """``{"answer", "start", "end", "found_in_context"}`` per item (``start`` / ``end`` None when the
         written answer is not in the context)."""
-        single = inputs is None or isinstance(inputs, dict)
-        items = [{"question": question, "context": context}] if inputs is None else \
-            [inputs] if isinstance(inputs, dict) else list(inputs)
-        examples = []
-        for i, item in enumerate(items):
-            where = "" if single else f"inputs[{i}]."
-            if not isinstance(item, dict):
-                raise ValueError(f"inputs[{i}]: expected a dict with question and context")
-            check_text(f"{where}question", item.get("question"))
-            check_text(f"{where}context", item.get("context"))
-            examples.append(QAExample(str(i), item["question"], item["context"], (), "", "<pipeline>"))
+        items, single = _checked_items(inputs, question, context)
+        examples = [QAExample(str(i), item["question"], item["context"], (), "", "<pipeline>")
+                    for i, item in enumerate(items)]
         answers = self._answers(examples, num_beams=num_beams, constrain=constrain)
         return answers[0] if single else answers
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nami.io import CommandFailed
+from nami.io import CommandFailed, sha256_file
 
 JSQUAD_BASE = "https://raw.githubusercontent.com/yahoojapan/JGLUE/main/datasets/jsquad-v1.3"
 JAQUAD_BASE = "https://raw.githubusercontent.com/SkelterLabsInc/JaQuAD/main/data"
@@ -128,14 +128,6 @@ def default_dir() -> Path:
     return Path(env).expanduser() if env else Path.cwd() / ".." / "shared" / "data"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download(url: str, target: Path, timeout: float) -> tuple[str, str]:
     """``url`` into a temporary file beside ``target``; its sha256 (the caller decides whether to keep it)."""
     digest, size = hashlib.sha256(), 0
@@ -172,7 +164,7 @@ def fetch(name: str, directory: str | Path | None = None, *, base_url: str | Non
     done = []
     for entry in files:
         target = root / entry.relative
-        if target.is_file() and _sha256(target) == entry.sha256:
+        if target.is_file() and sha256_file(target) == entry.sha256:
             done.append(target)
             if progress:
                 progress(f"{target}: already here (checksum matches)")
