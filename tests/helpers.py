@@ -41,8 +41,10 @@ def jaquad_context_lines(count: int) -> list[str]:
     """The first ``count`` non-empty context lines of the first JaQuAD train shard (skips if absent)."""
     import pytest
 
+    from conftest import skip_on_fixture_data
     from nami.paths import JAQUAD_TRAIN, DataNotFoundError, default_data
 
+    skip_on_fixture_data(f"{count} lines of real Japanese text (JaQuAD train contexts)")
     try:
         shard = min(default_data(JAQUAD_TRAIN).glob("*.json"))
     except (DataNotFoundError, ValueError):

@@ -19,8 +19,8 @@ from nami.cli import main
 from nami.models import ARCHITECTURES, MIXERS, MaskedLMModel, MixerInputs, ModelConfig, QAModel, register_mixer
 from nami.models.registry import unregister_mixer
 from nami.pipelines import pipeline
+from nami.runs.config import TrainConfig
 from nami.training import checkpoint as ckpt
-from nami.training.config import TrainConfig
 from nami.training.loop import train
 
 ROOT = Path(__file__).parent.parent
@@ -115,7 +115,7 @@ def test_save_pretrained_round_trip(arch, model_cls, tmp_path):
     torch.manual_seed(0)
     kwargs = {"tie_embeddings": False} if model_cls is MaskedLMModel else {}
     model = model_cls(ModelConfig.from_name("tiny", arch, vocab_size=60, max_len=32, type_vocab_size=2), **kwargs)
-    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m", tokenizer=False)  # config and weights alone
     loaded = model_cls.from_pretrained(tmp_path / "m")
     assert loaded.config == model.config and not loaded.training
     for key, value in model.state_dict().items():
@@ -150,9 +150,23 @@ def test_a_model_saved_again_keeps_the_inputs_of_its_run(tmp_path):
     assert set(qa(**question)) == {"answer", "score", "start", "end"}
 
 
+def test_save_pretrained_writes_a_directory_the_pipeline_loads_or_refuses(tmp_path):
+    """Without tokenizer=, a model loaded from a run takes that run's tokenizer along; a model built by
+    hand is refused with the reason (before: a directory the pipeline could not load, `missing spm.model`)."""
+    question = {"question": "富士山の標高は何メートル?", "context": "富士山は静岡県と山梨県にまたがる活火山で、標高は3776メートルである。"}
+    model = QAModel.from_pretrained(FIXTURE_RUNS["wave"])
+    model.save_pretrained(tmp_path / "copy")
+    assert pipeline("question-answering", tmp_path / "copy")(**question) == \
+        pipeline("question-answering", FIXTURE_RUNS["wave"])(**question)
+    fresh = QAModel(ModelConfig.from_name("tiny", vocab_size=60, max_len=32))
+    with pytest.raises(ValueError, match="give tokenizer="):
+        fresh.save_pretrained(tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()  # refused before anything is written
+
+
 def test_manifest_must_list_the_weights(tmp_path):
     model = QAModel(ModelConfig.from_name("tiny", vocab_size=60, max_len=32))
-    model.save_pretrained(tmp_path / "m")
+    model.save_pretrained(tmp_path / "m", tokenizer=False)
     (tmp_path / "m" / "manifest.json").write_text("{}")
     with pytest.raises(ckpt.CheckpointError, match="does not list config.json"):
         QAModel.from_pretrained(tmp_path / "m")
@@ -239,8 +253,8 @@ def test_old_run_configs_load_with_their_saved_model():
 # --- layers ------------------------------------------------------------------------------------------
 
 RANK = {"io": 0, "paths": 0, "checks": 0, "resources": 0, "text": 1, "data": 2, "models": 3, "losses": 3, "evaluation": 4,
-        "training": 5, "pipelines": 6, "reports": 7, "serve": 7, "serve_page": 7, "bench": 8, "cli": 9,
-        "__main__": 9}
+        "runs": 5, "training": 6, "pipelines": 7, "reports": 8, "serve": 8, "serve_page": 8, "bench": 9, "cli": 10,
+        "__main__": 10}
 
 
 def _layer(module: str) -> str:
@@ -276,7 +290,7 @@ def test_the_command_line_parses_and_answers_help_without_torch():
     command runs (the CLI, nami.models and the config dataclasses are torch-free at import)."""
     code = ("import sys, contextlib, io\n"
             "from nami.cli import build_parser, main\n"
-            "import nami.models, nami.models.config, nami.training.config\n"
+            "import nami.models, nami.models.config, nami.runs.config\n"
             "parser = build_parser()\n"
             "for argv in (['--help'], ['train', '--help'], ['--version'], ['train', '--lr', 'x'],\n"
             "             ['train', '--lr', '-1'], ['pretrain', '--batch-size', '0']):\n"

@@ -155,7 +155,7 @@ def test_a_literal_nan_or_inf_in_a_config_file_is_refused(text, fragment, tmp_pa
 
 def test_max_length_not_a_multiple_of_16_trains(tmp_path):
     """Batches are padded to a multiple of 16: max_length=40 and 8 once crashed at the first long batch."""
-    from nami.training.config import TrainConfig
+    from nami.runs.config import TrainConfig
     from nami.training.loop import train
 
     for length in (40, 8):
@@ -173,7 +173,7 @@ def test_max_length_not_a_multiple_of_16_trains(tmp_path):
 
 
 def _tiny_config(tmp_path: Path, name: str, **overrides):
-    from nami.training.config import TrainConfig
+    from nami.runs.config import TrainConfig
 
     values = dict(
         preset="tiny", tokenizer=str(TOKENIZER), train_data=[str(DATA)], eval_data=str(DATA), max_length=64,

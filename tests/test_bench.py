@@ -9,10 +9,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from nami.models import ARCHITECTURES
 from nami.bench.roofline import forward_flops_per_token, training_flops_per_token
 from nami.bench.scaling import CaseFailed, loglog_slope, run_isolated, slopes
-from nami.models import ModelConfig, QAModel, preset_config
+from nami.models import ARCHITECTURES, ModelConfig, QAModel, preset_config
 from nami.reports.environment import provenance_lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,15 @@ def test_compare_writes_a_report_whose_numbers_come_from_results_json(tiny_squad
     cmd = [sys.executable, "-m", "nami", "compare", "--preset", "smoke-pretrain", "--out", str(out),
            "--train-data", str(tiny_squad), "--eval-data", str(tiny_squad), "--tokenizer", str(tiny_tokenizer_dir),
            "--parallel", "--quiet", "--results", str(tmp_path / "results" / "compare.json")]
+    began = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    measured_minutes = (time.time() - began) / 60
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text("utf-8"))
+    # An honest clock: the reported wall time is the whole command (evaluation, re-scoring and the
+    # baseline included), not only its training chains.
+    assert abs(result["wall_minutes"] - measured_minutes) <= 0.05 * measured_minutes, (result, measured_minutes)
+    assert result["training_wall_minutes"] < result["wall_minutes"]
     # --results: the same record at the requested path, with the fields the README documents.
     assert json.loads((tmp_path / "results" / "compare.json").read_text("utf-8")) == result
     for key in ("command", "commit", "machine", "date", "budget_minutes", "train_data", "eval_data"):

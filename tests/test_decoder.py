@@ -234,6 +234,12 @@ def test_a_tiny_causal_lm_trains_and_generates_from_the_command_line(tmp_path, c
 
     gen = pipeline("text-generation", model=run)
     assert gen("富士山は", max_new_tokens=8) == result
+    # As Hugging Face's pipeline: the prompt, then the continuation; return_full_text=False: the continuation.
+    only = gen("富士山は", max_new_tokens=8, return_full_text=False)
+    assert result["generated_text"] == "富士山は" + only["generated_text"]
+    assert only["token_ids"] == result["token_ids"]
+    with pytest.raises(ValueError, match="return_full_text"):
+        gen("富士山は", return_full_text="no")
     with pytest.raises(ValueError, match="question-answering needs a QA run"):
         pipeline("question-answering", model=run)
     with pytest.raises(ValueError, match="text-generation needs a causal-LM run"):
@@ -395,8 +401,8 @@ def test_bf16_decoding_logits_follow_the_weights():
 
 
 def test_an_epoch_with_a_partial_accumulation_window_trains_on_every_batch(tmp_path):
+    from nami.runs.config import TrainConfig
     from nami.training import checkpoint as ckpt
-    from nami.training.config import TrainConfig
     from nami.training.loop import train
 
     data = str(FIXTURES / "tiny_qa.json")
@@ -420,8 +426,8 @@ def test_gradient_accumulation_takes_the_mean_over_the_whole_window(tmp_path, mo
     """Two accumulated batches of different token counts give the gradient of their tokens' mean (one
     big batch), not the mean of the two batches' means."""
     from nami.data.batching import BucketBatchSampler
+    from nami.runs.config import TrainConfig
     from nami.text import JapaneseTokenizer
-    from nami.training.config import TrainConfig
     from nami.training.loop import param_groups, train
     from nami.training.tasks import TASKS
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import skip_on_fixture_data
 from safetensors.torch import load_file
 
 from nami.data.features import QAFeatures
+from nami.runs.config import TrainConfig
 from nami.training import checkpoint as ckpt
-from nami.training.config import TrainConfig
 from nami.training.distributed import ShardedBatches, merge_answers, shard_examples
 from nami.training.loop import train
 
@@ -154,6 +155,9 @@ def two_process_run(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single_run(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
+    # the single-process step is compared with N processes' step: the data must give no global batch of
+    # fewer windows than processes (those are skipped by every rank, see ShardedBatches)
+    skip_on_fixture_data("the JaQuAD excerpt's batch arithmetic (41 windows: batches of 6, the last of 5)")
     runs = tmp_path_factory.mktemp("single")
     return train(TrainConfig.from_dict(config_dict(tiny_squad, tiny_tokenizer_dir, runs, "one")), quiet=True).run_dir
 
@@ -213,7 +217,7 @@ def test_a_two_process_run_resumes_exactly(tiny_squad, tiny_tokenizer_dir, tmp_p
 
 DRIVER = """
 import json, os, sys
-from nami.training.config import TrainConfig
+from nami.runs.config import TrainConfig
 from nami.training.loop import train
 config = TrainConfig.from_dict(json.loads(open(sys.argv[1]).read()))
 result = train(config, quiet=True)
@@ -301,7 +305,7 @@ needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
 
 
 def test_the_committed_deepspeed_configs_are_the_ones_nami_trains_with():
-    from nami.training.distributed import ZERO_CONFIGS
+    from nami.runs.deepspeed import ZERO_CONFIGS
 
     root = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"
     for stage in (2, 3):
@@ -309,7 +313,7 @@ def test_the_committed_deepspeed_configs_are_the_ones_nami_trains_with():
 
 
 def test_deepspeed_configs_are_filled_and_bad_ones_name_the_file_and_field(tmp_path):
-    from nami.training.distributed import deepspeed_config
+    from nami.runs.deepspeed import deepspeed_config
 
     filled = deepspeed_config("zero3", None, global_batch=7, world=2, max_grad_norm=0.5)
     assert filled["train_micro_batch_size_per_gpu"] == 4 and filled["gradient_clipping"] == 0.5
@@ -385,6 +389,9 @@ def test_gradient_accumulation_over_two_processes_takes_the_single_process_step(
     """Accumulated windows weigh every batch by its loss units on every process: two processes with
     --grad-accum 2 take the steps one process takes with the same global batches (the last batch of an
     epoch has 5 windows, the others 6)."""
+    # the single-process step is compared with N processes' step: the data must give no global batch of
+    # fewer windows than processes (those are skipped by every rank, see ShardedBatches)
+    skip_on_fixture_data("the JaQuAD excerpt's batch arithmetic (41 windows: batches of 6, the last of 5)")
     one = train(TrainConfig.from_dict(config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "ga-one",
                                                   grad_accum=2)), quiet=True).run_dir
     config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "ga-two", grad_accum=2)

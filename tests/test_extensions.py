@@ -239,7 +239,7 @@ def test_stage_wise_training_switches_branches_on_in_order():
         set_branches(model, progress, schedule)
         states.append(model.encoder.blocks[0].branch_on)
     assert states == [[False, False], [True, False], [True, True]]
-    from nami.training.config import TrainConfig
+    from nami.runs.config import TrainConfig
 
     with pytest.raises(ValueError, match="branch_schedule"):
         TrainConfig.from_dict({"preset": "tiny", "branches": ["conv"], "branch_schedule": {"segment_wave": 0.5}})
@@ -304,7 +304,7 @@ def test_distillation_loss_is_zero_for_equal_distributions_and_teaches_only_the_
 
 
 def test_self_distillation_training_loss_reaches_every_exit_head():
-    from nami.training.config import TrainConfig
+    from nami.runs.config import TrainConfig
     from nami.training.tasks import QATask
 
     model = QAModel(config(n_layers=3, exit_layers=[0, 1]))
@@ -339,7 +339,7 @@ def test_self_distillation_training_loss_reaches_every_exit_head():
     ({"exit_layers": [0], "self_distill": 1.5}, "self_distill=1.5"),
 ])
 def test_self_distillation_options_are_checked(options, fragment):
-    from nami.training.config import TrainConfig
+    from nami.runs.config import TrainConfig
 
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         TrainConfig.from_dict({"preset": "tiny", "n_layers": 4, **options})

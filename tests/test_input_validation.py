@@ -20,7 +20,7 @@ from nami.cli import main
 from nami.data import corpus
 from nami.data.corpus import MAX_LINE_CHARS, CorpusError, read_corpus
 from nami.pipelines import ask
-from nami.training.config import TrainConfig
+from nami.runs.config import TrainConfig
 from nami.training.loop import train
 
 # ------------------------------------------------------------------------------------ corpora
@@ -230,7 +230,7 @@ def test_ask_context_without_answerable_tokens_gives_no_answer(tiny_run: Path) -
     (dict(task="clm", mlm_probability=0.3), "mlm_probability"),
 ])
 def test_options_a_task_never_reads_are_named(options, message):
-    from nami.training.config import TrainConfig
+    from nami.runs.config import TrainConfig
 
     assert [line for line in TrainConfig.from_dict(options).ignored_options() if message in line]
     assert TrainConfig.from_dict({"task": options["task"]}).ignored_options() == []  # the defaults are fine
@@ -249,7 +249,7 @@ def test_options_a_task_never_reads_are_named(options, message):
 def test_a_deepspeed_config_nami_would_ignore_or_deepspeed_would_crash_on_is_refused(tmp_path, config, says):
     import json
 
-    from nami.training.distributed import deepspeed_config
+    from nami.runs.deepspeed import deepspeed_config
 
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(config))

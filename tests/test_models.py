@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nami.models import ARCHITECTURES
-from nami.models import MixerInputs, ModelConfig, QAModel, WaveLayer, count_parameters, preset_config, to_complex
+from nami.models import (
+    ARCHITECTURES,
+    MixerInputs,
+    ModelConfig,
+    QAModel,
+    WaveLayer,
+    count_parameters,
+    preset_config,
+    to_complex,
+)
 
 ARCHS = list(ARCHITECTURES)  # every registered architecture
 

@@ -11,8 +11,8 @@ import torch
 from nami.data.mlm import FIRST_REGULAR_ID, MLMCollator
 from nami.models import preset_config
 from nami.models.mlm import MaskedLMModel
+from nami.runs.config import TrainConfig
 from nami.training import checkpoint as ckpt
-from nami.training.config import TrainConfig
 from nami.training.loop import train
 
 

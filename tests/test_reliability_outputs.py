@@ -101,8 +101,8 @@ def test_a_run_directory_without_config_is_reported_not_reused(tmp_path, capsys)
 
 
 def test_a_run_being_trained_cannot_be_resumed_by_a_second_process(tmp_path):
+    from nami.runs.config import TrainConfig
     from nami.training import checkpoint as ckpt
-    from nami.training.config import TrainConfig
     from nami.training.loop import resume, train
 
     config = TrainConfig.from_dict(dict(
@@ -253,8 +253,12 @@ def test_a_malformed_reuse_file_names_its_field(tmp_path, record, says):
         adopt_ablation_runs([str(path)], tmp_path / "runs", {})
 
 
-def test_a_read_only_output_folder_names_the_output_not_a_temporary_file(tmp_path):
+def test_a_read_only_output_folder_names_the_output_not_a_temporary_file(tmp_path, monkeypatch):
+    """Where permissions hold (not root), the folder is made read-only; as root, which ignores them,
+    the file system's refusal to create the temporary file is played by ``mkstemp``."""
+    import errno
     import os
+    import tempfile
 
     from nami.io import write_json
 
@@ -262,8 +266,11 @@ def test_a_read_only_output_folder_names_the_output_not_a_temporary_file(tmp_pat
     folder.mkdir()
     os.chmod(folder, 0o500)
     try:
-        if os.access(folder, os.W_OK):  # root ignores permissions: nothing to check here
-            pytest.skip("permissions are not enforced for this user")
+        if os.access(folder, os.W_OK):  # root ignores permissions
+            def refuse(prefix="", suffix="", dir=None, **kwargs):
+                raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}x{suffix}"))
+
+            monkeypatch.setattr(tempfile, "mkstemp", refuse)
         with pytest.raises(OSError) as raised:
             write_json(folder / "report.json", {"a": 1})
         assert str(folder / "report.json") in str(raised.value) and ".tmp" not in str(raised.value)
@@ -285,5 +292,35 @@ def test_a_lock_file_a_reader_cannot_open_does_not_hide_the_real_error(tmp_path)
     (run / "config.json").write_text((run / "config.json").read_text() + " ")
     from nami.io import CheckpointError
 
+    with pytest.raises(CheckpointError, match="config.json: checksum mismatch"):
+        verify_manifest(run)
+
+
+@pytest.mark.parametrize("readable", [True, False], ids=["read-only-lock", "unopenable-lock"])
+def test_a_lock_this_process_may_not_write_does_not_hide_the_real_error(tmp_path, monkeypatch, readable):
+    """An immutable ``.lock`` (``chattr +i``: no write access even for root) or a foreign one (no access
+    at all): a reader of the run must not need to write the lock, and when it cannot open it, the
+    verification's own error is the one shown. Permissions cannot be taken from root here, so the
+    file system's answer is played by ``open`` (before: ``R/.lock: Operation not permitted``)."""
+    import builtins
+    import errno
+    import shutil
+    from pathlib import Path
+
+    import nami.io
+    from nami.io import CheckpointError, verify_manifest
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "runs" / "wave", run)
+    (run / ".lock").write_text("")
+    (run / "config.json").write_text((run / "config.json").read_text() + " ")
+    real_open = builtins.open
+
+    def file_system(file, mode="r", *args, **kwargs):
+        if Path(str(file)).name == ".lock" and (not readable or set(mode) & set("wa+x")):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(nami.io, "open", file_system, raising=False)
     with pytest.raises(CheckpointError, match="config.json: checksum mismatch"):
         verify_manifest(run)

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from nami.models import QAModel
+from nami.runs.config import TrainConfig
 from nami.training import checkpoint as ckpt
-from nami.training.config import TrainConfig
 from nami.training.loop import NonFiniteError, resume, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from nami.models import ARCHITECTURES
 from nami.cli import main
+from nami.models import ARCHITECTURES
 from nami.pipelines import predict_file
+from nami.runs.config import TrainConfig
 from nami.training import checkpoint as ckpt
-from nami.training.config import TrainConfig
 from nami.training.loop import lr_factor, train
 
 
@@ -105,10 +105,9 @@ def test_runs_saved_before_answer_boundaries_existed_decode_on_tokens(overfit_ru
 
 
 def test_question_match_runs_train_reload_and_refuse_a_mismatched_model(tiny_squad, tiny_tokenizer_dir, tmp_path):
-    from nami.data.features import build_features
+    from nami.data.features import FeatureConfig, build_features
     from nami.data.squad import load_squad
     from nami.evaluation.predict import predict_answers
-    from nami.data.features import FeatureConfig
 
     config = tiny_train_config(tiny_squad, tiny_tokenizer_dir, tmp_path, "transformer", max_steps=40,
                                question_match=True, run_name="match")
@@ -227,8 +226,9 @@ def test_no_wave_recompute_trains_through_autograd_to_the_same_weights(tiny_squa
     """``nami train --no-wave-recompute``: the Wave maths back-propagates through autograd (the
     reference), and training ends at the default's weights up to rounding (not bit for bit: the two
     backward passes round differently)."""
-    import nami.training.loop as loop
     from safetensors.torch import load_file
+
+    import nami.training.loop as loop
 
     switched = []
     monkeypatch.setattr(loop, "autograd_wave_layers", lambda model: switched.append(model) or 0)
@@ -238,6 +238,7 @@ def test_no_wave_recompute_trains_through_autograd_to_the_same_weights(tiny_squa
     monkeypatch.undo()
     assert main(["train", "--arch", "wave", "--preset", "tiny", "--train-data", str(tiny_squad), "--eval-data",
                  str(tiny_squad), "--tokenizer", str(tiny_tokenizer_dir), "--max-length", "96", "--batch-size", "16",
+                 "--doc-stride", "128", "--max-question-tokens", "64",  # not --preset tiny's quick first-run values
                  "--lr", "3e-3", "--warmup", "0.1", "--max-steps", "12", "--eval-subset", "16", "--runs-dir",
                  str(tmp_path / "runs"), "--log-every", "10", "--precision", "fp32", "--no-title-prefix",
                  "--no-wave-recompute", "--run-name", "a", "--quiet"]) == 0

@@ -27,7 +27,7 @@ def help_of(*command: str) -> str:
 
 def test_every_training_option_has_help_text():
     from nami.cli import _model_field_help
-    from nami.training.config import OPTION_HELP
+    from nami.runs.config import OPTION_HELP
 
     helps = {**_model_field_help(), **OPTION_HELP}
     missing = [name for name, _, _ in _option_fields() if not helps.get(name)]
@@ -53,7 +53,7 @@ def test_compare_help_lists_every_preset_with_its_duration():
 
 
 def test_loss_filter_outside_masked_lm_pretraining_is_refused():
-    from nami.training.config import TrainConfig
+    from nami.runs.config import TrainConfig
 
     with pytest.raises(ValueError, match="loss_filter=paper: applies to masked-LM pretraining only"):
         TrainConfig.from_dict({"task": "clm", "loss_filter": "paper"})
@@ -80,7 +80,7 @@ def test_a_time_budget_gives_a_bar_with_a_total(tmp_path, capsys):
 
 def test_tensorboard_logging(tmp_path):
     pytest.importorskip("tensorboard")
-    from nami.training.config import TrainConfig
+    from nami.runs.config import TrainConfig
     from nami.training.loop import train
 
     config = TrainConfig.from_dict(dict(
@@ -131,10 +131,14 @@ def test_readme_quick_start_commands_that_need_no_run_succeed_as_written(tmp_pat
 
     from nami.paths import DataNotFoundError, data_root
 
+    from conftest import on_fixture_data
+
     try:
         data_root()
     except DataNotFoundError:
         pytest.skip("no data directory")
+    if on_fixture_data():
+        pytest.skip("README's commands name the real data files (the tests run on the committed fixture data)")
     commands = quick_start_commands()
     assert len(commands) >= 5, commands  # the README keeps such lines
     monkeypatch.chdir(REPO)
@@ -156,3 +160,26 @@ def test_top_level_help_names_the_environment_variables():
     text = build_parser().format_help()
     for name in ("NAMI_DATA", "NAMI_CACHE", "NAMI_PLUGINS", "NAMI_DEBUG"):
         assert name in text
+
+
+def test_preset_tiny_is_a_quick_first_run_unless_told_otherwise():
+    """`nami train --preset tiny` (any --arch, the variant table's names too): a small tokenizer on two
+    shards, short windows, a small batch, 30 s; every option given on the command line wins."""
+    from nami.cli import TINY_FIRST_USE, build_parser, train_config_from_args
+
+    parser = build_parser()
+    quick = train_config_from_args(parser.parse_args(["train", "--arch", "wave+conv", "--preset", "tiny"]))
+    assert quick.model.name == "tiny" and quick.max_minutes == 0.5
+    for name, value in TINY_FIRST_USE.items():
+        assert getattr(quick, name) == value, name
+    assert quick.train_data is None or 1 <= len(quick.train_data) <= 2
+    given = train_config_from_args(parser.parse_args(
+        ["train", "--preset", "tiny", "--max-length", "256", "--max-steps", "7", "--tokenizer", "tok"]))
+    assert given.max_length == 256 and given.max_steps == 7 and given.max_minutes is None
+    assert given.vocab_size == 32000 and given.tokenizer_shards is None  # the given tokenizer decides
+    small = train_config_from_args(parser.parse_args(["train", "--preset", "small"]))
+    assert small.max_length == 384 and small.tokenizer_shards is None and small.max_minutes is None
+    pretrain = parser.parse_args(["pretrain", "--preset", "tiny"])
+    pretrain.task = "mlm"
+    config = train_config_from_args(pretrain)
+    assert config.max_length == 128 and config.doc_stride == 128  # QA-only options are left alone

@@ -14,7 +14,7 @@ from nami.models.inputs import MixerInputs
 from nami.models.local import LocalAttention
 from nami.models.rotary import rotate_heads
 from nami.reports.variants import FAIR_SCREEN, VARIANTS, Variant, parse_variant, resolve
-from nami.training.config import TrainConfig
+from nami.runs.config import TrainConfig
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -265,7 +265,7 @@ def test_evaluation_runs_the_plain_maths_with_the_same_values():
 
 
 def test_wave_recompute_option():
-    from nami.training.config import TrainConfig
+    from nami.runs.config import TrainConfig
 
     assert TrainConfig().wave_recompute is True  # the default
     # compile_wave replaces either backward; a model without (non-causal) Wave layers ignores it

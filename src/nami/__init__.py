@@ -37,12 +37,12 @@ _EXPORTS = {
     "ARCHITECTURES": "nami.models",
     "MIXERS": "nami.models",
     "JapaneseTokenizer": "nami.text",
-    "TrainConfig": "nami.training.config",
+    "TrainConfig": "nami.runs.config",
     "TASKS": "nami.training.tasks",
     "register_task": "nami.training.tasks",
     "train": "nami.training.loop",
     "resume": "nami.training.loop",
-    "load_run": "nami.training.checkpoint",
+    "load_run": "nami.runs.load",
     "evaluate_predictions": "nami.evaluation.metric",
 }
 __all__ = ["__version__", *_EXPORTS]

@@ -13,14 +13,15 @@ import math
 import os
 import re
 import sys
+import time
 import typing
 from pathlib import Path
 from typing import Any, Sequence
 
 from nami.checks import in_range
 from nami.data.choices import ANSWER_BOUNDARIES
-from nami.training.config import TrainConfig
-from nami.training.tasks.registry import task_names
+from nami.runs.config import TrainConfig
+from nami.runs.tasks import task_names
 
 EXIT_BAD_INPUT = 2
 
@@ -146,7 +147,7 @@ def _option_fields() -> list[tuple[str, Any, Any]]:
     """(name, type hint, default) of every training option: the :class:`TrainConfig` fields and the
     user-facing :class:`ModelConfig` fields (``TrainConfig.model``, given flat; ``--preset`` picks the size)."""
     from nami.models.config import PRESETS, ModelConfig  # dataclasses only: no torch before a command runs
-    from nami.training.config import MODEL_SHORTCUTS
+    from nami.runs.config import MODEL_SHORTCUTS
 
     train_hints = typing.get_type_hints(TrainConfig)
     model_hints = typing.get_type_hints(ModelConfig)
@@ -193,8 +194,13 @@ def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = froze
                       tasks: tuple[str, ...] | None = None) -> None:
     """One ``--option`` per training option (the dataclasses are the single source of truth), with its
     help text and default; ``tasks``: offer only the options those tasks read (``OPTION_TASKS``)."""
-    from nami.training.config import (OPTION_HELP, OPTION_TASKS, OPTIONAL_OPTIONS, POSITIVE_INTEGER_OPTIONS,
-                                      POSITIVE_NUMBER_OPTIONS)
+    from nami.runs.config import (
+        OPTION_HELP,
+        OPTION_TASKS,
+        OPTIONAL_OPTIONS,
+        POSITIVE_INTEGER_OPTIONS,
+        POSITIVE_NUMBER_OPTIONS,
+    )
 
     helps = {**_model_field_help(), **OPTION_HELP}
     choices = _choice_lists()
@@ -231,7 +237,7 @@ def add_train_options(parser: argparse.ArgumentParser, exclude: set[str] = froze
 def _choice_lists() -> dict[str, Any]:
     """Options whose values are a fixed list (shown in --help; argparse refuses others at once)."""
     from nami.models.config import POSITION_EMBEDDINGS, PRESETS
-    from nami.training import config as train_config
+    from nami.runs import config as train_config
 
     return {
         "preset": lambda: tuple(PRESETS),
@@ -296,12 +302,48 @@ def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None
     if variant is not None:
         values["arch"] = variant.arch
         values["notes"] = {**(values.get("notes") or {}), "variant": variant.name}
+    if values.get("preset") == "tiny" and not getattr(args, "recipe", None) and not getattr(args, "config", None):
+        _first_use_defaults(values)
     try:
         return TrainConfig.from_dict(values)
     except ValueError as err:
         if getattr(args, "config", None):  # the value may come from the file: name it
             raise UserError(f"{err} (options from --config {args.config} and the command line)") from err
         raise
+
+
+# `--preset tiny` is the first thing to try: under a minute on 2 cores on first use (results/first_minute.md).
+# Each applies unless given: a 4k tokenizer trained on 2 JaQuAD train shards (the default 32k one reads all 30,
+# ~2 min), training on those 2 shards, short windows, a small batch, 30 s of training, no periodic evaluation.
+TINY_FIRST_USE = dict(vocab_size=4000, tokenizer_shards=2, max_length=128, doc_stride=64, max_question_tokens=32,
+                      batch_size=16, lr=2e-3, eval_every_minutes=None)
+TINY_TRAIN_SHARDS = 2
+TINY_MINUTES = 0.5
+
+
+def _first_use_defaults(values: dict[str, Any]) -> None:
+    """``--preset tiny``'s quick settings, for the options the command line did not give."""
+    from nami.runs.tasks import QA, option_tasks
+
+    readers = option_tasks()  # options only some tasks read: set only for a task that reads them
+    task = values.get("task") or QA
+    for name, value in TINY_FIRST_USE.items():
+        if name in ("vocab_size", "tokenizer_shards") and values.get("tokenizer"):
+            continue  # the given tokenizer's vocabulary
+        if name in readers and task not in readers[name]:
+            continue
+        values.setdefault(name, value)
+    if all(values.get(name) is None for name in ("epochs", "max_steps", "max_minutes")):
+        values["max_minutes"] = TINY_MINUTES
+    if values.get("train_data") is None:
+        from nami.paths import JAQUAD_TRAIN, DataNotFoundError, default_data
+
+        try:
+            shards = sorted(default_data(JAQUAD_TRAIN).glob("*.json"))[:TINY_TRAIN_SHARDS]
+        except DataNotFoundError:
+            shards = []  # the run reports the missing data itself
+        if shards:
+            values["train_data"] = [str(path) for path in shards]
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -315,9 +357,8 @@ def _read_json(path: str, what: str) -> Any:
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from nami.data.corpus import read_corpus
-    from nami.text import train_tokenizer
-
     from nami.io import check_output_dir
+    from nami.text import train_tokenizer
 
     out = check_output_dir(args.out, "--out")
     if out.exists() and any(out.iterdir()):
@@ -388,7 +429,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """``nami pretrain`` = ``nami train --task mlm`` (``--objective clm``: ``--task clm``, a causal decoder)."""
-    from nami.training.tasks.registry import MLM
+    from nami.runs.tasks import MLM
 
     args.task = args.objective or (None if args.recipe else MLM)  # the recipe's objective, else masked LM
     return cmd_train(args)
@@ -402,6 +443,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                         "default 0 decoding is greedy and would ignore them")
     generator = pipeline("text-generation", model=args.checkpoint, threads=args.threads, device=args.device)
     stream = None if args.no_stream or args.json else (lambda piece: print(piece, end="", flush=True))
+    if stream is not None:
+        print(args.prompt, end="", flush=True)  # the prompt, then its continuation as it is written
     result = generator(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, on_text=stream)
     if args.json:
@@ -477,6 +520,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as error:
             raise UserError(f"--context-file {args.context_file}: cannot read it as UTF-8 text ({error})") from None
     started = time.perf_counter()
+    if args.checkpoint is None:
+        from nami.paths import shipped_qa
+
+        args.checkpoint = str(shipped_qa())
     answer = ask(args.checkpoint, context=context, question=args.question, n_best=args.n_best,
                  device=args.device, whole=args.whole)
     if args.verbose:
@@ -546,6 +593,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         models=tuple(args.models),
         custom=_custom_variants(args),
         reuse=tuple(args.reuse or ()),
+        started=getattr(args, "started", None),
     )
     return 0
 
@@ -597,8 +645,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"nami serve needs {' and '.join(missing)}: pip install 'nami[serve]'")
     from nami.serve import serve
 
+    if not args.runs:
+        from nami.paths import shipped_qa
+
+        args.runs = [str(shipped_qa())]
     serve(args.runs, host=args.host, port=args.port, device=args.device, max_context_chars=args.max_context_chars,
           batch_window_ms=args.batch_window_ms, max_batch=args.max_batch)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from nami import paths
+    from nami.reports.export import export_model
+
+    eval_data = args.eval_data or str(paths.default_data(paths.JSQUAD_DEV))
+    card = export_model(args.run, args.out, eval_data=eval_data, dtype=args.dtype, results=args.results,
+                        name=args.name, quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
+    ev = card["evaluation"]
+    print(f"[nami] exported {args.run} to {args.out} ({card['weights']['bytes_on_disk'] / 1e6:.1f} MB): "
+          f"EM {ev['exact_match']:.2f} / F1 {ev['f1']:.2f} on {ev['data']} ({ev['count']:,} questions)")
     return 0
 
 
@@ -840,7 +905,9 @@ def _add_inference_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("ask", help="answer one question about one context")
-    p.add_argument("--checkpoint", required=True, help="run directory (extractive or generative QA)")
+    p.add_argument("--checkpoint", default=None,
+                   help="run directory (extractive or generative QA; default: the QA model shipped with nami, "
+                        "see src/nami/shipped/reader/README.md)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--context", help="the text to answer from")
     where.add_argument("--context-file", metavar="FILE", help="read the context from a UTF-8 text file (a whole "
@@ -1000,7 +1067,8 @@ def _add_serve_command(sub: Any) -> None:
     """The serve subcommand."""
     p = sub.add_parser("serve", help="serve trained runs over HTTP: a JSON API and a web page (pip install "
                                      "'nami[serve]')")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (QA, generative-QA or causal-LM runs)")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run directories (QA, generative-QA or causal-LM runs; "
+                                                           "default: the QA model shipped with nami)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=positive_int, default=8000)
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, ... (default: cpu)")
@@ -1010,6 +1078,20 @@ def _add_serve_command(sub: Any) -> None:
                    help="how long a question waits for others to share its forward pass (micro-batching)")
     p.add_argument("--max-batch", type=positive_int, default=32, help="questions per forward pass at most")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="a QA run as a compact model directory with a model card (bf16 weights, "
+                                      "tokenizer, card.json + README.md with its measured EM / F1)")
+    p.add_argument("run", help="the trained QA run directory")
+    p.add_argument("--out", required=True, help="the directory to write (new or empty)")
+    p.add_argument("--eval-data", default=None,
+                   help="SQuAD-format file the card's EM / F1 are measured on (default: JSQuAD dev)")
+    p.add_argument("--results", default=None,
+                   help="the results JSON whose record of this run (command, commit, machine, selection score) the "
+                        "card quotes (written by nami ablate)")
+    p.add_argument("--name", default=None, help="the model's name in its card (default: the folder's name)")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="weights on disk (default: bf16)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
 
 
 def _add_bench_commands(sub: Any) -> None:
@@ -1098,7 +1180,7 @@ def load_plugins() -> list[str]:
     names = [n.strip() for n in os.environ.get("NAMI_PLUGINS", "").split(",") if n.strip()]
     if names:  # the built-in mixers and tasks first: a plugin reusing one of their names is refused at once
         from nami.models.registry import load_builtin_mixers
-        from nami.training.tasks.registry import load_builtin_tasks
+        from nami.runs.tasks import load_builtin_tasks
 
         load_builtin_mixers()
         load_builtin_tasks()
@@ -1117,7 +1199,24 @@ def load_plugins() -> list[str]:
     return names
 
 
+def _process_started() -> float:
+    """When this process started (``time.time()`` scale), interpreter start-up included; now where the
+    system does not say (not Linux)."""
+    try:
+        with open("/proc/self/stat") as handle:
+            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])  # field 22: start, clock ticks after boot
+        with open("/proc/uptime") as handle:
+            uptime = float(handle.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age if 0 <= age < 3600 else time.time()
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # The command's clock (a report states the whole command's wall time): from the process's start
+    # when main() is what the process runs, else (main() called from Python) from now.
+    started = _process_started() if argv is None else time.time()
     from nami.resources import tune_malloc
 
     try:
@@ -1127,6 +1226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = started
     tune_malloc()  # CPU steps reuse their pages instead of re-faulting them (see nami.resources)
     from nami.io import CommandFailed, describe_os_error
 

@@ -15,6 +15,10 @@ JAQUAD_TRAIN = "jaquad/train"
 JAQUAD_DEV = "jaquad/dev"
 JSQUAD_DEV = "jsquad/valid-v1.3.json"
 
+# The QA model that ships with nami (``nami export``; its card is README.md beside the weights):
+# ``nami ask`` and ``pipeline("question-answering")`` use it when no model is named.
+SHIPPED_QA = Path(__file__).resolve().parent / "shipped" / "reader"
+
 
 class DataNotFoundError(FileNotFoundError):
     """The data root or a default data file cannot be found."""
@@ -46,6 +50,14 @@ def default_data(relative: str) -> Path:
     if not path.exists():
         raise DataNotFoundError(f"default data {relative!r} not found under {data_root()}")
     return path
+
+
+def shipped_qa() -> Path:
+    """The shipped QA model's directory, checked to exist."""
+    if not (SHIPPED_QA / "config.json").is_file():
+        raise DataNotFoundError(f"no model named and no shipped model at {SHIPPED_QA} (this installation has "
+                                "none): name a run, e.g. --checkpoint runs/<run>")
+    return SHIPPED_QA
 
 
 def cache_dir() -> Path:

@@ -24,9 +24,8 @@ from nami.data.squad import QAExample, load_squad
 from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import PredictionOutput, predict_answers
 from nami.io import read_json, write_json
-from nami.training import checkpoint as ckpt
-from nami.training.tasks.registry import INFOS, info
-
+from nami.runs import load as runs
+from nami.runs.tasks import INFOS, info
 
 
 def check_text(option: str, text: Any) -> None:
@@ -86,7 +85,7 @@ class _RunPipeline:
             torch.set_num_threads(threads)
         self.run_dir = Path(model)
         self.device = torch.device(device)
-        self.model, self.tokenizer, self.config = ckpt.load_run(self.run_dir, device=self.device)
+        self.model, self.tokenizer, self.config = runs.load_run(self.run_dir, device=self.device)
         entry = INFOS.get(self.config.task)
         if entry is None or entry.pipeline != self.task or entry.answers != self.answers:
             raise ValueError(f"{self.run_dir}: a {self.config.task!r} run; {self.task} needs {self.how_to_train}")
@@ -94,7 +93,7 @@ class _RunPipeline:
 
 def _recorded_match(run_dir: Path, data, scores: dict[str, Any]) -> dict[str, Any]:
     """``recorded_f1`` / ``matches_recorded`` when the run's final evaluation scored the same data file."""
-    recorded = Path(run_dir) / ckpt.FINAL_EVAL_FILE
+    recorded = Path(run_dir) / runs.FINAL_EVAL_FILE
     if not recorded.is_file():
         return {}
     try:  # not covered by the manifest: an untrusted file, read defensively (the output is already written)
@@ -103,7 +102,7 @@ def _recorded_match(run_dir: Path, data, scores: dict[str, Any]) -> dict[str, An
         if fields is None or not isinstance(fields["data"], str) or not all(
                 isinstance(fields[k], (int, float)) and not isinstance(fields[k], bool) for k in ("f1", "exact_match")):
             raise ValueError("expected an object with data, f1 and exact_match")
-    except (KeyError, ValueError, OSError, ckpt.CheckpointError) as err:
+    except (KeyError, ValueError, OSError, runs.CheckpointError) as err:
         import sys
 
         print(f"nami: warning: {recorded}: unreadable ({err}); not compared with the recorded score", file=sys.stderr)
@@ -234,8 +233,9 @@ class TextGenerationPipeline(_RunPipeline):
     """Continue prompts with a causal-LM run (``nami pretrain --objective clm``), loaded once.
 
     ``gen("梅雨は", max_new_tokens=16)`` → ``{"generated_text", "prompt", "token_ids", "stopped"}``;
-    a list of prompts gives a list (decoded as one batch). ``generated_text`` is the continuation
-    only, in the tokenizer's normalised form (NFKC + lower case). Greedy by default; ``temperature``,
+    a list of prompts gives a list (decoded as one batch). ``generated_text`` is the prompt followed by
+    its continuation, as in Hugging Face's pipeline; ``return_full_text=False`` gives the continuation
+    only. The continuation is in the tokenizer's normalised form (NFKC + lower case). Greedy by default; ``temperature``,
     ``top_k``, ``top_p`` and ``seed`` sample reproducibly. Generation stops at ``[SEP]`` (the
     end-of-document token of causal-LM pretraining; ``stopped: "eos"``) or after ``max_new_tokens``.
     """
@@ -244,8 +244,8 @@ class TextGenerationPipeline(_RunPipeline):
 
     def __call__(self, prompts: str | Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
-                 on_text: Any = None) -> dict[str, Any] | list[dict[str, Any]]:
-        """``on_text(piece)``: called with each new piece of text of the first prompt (streaming)."""
+                 on_text: Any = None, return_full_text: bool = True) -> dict[str, Any] | list[dict[str, Any]]:
+        """``on_text(piece)``: called with each new piece of the first prompt's continuation (streaming)."""
         from nami.models.generation import generate
 
         single = isinstance(prompts, str)
@@ -254,6 +254,8 @@ class TextGenerationPipeline(_RunPipeline):
             check_text("prompt" if single else f"prompts[{i}]", text)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
+        if not isinstance(return_full_text, bool):
+            raise ValueError(f"return_full_text={return_full_text!r}: expected True or False")
         eos = self.tokenizer.sep_id
         encoded = [[self.tokenizer.cls_id, *self.tokenizer.encode(t).ids] for t in texts]
         shown: list[int] = []
@@ -279,7 +281,9 @@ class TextGenerationPipeline(_RunPipeline):
         for text, ids in zip(texts, outputs):
             stopped = "eos" if ids and ids[-1] == eos else "length"
             body = ids[:-1] if stopped == "eos" else ids
-            results.append({"generated_text": self.tokenizer.decode(body), "prompt": text, "token_ids": ids,
+            continuation = self.tokenizer.decode(body)
+            results.append({"generated_text": text + continuation if return_full_text else continuation,
+                            "prompt": text, "token_ids": ids,
                             "stopped": stopped})
         return results[0] if single else results
 
@@ -369,15 +373,23 @@ PIPELINES = {"question-answering": QuestionAnsweringPipeline, "text-generation":
 _WRITTEN = {"question-answering": GenerativeQAPipeline}
 
 
-def pipeline(task: str, model: str | Path, **kwargs: Any):
+def pipeline(task: str, model: str | Path | None = None, **kwargs: Any):
     """A ready pipeline for ``task`` over the trained run directory ``model`` (loaded once).
 
     ``task``: ``"question-answering"`` (:class:`QuestionAnsweringPipeline`, or
     :class:`GenerativeQAPipeline` for a generative-QA run) or ``"text-generation"``
-    (:class:`TextGenerationPipeline`). Keyword arguments: ``device`` (default ``"cpu"``), ``threads``.
+    (:class:`TextGenerationPipeline`). ``model=None``: the QA model that ships with nami
+    (:data:`nami.paths.SHIPPED_QA`, its card beside it). Keyword arguments: ``device`` (default
+    ``"cpu"``), ``threads``.
     """
     if task not in PIPELINES:
         raise ValueError(f"unknown pipeline task {task!r}: expected one of {', '.join(PIPELINES)}")
+    if model is None:
+        if task != "question-answering":
+            raise ValueError(f"pipeline({task!r}): name a run (model=...); nami ships a question-answering model only")
+        from nami.paths import shipped_qa
+
+        model = shipped_qa()
     if task in _WRITTEN and _writes_answers(model):
         return _WRITTEN[task](model, **kwargs)
     return PIPELINES[task](model, **kwargs)
@@ -385,7 +397,7 @@ def pipeline(task: str, model: str | Path, **kwargs: Any):
 
 def _writes_answers(run_dir: str | Path) -> bool:
     """Whether the run's task writes its answers (generative QA) rather than pointing at a span."""
-    task = ckpt.read_run_config(run_dir)[0].task
+    task = runs.read_run_config(run_dir)[0].task
     return info(task).answers == "generate"
 
 

@@ -139,13 +139,13 @@ def _card(run_dir: Path, pipe: Any, kind: str) -> dict[str, Any]:
 
 def load_runs(runs: list[str], *, device: str = "cpu") -> dict[str, Served]:
     """Each run folder through its pipeline (question answering, or text generation for causal-LM runs)."""
-    from nami.training import checkpoint as ckpt
-    from nami.training.tasks.registry import info
+    from nami.runs.load import read_run_config
+    from nami.runs.tasks import info
 
     served: dict[str, Served] = {}
     for run in runs:
         run_dir = Path(run)
-        config = ckpt.read_run_config(run_dir)[0]
+        config = read_run_config(run_dir)[0]
         entry = info(config.task)
         if entry.pipeline is None:
             raise ValueError(f"{run_dir}: a {config.task!r} run answers nothing over HTTP (serve QA or causal-LM runs)")
@@ -301,7 +301,8 @@ class _Api:
         loop = asyncio.get_running_loop()
         head = {"object": "text_completion", "created": int(time.time()), "model": item.name}
         if not stream:
-            out = await loop.run_in_executor(self.executor, lambda: item.pipe(prompt, **options))
+            out = await loop.run_in_executor(  # OpenAI's completions return the continuation only
+                self.executor, lambda: item.pipe(prompt, return_full_text=False, **options))
             reason = "stop" if out["stopped"] == "eos" else "length"
             return JSONResponse({"id": f"cmpl-{head['created']}", **head,
                                  "choices": [{"index": 0, "text": out["generated_text"], "finish_reason": reason}],

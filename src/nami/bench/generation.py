@@ -24,10 +24,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from nami.io import write_json
-from nami.resources import resolve_precision
-from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 from nami.bench.scaling import CaseFailed, run_isolated
+from nami.io import write_json
+from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
+from nami.resources import resolve_precision
 
 DEFAULT_PROMPT_LENS = (256, 1024, 4096, 16384)
 # The decoders measured: Wave (with and without its causal conv branch) against the Transformer with

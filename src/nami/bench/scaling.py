@@ -26,10 +26,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from nami.models import ARCHITECTURES  # noqa: E402  (the registry with the built-in mixers)
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 from nami.resources import resolve_precision
-
-from nami.models import ARCHITECTURES  # noqa: E402  (the registry with the built-in mixers)
 
 MODELS = tuple(ARCHITECTURES)
 # What is measured: (model, compiled). "wave" is the Wave encoder as it trains by default, with the

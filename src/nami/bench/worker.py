@@ -27,7 +27,6 @@ import torch
 from nami.models import QAModel, count_parameters, preset_config
 from nami.resources import peak_rss_mb
 
-
 # Operators that are matrix products (GEMMs) in a CPU profile: ATen's and oneDNN's.
 MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::linear", "aten::matmul", "mkldnn", "onednn")
 

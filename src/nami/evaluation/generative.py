@@ -11,7 +11,6 @@ from nami.data.batching import sorted_batches
 from nami.data.generative import locate_answer, span_constraint
 from nami.evaluation.predict import autocast_context
 
-
 CONSTRAINTS = ("none", "context")
 
 

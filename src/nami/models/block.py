@@ -21,8 +21,8 @@ from torch import nn
 
 from nami.models.common import Embeddings, FeedForward, init_weights
 from nami.models.config import ModelConfig
-from nami.models.inputs import DecodingCache, MixerInputs
 from nami.models.hierarchy import group_ids
+from nami.models.inputs import DecodingCache, MixerInputs
 from nami.models.registry import mixer_class
 
 _LEGACY_MIXER_NAMES = ("wave.", "attn.")  # WaveBlock.wave / TransformerBlock.attn before the registry

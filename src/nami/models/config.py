@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-
 WaveMode = Literal["interference", "modulation"]
 WAVE_MODES: tuple[str, ...] = ("interference", "modulation")
 

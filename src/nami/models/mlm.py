@@ -8,10 +8,10 @@ embedding by default (tied), or its own parameter.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
-
-from typing import Any, Callable
 
 from nami.models.block import Encoder
 from nami.models.common import init_weights

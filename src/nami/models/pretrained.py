@@ -14,7 +14,6 @@ checkpoints, so ``QAModel.from_pretrained("runs/<run>")`` loads a trained run di
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,9 +28,10 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 
 
-def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict as contiguous float32 CPU tensors (what ``model.safetensors`` holds)."""
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+def weights_of(model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors of ``dtype`` (what ``model.safetensors`` holds: float32,
+    or bfloat16 for a compact export; loading casts into the model's float32 parameters)."""
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
 
 
 def root_files(directory: Path) -> list[str]:
@@ -86,11 +86,12 @@ def _kept_fingerprint(directory: Path) -> str | None:
     return saved.get("tokenizer_fingerprint") if isinstance(saved, dict) else None
 
 
-def save_weights_file(directory: Path, model: torch.nn.Module, also_written: tuple[str, ...] = ()) -> None:
+def save_weights_file(directory: Path, model: torch.nn.Module, also_written: tuple[str, ...] = (),
+                      dtype: torch.dtype = torch.float32) -> None:
     """Write ``model.safetensors`` atomically and refresh the manifest for it (and ``also_written``,
     the other files the caller has just written); files this process did not write keep their
     recorded checksums, so an edit by someone else is never re-signed."""
-    weights = weights_of(model)
+    weights = weights_of(model, dtype)
     atomic_write(Path(directory) / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp)))
     update_manifest(directory, (WEIGHTS_FILE, *also_written), root_files(directory))
 
@@ -125,14 +126,34 @@ class PreTrainedMixin:
     config: ModelConfig
 
     def save_pretrained(self, directory: str | Path, *, tokenizer: Any = None,
-                        train_config: dict[str, Any] | None = None) -> Path:
-        """Write config, weights (and tokenizer) with a sha256 manifest; returns the directory.
+                        train_config: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+        """Write config, weights and tokenizer with a sha256 manifest; returns the directory, which
+        ``pipeline(...)`` / ``nami ask`` load as they load a run.
 
+        ``tokenizer``: the tokenizer the model was trained with. Default: the one already in
+        ``directory`` (saving again in place), else the one of the directory the model was loaded
+        from (``from_pretrained``); with neither, saving is refused (a directory without its
+        tokenizer answers nothing). ``tokenizer=False`` writes config and weights alone, for
+        ``from_pretrained`` only.
         ``train_config``: the training settings that shape its inputs (windows, token types, answer
         boundaries), which ``pipeline`` / ``nami predict`` then apply; default: those of the run or
         directory the model was loaded from (``from_pretrained``), else none (derived from the model
-        when loaded: see :func:`nami.training.checkpoint.read_run_config`)."""
+        when loaded: see :func:`nami.runs.load.read_run_config`).
+        ``dtype``: of the weights on disk (``torch.bfloat16`` halves them; ``nami export``)."""
         directory = Path(directory)
+        weights_only = tokenizer is False
+        if tokenizer is None and _kept_fingerprint(directory) is None:
+            source = getattr(self, "loaded_from", None)
+            if source is not None and (Path(source) / TOKENIZER_DIR).is_dir():
+                from nami.text import JapaneseTokenizer
+
+                tokenizer = JapaneseTokenizer.load(Path(source) / TOKENIZER_DIR)
+            else:
+                raise ValueError(f"save_pretrained({directory}): give tokenizer= (the tokenizer the model was "
+                                 "trained with: a directory without it cannot be loaded by pipeline() or nami ask); "
+                                 "tokenizer=False writes the config and weights alone, for from_pretrained")
+        if weights_only:
+            tokenizer = None
         directory.mkdir(parents=True, exist_ok=True)
         fingerprint = tokenizer.fingerprint if tokenizer is not None else _kept_fingerprint(directory)
         if tokenizer is not None:
@@ -144,7 +165,7 @@ class PreTrainedMixin:
         })
         written = [CONFIG_FILE] + ([n for n in root_files(directory) if n.startswith(f"{TOKENIZER_DIR}/")]
                                    if tokenizer is not None else [])
-        save_weights_file(directory, self, tuple(written))  # type: ignore[arg-type]
+        save_weights_file(directory, self, tuple(written), dtype=dtype)  # type: ignore[arg-type]
         return directory
 
     @classmethod
@@ -191,4 +212,5 @@ class PreTrainedMixin:
             raise CheckpointError(f"{weights_path}: weights do not fit the model "
                                   f"(missing {missing}, unexpected {unexpected})")
         model.saved_train_config = saved.get("train")  # what save_pretrained writes again by default
+        model.loaded_from = directory  # whose tokenizer save_pretrained copies by default
         return model.to(device).eval()  # type: ignore[attr-defined]

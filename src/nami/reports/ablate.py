@@ -32,8 +32,8 @@ from nami import paths
 from nami.io import CommandFailed, OutputLock, check_output_path, read_json, write_json
 from nami.reports.compare import COMPARE_PRESETS, FINAL_STAGE, _run_chain, _stage_command, stage_configs
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
-from nami.training import checkpoint as ckpt
 from nami.reports.variants import VARIANTS, Variant, resolve  # noqa: F401 (VARIANTS re-exported)
+from nami.training import checkpoint as ckpt
 from nami.training.tasks import resolve_eval_data, resolve_train_data
 
 # The screening protocol: QA only, from scratch, with the standard preset's QA recipe, chosen on the

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from nami import paths
-from nami.training.tasks.registry import CLM, GENERATIVE_QA, MLM, QA
+from nami.runs.tasks import CLM, GENERATIVE_QA, MLM, QA
 
 _SMOKE_QA = dict(preset="tiny", max_length=128, doc_stride=64, batch_size=16, lr=2e-3, eval_subset=50,
                  eval_every_minutes=None, epochs=1.0, log_every=2)  # seconds long: log often enough for curves

@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from nami.io import read_json, write_json
 from nami.reports.environment import provenance_lines
 from nami.reports.plots import plot_training_curves, read_metrics
-from nami.io import read_json, write_json
-from nami.training.tasks.registry import INFOS, QA
+from nami.runs.tasks import INFOS, QA
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -180,6 +180,7 @@ def _check_numbers(result: dict[str, Any], path: Path) -> None:
             raise ValueError(f"{path}: {where}={value!r}: expected a finite number")
 
     check(result.get("wall_minutes"), "wall_minutes")
+    check(result.get("training_wall_minutes"), "training_wall_minutes")
     for key, value in (result.get("budget_minutes") or {}).items():
         check(value, f"budget_minutes.{key}")
     for name, model in result["models"].items():
@@ -322,7 +323,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"fine-tuning), {mode}; "
         + ("every model reused from an earlier invocation (nothing trained by this one)"
            if all((m.get("trained") or {}).get("reused") for m in result["models"].values())
-           else f"wall clock {result['wall_minutes']:.1f} minutes"),
+           else f"wall clock {result['wall_minutes']:.1f} minutes for the whole command"
+                + (f" ({result['training_wall_minutes']:.1f} of them training)"
+                   if result.get("training_wall_minutes") is not None else "")),
         f"- QA train data: {', '.join(result['train_data'])}"
         + (" (JaQuAD; the official JSQuAD train split is not available here)"
            if result["train_data"] and all("jaquad" in str(p).lower() for p in result["train_data"]) else ""),

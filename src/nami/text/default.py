@@ -81,9 +81,15 @@ def _train(files: list[Path], vocab_size: int, directory: Path) -> JapaneseToken
     return JapaneseTokenizer.load(directory)
 
 
-def default_tokenizer(vocab_size: int = 32000, *, rebuild: bool = False) -> JapaneseTokenizer:
-    """The JaQuAD-train tokenizer, trained on first use and cached under ``cache_dir()/tokenizers``."""
+def default_tokenizer(vocab_size: int = 32000, *, shards: int | None = None, rebuild: bool = False) -> JapaneseTokenizer:
+    """The JaQuAD-train tokenizer, trained on first use and cached under ``cache_dir()/tokenizers``.
+    ``shards``: train on the first N JaQuAD train shards only (``--preset tiny``'s small vocabulary:
+    seconds instead of minutes on first use); None: all of them."""
     files = _corpus_files()
+    if shards is not None:
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"tokenizer_shards={shards!r}: expected an integer >= 1")
+        files = files[:shards]
     directory = cache_dir() / "tokenizers" / _cache_key(files, vocab_size)
     tokenizer = None
     if not rebuild and (directory / CONFIG_FILE).exists():

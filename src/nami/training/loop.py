@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.state import AcceleratorState
 from accelerate.data_loader import prepare_data_loader
+from accelerate.state import AcceleratorState
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -51,9 +51,9 @@ from nami.models import count_parameters
 from nami.models.block import set_branches
 from nami.models.speed import autograd_wave_layers, compile_wave_layers
 from nami.resources import peak_rss_mb, resolve_precision
+from nami.runs.config import TrainConfig
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
-from nami.training.config import TrainConfig
 from nami.training.distributed import Ranks, ShardedBatches
 from nami.training.strategy import first_nonfinite_gradient, param_groups, strategy_for  # noqa: F401 (re-exported)
 from nami.training.tasks import TASKS
@@ -144,7 +144,7 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
 def load_tokenizer(config: TrainConfig) -> JapaneseTokenizer:
     if config.tokenizer:
         return JapaneseTokenizer.load(config.tokenizer)
-    return default_tokenizer(config.vocab_size)
+    return default_tokenizer(config.vocab_size, shards=config.tokenizer_shards)
 
 
 def new_run_dir(config: TrainConfig) -> Path:

@@ -19,11 +19,10 @@ from typing import Any, Callable
 import torch
 from accelerate.utils import convert_outputs_to_fp32
 
-from nami.training.config import TrainConfig
+from nami.runs.config import TrainConfig
+from nami.runs.deepspeed import ZERO_STAGES, deepspeed_config
 from nami.training.distributed import (
-    ZERO_STAGES,
     Ranks,
-    deepspeed_config,
     deepspeed_engine,
     deepspeed_full_optimizer_state,
     deepspeed_full_weights,

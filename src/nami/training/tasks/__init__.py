@@ -7,7 +7,7 @@
 * :mod:`~nami.training.tasks.clm` — causal-LM pretraining of a decoder; held-out perplexity.
 
 A task owns its data, batches, model, loss and evaluation; the loop owns optimisation, logging,
-checkpoints and resume. :mod:`~nami.training.tasks.registry` (torch-free) lists them with what the
+checkpoints and resume. :mod:`~nami.runs.tasks` (torch-free) lists them with what the
 rest of nami needs to know; adding a task is one module + one :func:`register_task` (see
 docs/architecture.md). Names below are loaded on first use, so importing the registry stays light.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from nami.training.tasks.registry import (  # noqa: F401
+from nami.runs.tasks import (  # noqa: F401
     CLM,
     GENERATIVE_QA,
     INFOS,

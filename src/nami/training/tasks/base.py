@@ -21,15 +21,15 @@ from nami.data.corpus import text_lines
 from nami.data.features import QAFeatures
 from nami.data.squad import DataValidationError, load_squad, with_title_prefix
 from nami.models import ModelConfig
-from nami.training.config import TrainConfig
+from nami.runs.config import TrainConfig
+from nami.runs.tasks import info
 from nami.training.distributed import Ranks
-from nami.training.tasks.registry import info
 
 
 class Task:
     """What the loop needs of a task (see :class:`QATask` for a complete one).
 
-    Class attributes: ``name`` (``TrainConfig.task``; its :class:`~nami.training.tasks.registry.TaskInfo`
+    Class attributes: ``name`` (``TrainConfig.task``; its :class:`~nami.runs.tasks.TaskInfo`
     says what the rest of nami needs to know), ``model_class`` (a model with ``from_pretrained``).
     Methods: ``__init__(config)`` loads and validates data; ``prepare(tokenizer,
     show)`` builds ``train_lengths`` and ``collate``; ``model_config(tokenizer)``;

@@ -15,8 +15,8 @@ from nami.data.batching import sorted_batches
 from nami.data.clm import CLMCollator, pack_causal_sequences
 from nami.evaluation.predict import autocast_context
 from nami.models import CausalLMModel, ModelConfig
+from nami.runs.tasks import CLM, register_task
 from nami.training.tasks.base import _CorpusTask
-from nami.training.tasks.registry import CLM, register_task
 
 
 @register_task

@@ -12,9 +12,9 @@ from torch import nn
 from nami.data.generative import GenerativeCollator, build_generative
 from nami.evaluation.generative import generate_answers
 from nami.evaluation.metric import evaluate_predictions
+from nami.runs.tasks import GENERATIVE_QA, register_task
 from nami.training.tasks.base import QADataMixin
 from nami.training.tasks.clm import CLMTask
-from nami.training.tasks.registry import GENERATIVE_QA, register_task
 
 
 @register_task

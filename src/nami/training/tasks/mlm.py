@@ -14,8 +14,8 @@ from nami.data.batching import sorted_batches
 from nami.data.mlm import MLMCollator, pack_sequences
 from nami.evaluation.predict import autocast_context
 from nami.models import MaskedLMModel, ModelConfig
+from nami.runs.tasks import MLM, register_task
 from nami.training.tasks.base import _CorpusTask, unwrap
-from nami.training.tasks.registry import MLM, register_task
 
 
 @register_task

@@ -13,9 +13,9 @@ from nami.data.features import FeatureConfig, QAFeatures, build_features
 from nami.evaluation.metric import evaluate_predictions
 from nami.evaluation.predict import predict_answers
 from nami.models import QAModel
+from nami.runs.tasks import QA, register_task
 from nami.training.distributed import Ranks, merge_answers, shard_examples
 from nami.training.tasks.base import QADataMixin, Task, select_windows
-from nami.training.tasks.registry import QA, register_task
 
 
 @register_task

@@ -34,6 +34,8 @@ class TaskInfo:
         causal: whether it trains a decoder (its runs generate text).
         pipeline: the ``nami.pipelines`` task name that loads its runs (``None``: none).
         answers: whether its runs answer questions (``nami predict`` / ``nami ask``): "extract", "generate" or None.
+        model: ``"module:Class"`` of the model its runs hold, so that loading a run (inference) does
+            not import the task's training code; empty: ask the task class's ``model_class``.
     """
 
     name: str
@@ -45,6 +47,7 @@ class TaskInfo:
     causal: bool = False
     pipeline: str | None = None
     answers: str | None = None
+    model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,13 +61,15 @@ _LM_LOSS = ("loss_impl",)
 
 INFOS: dict[str, TaskInfo] = {
     QA: TaskInfo(QA, "nami.training.tasks.qa", "train", _EXTRACTIVE + _QA_SHARED, "QA", paths.JSQUAD_DEV,
-                 pipeline="question-answering", answers="extract"),
-    MLM: TaskInfo(MLM, "nami.training.tasks.mlm", "pretrain", _MASKED + _LM_LOSS, "masked-LM", paths.JAQUAD_DEV),
+                 pipeline="question-answering", answers="extract", model="nami.models.qa:QAModel"),
+    MLM: TaskInfo(MLM, "nami.training.tasks.mlm", "pretrain", _MASKED + _LM_LOSS, "masked-LM", paths.JAQUAD_DEV,
+                  model="nami.models.mlm:MaskedLMModel"),
     CLM: TaskInfo(CLM, "nami.training.tasks.clm", "pretrain", _LM_LOSS, "causal-LM", paths.JAQUAD_DEV, causal=True,
-                  pipeline="text-generation"),
+                  pipeline="text-generation", model="nami.models.clm:CausalLMModel"),
     GENERATIVE_QA: TaskInfo(GENERATIVE_QA, "nami.training.tasks.generative_qa", "train",
                             _QA_SHARED + _LM_LOSS + ("num_beams", "constrain"), "generative QA", paths.JSQUAD_DEV,
-                            causal=True, pipeline="question-answering", answers="generate"),
+                            causal=True, pipeline="question-answering", answers="generate",
+                            model="nami.models.clm:CausalLMModel"),
 }
 
 
@@ -173,3 +178,13 @@ def task_class(name: str) -> type:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}: expected one of {', '.join(INFOS)}")
     return TASKS[name]
+
+
+def model_class(name: str) -> type:
+    """The model class that runs of task ``name`` hold (for loading them), without importing the task's
+    training code where its :class:`TaskInfo` names the class."""
+    entry = info(name)
+    if entry.model:
+        module, _, attr = entry.model.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return task_class(name).model_class

@@ -19,18 +19,18 @@ from typing import Any
 from nami.checks import in_range
 from nami.data.choices import ANSWER_BOUNDARIES
 from nami.models.config import DATA_FIELDS, PRESETS, ModelConfig
-from nami.training.tasks.registry import INFOS, QA, option_tasks
+from nami.runs.tasks import INFOS, QA, option_tasks
 
 # Options that must be > 0 (checked by ``validate`` and, on the command line, when parsed: a bad
 # value is refused before torch is imported); those in OPTIONAL_OPTIONS may also be null.
 POSITIVE_INTEGER_OPTIONS = ("vocab_size", "max_length", "doc_stride", "max_question_tokens", "batch_size",
                             "grad_accum", "num_beams", "eval_subset", "eval_batch_size", "max_answer_tokens",
                             "log_every", "max_steps", "checkpoint_every_steps", "keep_checkpoints", "threads",
-                            "pppl_sequences")
+                            "pppl_sequences", "tokenizer_shards")
 POSITIVE_NUMBER_OPTIONS = ("lr", "epochs", "max_minutes", "eval_every_minutes", "checkpoint_every_minutes",
                            "distill_temperature", "max_grad_norm", "adam_eps")
 OPTIONAL_OPTIONS = ("max_steps", "checkpoint_every_steps", "threads", "max_minutes", "eval_every_minutes",
-                    "checkpoint_every_minutes")
+                    "checkpoint_every_minutes", "tokenizer_shards")
 
 PRECISIONS = ("auto", "bf16", "fp32")
 LOSS_IMPLS = ("auto", "blockwise", "torch_chunked", "naive", "cce")
@@ -84,7 +84,7 @@ class TrainConfig:
     without ``max_minutes`` is bitwise reproducible.
     """
 
-    task: str = QA  # a task of the registry (nami.training.tasks.registry): extractive QA by default
+    task: str = QA  # a task of the registry (nami.runs.tasks): extractive QA by default
     # The model: architecture, size, dropout. Its vocab_size / max_len / pad_id / type_vocab_size are
     # filled in by training from the tokenizer and the task (the saved config holds the filled values).
     model: ModelConfig = field(default_factory=lambda: ModelConfig.from_name("small"))
@@ -97,6 +97,7 @@ class TrainConfig:
     eval_data: str | None = None
     tokenizer: str | None = None  # a saved tokenizer directory; None = the cached default
     vocab_size: int = 32000  # of the default tokenizer
+    tokenizer_shards: int | None = None  # the default tokenizer reads the first N JaQuAD train shards (None: all)
     max_length: int = 384
     doc_stride: int = 128
     max_question_tokens: int = 64
@@ -233,7 +234,7 @@ class TrainConfig:
             raise ValueError(f"option deepspeed_config={self.deepspeed_config}: a DeepSpeed config needs "
                              f"--sharding zero2 or zero3 (not {self.sharding})")
         if self.deepspeed_config is not None:  # read and checked now, before any data is loaded
-            from nami.training.distributed import deepspeed_config
+            from nami.runs.deepspeed import deepspeed_config
 
             deepspeed_config(self.sharding, self.deepspeed_config, global_batch=self.batch_size, world=1,
                              max_grad_norm=self.max_grad_norm)
@@ -336,6 +337,8 @@ class TrainConfig:
         ignored = ("runs_dir", "run_name", "threads", "checkpoint_every_steps", "checkpoint_every_minutes",
                    "keep_checkpoints", "log_with", "sharding", "deepspeed_config")
         data = {k: v for k, v in self.to_dict().items() if k not in ignored}
+        if data.get("tokenizer_shards") is None:  # a later field at its default: earlier runs keep their names
+            data.pop("tokenizer_shards", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -353,6 +356,8 @@ OPTION_HELP: dict[str, str] = {
     "eval_data": "SQuAD-format evaluation file (default: JSQuAD dev; pretraining: JaQuAD dev contexts)",
     "tokenizer": "a saved tokenizer directory (default: the cached default tokenizer, trained once)",
     "vocab_size": "pieces of the default tokenizer (ignored with --tokenizer)",
+    "tokenizer_shards": "the default tokenizer is trained on the first N JaQuAD train shards only (default: all; "
+                        "--preset tiny: 2)",
     "max_length": "tokens per window or sequence (rounded up to a multiple of 16 for the model)",
     "doc_stride": "tokens between the starts of consecutive windows of a long context (NOT the overlap, as in "
                   "Hugging Face run_qa.py's --doc_stride: overlap = max_length - question - doc_stride)",
@@ -420,11 +425,13 @@ OPTION_HELP: dict[str, str] = {
                 "'nami[tensorboard]'; view with tensorboard --logdir RUN/tensorboard)",
     "rope_base": "base of the RoPE angles (with --wave-rope / --attention-rope)",
     "rope_scale": "scale of the positions in the RoPE angles (with --wave-rope / --attention-rope)",
-    "preset": "model size: tiny (d=64, 2 layers), small (d=256, 4 layers), base (d=512, 8 layers)",
+    "preset": "model size: tiny (d=64, 2 layers; on the command line also quick first-run settings for the options "
+              "not given: a 4k tokenizer on 2 JaQuAD shards, training on those shards, 128-token windows, batch 16, "
+              "30 s), small (d=256, 4 layers), base (d=512, 8 layers)",
 }
 # Options only some tasks read (each task's registry entry names them); the others warn.
 class _LiveOptionTasks(dict):
-    """:func:`~nami.training.tasks.registry.option_tasks` read at each use, so tasks a plugin registers
+    """:func:`~nami.runs.tasks.option_tasks` read at each use, so tasks a plugin registers
     after this module was imported count too."""
 
     def _now(self) -> dict[str, tuple[str, ...]]:
