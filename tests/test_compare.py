@@ -66,7 +66,9 @@ def test_compare_writes_a_report_whose_numbers_come_from_results_json(tiny_squad
     result = json.loads((out / "results.json").read_text("utf-8"))
     # An honest clock: the reported wall time is the whole command (evaluation, re-scoring and the
     # baseline included), not only its training chains.
-    assert abs(result["wall_minutes"] - measured_minutes) <= 0.05 * measured_minutes, (result, measured_minutes)
+    # 5 % of the command; at least 1.5 s, which interpreter exit (torch loaded) alone can take on a 20-s command
+    assert abs(result["wall_minutes"] - measured_minutes) <= max(0.05 * measured_minutes, 1.5 / 60), \
+        (result["wall_minutes"], measured_minutes)
     assert result["training_wall_minutes"] < result["wall_minutes"]
     # --results: the same record at the requested path, with the fields the README documents.
     assert json.loads((tmp_path / "results" / "compare.json").read_text("utf-8")) == result

@@ -94,3 +94,19 @@ def test_random_final_eval_files_never_break_predict(tmp_path_factory, content):
     data = Path(__file__).parent / "fixtures" / "tiny_qa.json"
     summary = predict_file(run, str(data), run.parent / "pred.json", quiet=True)
     assert "f1" in summary
+
+
+@pytest.mark.parametrize("field", ["d_model", "n_layers", "d_ff", "n_heads", "vocab_size", "max_len"])
+@pytest.mark.parametrize("value", [10**9, 10**12])
+def test_huge_sizes_in_a_run_config_are_refused_before_anything_is_built(run, field, value):
+    """Found by the fuzz above: n_layers = 1e9 made a per-layer list of 1e9 names (24 GB, the machine's
+    OOM killer), d_model = 1e12 overflowed even a meta tensor (a RuntimeError, no file named). Sizes
+    beyond any model nami trains are refused when the config is read."""
+    config = json.loads((run / "config.json").read_text())
+    config["model"][field] = value
+    (run / "config.json").write_text(json.dumps(config))
+    write_manifest(run, root_files(run))
+    before = _peak_mb()
+    with pytest.raises((CheckpointError, ValueError), match=field):
+        ask(run, context="富士山の標高は3776メートルである。", question="富士山の標高は?")
+    assert _peak_mb() - before < 500

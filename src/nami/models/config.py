@@ -16,6 +16,12 @@ from typing import Any, Literal
 WaveMode = Literal["interference", "modulation"]
 WAVE_MODES: tuple[str, ...] = ("interference", "modulation")
 
+# The largest sizes a config may name: far beyond any model nami trains, and small enough that a hostile
+# config.json (an untrusted run directory) cannot make nami build per-layer lists or meta tensors whose
+# sizes overflow before the weights are compared (tests/test_hostile_runs.py).
+SIZE_LIMITS = {"vocab_size": 2**24, "max_len": 2**24, "d_model": 2**16, "n_layers": 2**12, "d_ff": 2**20,
+               "n_heads": 2**12}
+
 # Size presets: (d_model, n_layers, d_ff, n_heads). Every architecture takes the same preset.
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(d_model=64, n_layers=2, d_ff=128, n_heads=2),
@@ -128,6 +134,10 @@ class ModelConfig:
         load_builtin_mixers()  # imports torch: validation is where a config meets the models
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"model option arch={self.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+        for name, most in SIZE_LIMITS.items():  # first: a per-layer list of 1e9 entries is itself a memory bomb
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ValueError(f"model option {name}={value!r}: expected a positive integer <= {most:,}")
         if isinstance(self.mixers, str):  # one mixer name: every layer (a variant that fits any depth)
             self.mixers = [self.mixers] * self.n_layers if isinstance(self.n_layers, int) else self.mixers
         if self.mixers is not None:
@@ -141,10 +151,6 @@ class ModelConfig:
                                      f"{', '.join(MIXERS)})")
         if self.wave_mode not in WAVE_MODES:
             raise ValueError(f"model option wave_mode={self.wave_mode!r}: expected one of {WAVE_MODES}")
-        for name in ("vocab_size", "max_len", "d_model", "n_layers", "d_ff", "n_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model option {name}={value!r}: expected a positive integer")
         if self.branches is not None:
             if not isinstance(self.branches, (list, tuple)):
                 raise ValueError(f"model option branches={self.branches!r}: expected a list of mixer names (or null)")

@@ -61,8 +61,12 @@ def check_config_fits_weights(cls: type, model_config: ModelConfig, kwargs: dict
     if blocks and model_config.n_layers != len(blocks):
         raise CheckpointError(f"{directory / CONFIG_FILE}: n_layers={model_config.n_layers} but the weights hold "
                               f"{len(blocks)} blocks")
-    with torch.device("meta"):
-        shapes = {key: tuple(t.shape) for key, t in cls(model_config, **kwargs).state_dict().items()}
+    try:
+        with torch.device("meta"):
+            shapes = {key: tuple(t.shape) for key, t in cls(model_config, **kwargs).state_dict().items()}
+    except (RuntimeError, ValueError, OverflowError) as err:  # sizes no tensor can have, even without memory
+        raise CheckpointError(f"{directory / CONFIG_FILE}: describes a model that cannot be built "
+                              f"({' '.join(str(err).split())[:200]})") from err
     saved = {_LEGACY_MIXER_KEY.sub(r"\1mixer.", key): tuple(t.shape) for key, t in weights.items()}
     missing = [key for key in shapes if key not in saved]
     if missing:  # e.g. proxy tokens, branches or exit heads the weights never had: refused before they are made
