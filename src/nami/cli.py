@@ -659,8 +659,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from nami.reports.export import export_model
 
     eval_data = args.eval_data or str(paths.default_data(paths.JSQUAD_DEV))
+    import shlex
+
     card = export_model(args.run, args.out, eval_data=eval_data, dtype=args.dtype, results=args.results,
-                        name=args.name, quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
+                        name=args.name, note=args.note, quiet=args.quiet, command=shlex.join(["nami", *sys.argv[1:]]))
     ev = card["evaluation"]
     print(f"[nami] exported {args.run} to {args.out} ({card['weights']['bytes_on_disk'] / 1e6:.1f} MB): "
           f"EM {ev['exact_match']:.2f} / F1 {ev['f1']:.2f} on {ev['data']} ({ev['count']:,} questions)")
@@ -1089,6 +1091,7 @@ def _add_serve_command(sub: Any) -> None:
                    help="the results JSON whose record of this run (command, commit, machine, selection score) the "
                         "card quotes (written by nami ablate)")
     p.add_argument("--name", default=None, help="the model's name in its card (default: the folder's name)")
+    p.add_argument("--note", default=None, help="a sentence the card shows under its title (e.g. why this model)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="weights on disk (default: bf16)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)

@@ -51,8 +51,8 @@ def _provenance(run_dir: Path, results: str | None) -> dict[str, Any]:
 
 
 def export_model(run: str | Path, out: str | Path, *, eval_data: str, dtype: str = "bf16",
-                 results: str | None = None, name: str | None = None, command: str = "nami export",
-                 quiet: bool = False) -> dict[str, Any]:
+                 results: str | None = None, name: str | None = None, note: str | None = None,
+                 command: str = "nami export", quiet: bool = False) -> dict[str, Any]:
     """Write ``out`` from the QA run ``run``, score it on ``eval_data`` and write its card; returns the card."""
     from nami.pipelines import pipeline
     from nami.runs.load import load_run
@@ -80,6 +80,8 @@ def export_model(run: str | Path, out: str | Path, *, eval_data: str, dtype: str
         size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
         card = _card(target.name if name is None else name, config, model, settings, provenance, run_dir, dtype,
                      size, eval_data, scores, seconds, resolve_precision(qa.config.precision, "cpu"), command)
+        if note:
+            card["note"] = note
         write_json(staging / CARD_FILE, card)
         (staging / README_FILE).write_text(render_card(card), "utf-8")
         if target.exists():
@@ -101,7 +103,8 @@ def _card(name: str, config: Any, model: Any, settings: dict[str, Any], provenan
                          "parameters": sum(p.numel() for p in model.parameters())},
         "weights": {"dtype": dtype, "bytes_on_disk": size},
         "inputs": settings,
-        "training": {"data": [Path(p).name for p in (config.train_data or [])] or "the default (JaQuAD train)",
+        "training": {"data": ["/".join(Path(p).parts[-2:]) for p in (config.train_data or [])]
+                     or "the default (JaQuAD train)",
                      "max_minutes": config.max_minutes, "max_steps": config.max_steps, "lr": config.lr,
                      "batch_size": config.batch_size, "seed": config.seed, "run": run_dir.name, **provenance},
         "evaluation": {"data": Path(eval_data).name, "data_sha256": sha256_file(Path(eval_data)),
@@ -123,6 +126,7 @@ def render_card(card: dict[str, Any]) -> str:
         f"# {card['name']} — nami model card / モデルカード", "",
         f"{card['task']}: give a question and a context, get the answer span "
         "(質問と文脈から答えの範囲を返します).", "",
+        *([f"**Note:** {card['note']}", ""] if card.get("note") else []),
         "```python",
         "from nami import pipeline",
         'qa = pipeline("question-answering")   # this model',
