@@ -71,7 +71,7 @@ def main() -> None:
     from nami.evaluation.predict import predict_answers
     from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
     from nami.training import checkpoint as ckpt
-    from nami.training.tasks import feature_config
+    from nami.data.features import FeatureConfig
 
     torch.set_num_threads(args.threads)
     data = args.data or str(paths.default_data(paths.JSQUAD_DEV))
@@ -85,7 +85,7 @@ def main() -> None:
     records = []
     for run in args.runs:
         model, tokenizer, config = ckpt.load_run(run)
-        features = build_features(examples, tokenizer, feature_config(config), show_progress=False)
+        features = build_features(examples, tokenizer, FeatureConfig.from_config(config), show_progress=False)
         row = {"run": run, "arch": config.arch, "init_from": config.init_from, "trained_with": config.answer_boundaries}
         for boundaries in ("token", "word"):
             output = predict_answers(model, examples, features, pad_id=tokenizer.pad_id, sep_id=tokenizer.sep_id,

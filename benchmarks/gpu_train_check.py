@@ -108,7 +108,8 @@ def run_fsdp2(args) -> dict:
 def run_zero(args) -> dict:
     import copy
 
-    from nami.training.distributed import deepspeed_config, deepspeed_engine, deepspeed_full_weights, deepspeed_step
+    from nami.runs.deepspeed import deepspeed_config
+    from nami.training.distributed import deepspeed_engine, deepspeed_full_weights, deepspeed_step
 
     device = torch.device(args.device)
     torch.manual_seed(0)

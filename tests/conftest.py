@@ -30,7 +30,11 @@ def pytest_configure(config) -> None:
         return
     except DataNotFoundError:
         pass
+    import atexit
+    import shutil
+
     root = Path(tempfile.mkdtemp(prefix="nami-fixture-data-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     text = FIXTURE_QA.read_text("utf-8")
     for relative in ("jaquad/train/jaquad_train_0000.json", "jaquad/dev/jaquad_dev_0000.json",
                      "jsquad/valid-v1.3.json"):
@@ -38,6 +42,16 @@ def pytest_configure(config) -> None:
         (root / relative).write_text(text, "utf-8")
     os.environ["NAMI_DATA"] = str(root)
     os.environ[FIXTURE_DATA_FLAG] = "1"
+
+
+def pytest_report_header(config) -> str:
+    """Which data the tests read (a NAMI_DATA that points nowhere is replaced by the fixture data: say so)."""
+    import os
+
+    if on_fixture_data():
+        return (f"data: the committed fixture (tests/fixtures/tiny_qa.json) laid out at {os.environ['NAMI_DATA']}; "
+                "no ../shared/data or $NAMI_DATA found")
+    return f"data: {os.environ.get('NAMI_DATA') or '../shared/data'}"
 
 
 def on_fixture_data() -> bool:

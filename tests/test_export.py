@@ -55,10 +55,35 @@ def test_export_never_overwrites_and_leaves_nothing_half_written(tmp_path):
     assert not (tmp_path / "bad").exists() and [p.name for p in tmp_path.iterdir()] == ["taken"]
 
 
-def test_without_a_shipped_model_asking_without_a_model_is_one_clear_line(tmp_path, monkeypatch):
+def test_without_a_shipped_model_asking_without_a_model_is_one_clear_line(tmp_path, monkeypatch, capsys):
     import nami.paths
 
     monkeypatch.setattr(nami.paths, "SHIPPED_QA", tmp_path / "none")
     from nami.cli import main
 
     assert main(["ask", "--question", QUESTION, "--context", CONTEXT]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no model named and no shipped model" in err[0] and str(tmp_path / "none") in err[0]
+    with pytest.raises(FileNotFoundError, match="no shipped model"):
+        from nami.pipelines import pipeline
+
+        pipeline("question-answering")
+
+
+def test_export_refuses_evaluation_data_it_cannot_score_before_building_anything(tmp_path):
+    from nami.reports.export import export_model
+
+    unanswered = tmp_path / "q.json"
+    unanswered.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [{"context": CONTEXT, "qas": [
+        {"id": "1", "question": QUESTION, "answers": []}]}]}]}, ensure_ascii=False), "utf-8")
+    for bad in (tmp_path, unanswered):  # a folder of shards; a file without answers
+        with pytest.raises(ValueError):
+            export_model(WAVE, tmp_path / "out", eval_data=str(bad), quiet=True)
+        assert not (tmp_path / "out").exists()
+
+
+def test_built_in_tasks_name_the_model_class_their_task_trains():
+    from nami.runs.tasks import BUILTIN_TASKS, model_class, task_class
+
+    for name in BUILTIN_TASKS:
+        assert model_class(name) is task_class(name).model_class, name

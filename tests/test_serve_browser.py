@@ -1,5 +1,6 @@
 """`nami serve` in a real browser: headless Chromium (the OS package) loads the page against a server
-on the committed fixture run, asks a question, and the highlighted answer must be the API's answer.
+on a committed run (the shipped reader: `nami serve` with no run named), asks a question, and the
+highlighted answer must be the API's answer.
 
 `.ci/run` installs the browser (Debian: chromium, chromium-driver, a Japanese font) and selenium; on
 CI a missing browser fails this test instead of skipping it. ``NAMI_SCREENSHOT=path.png`` also keeps
@@ -20,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures"
-WAVE = FIXTURES / "runs" / "wave"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("chromedriver",)
 
@@ -61,7 +60,7 @@ def server():
     pytest.importorskip("starlette")
     pytest.importorskip("uvicorn")
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "nami", "serve", str(WAVE), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "nami", "serve", "--port", str(port)],  # the shipped reader
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -97,7 +96,7 @@ def test_the_page_highlights_the_answer_the_api_gives(server, tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1200,1400", "--lang=ja"):
+                 "--window-size=1100,760", "--lang=ja"):
         options.add_argument(flag)
     browser = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
     try:
@@ -117,6 +116,7 @@ def test_the_page_highlights_the_answer_the_api_gives(server, tmp_path):
         assert best["answer"] and context[best["start"]:best["end"]] == best["answer"]
         assert shown == marked == best["answer"], (shown, marked, best)
         assert whole == context  # the highlighted context is the context, character for character
+        assert "3776" in shown  # the page's example question, answered by the shipped reader
         shot = tmp_path / "serve-page.png"
         assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         keep = os.environ.get("NAMI_SCREENSHOT")

@@ -312,7 +312,8 @@ def train_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None
         raise
 
 
-# `--preset tiny` is the first thing to try: under a minute on 2 cores on first use (results/first_minute.md).
+# `--preset tiny` is the first thing to try: under a minute on 2 cores on first use (benchmarks/first_minute.py
+# → results/first_minute.md).
 # Each applies unless given: a 4k tokenizer trained on 2 JaQuAD train shards (the default 32k one reads all 30,
 # ~2 min), training on those 2 shards, short windows, a small batch, 30 s of training, no periodic evaluation.
 TINY_FIRST_USE = dict(vocab_size=4000, tokenizer_shards=2, max_length=128, doc_stride=64, max_question_tokens=32,
@@ -333,7 +334,7 @@ def _first_use_defaults(values: dict[str, Any]) -> None:
         if name in readers and task not in readers[name]:
             continue
         values.setdefault(name, value)
-    if all(values.get(name) is None for name in ("epochs", "max_steps", "max_minutes")):
+    if not any(name in values for name in ("epochs", "max_steps", "max_minutes")):  # `none` given counts as given
         values["max_minutes"] = TINY_MINUTES
     if values.get("train_data") is None:
         from nami.paths import JAQUAD_TRAIN, DataNotFoundError, default_data
@@ -573,7 +574,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.preset is None:  # not a 2-hour job by accident
         from nami.reports.presets import describe_presets
 
-        raise UserError("--preset: choose how long to train, e.g. --preset quick (~11 min); the presets: "
+        raise UserError("--preset: choose how long to train, e.g. --preset quick (~11 min of training chains); the presets: "
                         + describe_presets())
     from nami.reports.compare import run_compare
 
@@ -662,7 +663,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import shlex
 
     card = export_model(args.run, args.out, eval_data=eval_data, dtype=args.dtype, results=args.results,
-                        name=args.name, note=args.note, quiet=args.quiet, command=shlex.join(["nami", *sys.argv[1:]]))
+                        name=args.name, note=args.note, quiet=args.quiet, command=shlex.join(args.command_line))
     ev = card["evaluation"]
     print(f"[nami] exported {args.run} to {args.out} ({card['weights']['bytes_on_disk'] / 1e6:.1f} MB): "
           f"EM {ev['exact_match']:.2f} / F1 {ev['f1']:.2f} on {ev['data']} ({ev['count']:,} questions)")
@@ -1230,6 +1231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.started = started
+    args.command_line = ["nami", *(sys.argv[1:] if argv is None else argv)]  # as typed (or as called)
     tune_malloc()  # CPU steps reuse their pages instead of re-faulting them (see nami.resources)
     from nami.io import CommandFailed, describe_os_error
 

@@ -56,7 +56,7 @@ def shipped_qa() -> Path:
     """The shipped QA model's directory, checked to exist."""
     if not (SHIPPED_QA / "config.json").is_file():
         raise DataNotFoundError(f"no model named and no shipped model at {SHIPPED_QA} (this installation has "
-                                "none): name a run, e.g. --checkpoint runs/<run>")
+                                "none): name a trained run directory")
     return SHIPPED_QA
 
 

@@ -20,6 +20,8 @@ PAGE = """<!doctype html>
   button { margin-top: 0.8rem; font: inherit; padding: 0.45rem 1.2rem; border: 0; border-radius: 6px;
            background: #1f6feb; color: white; cursor: pointer; } button:disabled { background: #9bb7e0; }
   .models { display: flex; flex-wrap: wrap; gap: 0.4rem 1rem; } .models label { font-weight: normal; margin: 0; }
+  .models input { width: auto; margin: 0 0.35rem 0 0; vertical-align: middle; }
+  #topk { width: 6rem; }
   .answers { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 1rem; margin-top: 1rem; }
   .card { background: white; border: 1px solid #dde3ea; border-radius: 8px; padding: 0.8rem 1rem; }
   .card h3 { margin: 0 0 0.4rem; font-size: 1rem; } .answer { font-size: 1.15rem; font-weight: 700; }

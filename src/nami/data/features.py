@@ -72,7 +72,7 @@ class FeatureConfig:
     @classmethod
     def from_config(cls, config) -> "FeatureConfig":
         """The windows of a training config (any object with ``max_length``, ``doc_stride`` and
-        ``max_question_tokens``, e.g. :class:`nami.training.TrainConfig`)."""
+        ``max_question_tokens``, e.g. :class:`nami.runs.config.TrainConfig`)."""
         return cls(config.max_length, config.doc_stride, config.max_question_tokens)
 
 

@@ -45,21 +45,36 @@ def _provenance(run_dir: Path, results: str | None) -> dict[str, Any]:
             if isinstance(run, dict) and Path(str(run.get("run_dir", ""))).name == run_dir.name:
                 keep = ("command", "commit", "machine", "date", "seed", "f1", "exact_match", "steps",
                         "train_tokens_per_s", "precision")
-                return {"variant": row.get("name"), "source": str(results), "protocol": record.get("protocol"),
-                        **{k: run[k] for k in keep if k in run}}
+                return {"variant": row.get("name"), "source": Path(results).name,
+                        "protocol": _without_paths(record.get("protocol")), **{k: run[k] for k in keep if k in run}}
     raise ValueError(f"--results {results}: no run named {run_dir.name} in it")
+
+
+def _without_paths(value: Any) -> Any:
+    """A record with each absolute path shortened to its last two parts (``/x/y/jaquad/dev`` → ``jaquad/dev``)."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return "/".join(Path(value).parts[-2:])
+    return value
 
 
 def export_model(run: str | Path, out: str | Path, *, eval_data: str, dtype: str = "bf16",
                  results: str | None = None, name: str | None = None, note: str | None = None,
                  command: str = "nami export", quiet: bool = False) -> dict[str, Any]:
     """Write ``out`` from the QA run ``run``, score it on ``eval_data`` and write its card; returns the card."""
+    from nami.data.squad import load_squad
     from nami.pipelines import pipeline
     from nami.runs.load import load_run
     from nami.runs.tasks import info
 
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
+    if not Path(eval_data).is_file():  # checked before anything is built or scored
+        raise ValueError(f"--eval-data {eval_data}: expected one SQuAD-format file (the card names it by its sha256)")
+    load_squad(eval_data)  # every question must have an answer (the card states EM / F1): refused by name if not
     run_dir = Path(run)
     model, tokenizer, config = load_run(run_dir)
     if info(config.task).answers != "extract":
@@ -69,6 +84,9 @@ def export_model(run: str | Path, out: str | Path, *, eval_data: str, dtype: str
     if target.exists() and any(target.iterdir()):
         raise ValueError(f"--out {out}: already exists and is not empty (an earlier export is never overwritten)")
     settings = {k: v for k, v in config.to_dict().items() if k in INPUT_SETTINGS}
+    # Inference follows the host (bf16 only where it is native), not the precision the run trained in:
+    # a shipped model must not force emulated bf16 (about 4x slower) on a CPU without it.
+    settings["precision"] = "auto"
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
         staging = Path(tmp) / "model"  # built and scored here, renamed into place when complete
@@ -82,6 +100,8 @@ def export_model(run: str | Path, out: str | Path, *, eval_data: str, dtype: str
                      size, eval_data, scores, seconds, resolve_precision(qa.config.precision, "cpu"), command)
         if note:
             card["note"] = note
+        # no path of the machine that exported it: the run by its folder's name
+        card["export_command"] = command.replace(str(run), run_dir.name)
         write_json(staging / CARD_FILE, card)
         (staging / README_FILE).write_text(render_card(card), "utf-8")
         if target.exists():

@@ -323,9 +323,10 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"fine-tuning), {mode}; "
         + ("every model reused from an earlier invocation (nothing trained by this one)"
            if all((m.get("trained") or {}).get("reused") for m in result["models"].values())
-           else f"wall clock {result['wall_minutes']:.1f} minutes for the whole command"
-                + (f" ({result['training_wall_minutes']:.1f} of them training)"
-                   if result.get("training_wall_minutes") is not None else "")),
+           else (f"wall clock {result['wall_minutes']:.1f} minutes for the whole command "
+                 f"({result['training_wall_minutes']:.1f} of them training)"
+                 if result.get("training_wall_minutes") is not None  # written before 2026-12-08: chains only
+                 else f"training wall clock {result['wall_minutes']:.1f} minutes (evaluation and report not timed)")),
         f"- QA train data: {', '.join(result['train_data'])}"
         + (" (JaQuAD; the official JSQuAD train split is not available here)"
            if result["train_data"] and all("jaquad" in str(p).lower() for p in result["train_data"]) else ""),

@@ -184,7 +184,7 @@ def model_class(name: str) -> type:
     """The model class that runs of task ``name`` hold (for loading them), without importing the task's
     training code where its :class:`TaskInfo` names the class."""
     entry = info(name)
-    if entry.model:
+    if name in BUILTIN_TASKS and entry.model:
         module, _, attr = entry.model.partition(":")
         return getattr(importlib.import_module(module), attr)
-    return task_class(name).model_class
+    return task_class(name).model_class  # a plugin's task: its class says (a copied TaskInfo could mislead)

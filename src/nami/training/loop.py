@@ -141,6 +141,11 @@ def lr_factor(progress: float, warmup: float, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * rest)) if schedule == "cosine" else 1.0 - rest
 
 
+def model_name(config: TrainConfig) -> str:
+    """How messages name the model: its variant (``wave+conv``, given as ``--arch``) or its architecture."""
+    return (config.notes or {}).get("variant") or config.arch
+
+
 def load_tokenizer(config: TrainConfig) -> JapaneseTokenizer:
     if config.tokenizer:
         return JapaneseTokenizer.load(config.tokenizer)
@@ -562,7 +567,8 @@ class Trainer:
         # The run directory is printed even with --quiet: it is what every later command needs.
         if ranks.is_main:
             processes = f", {ranks.world} processes" if ranks.distributed else ""
-            print(f"[nami] {config.task} {config.arch} ({self.params['total']:,} params{processes}) -> {self.run_dir}",
+            print(f"[nami] {config.task} {model_name(config)} ({self.params['total']:,} params{processes}) -> "
+                  f"{self.run_dir}",
                   flush=True)
         if self.show:
             print(f"[nami] data: {summary}", flush=True)
@@ -799,7 +805,7 @@ class Trainer:
             ckpt.write_json(run_dir / ckpt.FINAL_EVAL_FILE, final)
             self.log.write({"type": "final_eval", **final})
             # One line even with --quiet: the final scores and where they are.
-            print(f"[nami] {config.task} {config.arch}: {self.task.describe(scores)} ({train_tokens_per_s:,.0f} "
+            print(f"[nami] {config.task} {model_name(config)}: {self.task.describe(scores)} ({train_tokens_per_s:,.0f} "
                   f"train tok/s, {progress.step:,} steps) -> {run_dir}", flush=True)
         self.log.close()
         ranks.barrier()  # no rank leaves before the main process has written the run's results

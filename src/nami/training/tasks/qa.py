@@ -100,4 +100,4 @@ class QATask(Task):
                 "questions_per_s": len(answers) / seconds if seconds > 0 else float("nan"), "predictions": answers}
 
     def describe(self, scores: dict[str, Any]) -> str:
-        return f"EM {scores['exact_match']:.2f} F1 {scores['f1']:.2f} on {scores['count']} questions"
+        return f"EM {scores['exact_match']:.2f} F1 {scores['f1']:.2f} on {scores['count']:,} questions"
