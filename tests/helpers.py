@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,16 @@ class CharTokenizer:
 
 
 def jaquad_context_lines(count: int) -> list[str]:
-    """The first ``count`` non-empty context lines of the first JaQuAD train shard (skips if absent)."""
+    """The first ``count`` non-empty context lines of the first JaQuAD train shard; on the fixture data
+    (no ../shared/data), the committed hand-written paragraphs instead."""
     import pytest
 
-    from conftest import skip_on_fixture_data
+    from conftest import on_fixture_data
     from nami.paths import JAQUAD_TRAIN, DataNotFoundError, default_data
 
-    skip_on_fixture_data(f"{count} lines of real Japanese text (JaQuAD train contexts)")
+    if on_fixture_data():  # no shared data: the committed hand-written paragraphs (tests/fixtures/ja_corpus.txt)
+        corpus = Path(__file__).parent / "fixtures" / "ja_corpus.txt"
+        return [line for line in corpus.read_text("utf-8").splitlines() if line.strip()][:count]
     try:
         shard = min(default_data(JAQUAD_TRAIN).glob("*.json"))
     except (DataNotFoundError, ValueError):
