@@ -147,11 +147,15 @@ def test_the_load_benchmark_serves_and_measures_both_modes(tmp_path):
     """`nami bench serve`, shortened: a real server process on a loopback port per mode, no errors."""
     from nami.bench.serve import run_serve_bench
 
-    result = run_serve_bench(str(WAVE), levels=(1, 4), seconds=1.0, out=str(tmp_path / "serve.json"), quiet=True)
+    result = run_serve_bench(str(WAVE), levels=(1, 4), seconds=1.0, out=str(tmp_path / "serve.json"), quiet=True,
+                             warmup=0.3, soak_seconds=1.0)
     assert {(r["batching"], r["concurrency"]) for r in result["records"]} == {
         (b, c) for b in ("micro-batched", "batch-1") for c in (1, 4)}
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in result["records"])
     assert (tmp_path / "serve.md").read_text().count("| micro-batched |") == 2
+    soak = result["soak"]
+    assert soak["errors"] == 0 and soak["requests"] > 0 and soak["rss_mb_after_warmup"] > 50
+    assert abs(soak["rss_change"]) < 1.0 and "Soak (micro-batched" in (tmp_path / "serve.md").read_text()
 
 
 def test_look_inside_reports_every_layer_and_context_token(client):

@@ -696,7 +696,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
     _check_results_out(args.out)
     result = run_serve_bench(args.run, levels=tuple(args.concurrency), seconds=args.seconds, out=args.out,
-                             quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]))
+                             quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]), warmup=args.warmup,
+                             soak_seconds=args.soak_seconds)
     if not args.quiet:
         print(markdown(result))
     return 0
@@ -1158,7 +1159,11 @@ def _add_bench_commands(sub: Any) -> None:
                                        "micro-batched and batch-1")
     p.add_argument("run", help="the run to serve (e.g. tests/fixtures/runs/wave)")
     p.add_argument("--concurrency", type=positive_int, nargs="+", default=[1, 4, 16, 64])
-    p.add_argument("--seconds", type=positive_float, default=15.0, help="seconds per concurrency level")
+    p.add_argument("--seconds", type=positive_float, default=15.0, help="measured seconds per concurrency level")
+    p.add_argument("--warmup", type=nonnegative_float, default=2.0,
+                   help="seconds per level before measuring (first batches of a new size build their kernels)")
+    p.add_argument("--soak-seconds", type=nonnegative_float, default=60.0,
+                   help="a steady micro-batched run at concurrency 16 afterwards, memory checked (0: none)")
     p.add_argument("--out", default="results/serve.json", help="JSON (and .md beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_serve)

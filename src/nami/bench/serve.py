@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from nami.io import write_json
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
@@ -41,13 +41,23 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def _load(url: str, concurrency: int, seconds: float, max_requests: int) -> dict[str, Any]:
+async def _load(url: str, concurrency: int, seconds: float, max_requests: int, warmup: float = 0.0,
+                on_warm: Callable[[], None] | None = None) -> dict[str, Any]:
+    """``concurrency`` clients for ``warmup + seconds``; only requests sent after the warm-up count (the
+    first batches of a new size build their kernels: seconds of latency that steady serving never sees).
+    ``on_warm()`` is called once when the measured part begins."""
     import httpx
 
     latencies: list[float] = []
     errors = 0
-    stop_at = time.perf_counter() + seconds
+    warm_at = time.perf_counter() + warmup
+    stop_at = warm_at + seconds
     sent = 0
+
+    async def mark_warm() -> None:
+        await asyncio.sleep(warmup)
+        if on_warm is not None:
+            on_warm()
 
     async def client(index: int, http: httpx.AsyncClient) -> None:
         nonlocal errors, sent
@@ -60,13 +70,15 @@ async def _load(url: str, concurrency: int, seconds: float, max_requests: int) -
                 ok = response.status_code == 200 and isinstance(response.json(), list)
             except httpx.HTTPError:
                 ok = False
-            latencies.append(time.perf_counter() - tick)
-            errors += not ok
+            if tick >= warm_at:
+                latencies.append(time.perf_counter() - tick)
+                errors += not ok
+            elif not ok:
+                errors += 1  # an error counts whenever it happens
 
-    started = time.perf_counter()
     async with httpx.AsyncClient(timeout=60.0, limits=httpx.Limits(max_connections=concurrency)) as http:
-        await asyncio.gather(*(client(i, http) for i in range(concurrency)))
-    wall = time.perf_counter() - started
+        await asyncio.gather(mark_warm(), *(client(i, http) for i in range(concurrency)))
+    wall = time.perf_counter() - warm_at
     ordered = sorted(latencies)
     return {"requests": len(latencies), "requests_per_s": len(latencies) / wall,
             "p50_ms": 1000 * statistics.median(ordered),
@@ -74,11 +86,15 @@ async def _load(url: str, concurrency: int, seconds: float, max_requests: int) -
 
 
 def run_serve_bench(run: str, *, levels=DEFAULT_LEVELS, seconds: float = 15.0, max_requests: int = 100_000,
-                    out: str = "results/serve.json", quiet: bool = False, command: str = "nami bench serve"
-                    ) -> dict[str, Any]:
-    if seconds <= 0 or not levels or any(c < 1 for c in levels):
-        raise ValueError("nami bench serve: expected --seconds > 0 and concurrency levels >= 1")
+                    out: str = "results/serve.json", quiet: bool = False, command: str = "nami bench serve",
+                    warmup: float = 2.0, soak_seconds: float = 60.0, soak_concurrency: int = 16) -> dict[str, Any]:
+    """Each level: ``warmup`` s not counted, then ``seconds`` measured. Then, micro-batched only, a steady
+    soak at ``soak_concurrency`` for ``soak_seconds``: the server's memory after its warm-up and at the end
+    (flat = no leak; across levels it grows with the batch size, as the allocator keeps its high-water mark)."""
+    if seconds <= 0 or not levels or any(c < 1 for c in levels) or warmup < 0 or soak_seconds < 0:
+        raise ValueError("nami bench serve: expected --seconds > 0, concurrency levels >= 1, warm-up and soak >= 0")
     records = []
+    soak: dict[str, Any] | None = None
     for batching, max_batch in (("micro-batched", 32), ("batch-1", 1)):
         port = _free_port()
         server = subprocess.Popen([sys.executable, "-m", "nami", "serve", run, "--host", "127.0.0.1", "--port",
@@ -89,13 +105,18 @@ def run_serve_bench(run: str, *, levels=DEFAULT_LEVELS, seconds: float = 15.0, m
             _wait_ready(url, server)
             for concurrency in levels:
                 start_mb = _rss_mb(server.pid)
-                result = asyncio.run(_load(url, concurrency, seconds, max_requests))
+                result = asyncio.run(_load(url, concurrency, seconds, max_requests, warmup))
                 records.append({"batching": batching, "concurrency": concurrency, **result,
                                 "rss_mb_start": round(start_mb, 1), "rss_mb_end": round(_rss_mb(server.pid), 1)})
                 if not quiet:
                     r = records[-1]
                     print(f"[nami] {batching} c={concurrency}: {r['requests_per_s']:.1f} req/s, p50 "
                           f"{r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {r['errors']}", flush=True)
+            if batching == "micro-batched" and soak_seconds > 0:
+                soak = _soak(url, server.pid, soak_concurrency, soak_seconds, max_requests, warmup=10.0)
+                if not quiet:
+                    print(f"[nami] soak c={soak_concurrency}, {soak_seconds:g} s: RSS {soak['rss_mb_after_warmup']:.0f} "
+                          f"→ {soak['rss_mb_end']:.0f} MB ({soak['rss_change']:+.1%}), errors {soak['errors']}", flush=True)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -103,11 +124,23 @@ def run_serve_bench(run: str, *, levels=DEFAULT_LEVELS, seconds: float = 15.0, m
     gain = (by[("micro-batched", 16)]["requests_per_s"] / by[("batch-1", 16)]["requests_per_s"]
             if ("micro-batched", 16) in by and ("batch-1", 16) in by else None)
     result = {"command": command, "commit": git_commit(), "machine": machine_description(), "date": now_iso(),
-              "run": run, "seconds_per_level": seconds, "records": records, "batching_gain_c16": gain}
+              "run": run, "seconds_per_level": seconds, "warmup_seconds": warmup, "records": records,
+              "batching_gain_c16": gain, "soak": soak}
     path = Path(out)
     write_json(path, result)
     path.with_suffix(".md").write_text(markdown(result), "utf-8")
     return result
+
+
+def _soak(url: str, pid: int, concurrency: int, seconds: float, max_requests: int, *, warmup: float) -> dict[str, Any]:
+    """Steady load for ``warmup + seconds``: the server's RSS when the measured part begins and at its end."""
+    marks: dict[str, float] = {}
+    result = asyncio.run(_load(url, concurrency, seconds, max_requests, warmup,
+                               on_warm=lambda: marks.setdefault("warm", _rss_mb(pid))))
+    end = _rss_mb(pid)
+    warm = marks.get("warm", float("nan"))
+    return {"concurrency": concurrency, "seconds": seconds, "warmup_seconds": warmup, **result,
+            "rss_mb_after_warmup": round(warm, 1), "rss_mb_end": round(end, 1), "rss_change": (end - warm) / warm}
 
 
 def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -127,8 +160,11 @@ def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> N
 
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# nami serve under load", "",
-             f"Run `{result['run']}`; {result['seconds_per_level']:g} s per level; clients on 127.0.0.1 send "
-             "question-answering requests back to back. micro-batched: `--max-batch 32`; batch-1: `--max-batch 1`.",
+             f"Run `{result['run']}`; {result['seconds_per_level']:g} s measured per level after "
+             f"{result.get('warmup_seconds', 0):g} s of warm-up (not counted: the first batches of a new size build "
+             "their kernels); clients on 127.0.0.1 send question-answering requests back to back. micro-batched: "
+             "`--max-batch 32`; batch-1: `--max-batch 1`. RSS grows across levels with the largest batch so far "
+             "(the allocator keeps its high-water mark); the soak below checks that steady serving does not grow.",
              "", "| batching | concurrency | requests/s | p50 ms | p99 ms | errors | server RSS MB (start → end) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["records"]:
@@ -136,4 +172,10 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{r['p99_ms']:.0f} | {r['errors']} | {r['rss_mb_start']:.0f} → {r['rss_mb_end']:.0f} |")
     if result.get("batching_gain_c16") is not None:
         lines += ["", f"Micro-batching gain at concurrency 16: **{result['batching_gain_c16']:.2f}×** requests/s."]
+    soak = result.get("soak")
+    if soak:
+        lines += ["", f"Soak (micro-batched, concurrency {soak['concurrency']}, {soak['seconds']:g} s after "
+                  f"{soak['warmup_seconds']:g} s of warm-up): {soak['requests_per_s']:.1f} requests/s, p50 "
+                  f"{soak['p50_ms']:.0f} ms, p99 {soak['p99_ms']:.0f} ms, errors {soak['errors']}; server RSS "
+                  f"{soak['rss_mb_after_warmup']:.0f} → {soak['rss_mb_end']:.0f} MB (**{soak['rss_change']:+.1%}**)."]
     return "\n".join(lines + [""] + provenance_lines(result)) + "\n"
