@@ -14,13 +14,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-OUT=results/fair_comparison
+OUT=${OUT:-results/fair_comparison}   # another screen of the same protocol: OUT, TITLE, VARIANTS (wave_earns.sh)
+TITLE=${TITLE:-"Fair comparison: which component earns the gain (screen, selection split)"}
 PAUSE=${PAUSE:-/tmp/nami-pause}
 STOP=${STOP:-/tmp/nami-stop}
 VARIANTS=${VARIANTS:-"transformer transformer+rope transformer+conv transformer+rope+conv conv-only wave wave+conv conv-only-noqm wave+conv-noqm"}
 SEEDS=${SEEDS:-"0 1 2"}
 COMMIT=${1:-$(python3 -c "import json; print(json.load(open('$OUT.json'))['rows'][0]['runs'][0]['commit'])" 2>/dev/null || git rev-parse HEAD)}
-TREE=${TREE:-/tmp/nami-fair-$COMMIT}
+TREE=${TREE:-/tmp/nami-fair-$COMMIT}  # a clean worktree of that commit (shared by screens of the same commit)
 [ -d "$TREE" ] || git worktree add --detach "$TREE" "$COMMIT"
 mkdir -p "$TREE/results"
 [ -f "$OUT.json" ] && [ ! -f "$TREE/$OUT.json" ] && cp "$OUT.json" "$OUT.md" "$TREE/results/"
@@ -32,7 +33,7 @@ for seed in $SEEDS; do
     while [ -f "$PAUSE" ]; do sleep 5; done
     [ -f "$STOP" ] && { echo "stopped ($STOP exists)"; exit 0; }
     python3 -m nami ablate --variants "$v" --seeds "$seed" \
-      --title "Fair comparison: which component earns the gain (screen, selection split)" --out "$OUT"
+      --title "$TITLE" --out "$OUT"
     cp "$OUT.json" "$OUT.md" "$REPO/results/"
   done
 done

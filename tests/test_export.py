@@ -4,9 +4,6 @@ whose numbers are measured on that very directory."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest

@@ -151,7 +151,9 @@ def test_the_load_benchmark_serves_and_measures_both_modes(tmp_path):
                              warmup=0.3, soak_seconds=1.0)
     assert {(r["batching"], r["concurrency"]) for r in result["records"]} == {
         (b, c) for b in ("micro-batched", "batch-1") for c in (1, 4)}
-    assert all(r["errors"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in result["records"])
+    assert all(set(r) == {"batching", "concurrency", "requests_per_s", "p50_ms", "p99_ms", "errors", "rss_mb_start",
+                          "rss_mb_end"} for r in result["records"])
+    assert all(r["errors"] == 0 and r["requests_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in result["records"])
     assert (tmp_path / "serve.md").read_text().count("| micro-batched |") == 2
     soak = result["soak"]
     assert soak["errors"] == 0 and soak["requests"] > 0 and soak["rss_mb_after_warmup"] > 50

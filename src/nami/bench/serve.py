@@ -106,6 +106,7 @@ def run_serve_bench(run: str, *, levels=DEFAULT_LEVELS, seconds: float = 15.0, m
             for concurrency in levels:
                 start_mb = _rss_mb(server.pid)
                 result = asyncio.run(_load(url, concurrency, seconds, max_requests, warmup))
+                result.pop("requests")  # the record keys: requests_per_s, latencies, errors, memory
                 records.append({"batching": batching, "concurrency": concurrency, **result,
                                 "rss_mb_start": round(start_mb, 1), "rss_mb_end": round(_rss_mb(server.pid), 1)})
                 if not quiet:
