@@ -79,6 +79,21 @@ def test_a_profiled_case_splits_its_step_into_matrix_products_and_the_rest():
     assert case["gemm_ms"] > 0 and case["other_ms"] > 0
 
 
+def test_wave_plus_is_measured_with_its_conv_branch():
+    """roofline / scaling measure ``wave_plus`` as the variant table defines it: the Wave model plus a
+    depthwise conv branch in every block (k·D + D more parameters per layer than plain Wave)."""
+    from nami.bench.scaling import VARIANT_OPTIONS, VARIANTS
+    from nami.bench.worker import run_case
+    from nami.models import ModelConfig
+
+    assert VARIANTS["wave_plus"] == ("wave", False) and VARIANT_OPTIONS["wave_plus"] == {"branches": ["conv"]}
+    spec = dict(model="wave", preset="tiny", seq_len=32, batch=2, mode="train", repeats=1, warmup=1,
+                precision="fp32", threads=1, max_len=32, vocab_size=50)
+    plain, plus = run_case(spec), run_case({**spec, "options": VARIANT_OPTIONS["wave_plus"]})
+    config = ModelConfig.from_name("tiny", "wave")
+    assert plus["params"] - plain["params"] == config.n_layers * (config.conv_kernel + 1) * config.d_model
+
+
 def test_malloc_tuning_applies_on_linux_and_can_be_turned_off(monkeypatch):
     import sys
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import skip_on_fixture_data
 from safetensors.torch import load_file
 
 from nami.data.features import QAFeatures
@@ -58,6 +57,37 @@ def test_shards_of_a_global_batch_partition_it_and_tiny_batches_are_skipped_by_e
     assert list(ShardedBatches(ListSampler(batches))) == batches  # one process: unchanged
 
 
+def test_a_command_closes_the_process_group_it_ran_in(monkeypatch):
+    """A torchrun-launched command closes its process group before the interpreter exits (left open,
+    its threads are torn down by the C++ runtime at exit: "terminate called without an active
+    exception"); a single process has none to close."""
+    from nami import cli
+
+    calls = []
+
+    class FakeDistributed:
+        initialized = True
+
+        @staticmethod
+        def is_available():
+            return True
+
+        @classmethod
+        def is_initialized(cls):
+            return cls.initialized
+
+        @classmethod
+        def destroy_process_group(cls):
+            calls.append("destroy")
+            cls.initialized = False
+
+    monkeypatch.setitem(sys.modules, "torch.distributed", FakeDistributed)
+    assert cli.main(["evaluate", "--data", "/nonexistent.json", "--predictions", "/nonexistent.json"]) != 0
+    assert calls == ["destroy"]  # also after a failed command
+    assert cli.main(["evaluate", "--data", "/nonexistent.json", "--predictions", "/nonexistent.json"]) != 0
+    assert calls == ["destroy"]  # nothing open: nothing closed
+
+
 def test_evaluation_shards_cover_every_example_once_and_duplicates_are_refused():
     shards = [shard_examples(11, rank, 3) for rank in range(3)]
     assert sorted(sum(shards, [])) == list(range(11))
@@ -86,6 +116,40 @@ def test_features_for_examples_are_reindexed_to_the_shard():
 
 
 # --- 2 processes -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ddp_squad(tiny_squad, tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """The QA data of these tests: training windows that cut into global batches of 6 with a last batch
+    of 5 (split 3 / 2 over two processes: uneven shards are what the loss weighting must get right),
+    never a batch of 1 (no shard for the second process: every rank skips it, and a single process
+    would not). ``tiny_squad`` on the real data (41 windows); on the committed fixture data its first
+    questions, as many as give such a count (windows counted as training makes them)."""
+    from nami.data.features import FeatureConfig, build_features
+    from nami.text.tokenizer import JapaneseTokenizer
+    from nami.training.tasks.base import load_qa_examples, select_windows
+
+    tmp = tmp_path_factory.mktemp("ddp-data")
+    tokenizer = JapaneseTokenizer.load(tiny_tokenizer_dir)
+    data = json.loads(tiny_squad.read_text("utf-8"))
+    ids = question_ids(tiny_squad)
+    for count in range(len(ids), 0, -1):
+        keep = set(ids[:count])
+        path = tiny_squad if count == len(ids) else tmp / f"first-{count}.json"
+        if path != tiny_squad:
+            subset = {"data": [{**article, "paragraphs": [{**p, "qas": [qa for qa in p["qas"] if qa["id"] in keep]}
+                                                          for p in article["paragraphs"]]}
+                               for article in data["data"]]}
+            for article in subset["data"]:
+                article["paragraphs"] = [p for p in article["paragraphs"] if p["qas"]]
+            path.write_text(json.dumps(subset, ensure_ascii=False), "utf-8")
+        config = TrainConfig.from_dict(config_dict(path, tiny_tokenizer_dir, tmp / "runs", "x"))
+        train, _ = load_qa_examples(config, [str(path)], str(path))
+        windows = len(select_windows(build_features(train, tokenizer, FeatureConfig.from_config(config),
+                                                    show_progress=False), config.negative_fraction, config.seed))
+        if windows % config.batch_size == config.batch_size - 1 and windows >= 2 * config.batch_size:
+            return path
+    raise AssertionError("no prefix of tiny_squad gives training windows of 6k + 5")
 
 
 def config_dict(tiny_squad, tokenizer_dir, runs_dir, run_name, **overrides) -> dict:
@@ -146,20 +210,19 @@ def question_ids(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
+def two_process_run(ddp_squad, tiny_tokenizer_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp / "runs", "two")
+    config = config_dict(ddp_squad, tiny_tokenizer_dir, tmp / "runs", "two")
     proc = train_with_two_processes(config, tmp)
     return tmp / "runs" / "two", proc
 
 
 @pytest.fixture(scope="module")
-def single_run(tiny_squad, tiny_tokenizer_dir, tmp_path_factory):
+def single_run(ddp_squad, tiny_tokenizer_dir, tmp_path_factory):
     # the single-process step is compared with N processes' step: the data must give no global batch of
-    # fewer windows than processes (those are skipped by every rank, see ShardedBatches)
-    skip_on_fixture_data("the JaQuAD excerpt's batch arithmetic (41 windows: batches of 6, the last of 5)")
+    # fewer windows than processes (those are skipped by every rank, see ShardedBatches): ddp_squad
     runs = tmp_path_factory.mktemp("single")
-    return train(TrainConfig.from_dict(config_dict(tiny_squad, tiny_tokenizer_dir, runs, "one")), quiet=True).run_dir
+    return train(TrainConfig.from_dict(config_dict(ddp_squad, tiny_tokenizer_dir, runs, "one")), quiet=True).run_dir
 
 
 def test_two_processes_take_the_single_process_step_with_the_same_global_batch(two_process_run, single_run):
@@ -175,23 +238,23 @@ def test_two_processes_take_the_single_process_step_with_the_same_global_batch(t
     assert np.allclose(losses["one"], losses["two"], atol=1e-5)  # the logged loss is the global batch's
 
 
-def test_two_processes_write_one_run_directory_and_score_every_question_once(two_process_run, tiny_squad):
+def test_two_processes_write_one_run_directory_and_score_every_question_once(two_process_run, ddp_squad):
     run_dir, proc = two_process_run
     assert [p.name for p in run_dir.parent.iterdir()] == ["two"]
     assert proc.stdout.count(f"-> {run_dir}") == 2  # the start and final lines, from the main process only
     records = [json.loads(line) for line in (run_dir / ckpt.METRICS_FILE).read_text().splitlines()]
     assert [r["type"] for r in records].count("final_eval") == 1
     assert records[0]["processes"] == 2 and records[0]["global_batch"] == 6
-    ids = question_ids(tiny_squad)
+    ids = question_ids(ddp_squad)
     final = json.loads((run_dir / ckpt.FINAL_EVAL_FILE).read_text())
     assert final["count"] == len(ids) and final["missing"] == 0 and final["processes"] == 2
     assert sorted(json.loads((run_dir / ckpt.PREDICTIONS_FILE).read_text())) == sorted(ids)
 
 
-def test_a_two_process_run_resumes_exactly(tiny_squad, tiny_tokenizer_dir, tmp_path):
+def test_a_two_process_run_resumes_exactly(ddp_squad, tiny_tokenizer_dir, tmp_path):
     # With dropout: every rank's random stream must be restored exactly (a DataLoader iterator drawing
     # its base seed from the global RNG once shifted the resumed run's dropout by one draw).
-    config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "full", dropout=0.1)
+    config = config_dict(ddp_squad, tiny_tokenizer_dir, tmp_path / "runs", "full", dropout=0.1)
     train_with_two_processes(config, tmp_path)
     full = tmp_path / "runs" / "full"
     state = json.loads((ckpt.checkpoint_dirs(full)[0] / ckpt.STATE_FILE).read_text())
@@ -226,8 +289,8 @@ open(sys.argv[2] + f".rank{rank}", "w").write(json.dumps({"steps": result.steps,
 """
 
 
-def test_a_time_budget_stops_both_ranks_on_the_same_step(tiny_squad, tiny_tokenizer_dir, tmp_path):
-    config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "timed", max_steps=None,
+def test_a_time_budget_stops_both_ranks_on_the_same_step(ddp_squad, tiny_tokenizer_dir, tmp_path):
+    config = config_dict(ddp_squad, tiny_tokenizer_dir, tmp_path / "runs", "timed", max_steps=None,
                          max_minutes=0.04, checkpoint_every_steps=None)
     (tmp_path / "config.json").write_text(json.dumps(config), "utf-8")
     (tmp_path / "driver.py").write_text(DRIVER, "utf-8")
@@ -238,9 +301,9 @@ def test_a_time_budget_stops_both_ranks_on_the_same_step(tiny_squad, tiny_tokeni
     assert final["step"] == results[0]["steps"]
 
 
-def test_fsdp2_sharded_training_gathers_to_the_unsharded_parameters_and_resumes_exactly(single_run, tiny_squad,
+def test_fsdp2_sharded_training_gathers_to_the_unsharded_parameters_and_resumes_exactly(single_run, ddp_squad,
                                                                                         tiny_tokenizer_dir, tmp_path):
-    config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "fsdp", sharding="fsdp2")
+    config = config_dict(ddp_squad, tiny_tokenizer_dir, tmp_path / "runs", "fsdp", sharding="fsdp2")
     train_with_two_processes(config, tmp_path)
     full = tmp_path / "runs" / "fsdp"
     assert max_difference(single_run, full, skip=NOISE_ONLY) < 1e-5  # the gathered parameters: the single run's
@@ -248,7 +311,7 @@ def test_fsdp2_sharded_training_gathers_to_the_unsharded_parameters_and_resumes_
     state = json.loads((ckpt.checkpoint_dirs(full)[0] / ckpt.STATE_FILE).read_text())
     assert state["sharding"] == "fsdp2" and state["world_size"] == 2
     final = json.loads((full / ckpt.FINAL_EVAL_FILE).read_text())
-    assert final["count"] == len(question_ids(tiny_squad)) and final["missing"] == 0
+    assert final["count"] == len(question_ids(ddp_squad)) and final["missing"] == 0
 
     cut = tmp_path / "runs" / "fsdp-cut"  # killed after its step-3 checkpoint, then resumed
     shutil.copytree(full, cut)
@@ -262,20 +325,20 @@ def test_fsdp2_sharded_training_gathers_to_the_unsharded_parameters_and_resumes_
 
 
 @pytest.mark.parametrize("task", ["mlm", "clm"])
-def test_fsdp2_pretraining_takes_the_unsharded_step(task, tiny_squad, tiny_tokenizer_dir, tmp_path):
+def test_fsdp2_pretraining_takes_the_unsharded_step(task, ddp_squad, tiny_tokenizer_dir, tmp_path):
     """The vocabulary-layer loss multiplies by the output matrix, which FSDP2 gathers only inside the
     model's forward: the language-model tasks compute their loss there (``head_loss``), so sharded
     pretraining takes the same steps as unsharded (2-process DDP: the same per-rank masking streams)."""
     for name, sharding in (("ddp", "none"), ("fsdp", "fsdp2")):
-        config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", f"{task}-{name}", task=task,
+        config = config_dict(ddp_squad, tiny_tokenizer_dir, tmp_path / "runs", f"{task}-{name}", task=task,
                              max_steps=3, checkpoint_every_steps=None, sharding=sharding)
         train_with_two_processes(config, tmp_path)
     assert max_difference(tmp_path / "runs" / f"{task}-ddp", tmp_path / "runs" / f"{task}-fsdp") < 1e-5
 
 
-def test_fsdp2_without_a_launcher_is_one_clear_error(tiny_squad, tiny_tokenizer_dir, tmp_path, monkeypatch):
+def test_fsdp2_without_a_launcher_is_one_clear_error(ddp_squad, tiny_tokenizer_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    config = TrainConfig.from_dict(config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "alone",
+    config = TrainConfig.from_dict(config_dict(ddp_squad, tiny_tokenizer_dir, tmp_path / "runs", "alone",
                                                sharding="fsdp2"))
     with pytest.raises(ValueError, match="torchrun --nproc_per_node N"):
         train(config, quiet=True)
@@ -351,8 +414,8 @@ def test_deepspeed_configs_are_filled_and_bad_ones_name_the_file_and_field(tmp_p
 @needs_deepspeed
 @pytest.mark.parametrize("sharding", ["zero2", "zero3"])
 def test_deepspeed_zero_training_gathers_to_the_unsharded_parameters_and_resumes_exactly(
-        sharding, single_run, tiny_squad, tiny_tokenizer_dir, tmp_path):
-    config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", sharding, sharding=sharding)
+        sharding, single_run, ddp_squad, tiny_tokenizer_dir, tmp_path):
+    config = config_dict(ddp_squad, tiny_tokenizer_dir, tmp_path / "runs", sharding, sharding=sharding)
     train_with_two_processes(config, tmp_path)
     full = tmp_path / "runs" / sharding
     assert max_difference(single_run, full, skip=NOISE_ONLY) < 1e-5  # the gathered parameters: the single run's
@@ -360,7 +423,7 @@ def test_deepspeed_zero_training_gathers_to_the_unsharded_parameters_and_resumes
     state = json.loads((ckpt.checkpoint_dirs(full)[0] / ckpt.STATE_FILE).read_text())
     assert state["sharding"] == sharding and state["world_size"] == 2
     final = json.loads((full / ckpt.FINAL_EVAL_FILE).read_text())
-    assert final["count"] == len(question_ids(tiny_squad)) and final["missing"] == 0
+    assert final["count"] == len(question_ids(ddp_squad)) and final["missing"] == 0
 
     cut = tmp_path / "runs" / f"{sharding}-cut"  # killed after its step-3 checkpoint, then resumed
     shutil.copytree(full, cut)
@@ -374,26 +437,25 @@ def test_deepspeed_zero_training_gathers_to_the_unsharded_parameters_and_resumes
 
 
 @needs_deepspeed
-def test_deepspeed_zero3_pretraining_takes_the_unsharded_step(tiny_squad, tiny_tokenizer_dir, tmp_path):
+def test_deepspeed_zero3_pretraining_takes_the_unsharded_step(ddp_squad, tiny_tokenizer_dir, tmp_path):
     """The masked-LM loss multiplies by the tied token embedding inside the model's own forward:
     ZeRO-3 gathers it there (registered as an external parameter)."""
     for name, sharding in (("ddp", "none"), ("zero3", "zero3")):
-        config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", f"mlm-{name}", task="mlm",
+        config = config_dict(ddp_squad, tiny_tokenizer_dir, tmp_path / "runs", f"mlm-{name}", task="mlm",
                              max_steps=3, checkpoint_every_steps=None, sharding=sharding)
         train_with_two_processes(config, tmp_path)
     assert max_difference(tmp_path / "runs" / "mlm-ddp", tmp_path / "runs" / "mlm-zero3") < 1e-5
 
 
-def test_gradient_accumulation_over_two_processes_takes_the_single_process_step(tiny_squad, tiny_tokenizer_dir,
+def test_gradient_accumulation_over_two_processes_takes_the_single_process_step(ddp_squad, tiny_tokenizer_dir,
                                                                                  tmp_path):
     """Accumulated windows weigh every batch by its loss units on every process: two processes with
     --grad-accum 2 take the steps one process takes with the same global batches (the last batch of an
     epoch has 5 windows, the others 6)."""
     # the single-process step is compared with N processes' step: the data must give no global batch of
-    # fewer windows than processes (those are skipped by every rank, see ShardedBatches)
-    skip_on_fixture_data("the JaQuAD excerpt's batch arithmetic (41 windows: batches of 6, the last of 5)")
-    one = train(TrainConfig.from_dict(config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "ga-one",
+    # fewer windows than processes (those are skipped by every rank, see ShardedBatches): ddp_squad
+    one = train(TrainConfig.from_dict(config_dict(ddp_squad, tiny_tokenizer_dir, tmp_path / "runs", "ga-one",
                                                   grad_accum=2)), quiet=True).run_dir
-    config = config_dict(tiny_squad, tiny_tokenizer_dir, tmp_path / "runs", "ga-two", grad_accum=2)
+    config = config_dict(ddp_squad, tiny_tokenizer_dir, tmp_path / "runs", "ga-two", grad_accum=2)
     train_with_two_processes(config, tmp_path)
     assert max_difference(one, tmp_path / "runs" / "ga-two", skip=NOISE_ONLY) < 1e-5

@@ -651,7 +651,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         args.runs = [str(shipped_qa())]
     serve(args.runs, host=args.host, port=args.port, device=args.device, max_context_chars=args.max_context_chars,
-          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch)
+          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, threads=args.threads)
     return 0
 
 
@@ -697,7 +697,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     _check_results_out(args.out)
     result = run_serve_bench(args.run, levels=tuple(args.concurrency), seconds=args.seconds, out=args.out,
                              quiet=args.quiet, command=" ".join(["nami", *sys.argv[1:]]), warmup=args.warmup,
-                             soak_seconds=args.soak_seconds)
+                             soak_seconds=args.soak_seconds, repeats=args.repeats, threads=args.threads)
     if not args.quiet:
         print(markdown(result))
     return 0
@@ -855,9 +855,9 @@ def _add_data_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def _add_training_commands(sub: Any) -> None:
-    """The train and pretrain subcommands."""
-    p = sub.add_parser("train", help="train an extractive QA model")
+def _add_run_control_options(p: Any) -> None:
+    """What train and pretrain share beyond the training options: where the settings come from
+    (--config, --recipe), resuming, and output."""
     p.add_argument("--config", help="JSON file of training options (command-line options override it)")
     p.add_argument("--recipe", choices=_preset_names(), default=None,
                    help="start from the settings of a compare preset's stage (e.g. standard: the reported runs); "
@@ -868,22 +868,19 @@ def _add_training_commands(sub: Any) -> None:
                         "started (refused by default; recorded in metrics.jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the run directory and final scores "
                                                            "are still printed, one line each)")
+
+
+def _add_training_commands(sub: Any) -> None:
+    """The train and pretrain subcommands."""
+    p = sub.add_parser("train", help="train an extractive QA model")
+    _add_run_control_options(p)
     add_train_options(p, tasks=task_names("train"))
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("pretrain", help="masked-LM (or causal-LM) pretraining (default corpus: JaQuAD train contexts)")
     p.add_argument("--objective", choices=task_names("pretrain"), default=None,
                    help="mlm: masked LM (an encoder); clm: causal LM (a decoder that generates, nami generate)")
-    p.add_argument("--config", help="JSON file of training options (command-line options override it)")
-    p.add_argument("--recipe", choices=_preset_names(), default=None,
-                   help="start from the settings of a compare preset's stage (e.g. standard: the reported runs); "
-                        "--config and other options override them")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest checkpoint")
-    p.add_argument("--allow-changed-data", action="store_true",
-                   help="with --resume: continue even though the training or evaluation data changed since the run "
-                        "started (refused by default; recorded in metrics.jsonl)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars (the run directory and final scores "
-                                                           "are still printed, one line each)")
+    _add_run_control_options(p)
     add_train_options(p, exclude={"task"}, tasks=task_names("pretrain"))
     p.set_defaults(func=cmd_pretrain, recipe_stage="pretrain")
 
@@ -1081,6 +1078,9 @@ def _add_serve_command(sub: Any) -> None:
     p.add_argument("--batch-window-ms", type=nonnegative_float, default=5.0,
                    help="how long a question waits for others to share its forward pass (micro-batching)")
     p.add_argument("--max-batch", type=positive_int, default=32, help="questions per forward pass at most")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch threads for inference (default: the usable CPUs minus one, at least 1: a core is "
+                        "left to the HTTP side)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="a QA run as a compact model directory with a model card (bf16 weights, "
@@ -1164,6 +1164,10 @@ def _add_bench_commands(sub: Any) -> None:
                    help="seconds per level before measuring (first batches of a new size build their kernels)")
     p.add_argument("--soak-seconds", type=nonnegative_float, default=60.0,
                    help="a steady micro-batched run at concurrency 16 afterwards, memory checked (0: none)")
+    p.add_argument("--repeats", type=positive_int, default=1,
+                   help="fresh servers per mode, the modes alternating; records are medians over repeats")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="the server's torch threads (default: nami serve's own, the usable CPUs minus one)")
     p.add_argument("--out", default="results/serve.json", help="JSON (and .md beside it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_bench_serve)
@@ -1257,6 +1261,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nami: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """A command launched by torchrun / accelerate leaves its process group open: close it before the
+    interpreter exits (otherwise its communication threads are torn down by the C++ runtime at exit,
+    which torch warns about and which can abort the process: "terminate called without an active
+    exception"). A no-op in a single process."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -97,3 +97,10 @@ def resolve_precision(precision: str, device_type: str = "cpu") -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device_type) else "fp32"
     return precision
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the machine's count)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from nami.bench.scaling import CaseFailed, run_isolated
+from nami.bench.scaling import VARIANT_OPTIONS, VARIANTS, CaseFailed, run_isolated
 from nami.models import preset_config
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
 from nami.resources import native_bf16
@@ -85,13 +85,14 @@ def run_roofline(
     models = []
     # wave: the default (hand-written backward); wave-autograd: autograd through the plain maths
     variants = [(precision, name) for precision in ("bf16", "fp32")
-                for name in ("wave", "wave-compiled", "wave-autograd", "transformer")]
+                for name in ("wave", "wave-compiled", "wave-autograd", "wave_plus", "transformer")]
     bar = tqdm(variants, desc="training steps", disable=quiet, unit="model")
     for precision, name in bar:
         bar.set_postfix_str(f"{name} {precision}")
         dtype = "bfloat16" if precision == "bf16" else "float32"
-        arch, compiled = name.split("-")[0], name == "wave-compiled"
-        spec = dict(model=arch, preset=preset, seq_len=seq_len, batch=max(1, tokens // seq_len), mode="train",
+        arch, compiled = VARIANTS[name]
+        spec = dict(model=arch, options=VARIANT_OPTIONS.get(name, {}), preset=preset, seq_len=seq_len,
+                    batch=max(1, tokens // seq_len), mode="train",
                     repeats=repeats, warmup=2, precision=precision, threads=threads, max_len=seq_len, compile=compiled,
                     autograd=name == "wave-autograd", profile=True)
         try:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from nami.models import ARCHITECTURES  # noqa: E402  (the registry with the built-in mixers)
 from nami.reports.environment import git_commit, machine_description, now_iso, provenance_lines
+from nami.reports.variants import resolve
 from nami.resources import resolve_precision
 
 MODELS = tuple(ARCHITECTURES)
@@ -36,7 +37,9 @@ MODELS = tuple(ARCHITECTURES)
 # --compile-wave (nami.models.speed; same maths, fused element-wise kernels); "wave-autograd" with
 # autograd through the plain maths (--no-wave-recompute: the default before the hand-written backward).
 VARIANTS = {"wave": ("wave", False), "wave-compiled": ("wave", True), "wave-autograd": ("wave", False),
-            "transformer": ("transformer", False)}
+            "wave_plus": ("wave", False), "transformer": ("transformer", False)}
+# Model options of a variant beyond its architecture: the variant table's (wave_plus = wave+conv).
+VARIANT_OPTIONS = {"wave_plus": resolve("wave_plus").options}
 DEFAULT_SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
@@ -133,6 +136,7 @@ def run_scaling(
                             "mode": mode, "sweep": sweep, "reason": f"not run: {blocked[key]}"})
             continue
         spec = {**base, "model": VARIANTS[model][0], "compile": VARIANTS[model][1],
+                "options": VARIANT_OPTIONS.get(model, {}),
                 "autograd": model == "wave-autograd", "seq_len": s, "batch": batch,
                 "mode": mode, "repeats": 1 if sweep == "batch1" else repeats}
         try:

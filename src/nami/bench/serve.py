@@ -11,6 +11,7 @@ an answer), and the server's resident memory at the start and end of the level (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import statistics
 import subprocess
@@ -87,50 +88,82 @@ async def _load(url: str, concurrency: int, seconds: float, max_requests: int, w
 
 def run_serve_bench(run: str, *, levels=DEFAULT_LEVELS, seconds: float = 15.0, max_requests: int = 100_000,
                     out: str = "results/serve.json", quiet: bool = False, command: str = "nami bench serve",
-                    warmup: float = 2.0, soak_seconds: float = 60.0, soak_concurrency: int = 16) -> dict[str, Any]:
-    """Each level: ``warmup`` s not counted, then ``seconds`` measured. Then, micro-batched only, a steady
-    soak at ``soak_concurrency`` for ``soak_seconds``: the server's memory after its warm-up and at the end
-    (flat = no leak; across levels it grows with the batch size, as the allocator keeps its high-water mark)."""
-    if seconds <= 0 or not levels or any(c < 1 for c in levels) or warmup < 0 or soak_seconds < 0:
-        raise ValueError("nami bench serve: expected --seconds > 0, concurrency levels >= 1, warm-up and soak >= 0")
-    records = []
+                    warmup: float = 2.0, soak_seconds: float = 60.0, soak_concurrency: int = 16, repeats: int = 1,
+                    threads: int | None = None) -> dict[str, Any]:
+    """Each level: ``warmup`` s not counted, then ``seconds`` measured; ``repeats`` times, a fresh server per
+    mode and repeat, the two modes' order alternating between repeats (drift on the machine hits both); a
+    record holds the medians over repeats (``repeats`` in the result: every repeat's figures). Then,
+    micro-batched only, a steady soak at ``soak_concurrency`` for ``soak_seconds``: the server's memory
+    after its warm-up and at the end (flat = no leak; across levels it grows with the batch size, as the
+    allocator keeps its high-water mark). ``threads``: the server's torch threads (default: its own)."""
+    from nami.serve import default_threads
+
+    if seconds <= 0 or not levels or any(c < 1 for c in levels) or warmup < 0 or soak_seconds < 0 or repeats < 1 \
+            or (threads is not None and threads < 1):
+        raise ValueError("nami bench serve: expected --seconds > 0, concurrency levels >= 1, warm-up and soak >= 0, "
+                         "--repeats and --threads >= 1")
+    threads = threads or default_threads()
+    modes = [("micro-batched", 32), ("batch-1", 1)]
+    each: list[dict[str, Any]] = []  # one per (repeat, mode, level)
+    rss: dict[tuple[str, int], list[float]] = {}  # the server's RSS at a level's start and end
     soak: dict[str, Any] | None = None
-    for batching, max_batch in (("micro-batched", 32), ("batch-1", 1)):
-        port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "nami", "serve", run, "--host", "127.0.0.1", "--port",
-                                   str(port), "--max-batch", str(max_batch)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_ready(url, server)
-            for concurrency in levels:
-                start_mb = _rss_mb(server.pid)
-                result = asyncio.run(_load(url, concurrency, seconds, max_requests, warmup))
-                result.pop("requests")  # the issue's record keys: requests_per_s, latencies, errors, memory
-                records.append({"batching": batching, "concurrency": concurrency, **result,
-                                "rss_mb_start": round(start_mb, 1), "rss_mb_end": round(_rss_mb(server.pid), 1)})
-                if not quiet:
-                    r = records[-1]
-                    print(f"[nami] {batching} c={concurrency}: {r['requests_per_s']:.1f} req/s, p50 "
-                          f"{r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, errors {r['errors']}", flush=True)
-            if batching == "micro-batched" and soak_seconds > 0:
-                soak = _soak(url, server.pid, soak_concurrency, soak_seconds, max_requests, warmup=10.0)
-                if not quiet:
-                    print(f"[nami] soak c={soak_concurrency}, {soak_seconds:g} s: RSS {soak['rss_mb_after_warmup']:.0f} "
-                          f"→ {soak['rss_mb_end']:.0f} MB ({soak['rss_change']:+.1%}), errors {soak['errors']}", flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    for repeat in range(repeats):
+        for batching, max_batch in (modes if repeat % 2 == 0 else modes[::-1]):
+            with _server(run, max_batch, threads) as (url, pid):
+                for concurrency in levels:
+                    start_mb = _rss_mb(pid)
+                    result = asyncio.run(_load(url, concurrency, seconds, max_requests, warmup))
+                    each.append({"repeat": repeat, "batching": batching, "concurrency": concurrency, **result})
+                    rss[(batching, concurrency)] = [start_mb, _rss_mb(pid)]  # the last repeat's server
+                    if not quiet:
+                        print(f"[nami] repeat {repeat + 1}/{repeats} {batching} c={concurrency}: "
+                              f"{result['requests_per_s']:.1f} req/s, p50 {result['p50_ms']:.0f} ms, p99 "
+                              f"{result['p99_ms']:.0f} ms, errors {result['errors']}", flush=True)
+                if batching == "micro-batched" and soak_seconds > 0 and repeat == repeats - 1:
+                    soak = _soak(url, pid, soak_concurrency, soak_seconds, max_requests, warmup=10.0)
+                    if not quiet:
+                        print(f"[nami] soak c={soak_concurrency}, {soak_seconds:g} s: RSS "
+                              f"{soak['rss_mb_after_warmup']:.0f} → {soak['rss_mb_end']:.0f} MB "
+                              f"({soak['rss_change']:+.1%}), errors {soak['errors']}", flush=True)
+    records = []
+    for batching, _ in modes:  # the issue's record keys: medians over repeats, errors summed
+        for concurrency in levels:
+            mine = [e for e in each if e["batching"] == batching and e["concurrency"] == concurrency]
+            memory = rss[(batching, concurrency)]
+            records.append({"batching": batching, "concurrency": concurrency,
+                            **{k: statistics.median(e[k] for e in mine) for k in ("requests_per_s", "p50_ms", "p99_ms")},
+                            "errors": sum(e["errors"] for e in mine),
+                            "rss_mb_start": round(memory[0], 1), "rss_mb_end": round(memory[-1], 1)})
     by = {(r["batching"], r["concurrency"]): r for r in records}
     gain = (by[("micro-batched", 16)]["requests_per_s"] / by[("batch-1", 16)]["requests_per_s"]
             if ("micro-batched", 16) in by and ("batch-1", 16) in by else None)
+    gains = [m["requests_per_s"] / b["requests_per_s"] for m in each for b in each
+             if m["repeat"] == b["repeat"] and m["concurrency"] == b["concurrency"] == 16
+             and (m["batching"], b["batching"]) == ("micro-batched", "batch-1")]
     result = {"command": command, "commit": git_commit(), "machine": machine_description(), "date": now_iso(),
-              "run": run, "seconds_per_level": seconds, "warmup_seconds": warmup, "records": records,
-              "batching_gain_c16": gain, "soak": soak}
+              "run": run, "seconds_per_level": seconds, "warmup_seconds": warmup, "server_threads": threads,
+              "records": records, "batching_gain_c16": gain, "batching_gain_c16_each_repeat": gains,
+              "soak": soak, "repeats": each}
     path = Path(out)
     write_json(path, result)
     path.with_suffix(".md").write_text(markdown(result), "utf-8")
     return result
+
+
+@contextlib.contextmanager
+def _server(run: str, max_batch: int, threads: int):
+    """A fresh ``nami serve`` process on a free loopback port: yields ``(url, pid)``; stopped afterwards."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "nami", "serve", run, "--host", "127.0.0.1", "--port", str(port),
+                               "--max-batch", str(max_batch), "--threads", str(threads)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, server)
+        yield url, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def _soak(url: str, pid: int, concurrency: int, seconds: float, max_requests: int, *, warmup: float) -> dict[str, Any]:
@@ -164,15 +197,20 @@ def markdown(result: dict[str, Any]) -> str:
              f"Run `{result['run']}`; {result['seconds_per_level']:g} s measured per level after "
              f"{result.get('warmup_seconds', 0):g} s of warm-up (not counted: the first batches of a new size build "
              "their kernels); clients on 127.0.0.1 send question-answering requests back to back. micro-batched: "
-             "`--max-batch 32`; batch-1: `--max-batch 1`. RSS grows across levels with the largest batch so far "
-             "(the allocator keeps its high-water mark); the soak below checks that steady serving does not grow.",
+             f"`--max-batch 32`; batch-1: `--max-batch 1`; the server with {result.get('server_threads', '?')} torch "
+             f"thread(s). Figures are medians over {len({e['repeat'] for e in result.get('repeats', [])}) or 1} "
+             "repeat(s), each a fresh server per mode, the modes' order alternating; errors are summed. RSS (the last "
+             "repeat's server) grows across levels with the largest batch so far (the allocator keeps its "
+             "high-water mark); the soak below checks that steady serving does not grow.",
              "", "| batching | concurrency | requests/s | p50 ms | p99 ms | errors | server RSS MB (start → end) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["records"]:
         lines.append(f"| {r['batching']} | {r['concurrency']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} | "
                      f"{r['p99_ms']:.0f} | {r['errors']} | {r['rss_mb_start']:.0f} → {r['rss_mb_end']:.0f} |")
     if result.get("batching_gain_c16") is not None:
-        lines += ["", f"Micro-batching gain at concurrency 16: **{result['batching_gain_c16']:.2f}×** requests/s."]
+        each = ", ".join(f"{g:.2f}×" for g in result.get("batching_gain_c16_each_repeat", []))
+        lines += ["", f"Micro-batching gain at concurrency 16: **{result['batching_gain_c16']:.2f}×** requests/s "
+                  f"(medians' ratio; per repeat: {each})."]
     soak = result.get("soak")
     if soak:
         lines += ["", f"Soak (micro-batched, concurrency {soak['concurrency']}, {soak['seconds']:g} s after "

@@ -129,7 +129,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     config = preset_config(spec.get("preset", "small"), spec["model"], vocab_size=spec.get("vocab_size", 32000),
-                           max_len=spec["max_len"])
+                           max_len=spec["max_len"], **spec.get("options", {}))  # options: e.g. wave_plus's branches
     model = QAModel(config)
     if spec.get("compile") and spec["model"] == "wave":
         from nami.models.speed import compile_wave_layers

@@ -126,6 +126,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     _v("slotwave+conv", "wave", "slot_wave layers + a depthwise-conv branch", mixers="slot_wave", branches=["conv"]),
     _v("wave+conv+window", "wave", "+ a window-norm wave branch (±local_window tokens)",
        branches=["conv", "window_wave"]),
+    # Readers of any length (whole articles in one pass, the long-context issue): no position table.
+    _v("wave+rope+conv", "wave", "wave+conv with RoPE phase rotation instead of a position table", wave_rope=True,
+       position_embedding="none", branches=["conv"]),
+    _v("wave+conv-nopos", "wave", "wave+conv without positions (the conv branch gives local order)",
+       position_embedding="none", branches=["conv"]),
 ]}
 # Other names of table entries (``nami compare --models wave_plus`` before the table existed).
 ALIASES: dict[str, str] = {"wave_plus": "wave+conv"}

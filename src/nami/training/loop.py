@@ -50,7 +50,7 @@ from nami.io import fingerprint_files, read_jsonl
 from nami.models import count_parameters
 from nami.models.block import set_branches
 from nami.models.speed import autograd_wave_layers, compile_wave_layers
-from nami.resources import peak_rss_mb, resolve_precision
+from nami.resources import peak_rss_mb, resolve_precision, usable_cpus
 from nami.runs.config import TrainConfig
 from nami.text import JapaneseTokenizer, default_tokenizer
 from nami.training import checkpoint as ckpt
@@ -352,7 +352,7 @@ class Trainer:
         """Threads, seeds, Accelerate and the processes; a finished run's recorded result (nothing to do)."""
         config = self.config
         if config.threads:
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            cpus = usable_cpus()
             if cpus and config.threads > cpus:  # oversubscribed threads make every step many times slower
                 print(f"nami: warning: --threads {config.threads} is more than the {cpus} CPU(s) this process may "
                       "use; steps will be much slower than with at most that many", file=sys.stderr, flush=True)
