@@ -123,8 +123,9 @@ def test_a_body_that_is_not_a_json_object_is_refused(client, raw, headers, statu
     assert client.get("/v1/nothing").status_code == 404
 
 
-def test_concurrent_questions_share_forward_passes_and_get_their_own_answers():
-    app = create_app(load_runs([str(WAVE)]), batch_window_ms=50, max_batch=8)
+@pytest.mark.parametrize("window_ms", [0.0, 50.0])  # 0 (the default): the questions queued meanwhile
+def test_concurrent_questions_share_forward_passes_and_get_their_own_answers(window_ms):
+    app = create_app(load_runs([str(WAVE)]), batch_window_ms=window_ms, max_batch=8)
     questions = [QUESTION, "富士山はどこにある?", "いつ登録された?", "何で知られる?"] * 2
     context = CONTEXT + "日本で最も高い山として知られ、2013年に世界文化遺産に登録された。"
     alone = pipeline("question-answering", WAVE)

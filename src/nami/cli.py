@@ -1075,8 +1075,9 @@ def _add_serve_command(sub: Any) -> None:
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--max-context-chars", type=positive_int, default=100_000,
                    help="longest context or prompt a request may send (longer: HTTP 413)")
-    p.add_argument("--batch-window-ms", type=nonnegative_float, default=5.0,
-                   help="how long a question waits for others to share its forward pass (micro-batching)")
+    p.add_argument("--batch-window-ms", type=nonnegative_float, default=0.0,
+                   help="how long the first question of a batch also waits for others (default 0: a batch is "
+                        "the questions that queued while the previous one ran)")
     p.add_argument("--max-batch", type=positive_int, default=32, help="questions per forward pass at most")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads for inference (default: the usable CPUs minus one, at least 1: a core is "
