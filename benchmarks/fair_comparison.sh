@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+# The worktree lies elsewhere (/tmp): the data is this checkout's (../shared/data) unless NAMI_DATA says.
+export NAMI_DATA=${NAMI_DATA:-$(cd "$REPO/.." && pwd)/shared/data}
 OUT=${OUT:-results/fair_comparison}   # another screen of the same protocol: OUT, TITLE, VARIANTS (wave_earns.sh)
 TITLE=${TITLE:-"Fair comparison: which component earns the gain (screen, selection split)"}
 PAUSE=${PAUSE:-/tmp/nami-pause}

@@ -22,7 +22,9 @@ PAUSE=${PAUSE:-/tmp/nami-pause}
 STOP=${STOP:-/tmp/nami-stop}
 COMMIT=${1:-$(git rev-parse HEAD)}
 TREE=${TREE:-/tmp/nami-sweep-$COMMIT}
-DATA=${NAMI_DATA:-$REPO/../shared/data}
+# The worktree lies elsewhere (/tmp): the data is this checkout's (../shared/data) unless NAMI_DATA says.
+export NAMI_DATA=${NAMI_DATA:-$(cd "$REPO/.." && pwd)/shared/data}
+DATA=$NAMI_DATA
 [ -d "$TREE" ] || git worktree add --detach "$TREE" "$COMMIT"
 mkdir -p "$TREE/results"
 for f in results/fair_sweep_qa results/fair_sweep_mlm; do
