@@ -345,6 +345,40 @@ def test_self_distillation_options_are_checked(options, fragment):
         TrainConfig.from_dict({"preset": "tiny", "n_layers": 4, **options})
 
 
+def reference_cross_wave_mix(w, question, context, eps):
+    """cross_wave's maths written segment by segment (the form it was first written in)."""
+    re, im, globals_ = torch.zeros_like(w), torch.zeros_like(w), []
+    for seg in (question, context):
+        m = seg.unsqueeze(-1).to(w.dtype)
+        ws = w * m
+        g2 = (ws * ws).sum(1, keepdim=True) + eps
+        mean = ws.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0).sqrt()
+        globals_.append((mean, torch.sqrt((g2 - mean * mean).clamp_min(0.0) + eps)))
+        re = re + ws
+        im = im + torch.sqrt((g2 - ws * ws).clamp_min(0.0) + eps) * m
+    (q_re, q_im), (c_re, c_im) = globals_
+    is_q = question.unsqueeze(-1)
+    o_re, o_im = torch.where(is_q, c_re, q_re), torch.where(is_q, c_im, q_im)
+    return torch.cat([re * o_re - im * o_im, re * o_im + im * o_re], dim=-1)
+
+
+def test_cross_wave_maths_equal_the_segment_by_segment_reference_in_values_and_gradients():
+    from nami.models.cross import cross_wave_mix
+
+    torch.manual_seed(11)
+    types = torch.tensor([[-1, 0, 0, 0, 1, 2, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]])
+    real = torch.tensor([[True] * 9 + [False], [True] * 10, [True] * 6 + [False] * 4])  # row 3: no question
+    question, context = real & (types == 0), real & (types >= 1)
+    w = torch.randn(3, 10, 6, dtype=torch.float64, requires_grad=True)
+    got, want = cross_wave_mix(w, question, context, 1e-6), reference_cross_wave_mix(w, question, context, 1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert got[0, 0].abs().sum() == 0 and got[0, 9].abs().sum() == 0  # a proxy token and padding: nothing
+    upstream = torch.randn_like(got)
+    (g_got,) = torch.autograd.grad(got, w, upstream)
+    (g_want,) = torch.autograd.grad(want, w, upstream)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-10)
+
+
 def test_proxy_tokens_are_on_neither_side_of_the_question_context_boundary():
     from nami.models.cross import _segments
 

@@ -68,7 +68,7 @@ def _model(variant: Variant) -> QAModel:
     return QAModel(ModelConfig.from_dict(values))
 
 
-@pytest.mark.parametrize("name", FAIR_SCREEN)
+@pytest.mark.parametrize("name", [*FAIR_SCREEN, "wave+conv+xwave", "wave+conv+xwave-noqm"])
 def test_fair_screen_variants_have_the_parameters_of_wave_within_one_percent(name):
     wave = count_parameters(_model(resolve("wave")))["total"]
     ours = count_parameters(_model(resolve(name)))["total"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import statistics
 import subprocess
@@ -42,13 +43,43 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+class _Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON: a load generator that costs the shared cores little.
+    (httpx spent about a core at 64 concurrent clients on 2 cores, which capped what the server was measured
+    at and lengthened the tail latency it was charged with.) Responses need a Content-Length (uvicorn's)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body))
+        await self.writer.drain()
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None)
+        if length is None:
+            raise ValueError("a response without Content-Length")
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+
 async def _load(url: str, concurrency: int, seconds: float, max_requests: int, warmup: float = 0.0,
                 on_warm: Callable[[], None] | None = None) -> dict[str, Any]:
-    """``concurrency`` clients for ``warmup + seconds``; only requests sent after the warm-up count (the
-    first batches of a new size build their kernels: seconds of latency that steady serving never sees).
-    ``on_warm()`` is called once when the measured part begins."""
-    import httpx
-
+    """``concurrency`` clients, each on its own keep-alive connection, for ``warmup + seconds``; only requests
+    sent after the warm-up count (the first batches of a new size build their kernels: seconds of latency
+    that steady serving never sees). ``on_warm()`` is called once when the measured part begins."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    bodies = [json.dumps({"question": q, "context": CONTEXT}, ensure_ascii=False).encode() for q in QUESTIONS]
     latencies: list[float] = []
     errors = 0
     warm_at = time.perf_counter() + warmup
@@ -60,25 +91,30 @@ async def _load(url: str, concurrency: int, seconds: float, max_requests: int, w
         if on_warm is not None:
             on_warm()
 
-    async def client(index: int, http: httpx.AsyncClient) -> None:
+    async def client(index: int) -> None:
         nonlocal errors, sent
-        while time.perf_counter() < stop_at and sent < max_requests:
-            sent += 1
-            body = {"question": QUESTIONS[(index + sent) % len(QUESTIONS)], "context": CONTEXT}
-            tick = time.perf_counter()
-            try:
-                response = await http.post(f"{url}/v1/question-answering", json=body)
-                ok = response.status_code == 200 and isinstance(response.json(), list)
-            except httpx.HTTPError:
-                ok = False
-            if tick >= warm_at:
-                latencies.append(time.perf_counter() - tick)
-                errors += not ok
-            elif not ok:
-                errors += 1  # an error counts whenever it happens
+        connection = _Connection(host, int(port))
+        try:
+            while time.perf_counter() < stop_at and sent < max_requests:
+                sent += 1
+                tick = time.perf_counter()
+                try:
+                    async with asyncio.timeout(60.0):
+                        status, body = await connection.post("/v1/question-answering",
+                                                             bodies[(index + sent) % len(bodies)])
+                    ok = status == 200 and isinstance(json.loads(body), list)
+                except (OSError, ValueError, asyncio.IncompleteReadError, TimeoutError):
+                    connection.close()  # a new connection for the next request
+                    ok = False
+                if tick >= warm_at:
+                    latencies.append(time.perf_counter() - tick)
+                    errors += not ok
+                elif not ok:
+                    errors += 1  # an error counts whenever it happens
+        finally:
+            connection.close()
 
-    async with httpx.AsyncClient(timeout=60.0, limits=httpx.Limits(max_connections=concurrency)) as http:
-        await asyncio.gather(mark_warm(), *(client(i, http) for i in range(concurrency)))
+    await asyncio.gather(mark_warm(), *(client(i) for i in range(concurrency)))
     wall = time.perf_counter() - warm_at
     ordered = sorted(latencies)
     return {"requests": len(latencies), "requests_per_s": len(latencies) / wall,

@@ -52,27 +52,31 @@ class CrossWave(nn.Module):
         question, context = _segments(inputs, "cross_wave")
         w = self.to_wave(x)
         w = w.to(torch.promote_types(w.dtype, torch.float32))  # >= fp32 wave maths, as in the Wave layer
-        eps = self.eps
-        re = torch.zeros_like(w)
-        im = torch.zeros_like(w)
-        globals_ = []
-        for seg in (question, context):
-            m = seg.unsqueeze(-1).to(w.dtype)
-            ws = w * m
-            g2 = (ws * ws).sum(1, keepdim=True) + eps  # (B, 1, D)
-            mean = ws.sum(1, keepdim=True) / m.sum(1, keepdim=True).clamp_min(1.0).sqrt()  # Σ w / √N
-            g_re, g_im = mean, torch.sqrt((g2 - mean * mean).clamp_min(0.0) + eps)
-            own_im = torch.sqrt((g2 - ws * ws).clamp_min(0.0) + eps)
-            globals_.append((g_re, g_im))
-            re = re + ws
-            im = im + own_im * m
-        (q_re, q_im), (c_re, c_im) = globals_
-        is_q = question.unsqueeze(-1)
-        o_re = torch.where(is_q, c_re, q_re)  # the other segment's global wave
-        o_im = torch.where(is_q, c_im, q_im)
-        mixed = torch.cat([re * o_re - im * o_im, re * o_im + im * o_re], dim=-1)
-        mixed = mixed * inputs.padding_mask.unsqueeze(-1).to(w.dtype)
+        mixed = cross_wave_mix(w, question, context, self.eps)
         return self.out(self.norm(mixed))
+
+
+def cross_wave_mix(w: torch.Tensor, question: torch.Tensor, context: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each token's wave times the other segment's global wave: ``w (B, S, D)``, the segments' masks
+    ``(B, S)`` bool (disjoint) → ``(B, S, 2D)`` = [real, imaginary], zero on tokens of neither segment.
+
+    Per segment ``s`` and dimension: ``G_s² = Σ_{i∈s} w_i² + ε``, the global wave ``Ẑ_s = m_s + i·sqrt(G_s² −
+    m_s²)`` with ``m_s = Σ_{i∈s} w_i / √N_s``; a token ``j`` of ``s`` is ``z_j = w_j + i·sqrt(G_s² − w_j²)``
+    and becomes ``z_j · Ẑ_other``. The segment sums are two batched products over the sequence; each
+    token then reads its own and the other segment's statistics (about half the element-wise passes of
+    a loop over the two segments)."""
+    on = (question | context).unsqueeze(-1).to(w.dtype)  # (B, S, 1)
+    ws = w * on
+    segments = torch.stack([question, context], 1).to(w.dtype)  # (B, 2, S)
+    g2 = segments @ (ws * ws) + eps  # (B, 2, D): G² of the question, of the context
+    mean = (segments @ ws) / segments.sum(-1, keepdim=True).clamp_min(1.0).sqrt()  # Σ w / √N
+    g_im = torch.sqrt((g2 - mean * mean).clamp_min(0.0) + eps)
+    is_q = question.unsqueeze(-1)  # (B, S, 1)
+    q, c = slice(0, 1), slice(1, 2)
+    own_im = torch.sqrt((torch.where(is_q, g2[:, q], g2[:, c]) - ws * ws).clamp_min(0.0) + eps) * on
+    o_re = torch.where(is_q, mean[:, c], mean[:, q])  # the other segment's global wave
+    o_im = torch.where(is_q, g_im[:, c], g_im[:, q])
+    return torch.cat([ws * o_re - own_im * o_im, ws * o_im + own_im * o_re], dim=-1)
 
 
 @register_mixer("question_attention", as_architecture=False)

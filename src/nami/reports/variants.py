@@ -86,6 +86,10 @@ _HIERARCHY = ["sentence_wave", "segment_wave"]
 # 1536 (2·D + 1 weights per unit) to keep the parameter count within 1 % of wave's (tested); at other
 # widths the variant trains but is not size-matched (give d_ff = d_ff + 2·D there).
 CONV_ONLY_D_FF = 1536
+# A lever that brings its own weights pays for them with a narrower FFN, so that its row has the size of
+# every other row (±1 %, at D = 256): the cross-wave branch (to_wave D→D, out 2D→D, a 2D LayerNorm:
+# 3·D² + 6·D per block) leaves 1024 − 389 units.
+XWAVE_D_FF = 635
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
     _v("wave", "wave", "the plain Wave Network (learned absolute positions)"),
@@ -126,6 +130,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     _v("slotwave+conv", "wave", "slot_wave layers + a depthwise-conv branch", mixers="slot_wave", branches=["conv"]),
     _v("wave+conv+window", "wave", "+ a window-norm wave branch (±local_window tokens)",
        branches=["conv", "window_wave"]),
+    _v("wave+conv+xwave", "wave", "wave+conv + the cross-wave branch (each segment's wave modulates the other's), "
+       "FFN narrowed to the common size", branches=["conv", "cross_wave"], d_ff=XWAVE_D_FF),
     # Readers of any length (whole articles in one pass, the long-context issue): no position table.
     _v("wave+rope+conv", "wave", "wave+conv with RoPE phase rotation instead of a position table", wave_rope=True,
        position_embedding="none", branches=["conv"]),
