@@ -297,15 +297,17 @@ def test_word_keys_name_equal_words_equally_and_skip_special_tokens():
     assert again[0] == keys[2]  # keys are shared across calls through the vocabulary
 
 
-def test_question_match_uses_mecab_words(tiny_tokenizer_dir):
-    from conftest import skip_on_fixture_data
+def test_question_match_uses_mecab_words(tmp_path):
+    from helpers import jaquad_context_lines
 
-    skip_on_fixture_data("a tokenizer trained on the JaQuAD excerpt (its pieces for 東京, 人口, ...)")
-    from nami.text import JapaneseTokenizer
+    from nami.text import train_tokenizer
 
-    tokenizer = JapaneseTokenizer.load(tiny_tokenizer_dir)
     context = "東京都の人口は約1400万人で、東京は日本の首都である。"
-    ex = example(context, "約1400万人", question="東京の人口はどれくらいか")
+    question = "東京の人口はどれくらいか"
+    # pieces for every word of the question (a word holding [UNK] never matches): trained with these lines
+    tokenizer = train_tokenizer(jaquad_context_lines(200) + [context, question] * 3, tmp_path, vocab_size=2000,
+                                show_progress=False)
+    ex = example(context, "約1400万人", question=question)
     feats = build_features([ex], tokenizer, FeatureConfig(max_length=64, doc_stride=16), show_progress=False)
     encoding = tokenizer.encode(context)
     words: dict[int, list[int]] = {}

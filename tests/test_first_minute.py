@@ -70,9 +70,7 @@ def test_readme_first_minute_pipeline_prints_what_readme_shows():
 
 @pytest.mark.slow
 def test_readme_first_minute_tiny_training_runs_as_written(tmp_path, monkeypatch):
-    from conftest import skip_on_fixture_data
-
-    skip_on_fixture_data("the real JaQuAD / JSQuAD files (README's tiny run trains and scores on them)")
+    """README's tiny run as written (on the fixture data without ../shared: the same command and output shape)."""
     command, expected = _command_and_output(first_minute_blocks()[2][1])
     assert command.startswith("nami train ") and "--preset tiny" in command
     proc = subprocess.run([sys.executable, "-m", "nami", *shlex.split(command)[1:], "--runs-dir", str(tmp_path)],

@@ -38,9 +38,7 @@ EXTRA_LINES = ["東京(とうきょう)は日本の首都。ABC abc 123 [X] Toky
 
 
 def _jaquad_shards() -> list[Path]:
-    from conftest import skip_on_fixture_data
-
-    skip_on_fixture_data("the real JaQuAD train shards")
+    """The JaQuAD train shards (on the fixture data: its one hand-written shard)."""
     try:
         return sorted(default_data(JAQUAD_TRAIN).glob("*.json"))
     except DataNotFoundError:
