@@ -395,9 +395,11 @@ def _qa_batch(pipe: QuestionAnsweringPipeline) -> Callable[[list[Any]], list[Any
 
 def default_threads() -> int:
     """torch threads for serving on CPU: one fewer than the usable CPUs (at least 1), leaving a core to the
-    event loop that parses requests and writes answers. On 2 cores, 1 torch thread served 1.3-1.8x more
-    requests/s than 2 (both modes, 127.0.0.1 load; measured with ``nami bench serve``): the HTTP side
-    and torch's second thread fought over the cores."""
+    event loop that parses requests and writes answers. On 2 cores (AMD EPYC, 2026-12-08, the shipped
+    reader), ``OMP_NUM_THREADS=1`` against ``=2`` with ``nami bench serve --concurrency 1 16 --seconds 10
+    --warmup 5 --soak-seconds 0`` (its httpx client then, a 5-ms window): 1.34x (micro-batched) and 1.43x
+    (batch-1) the requests/s at 16 clients, 1.06x / 1.76x at 1 client: the HTTP side and torch's second
+    thread fought over the cores."""
     from nami.resources import usable_cpus
 
     return max(1, usable_cpus() - 1)
